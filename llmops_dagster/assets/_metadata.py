@@ -1,0 +1,43 @@
+"""Materialization metadata shared by the asset modules: row counts, schema, table version, summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+import pyarrow as pa
+
+from llmops_dagster.core.checks import Verdict
+
+
+def column_schema(schema: pa.Schema) -> dg.TableSchema:
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(
+                name=f.name,
+                type=str(f.type),
+                description=(f.metadata or {}).get(b"description", b"").decode() or None,
+            )
+            for f in schema
+        ]
+    )
+
+
+def table_metadata(schema: pa.Schema, rows: int, version: int | None, uri: str, table: str, summary: str) -> dict[str, Any]:
+    return {
+        "dagster/row_count": rows,
+        "dagster/column_schema": column_schema(schema),
+        "dagster/uri": f"{uri}/{table}.lance",
+        "table_version": version if version is not None else 0,
+        "summary": dg.MetadataValue.md(summary),
+    }
+
+
+def check_result(verdict: Verdict) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=verdict.passed, description=verdict.description, metadata=verdict.metadata)
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,302 @@
+"""Turn landing files into text blocks (page, heading, text), or a specific reason they cannot be.
+
+Pure Python: no Dagster import. Each parser returns a ``ParsedDocument`` or raises ``ParseError``
+with one of ``QuarantineReason``; ``parse_file`` never lets any other exception escape, so one bad
+file cannot fail a run.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+
+class QuarantineReason(StrEnum):
+    CORRUPT = "corrupt"
+    ENCRYPTED = "encrypted"
+    EMPTY = "empty"
+    NO_TEXT_LAYER = "no_text_layer"
+    UNDECODABLE = "undecodable"
+    TOO_LARGE = "too_large"
+    UNSUPPORTED_TYPE = "unsupported_type"
+
+
+class ParseError(Exception):
+    def __init__(self, reason: QuarantineReason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Block:
+    """A paragraph-sized run of text with where it came from."""
+
+    text: str
+    page: int | None = None
+    heading: str = ""
+
+
+@dataclass
+class ParsedDocument:
+    format: str
+    blocks: list[Block]
+    title: str = ""
+    pages: int | None = None
+    parser: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(block.text for block in self.blocks)
+
+
+FORMATS = {
+    ".pdf": "pdf",
+    ".html": "html",
+    ".htm": "html",
+    ".xhtml": "html",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".txt": "text",
+    ".text": "text",
+    ".rst": "text",
+}
+
+LIGATURES = str.maketrans(
+    {"\ufb00": "ff", "\ufb01": "fi", "\ufb02": "fl", "\ufb03": "ffi", "\ufb04": "ffl", "\ufb05": "st", "\ufb06": "st"}
+)
+# A word broken across lines: "exam-\nple" (ASCII, soft or Unicode hyphen, or pdfium's \x02).
+_HYPHEN_BREAK = re.compile(r"(\w)[-\u00ad\u2010\x02][ \t]*\r?\n[ \t]*(?=[a-z])")
+_SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff]")
+
+
+def detect_format(path: Path) -> str | None:
+    return FORMATS.get(path.suffix.lower())
+
+
+def clean_text(text: str) -> str:
+    """Normalise what extractors give back: ligatures, broken words, odd spaces, control bytes."""
+    text = text.translate(LIGATURES).replace("\r\n", "\n").replace("\r", "\n")
+    text = _HYPHEN_BREAK.sub(r"\1", text)
+    text = text.replace("\u00ad", "").replace("\x02", "")
+    text = _CONTROL.sub("", text)
+    text = unicodedata.normalize("NFC", text)
+    return _SPACES.sub(" ", text)
+
+
+def paragraphs(text: str) -> list[str]:
+    """Split on blank lines; join the lines inside a paragraph with single spaces."""
+    result = []
+    for raw in re.split(r"\n\s*\n", text):
+        joined = " ".join(line.strip() for line in raw.splitlines() if line.strip())
+        if joined:
+            result.append(joined)
+    return result
+
+
+def decode_text(data: bytes) -> str:
+    """Decode bytes of unknown encoding, or raise ParseError(UNDECODABLE)."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    elif data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    if data.count(b"\x00") > len(data) // 100:
+        raise ParseError(QuarantineReason.UNDECODABLE, "binary content (NUL bytes) in a text file")
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(data).best()
+    if best is None or best.chaos > 0.25:
+        raise ParseError(QuarantineReason.UNDECODABLE, "no text encoding fits the bytes")
+    return str(best)
+
+
+def _require_text(blocks: list[Block], what: str) -> list[Block]:
+    if not any(block.text.strip() for block in blocks):
+        raise ParseError(QuarantineReason.EMPTY, f"{what} holds no text")
+    return blocks
+
+
+def parse_text(data: bytes) -> ParsedDocument:
+    text = clean_text(decode_text(data))
+    blocks = [Block(text=p) for p in paragraphs(text)]
+    title = blocks[0].text[:120] if blocks else ""
+    return ParsedDocument("text", _require_text(blocks, "text file"), title=title, parser="text")
+
+
+_MD_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+_MD_SETEXT = re.compile(r"^(=+|-+)\s*$")
+_MD_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+_MD_EMPHASIS = re.compile(r"(\*\*|__|\*|_|`)(?=\S)(.+?)(?<=\S)\1")
+_MD_LIST = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
+
+
+def _markdown_inline(line: str) -> str:
+    line = _MD_LINK.sub(r"\1", line)
+    line = _MD_EMPHASIS.sub(r"\2", line)
+    return _MD_LIST.sub("", line)
+
+
+def parse_markdown(data: bytes) -> ParsedDocument:
+    text = clean_text(decode_text(data))
+    if text.startswith("---\n"):
+        end = text.find("\n---", 4)
+        if end != -1:
+            text = text[end + 4 :]
+    blocks: list[Block] = []
+    heading, title, buffer = "", "", []
+    in_fence = False
+
+    def flush() -> None:
+        for paragraph in paragraphs("\n".join(buffer)):
+            blocks.append(Block(text=paragraph, heading=heading))
+        buffer.clear()
+
+    lines = text.split("\n")
+    for index, line in enumerate(lines):
+        if line.lstrip().startswith(("```", "~~~")):
+            in_fence = not in_fence
+            buffer.append("")
+            continue
+        if in_fence:
+            buffer.append(line)
+            continue
+        match = _MD_HEADING.match(line)
+        next_line = lines[index + 1] if index + 1 < len(lines) else ""
+        if match or (line.strip() and _MD_SETEXT.match(next_line) and buffer and not buffer[-1].strip()):
+            flush()
+            heading = _markdown_inline(match.group(2) if match else line.strip())
+            title = title or heading
+            continue
+        if _MD_SETEXT.match(line) and heading and not buffer:
+            continue
+        buffer.append(_markdown_inline(line) if line.strip() else "")
+    flush()
+    return ParsedDocument("markdown", _require_text(blocks, "Markdown file"), title=title, parser="markdown")
+
+
+_HTML_DROP = ("script", "style", "nav", "header", "footer", "aside", "noscript", "form", "svg", "iframe", "template")
+_HTML_HEADINGS = ("h1", "h2", "h3", "h4", "h5", "h6")
+_HTML_BLOCKS = ("p", "li", "pre", "blockquote", "td", "th", "dd", "dt", "figcaption", "caption")
+
+
+def parse_html(data: bytes) -> ParsedDocument:
+    from bs4 import BeautifulSoup
+
+    # Decode ourselves so that undeclared encodings are detected the same way as for text.
+    soup = BeautifulSoup(decode_text(data), "lxml")
+    for element in soup(_HTML_DROP):
+        element.decompose()
+    for element in soup.select('[role="navigation"], [role="banner"], [role="contentinfo"], [aria-hidden="true"]'):
+        element.decompose()
+    title = soup.title.get_text(" ", strip=True) if soup.title else ""
+    body = soup.body or soup
+    blocks: list[Block] = []
+    heading = ""
+    for element in body.find_all([*_HTML_HEADINGS, *_HTML_BLOCKS, "div"]):
+        if element.name == "div":
+            # Only text that sits directly in a div, not inside a block we visit anyway.
+            own = " ".join(s.strip() for s in element.find_all(string=True, recursive=False) if s.strip())
+            if own:
+                blocks.append(Block(text=clean_text(own).strip(), heading=heading))
+            continue
+        if element.find_parent(_HTML_BLOCKS) is not None:
+            continue
+        text = clean_text(element.get_text(" ", strip=True)).strip()
+        if not text:
+            continue
+        if element.name in _HTML_HEADINGS:
+            heading = text
+            title = title or text
+        else:
+            blocks.append(Block(text=text, heading=heading))
+    if not blocks:
+        loose = clean_text(body.get_text("\n", strip=True))
+        blocks = [Block(text=p) for p in paragraphs(loose.replace("\n", "\n\n"))]
+    return ParsedDocument("html", _require_text(blocks, "HTML page"), title=title, parser="html")
+
+
+def _pdf_outline(pdf: object) -> list[tuple[int, str]]:
+    """(page index, title) of the document outline, sorted by page; empty if it has none."""
+    entries = []
+    try:
+        for item in pdf.get_toc(max_depth=4):  # type: ignore[attr-defined]
+            if item.page_index is not None and item.title:
+                entries.append((item.page_index, clean_text(item.title).strip()))
+    except Exception:  # a broken outline must not lose the text
+        return []
+    return sorted(entries, key=lambda entry: entry[0])
+
+
+def parse_pdf(data: bytes) -> ParsedDocument:
+    import pypdfium2 as pdfium
+
+    try:
+        pdf = pdfium.PdfDocument(data)
+    except pdfium.PdfiumError as error:
+        message = str(error).lower()
+        if "password" in message or "security" in message:
+            raise ParseError(QuarantineReason.ENCRYPTED, "password-protected PDF") from None
+        raise ParseError(QuarantineReason.CORRUPT, f"not a readable PDF ({error})") from None
+    try:
+        page_count = len(pdf)
+        if page_count == 0:
+            raise ParseError(QuarantineReason.EMPTY, "PDF has no pages")
+        outline = _pdf_outline(pdf)
+        title = (pdf.get_metadata_dict().get("Title") or "").strip()
+        blocks: list[Block] = []
+        for index in range(page_count):
+            page = pdf[index]
+            textpage = page.get_textpage()
+            raw = textpage.get_text_bounded()
+            textpage.close()
+            page.close()
+            heading = ""
+            for page_index, entry in outline:
+                if page_index > index:
+                    break
+                heading = entry
+            for paragraph in paragraphs(clean_text(raw)):
+                blocks.append(Block(text=paragraph, page=index + 1, heading=heading))
+    except pdfium.PdfiumError as error:
+        raise ParseError(QuarantineReason.CORRUPT, f"PDF page could not be read ({error})") from None
+    finally:
+        pdf.close()
+    if not blocks:
+        raise ParseError(QuarantineReason.NO_TEXT_LAYER, f"none of {page_count} page(s) has a text layer (scanned?)")
+    return ParsedDocument("pdf", blocks, title=title, pages=page_count, parser=f"pypdfium2 {pdfium.V_PYPDFIUM2}")
+
+
+PARSERS = {"pdf": parse_pdf, "html": parse_html, "markdown": parse_markdown, "text": parse_text}
+
+
+def parse_bytes(data: bytes, fmt: str) -> ParsedDocument:
+    if not data.strip():
+        raise ParseError(QuarantineReason.EMPTY, "file is empty")
+    return PARSERS[fmt](data)
+
+
+def parse_file(path: Path, max_bytes: int) -> ParsedDocument:
+    """Parse one landing file. Raises only ParseError."""
+    fmt = detect_format(path)
+    if fmt is None:
+        raise ParseError(QuarantineReason.UNSUPPORTED_TYPE, f"'{path.suffix or path.name}' is not PDF, HTML, Markdown or text")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ParseError(QuarantineReason.TOO_LARGE, f"{size} bytes is over the {max_bytes}-byte limit")
+    try:
+        return parse_bytes(path.read_bytes(), fmt)
+    except ParseError:
+        raise
+    except UnicodeDecodeError as error:
+        raise ParseError(QuarantineReason.UNDECODABLE, str(error)) from None
+    except Exception as error:  # any parser crash is a property of the file, not of the run
+        raise ParseError(QuarantineReason.CORRUPT, f"{type(error).__name__}: {error}") from None

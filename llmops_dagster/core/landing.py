@@ -1,0 +1,102 @@
+"""The landing zone: which files are there, what their content hash is, and what changed."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+# Question files for evaluation and batch prediction live here; they are not documents.
+QUESTIONS_DIR = "questions"
+
+
+@dataclass(frozen=True)
+class LandingFile:
+    path: str  # relative to the landing root, POSIX separators
+    size_bytes: int
+    mtime_ns: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class LandingDiff:
+    added: list[LandingFile]
+    changed: list[LandingFile]
+    unchanged: list[LandingFile]
+    deleted: list[str]
+
+    @property
+    def to_parse(self) -> list[LandingFile]:
+        return self.added + self.changed
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.added or self.changed or self.deleted)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_document_path(relative: Path) -> bool:
+    """Hidden files and folders (editor swap files, partial uploads) and questions/ are not documents."""
+    parts = relative.parts
+    return not any(part.startswith(".") for part in parts) and parts[0] != QUESTIONS_DIR
+
+
+def list_paths(root: Path) -> list[str]:
+    """Relative POSIX paths of every document file under ``root``, sorted."""
+    if not root.is_dir():
+        return []
+    return [
+        path.relative_to(root).as_posix()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and is_document_path(path.relative_to(root))
+    ]
+
+
+def scan(root: Path, known: Mapping[str, LandingFile] | None = None) -> list[LandingFile]:
+    """Every document file under ``root`` with its hash, sorted by path.
+
+    A file whose size and mtime match ``known`` keeps its recorded hash instead of being read again.
+    """
+    known = known or {}
+    files = []
+    for key in list_paths(root):
+        path = root / key
+        stat = path.stat()
+        previous = known.get(key)
+        if previous and previous.size_bytes == stat.st_size and previous.mtime_ns == stat.st_mtime_ns:
+            sha = previous.sha256
+        else:
+            sha = file_sha256(path)
+        files.append(LandingFile(key, stat.st_size, stat.st_mtime_ns, sha))
+    return files
+
+
+def diff(current: list[LandingFile], known: Mapping[str, LandingFile]) -> LandingDiff:
+    added, changed, unchanged = [], [], []
+    for item in current:
+        previous = known.get(item.path)
+        if previous is None:
+            added.append(item)
+        elif previous.sha256 != item.sha256:
+            changed.append(item)
+        else:
+            unchanged.append(item)
+    present = {item.path for item in current}
+    deleted = sorted(path for path in known if path not in present)
+    return LandingDiff(added, changed, unchanged, deleted)
+
+
+def manifest_digest(files: list[LandingFile]) -> str:
+    """One hash for the whole landing zone's content: a natural run key."""
+    digest = hashlib.sha256()
+    for item in files:
+        digest.update(f"{item.path}\0{item.sha256}\n".encode())
+    return digest.hexdigest()

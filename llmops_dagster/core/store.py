@@ -1,0 +1,163 @@
+"""Versioned tables in LanceDB: documents, quarantine, chunks and embeddings.
+
+Every write is one Lance commit (a new table version), so a run killed mid-way leaves the last good
+version readable. Writes are skipped entirely when there is nothing to change: LanceDB commits a new
+version even for an empty merge or a delete that matches nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+if TYPE_CHECKING:
+    from lancedb.table import Table
+
+DOCUMENTS = "documents"
+QUARANTINE = "quarantine"
+CHUNKS = "chunks"
+EMBEDDINGS = "embeddings"
+
+_BLOCK = pa.struct([("text", pa.string()), ("page", pa.int32()), ("heading", pa.string())])
+_UTC = pa.timestamp("us", tz="UTC")
+
+DOCUMENTS_SCHEMA = pa.schema(
+    [
+        pa.field("path", pa.string(), nullable=False, metadata={"description": "path inside the landing zone"}),
+        pa.field("doc_id", pa.string(), nullable=False, metadata={"description": "sha256 of the file content"}),
+        pa.field("format", pa.string(), metadata={"description": "pdf, html, markdown or text"}),
+        pa.field("size_bytes", pa.int64()),
+        pa.field("mtime_ns", pa.int64(), metadata={"description": "file modification time, ns since epoch"}),
+        pa.field("pages", pa.int32(), metadata={"description": "page count (PDF only)"}),
+        pa.field("title", pa.string()),
+        pa.field("text", pa.string(), metadata={"description": "extracted text"}),
+        pa.field("blocks", pa.list_(_BLOCK), metadata={"description": "paragraphs with page and heading"}),
+        pa.field("parser", pa.string()),
+        pa.field("ingested_at", _UTC),
+    ]
+)
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("path", pa.string(), nullable=False, metadata={"description": "path inside the landing zone"}),
+        pa.field("doc_id", pa.string(), nullable=False, metadata={"description": "sha256 of the file content"}),
+        pa.field("size_bytes", pa.int64()),
+        pa.field("mtime_ns", pa.int64()),
+        pa.field("reason", pa.string(), metadata={"description": "corrupt, encrypted, empty, no_text_layer, ..."}),
+        pa.field("detail", pa.string()),
+        pa.field("quarantined_at", _UTC),
+    ]
+)
+
+_CHUNK_FIELDS = [
+    pa.field("id", pa.string(), nullable=False, metadata={"description": "stable chunk id"}),
+    pa.field("doc_id", pa.string(), nullable=False),
+    pa.field("source", pa.string(), nullable=False, metadata={"description": "document path"}),
+    pa.field("ordinal", pa.int32(), metadata={"description": "position in the document"}),
+    pa.field("text", pa.string()),
+    pa.field("n_tokens", pa.int32(), metadata={"description": "tokens as the embedding model counts them"}),
+    pa.field("page", pa.int32(), metadata={"description": "first page (PDF only)"}),
+    pa.field("page_end", pa.int32(), metadata={"description": "last page (PDF only)"}),
+    pa.field("heading", pa.string()),
+]
+CHUNKS_SCHEMA = pa.schema([*_CHUNK_FIELDS, pa.field("chunker", pa.string())])
+
+
+def embeddings_schema(dimension: int) -> pa.Schema:
+    return pa.schema(
+        [
+            *_CHUNK_FIELDS,
+            pa.field("vector", pa.list_(pa.float32(), dimension), metadata={"description": "unit-norm embedding"}),
+            pa.field("embedding_model", pa.string(), metadata={"description": "model fingerprint"}),
+        ]
+    )
+
+
+def sql_in(column: str, values: Iterable[str]) -> str:
+    quoted = ",".join("'" + value.replace("'", "''") + "'" for value in values)
+    return f"{column} IN ({quoted})"
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    upserted: int = 0
+    deleted: int = 0
+    version: int | None = None
+
+    @property
+    def wrote(self) -> bool:
+        return bool(self.upserted or self.deleted)
+
+
+class LanceStore:
+    """A LanceDB database (local folder or object-store URI) holding one environment's tables."""
+
+    def __init__(self, uri: str, storage_options: dict[str, str] | None = None) -> None:
+        import lancedb
+
+        self.uri = uri
+        self.db = lancedb.connect(uri, storage_options=storage_options or None)
+
+    def exists(self, name: str) -> bool:
+        return name in self.db.table_names(limit=1000)
+
+    def open(self, name: str) -> Table | None:
+        return self.db.open_table(name) if self.exists(name) else None
+
+    def version(self, name: str) -> int | None:
+        table = self.open(name)
+        return table.version if table is not None else None
+
+    def count(self, name: str) -> int:
+        table = self.open(name)
+        return table.count_rows() if table is not None else 0
+
+    def read(self, name: str, schema: pa.Schema, columns: list[str] | None = None, where: str | None = None) -> pa.Table:
+        table = self.open(name)
+        if table is None:
+            empty = schema.empty_table()
+            return empty.select(columns) if columns else empty
+        query = table.search().limit(None)
+        if where:
+            query = query.where(where)
+        if columns:
+            query = query.select(columns)
+        return query.to_arrow()
+
+    def read_keys(self, name: str, schema: pa.Schema, key: str, values: list[str], columns: list[str] | None = None) -> pa.Table:
+        """Rows whose ``key`` is in ``values``, fetched in bounded IN-lists."""
+        parts = [
+            self.read(name, schema, columns, where=sql_in(key, values[start : start + 500]))
+            for start in range(0, len(values), 500)
+        ]
+        if not parts:
+            empty = schema.empty_table()
+            return empty.select(columns) if columns else empty
+        return pa.concat_tables(parts)
+
+    def _ensure(self, name: str, schema: pa.Schema) -> Table:
+        table = self.open(name)
+        if table is None:
+            table = self.db.create_table(name, schema=schema, exist_ok=True)
+        return table
+
+    def apply(self, name: str, schema: pa.Schema, key: str, upserts: pa.Table, deletes: list[str]) -> WriteResult:
+        """Upsert rows by ``key`` and delete keys; nothing is committed when both are empty."""
+        if not upserts.num_rows and not deletes:
+            return WriteResult(version=self.version(name))
+        table = self._ensure(name, schema)
+        deleted = 0
+        for start in range(0, len(deletes), 500):
+            deleted += table.delete(sql_in(key, deletes[start : start + 500])).num_deleted_rows
+        if upserts.num_rows:
+            upserts = upserts.select(schema.names).cast(schema)
+            table.merge_insert(key).when_matched_update_all().when_not_matched_insert_all().execute(upserts)
+        return WriteResult(upserted=upserts.num_rows, deleted=deleted, version=table.version)
+
+    def replace(self, name: str, schema: pa.Schema, data: pa.Table) -> WriteResult:
+        """Overwrite a table in one commit (used when the embedding model changes)."""
+        table = self.db.create_table(name, data.select(schema.names).cast(schema), mode="overwrite")
+        return WriteResult(upserted=data.num_rows, version=table.version)

@@ -1,0 +1,48 @@
+"""Assembles one ``dg.Definitions`` per environment. ``workspace.yaml`` loads each as a code location."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from llmops_dagster.assets import STAGE_MODULES
+from llmops_dagster.resources import build_resources
+from llmops_dagster.settings import EnvSettings, load_settings
+
+INGEST_JOB = "ingest"
+
+
+def build_defs(env: str | EnvSettings) -> dg.Definitions:
+    """Everything for one environment: asset keys prefixed with its name, resources from its settings."""
+    settings = env if isinstance(env, EnvSettings) else load_settings(env)
+    assets = dg.load_assets_from_modules(STAGE_MODULES, key_prefix=settings.name)
+    checks = dg.load_asset_checks_from_modules(STAGE_MODULES, asset_key_prefix=settings.name)
+    ingest_job = dg.define_asset_job(
+        INGEST_JOB,
+        selection=dg.AssetSelection.all(),
+        description=f"Landing zone → documents → chunks → embeddings → vector index ({settings.name})",
+        tags={"llmops/env": settings.name},
+    )
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=checks,
+        jobs=[ingest_job],
+        resources=build_resources(settings),
+        # One process: the embedding model and torch are loaded once per run, not once per step.
+        executor=dg.in_process_executor,
+        metadata={"environment": settings.name, "landing": str(settings.landing), "lancedb": settings.lancedb_uri},
+    )
+
+
+@dg.definitions
+def test_defs() -> dg.Definitions:
+    return build_defs("test")
+
+
+@dg.definitions
+def staging_defs() -> dg.Definitions:
+    return build_defs("staging")
+
+
+@dg.definitions
+def prod_defs() -> dg.Definitions:
+    return build_defs("prod")

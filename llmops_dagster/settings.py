@@ -1,0 +1,142 @@
+"""The one place that knows the environments (test, staging, prod).
+
+Settings are read from ``environments.yaml`` when definitions load (``load_settings``),
+never at import time. ``LLMOPS_HOME`` moves all local state; ``LLMOPS_ENVIRONMENTS``
+points at another declaration file.
+"""
+
+from __future__ import annotations
+
+import os
+from copy import deepcopy
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ENVIRONMENTS = ("test", "staging", "prod")
+DEFAULT_HOME = ".llmops"
+PACKAGE_ROOT = Path(__file__).resolve().parent
+DEFAULT_DECLARATION = PACKAGE_ROOT.parent / "environments.yaml"
+
+
+class SettingsError(ValueError):
+    """The environment declaration is missing, malformed or names an unknown environment."""
+
+
+@dataclass(frozen=True)
+class IngestionSettings:
+    max_file_mb: float = 50.0
+
+    @property
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_mb * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class EmbeddingSettings:
+    model: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class ChunkingSettings:
+    chunk_tokens: int = 200
+    overlap_tokens: int = 32
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    ann_min_rows: int = 20000
+    ann_min_recall: float = 0.95
+    recall_sample: int = 200
+    nprobes: int = 32
+    refine_factor: int = 10
+
+
+@dataclass(frozen=True)
+class EnvSettings:
+    name: str
+    home: Path
+    state_root: Path
+    landing: Path
+    lancedb_uri: str
+    ingestion: IngestionSettings
+    embedding: EmbeddingSettings
+    chunking: ChunkingSettings
+    index: IndexSettings
+
+    def with_landing(self, landing: Path) -> EnvSettings:
+        return replace(self, landing=landing.resolve())
+
+
+def llmops_home() -> Path:
+    return Path(os.environ.get("LLMOPS_HOME", DEFAULT_HOME)).expanduser().resolve()
+
+
+def declaration_path() -> Path:
+    return Path(os.environ.get("LLMOPS_ENVIRONMENTS", DEFAULT_DECLARATION)).expanduser()
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _section(cls: type, raw: dict[str, Any], env: str, name: str) -> Any:
+    fields = set(cls.__dataclass_fields__)
+    unknown = set(raw) - fields
+    if unknown:
+        raise SettingsError(f"environment '{env}': unknown {name} setting(s) {sorted(unknown)}")
+    return cls(**raw)
+
+
+def load_settings(env: str, declaration: Path | None = None) -> EnvSettings:
+    """Resolve one environment's settings from the declaration file."""
+    if env not in ENVIRONMENTS:
+        raise SettingsError(f"unknown environment '{env}'; choose one of {', '.join(ENVIRONMENTS)}")
+    path = declaration or declaration_path()
+    if not path.is_file():
+        raise SettingsError(f"environment declaration not found: {path}")
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise SettingsError(f"{path} is not valid YAML: {error}") from None
+    declared = document.get("environments") or {}
+    if env not in declared:
+        raise SettingsError(f"environment '{env}' is not declared in {path}")
+    raw = _merge(document.get("defaults") or {}, declared[env] or {})
+
+    home = llmops_home()
+
+    def expand(value: str) -> str:
+        return value.format(home=home, env=env)
+
+    state_root = Path(expand(raw.pop("state_root", "{home}/{env}")))
+    landing = Path(expand(raw.pop("landing", "{home}/landing/{env}")))
+    lancedb_uri = raw.pop("lancedb_uri", None) or str(state_root / "lancedb")
+    sections = {
+        "ingestion": IngestionSettings,
+        "embedding": EmbeddingSettings,
+        "chunking": ChunkingSettings,
+        "index": IndexSettings,
+    }
+    parsed = {name: _section(cls, raw.pop(name, {}) or {}, env, name) for name, cls in sections.items()}
+    if raw:
+        raise SettingsError(f"environment '{env}': unknown setting(s) {sorted(raw)} in {path}")
+    return EnvSettings(
+        name=env,
+        home=home,
+        state_root=state_root.resolve(),
+        landing=landing.resolve(),
+        lancedb_uri=expand(lancedb_uri),
+        **parsed,
+    )
