@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from importlib.metadata import version
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -206,11 +207,11 @@ def parse_html(data: bytes) -> ParsedDocument:
             # Only text that sits directly in a div, not inside a block we visit anyway.
             own = " ".join(s.strip() for s in element.find_all(string=True, recursive=False) if s.strip())
             if own:
-                blocks.append(Block(text=clean_text(own).strip(), heading=heading))
+                blocks.append(Block(text=" ".join(clean_text(own).split()), heading=heading))
             continue
         if element.find_parent(_HTML_BLOCKS) is not None:
             continue
-        text = clean_text(element.get_text(" ", strip=True)).strip()
+        text = " ".join(clean_text(element.get_text(" ", strip=True)).split())
         if not text:
             continue
         if element.name in _HTML_HEADINGS:
@@ -226,14 +227,63 @@ def parse_html(data: bytes) -> ParsedDocument:
 
 def _pdf_outline(pdf: object) -> list[tuple[int, str]]:
     """(page index, title) of the document outline, sorted by page; empty if it has none."""
+    import pypdfium2 as pdfium
+
     entries = []
     try:
-        for item in pdf.get_toc(max_depth=4):  # type: ignore[attr-defined]
-            if item.page_index is not None and item.title:
-                entries.append((item.page_index, clean_text(item.title).strip()))
-    except Exception:  # a broken outline must not lose the text
+        for bookmark in pdf.get_toc(max_depth=4):  # type: ignore[attr-defined]
+            destination = bookmark.get_dest()
+            title = bookmark.get_title()
+            index = destination.get_index() if destination is not None else None
+            if index is not None and title:
+                entries.append((index, clean_text(title).strip()))
+    except pdfium.PdfiumError:  # a broken outline must not lose the text
         return []
     return sorted(entries, key=lambda entry: entry[0])
+
+
+def _page_lines(text: str) -> list[str]:
+    return [" ".join(line.split()) for line in clean_text(text).split("\n") if line.strip()]
+
+
+def _furniture(pages: list[list[str]]) -> set[str]:
+    """Running headers and footers: edge lines that recur (digits ignored) on most pages."""
+    if len(pages) < 3:
+        return set()
+    counts: dict[str, int] = {}
+    for lines in pages:
+        for line in {re.sub(r"\d+", "#", line) for line in lines[:2] + lines[-2:]}:
+            counts[line] = counts.get(line, 0) + 1
+    return {line for line, count in counts.items() if count >= max(3, len(pages) // 2)}
+
+
+def _heading_key(text: str) -> str:
+    return re.sub(r"\W+", "", text).lower()
+
+
+def _pdf_page_blocks(lines: list[str], page: int, heading: str, titles: set[str]) -> tuple[list[Block], str]:
+    """Lines → paragraphs. A paragraph ends after a short line that closes a sentence, or at a heading."""
+    if not lines:
+        return [], heading
+    typical = sorted(len(line) for line in lines)[len(lines) // 2]
+    blocks: list[Block] = []
+    current: list[str] = []
+
+    def flush() -> None:
+        if current:
+            blocks.append(Block(text=" ".join(current), page=page, heading=heading))
+            current.clear()
+
+    for line in lines:
+        if _heading_key(line) in titles:
+            flush()
+            heading = line
+            continue
+        current.append(line)
+        if line.endswith((".", "!", "?", ":")) and len(line) < 0.8 * typical:
+            flush()
+    flush()
+    return blocks, heading
 
 
 def parse_pdf(data: bytes) -> ParsedDocument:
@@ -252,27 +302,32 @@ def parse_pdf(data: bytes) -> ParsedDocument:
             raise ParseError(QuarantineReason.EMPTY, "PDF has no pages")
         outline = _pdf_outline(pdf)
         title = (pdf.get_metadata_dict().get("Title") or "").strip()
-        blocks: list[Block] = []
+        pages = []
         for index in range(page_count):
             page = pdf[index]
             textpage = page.get_textpage()
-            raw = textpage.get_text_bounded()
+            pages.append(_page_lines(textpage.get_text_bounded()))
             textpage.close()
             page.close()
-            heading = ""
-            for page_index, entry in outline:
-                if page_index > index:
-                    break
-                heading = entry
-            for paragraph in paragraphs(clean_text(raw)):
-                blocks.append(Block(text=paragraph, page=index + 1, heading=heading))
     except pdfium.PdfiumError as error:
         raise ParseError(QuarantineReason.CORRUPT, f"PDF page could not be read ({error})") from None
     finally:
         pdf.close()
+    furniture = _furniture(pages)
+    titles = {_heading_key(entry) for _, entry in outline} - {""}
+    blocks: list[Block] = []
+    heading = ""
+    for index, lines in enumerate(pages):
+        # Outline entries that point at this page but whose line we cannot find still set the heading.
+        for page_index, entry in outline:
+            if page_index == index and _heading_key(entry) not in {_heading_key(line) for line in lines}:
+                heading = entry
+        kept = [line for line in lines if re.sub(r"\d+", "#", line) not in furniture]
+        page_blocks, heading = _pdf_page_blocks(kept, index + 1, heading, titles)
+        blocks.extend(page_blocks)
     if not blocks:
         raise ParseError(QuarantineReason.NO_TEXT_LAYER, f"none of {page_count} page(s) has a text layer (scanned?)")
-    return ParsedDocument("pdf", blocks, title=title, pages=page_count, parser=f"pypdfium2 {pdfium.V_PYPDFIUM2}")
+    return ParsedDocument("pdf", blocks, title=title, pages=page_count, parser=f"pypdfium2 {version('pypdfium2')}")
 
 
 PARSERS = {"pdf": parse_pdf, "html": parse_html, "markdown": parse_markdown, "text": parse_text}

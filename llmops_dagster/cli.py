@@ -1,0 +1,231 @@
+"""``llmops``: the operator's command line for what the Dagster UI does not express.
+
+    llmops run    --env ENV [--landing DIR]
+    llmops search --env ENV [--k K] [--mode hybrid|vector|text] [--json] QUERY
+
+Bad arguments and missing state print one line and exit 2; no traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import NoReturn
+
+from llmops_dagster.settings import ENVIRONMENTS, EnvSettings, SettingsError, load_settings
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _settings(args: argparse.Namespace) -> EnvSettings:
+    try:
+        settings = load_settings(args.env)
+    except SettingsError as error:
+        raise UserError(str(error)) from None
+    landing = getattr(args, "landing", None)
+    if landing:
+        path = Path(landing).expanduser()
+        if not path.is_dir():
+            raise UserError(f"landing folder not found: {path}")
+        settings = settings.with_landing(path)
+    return settings
+
+
+def _instance():
+    """The persistent Dagster instance under DAGSTER_HOME (default $LLMOPS_HOME/dagster), as the UI sees it."""
+    import dagster as dg
+
+    from llmops_dagster.settings import llmops_home
+
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(llmops_home() / "dagster")))
+    home.mkdir(parents=True, exist_ok=True)
+    return dg.DagsterInstance.get()
+
+
+class _Progress(threading.Thread):
+    """Prints step starts, finishes, our own log lines and check verdicts while a run executes."""
+
+    def __init__(self, instance, run_id: str, stream=sys.stderr) -> None:
+        super().__init__(daemon=True)
+        self.instance, self.run_id, self.stream = instance, run_id, stream
+        self.done = threading.Event()
+        self.seen = 0
+        self.started: dict[str, float] = {}
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.flush()
+            self.done.wait(0.3)
+        self.flush()
+
+    def flush(self) -> None:
+        records = self.instance.all_logs(self.run_id)
+        for record in records[self.seen :]:
+            self._show(record)
+        self.seen = len(records)
+
+    def _show(self, record) -> None:
+        event = record.dagster_event
+        step = record.step_key or ""
+        if event is None:
+            if record.user_message and record.level >= 20 and step:
+                print(f"    {step}: {record.user_message}", file=self.stream)
+            return
+        kind = event.event_type_value
+        if kind == "STEP_START":
+            self.started[step] = time.monotonic()
+            print(f"  ▶ {step}", file=self.stream)
+        elif kind == "STEP_SUCCESS":
+            print(f"  ✔ {step} ({time.monotonic() - self.started.get(step, time.monotonic()):.1f}s)", file=self.stream)
+        elif kind == "STEP_FAILURE":
+            print(f"  ✘ {step}: {event.step_failure_data.error.message.strip()}", file=self.stream)
+        elif kind == "ASSET_CHECK_EVALUATION":
+            data = event.event_specific_data
+            mark = "✔" if data.passed else "✘"
+            print(f"    check {data.check_name}: {mark} {data.description or ''}", file=self.stream)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from llmops_dagster.definitions import INGEST_JOB, build_defs
+
+    settings = _settings(args)
+    print(f"llmops run: environment '{settings.name}', landing {settings.landing}", file=sys.stderr)
+    if not settings.landing.is_dir():
+        raise UserError(f"landing folder not found: {settings.landing} (create it, or pass --landing DIR)")
+    job = build_defs(settings).get_job_def(INGEST_JOB)
+    instance = _instance()
+    run_id = str(uuid.uuid4())
+    progress = _Progress(instance, run_id)
+    progress.start()
+    try:
+        result = job.execute_in_process(
+            instance=instance,
+            run_id=run_id,
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+            tags={"llmops/trigger": "cli"},
+        )
+    finally:
+        progress.done.set()
+        progress.join()
+    failed_checks = [e.asset_check_key.name for e in result.get_asset_check_evaluations() if not e.passed]
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        rows = materialization.metadata.get("dagster/row_count")
+        print(f"{materialization.asset_key.to_user_string():<24} {rows.value if rows else '-':>8} rows")
+    if not result.success:
+        print(f"run {run_id} failed; see the Dagster UI for details", file=sys.stderr)
+        return 1
+    if failed_checks:
+        print(f"run {run_id} finished, but check(s) failed: {', '.join(failed_checks)}", file=sys.stderr)
+        return 1
+    print(f"run {run_id} succeeded", file=sys.stderr)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from llmops_dagster.core import store
+    from llmops_dagster.core.embedding import EmbedderConfig, load_embedder
+    from llmops_dagster.core.index import AnnParams, search
+
+    settings = _settings(args)
+    if not args.query.strip():
+        raise UserError("the query is empty")
+    local = "://" not in settings.lancedb_uri
+    if local and not Path(settings.lancedb_uri).is_dir():
+        table = None
+    else:
+        table = store.LanceStore(settings.lancedb_uri).open(store.EMBEDDINGS)
+    if table is None or table.count_rows() == 0:
+        raise UserError(f"no index for environment '{settings.name}' at {settings.lancedb_uri}; run `llmops run --env {settings.name}` first")
+    embedder = None
+    if args.mode != "text":
+        embedder = load_embedder(EmbedderConfig(**vars(settings.embedding)))
+        models = set(table.search().select(["embedding_model"]).limit(1).to_arrow().column("embedding_model").to_pylist())
+        if models and models != {embedder.fingerprint}:
+            raise UserError(
+                f"index was built with {models.pop()} but '{settings.name}' is configured for {embedder.fingerprint}; "
+                f"run `llmops run --env {settings.name}` to re-embed"
+            )
+    params = AnnParams(settings.index.ann_min_rows, settings.index.nprobes, settings.index.refine_factor)
+    passages = search(table, args.query, args.k, args.mode, params, embedder)
+    if args.json:
+        payload = {
+            "query": args.query,
+            "mode": args.mode,
+            "passages": [
+                {"text": p.text, "source": p.source, "page": p.page, "heading": p.heading, "score": round(p.score, 6), "chunk_id": p.id}
+                for p in passages
+            ],
+        }
+        print(json.dumps(payload, ensure_ascii=False, indent=2))
+        return 0
+    if not passages:
+        print("no passages found")
+    for rank, p in enumerate(passages, 1):
+        where = p.source + (f", page {p.page}" if p.page else "") + (f" — {p.heading}" if p.heading else "")
+        text = p.text if len(p.text) <= 400 else p.text[:400] + "…"
+        print(f"{rank}. [{p.score:.3f}] {where}\n   {text}\n")
+    return 0
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{value}'") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from llmops_dagster.core.index import SEARCH_MODES
+
+    parser = _Parser(prog="llmops", description="Operate the llmops-dagster environments.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="materialize an environment's whole graph, with progress")
+    run.add_argument("--env", required=True, choices=ENVIRONMENTS)
+    run.add_argument("--landing", help="ingest this folder instead of the environment's landing zone")
+    run.set_defaults(handler=cmd_run)
+
+    find = commands.add_parser("search", help="ranked passages for a query, with sources and scores")
+    find.add_argument("--env", required=True, choices=ENVIRONMENTS)
+    find.add_argument("--k", type=_positive, default=5, help="passages to return (default 5)")
+    find.add_argument("--mode", choices=SEARCH_MODES, default="hybrid")
+    find.add_argument("--json", action="store_true", help='print {"query", "passages": [...]} as JSON')
+    find.add_argument("query")
+    find.set_defaults(handler=cmd_search)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as error:
+        print(f"llmops: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("llmops: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
