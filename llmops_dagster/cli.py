@@ -54,6 +54,10 @@ def _instance():
 
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(llmops_home() / "dagster")))
     home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        # Local sqlite storage under DAGSTER_HOME; an explicit file keeps Dagster from warning on every run.
+        config.write_text("# Created by llmops. Local sqlite storage under this folder.\ntelemetry:\n  enabled: false\n")
     return dg.DagsterInstance.get()
 
 

@@ -11,11 +11,19 @@ from llmops_dagster.settings import EnvSettings, load_settings
 INGEST_JOB = "ingest"
 
 
+def environment_assets(env: str) -> list[dg.AssetsDefinition]:
+    """The stage assets and their checks, keys prefixed with the environment name."""
+    assets = dg.load_assets_from_modules(STAGE_MODULES, key_prefix=env)
+    checks = dg.load_asset_checks_from_modules(STAGE_MODULES, asset_key_prefix=env)
+    return [*assets, *checks]
+
+
 def build_defs(env: str | EnvSettings) -> dg.Definitions:
     """Everything for one environment: asset keys prefixed with its name, resources from its settings."""
     settings = env if isinstance(env, EnvSettings) else load_settings(env)
-    assets = dg.load_assets_from_modules(STAGE_MODULES, key_prefix=settings.name)
-    checks = dg.load_asset_checks_from_modules(STAGE_MODULES, asset_key_prefix=settings.name)
+    definitions = environment_assets(settings.name)
+    assets = [d for d in definitions if not isinstance(d, dg.AssetChecksDefinition)]
+    checks = [d for d in definitions if isinstance(d, dg.AssetChecksDefinition)]
     ingest_job = dg.define_asset_job(
         INGEST_JOB,
         selection=dg.AssetSelection.all(),

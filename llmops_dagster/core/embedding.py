@@ -101,6 +101,9 @@ class Embedder:
     def __init__(self, config: EmbedderConfig) -> None:
         import torch
         from transformers import AutoModel
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.config = config

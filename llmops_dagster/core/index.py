@@ -120,10 +120,10 @@ def measure_recall(table: Table, params: AnnParams, sample: int = 200, k: int = 
     hits, ann_times, exact_times = [], [], []
     for query in queries:
         started = time.perf_counter()
-        ann = _vector_query(table, query, k, params).select(["id"]).to_arrow().column("id").to_pylist()
+        ann = _vector_query(table, query, k, params).select(["id", "_distance"]).to_arrow().column("id").to_pylist()
         ann_times.append(time.perf_counter() - started)
         started = time.perf_counter()
-        exact = _vector_query(table, query, k, params, exact=True).select(["id"]).to_arrow().column("id").to_pylist()
+        exact = _vector_query(table, query, k, params, exact=True).select(["id", "_distance"]).to_arrow().column("id").to_pylist()
         exact_times.append(time.perf_counter() - started)
         hits.append(len(set(ann) & set(exact)) / max(1, len(exact)))
     return RecallReport(
@@ -175,7 +175,8 @@ def search(
                 .limit(k)
             )
             score_column = "_relevance_score"
-    rows = builder.select(RESULT_COLUMNS).to_arrow().to_pylist()
+    columns = RESULT_COLUMNS if mode == "hybrid" else [*RESULT_COLUMNS, score_column]
+    rows = builder.select(columns).to_arrow().to_pylist()
     passages = []
     for row in rows[:k]:
         score = row[score_column]

@@ -1,0 +1,52 @@
+# Two commands matter on a fresh clone: `make demo` and `make test`. Both create .venv if missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export LLMOPS_HOME ?= $(CURDIR)/.llmops
+export DAGSTER_HOME ?= $(LLMOPS_HOME)/dagster
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast ui bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# The CPU wheel first, so that nothing below pulls a CUDA build of torch.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	@mkdir -p $(LLMOPS_HOME)/landing/test
+	@for f in sample_corpus/*; do \
+		[ -e "$(LLMOPS_HOME)/landing/test/$$(basename $$f)" ] || cp "$$f" "$(LLMOPS_HOME)/landing/test/"; \
+	done
+	$(BIN)/llmops run --env test
+	@echo; echo '$$ llmops search --env test "which quarantine reasons exist?"'
+	@$(BIN)/llmops search --env test --k 3 "which quarantine reasons exist?"
+	@echo '$$ llmops search --env test --mode vector "how are chunks kept within the model token window"'
+	@$(BIN)/llmops search --env test --k 3 --mode vector "how are chunks kept within the model token window"
+	@echo '$$ llmops search --env test --mode text "reciprocal rank fusion"'
+	@$(BIN)/llmops search --env test --k 3 --mode text "reciprocal rank fusion"
+	@echo "State is in $(LLMOPS_HOME). Open the Dagster UI with: make ui  (then http://127.0.0.1:3000)"
+
+test: $(STAMP)
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+ui: $(STAMP)
+	@mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+bench: $(STAMP)
+	$(BIN)/python bench/embed.py
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(LLMOPS_HOME)

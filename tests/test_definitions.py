@@ -1,0 +1,50 @@
+"""Every environment's definitions load and hold the expected assets, checks and jobs."""
+
+import dagster as dg
+import pytest
+
+from llmops_dagster.definitions import INGEST_JOB, build_defs
+from llmops_dagster.settings import ENVIRONMENTS
+
+ASSETS = {"documents", "quarantine", "chunks", "embeddings", "vector_index"}
+CHECKS = {
+    ("documents", "no_files_lost"),
+    ("quarantine", "quarantine_reasons_known"),
+    ("chunks", "chunks_well_formed"),
+    ("chunks", "every_document_chunked"),
+    ("embeddings", "vectors_valid"),
+    ("embeddings", "index_matches_chunks"),
+    ("vector_index", "ann_recall"),
+    ("vector_index", "full_text_index_ready"),
+}
+BLOCKING = {"no_files_lost", "chunks_well_formed", "every_document_chunked", "vectors_valid", "index_matches_chunks", "ann_recall"}
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_definitions_per_environment(env: str, llmops_home) -> None:
+    defs = build_defs(env)
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert keys == {f"{env}/{name}" for name in ASSETS}
+
+    checks = {(key.asset_key.path[-1], key.name) for key in graph.asset_check_keys}
+    assert checks == CHECKS
+    assert all(key.asset_key.path[0] == env for key in graph.asset_check_keys)
+    blocking = {key.name for key in graph.asset_check_keys if graph.get_check_spec(key).blocking}
+    assert blocking == BLOCKING
+
+    assert graph.get(dg.AssetKey([env, "chunks"])).parent_keys == {dg.AssetKey([env, "documents"])}
+    assert defs.resolve_job_def(INGEST_JOB) is not None
+    resources = defs.resources or {}
+    assert str(llmops_home) in resources["lancedb"].uri and env in resources["lancedb"].uri
+    assert resources["landing"].path.endswith(f"landing/{env}")
+
+
+def test_settings_are_read_when_definitions_load_not_at_import(tmp_path, monkeypatch) -> None:
+    import llmops_dagster.definitions as module
+
+    monkeypatch.setenv("LLMOPS_HOME", str(tmp_path / "a"))
+    first = module.build_defs("test").resources["lancedb"].uri
+    monkeypatch.setenv("LLMOPS_HOME", str(tmp_path / "b"))
+    second = module.build_defs("test").resources["lancedb"].uri
+    assert first != second and str(tmp_path / "b") in second

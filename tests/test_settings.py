@@ -1,0 +1,45 @@
+from pathlib import Path
+
+import pytest
+
+from llmops_dagster.settings import ENVIRONMENTS, SettingsError, load_settings
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_every_environment_resolves_under_llmops_home(env: str, llmops_home: Path) -> None:
+    settings = load_settings(env)
+    assert settings.name == env
+    assert settings.state_root == (llmops_home / env).resolve()
+    assert settings.landing == (llmops_home / "landing" / env).resolve()
+    assert settings.lancedb_uri == str(llmops_home.resolve() / env / "lancedb")
+    assert settings.chunking.chunk_tokens > settings.chunking.overlap_tokens
+
+
+def test_environments_do_not_share_state(llmops_home: Path) -> None:
+    roots = {load_settings(env).lancedb_uri for env in ENVIRONMENTS}
+    assert len(roots) == len(ENVIRONMENTS)
+
+
+def test_unknown_environment_is_refused(llmops_home: Path) -> None:
+    with pytest.raises(SettingsError, match="unknown environment 'dev'"):
+        load_settings("dev")
+
+
+def test_unknown_setting_is_refused(tmp_path: Path, llmops_home: Path) -> None:
+    declaration = tmp_path / "environments.yaml"
+    declaration.write_text("defaults:\n  chunking:\n    chunk_size: 10\nenvironments:\n  test: {}\n")
+    with pytest.raises(SettingsError, match="unknown chunking setting"):
+        load_settings("test", declaration)
+
+
+def test_environment_overrides_defaults(tmp_path: Path, llmops_home: Path) -> None:
+    declaration = tmp_path / "environments.yaml"
+    declaration.write_text(
+        "defaults:\n  chunking:\n    chunk_tokens: 200\n    overlap_tokens: 20\n"
+        "environments:\n  test: {}\n  prod:\n    lancedb_uri: s3://bucket/{env}\n    chunking:\n      chunk_tokens: 120\n"
+    )
+    prod = load_settings("prod", declaration)
+    assert prod.lancedb_uri == "s3://bucket/prod"
+    assert (prod.chunking.chunk_tokens, prod.chunking.overlap_tokens) == (120, 20)
+    with pytest.raises(SettingsError, match="not declared"):
+        load_settings("staging", declaration)
