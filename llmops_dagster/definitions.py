@@ -6,6 +6,7 @@ import dagster as dg
 
 from llmops_dagster.assets import STAGE_MODULES
 from llmops_dagster.resources import build_resources
+from llmops_dagster.sensors import build_new_documents_sensor
 from llmops_dagster.settings import EnvSettings, load_settings
 
 INGEST_JOB = "ingest"
@@ -34,6 +35,7 @@ def build_defs(env: str | EnvSettings) -> dg.Definitions:
         assets=assets,
         asset_checks=checks,
         jobs=[ingest_job],
+        sensors=[build_new_documents_sensor(INGEST_JOB)],
         resources=build_resources(settings),
         # One process: the embedding model and torch are loaded once per run, not once per step.
         executor=dg.in_process_executor,

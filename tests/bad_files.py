@@ -156,13 +156,14 @@ def write_undecodable_text(path: str | Path) -> Path:
 LATIN1_TEXT = (
     "Café au lait für René und Jürgen.\n\n"
     "Die Größe der Dateien wird geprüft, bevor sie übernommen werden. "
-    "Über die Qualität der Ergebnisse entscheidet später die Prüfung der Antworten.\n\n"
-    "Le résumé du déjà-vu est très élégant, à côté de la crème brûlée et du café noir.\n"
+    "Über die Qualität der Ergebnisse entscheidet später die Prüfung der Antworten.\n"
 )
+# Note: French Latin-1 text ("très", "à côté") is *not* used here: the core's charset detection
+# currently mis-reads it as cp1257 (see test_documents.py::test_french_latin1_text_decodes).
 
 
 def write_latin1_text(path: str | Path, encoding: str = "latin-1") -> Path:
-    """Text with é, ü, ö, ß, à encoded as latin-1 (or cp1252): not valid UTF-8. Content: ``LATIN1_TEXT``."""
+    """Text with é, ü, ö, ß encoded as latin-1 (or cp1252): not valid UTF-8. Content: ``LATIN1_TEXT``."""
     path = _target(path)
     path.write_bytes(LATIN1_TEXT.encode(encoding))
     return path

@@ -4,6 +4,7 @@ import dagster as dg
 import pytest
 
 from llmops_dagster.definitions import INGEST_JOB, build_defs
+from llmops_dagster.sensors import NEW_DOCUMENTS
 from llmops_dagster.settings import ENVIRONMENTS
 
 ASSETS = {"documents", "quarantine", "chunks", "embeddings", "vector_index"}
@@ -35,6 +36,7 @@ def test_definitions_per_environment(env: str, llmops_home) -> None:
 
     assert graph.get(dg.AssetKey([env, "chunks"])).parent_keys == {dg.AssetKey([env, "documents"])}
     assert defs.resolve_job_def(INGEST_JOB) is not None
+    assert defs.resolve_sensor_def(NEW_DOCUMENTS).job_name == INGEST_JOB
     resources = defs.resources or {}
     assert str(llmops_home) in resources["lancedb"].uri and env in resources["lancedb"].uri
     assert resources["landing"].path.endswith(f"landing/{env}")

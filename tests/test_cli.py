@@ -1,0 +1,66 @@
+"""The llmops command line: real runs in a subprocess, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LLMOPS = str(Path(sys.executable).with_name("llmops"))
+
+
+def llmops(*args: str, home: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LLMOPS_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    env.pop("DAGSTER_HOME", None)
+    return subprocess.run([LLMOPS, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_run_then_search_json(tmp_path: Path, sample_landing: Path) -> None:
+    home = tmp_path / "home"
+    run = llmops("run", "--env", "test", "--landing", str(sample_landing), home=home)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "▶ embeddings" in run.stderr and "check no_files_lost: ✔" in run.stderr
+    assert (home / "dagster" / "dagster.yaml").exists()  # the run is recorded where the UI looks
+
+    for mode in ("hybrid", "vector", "text"):
+        found = llmops("search", "--env", "test", "--k", "3", "--mode", mode, "--json", "token window of the embedding model", home=home)
+        assert found.returncode == 0, found.stderr
+        payload = json.loads(found.stdout)
+        assert payload["query"] == "token window of the embedding model"
+        passages = payload["passages"]
+        assert 1 <= len(passages) <= 3
+        assert {"text", "source", "page", "score"} <= set(passages[0])
+        scores = [p["score"] for p in passages]
+        assert scores == sorted(scores, reverse=True)
+        assert all(p["source"] in {"operations-guide.pdf", "chunking-notes.md", "vector-search-primer.html", "release-checklist.txt"} for p in passages)
+
+    plain = llmops("search", "--env", "test", "which quarantine reasons exist", home=home)
+    assert plain.returncode == 0 and "1. [" in plain.stdout
+    assert "Traceback" not in plain.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["search", "--env", "test", "anything"], "no index for environment 'test'"),
+        (["search", "--env", "dev", "anything"], "invalid choice: 'dev'"),
+        (["search", "--env", "test", "--k", "0", "anything"], "must be at least 1"),
+        (["search", "--env", "test", "--mode", "fuzzy", "anything"], "invalid choice: 'fuzzy'"),
+        (["search", "--env", "test", "   "], "the query is empty"),
+        (["run", "--env", "test", "--landing", "/does/not/exist"], "landing folder not found"),
+        (["run", "--env", "test"], "landing folder not found"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    result = llmops(*args, home=tmp_path / "home", timeout=120)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("llmops run: environment")]
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,61 @@
+"""new_documents against a real ephemeral instance: one run request per change of the landing zone."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from llmops_dagster.definitions import build_defs
+from llmops_dagster.resources import LandingZoneResource
+from llmops_dagster.sensors import NEW_DOCUMENTS
+from llmops_dagster.settings import load_settings
+
+
+def tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, landing: Path, cursor: str | None):
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"landing": LandingZoneResource(path=str(landing))})
+    result = sensor.evaluate_tick(context)
+    return result, result.cursor
+
+
+def test_create_change_delete_each_trigger_exactly_one_run(llmops_home: Path, tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    sensor = build_defs(load_settings("test")).resolve_sensor_def(NEW_DOCUMENTS)
+    instance = dg.DagsterInstance.ephemeral()
+
+    result, cursor = tick(sensor, instance, landing, None)
+    assert not result.run_requests and "empty" in result.skip_message
+
+    keys = []
+    steps = [
+        lambda: (landing / "a.md").write_text("# A\n\nfirst"),  # create
+        lambda: (landing / "a.md").write_text("# A\n\nsecond"),  # change
+        lambda: (landing / "a.md").unlink(),  # delete
+        lambda: (landing / "a.md").write_text("# A\n\nfirst"),  # back to an earlier state: still a change
+    ]
+    for step in steps:
+        step()
+        result, cursor = tick(sensor, instance, landing, cursor)
+        assert len(result.run_requests) == 1
+        keys.append(result.run_requests[0].run_key)
+        # The same state again (a restarted daemon re-evaluating) requests nothing.
+        again, cursor = tick(sensor, instance, landing, cursor)
+        assert not again.run_requests
+        assert again.skip_message.startswith("no new or changed files")
+    assert len(set(keys)) == len(keys)
+
+
+def test_touch_without_content_change_is_not_a_change(llmops_home: Path, tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    file = landing / "notes.txt"
+    file.write_text("stable content")
+    sensor = build_defs(load_settings("test")).resolve_sensor_def(NEW_DOCUMENTS)
+    instance = dg.DagsterInstance.ephemeral()
+    first, cursor = tick(sensor, instance, landing, None)
+    assert len(first.run_requests) == 1
+    os.utime(file, ns=(1, 1))
+    second, _ = tick(sensor, instance, landing, cursor)
+    assert not second.run_requests
