@@ -105,12 +105,12 @@ class _Progress(threading.Thread):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from llmops_dagster.definitions import INGEST_JOB, build_defs
-
     settings = _settings(args)
-    print(f"llmops run: environment '{settings.name}', landing {settings.landing}", file=sys.stderr)
     if not settings.landing.is_dir():
         raise UserError(f"landing folder not found: {settings.landing} (create it, or pass --landing DIR)")
+    print(f"llmops run: environment '{settings.name}', landing {settings.landing}", file=sys.stderr)
+    from llmops_dagster.definitions import INGEST_JOB, build_defs
+
     job = build_defs(settings).get_job_def(INGEST_JOB)
     instance = _instance()
     run_id = str(uuid.uuid4())

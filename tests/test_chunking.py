@@ -315,11 +315,6 @@ def test_chunk_config_accepts(chunk_tokens: int, overlap_tokens: int) -> None:
     assert config.fingerprint("minilm") == f"minilm:{chunk_tokens}:{overlap_tokens}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug (minor): for odd chunk_tokens the check uses chunk_tokens // 2, so an overlap below half "
-    "(32 < 65/2) is rejected although the message promises [0, chunk_tokens/2)",
-)
 def test_chunk_config_odd_size_allows_overlap_just_below_half() -> None:
     ChunkConfig(chunk_tokens=65, overlap_tokens=32)
 

@@ -60,7 +60,7 @@ def test_run_then_search_json(tmp_path: Path, sample_landing: Path) -> None:
 def test_bad_input_gives_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
     result = llmops(*args, home=tmp_path / "home", timeout=120)
     assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("llmops run: environment")]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert message in lines[0]
     assert "Traceback" not in result.stderr

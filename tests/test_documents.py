@@ -346,10 +346,6 @@ def test_cp1252_punctuation_decodes() -> None:
     assert decode_text(text.encode("cp1252")) == text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: charset_normalizer's best guess for French Latin-1 text is cp1257 (Baltic), so è→č, à→ą",
-)
 def test_french_latin1_text_decodes() -> None:
     text = "Le résumé est très élégant, à côté de la crème brûlée."
     assert decode_text(text.encode("latin-1")) == text
@@ -454,13 +450,11 @@ def test_markdown_setext_heading_after_a_paragraph() -> None:
     assert [(b.heading, b.text) for b in doc.blocks] == [("", "Intro paragraph."), ("Section", "Body text.")]
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: a setext heading on the first line of a Markdown file is body text")
 def test_markdown_setext_heading_on_the_first_line() -> None:
     doc = parse_markdown(b"Title\n=====\n\nBody text.\n")
     assert [(b.heading, b.text) for b in doc.blocks] == [("Title", "Body text.")]
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: underscores/asterisks inside words are read as emphasis and removed")
 def test_markdown_keeps_intraword_underscores() -> None:
     doc = parse_markdown(b"# Settings\n\nSet chunk_tokens and overlap_tokens; 2*3*4 is 24.\n")
     assert doc.blocks[0].text == "Set chunk_tokens and overlap_tokens; 2*3*4 is 24."
@@ -473,11 +467,12 @@ def test_html_headings_group_following_blocks() -> None:
         b"<h3>Second</h3><p>Two <b>bold</b> and <a href='#'>linked</a>.</p></body></html>"
     )
     doc = parse_html(html)
-    assert [(b.heading, b.text) for b in doc.blocks] == [
+    # (Inline tags may leave a space before punctuation; that is cosmetic and not pinned here.)
+    assert [(b.heading, re.sub(r"\s+([.,;:!?])", r"\1", b.text)) for b in doc.blocks] == [
         ("", "Before any heading."),
         ("First", "One."),
         ("First", "Item."),
-        ("Second", "Two bold and linked ."),
+        ("Second", "Two bold and linked."),
     ]
     assert doc.title == "T"
 
@@ -487,13 +482,11 @@ def test_html_without_block_elements_falls_back_to_loose_text() -> None:
     assert "Just a line" in doc.text and "and another" in doc.text
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: inline elements inside a <div> with its own text are dropped")
 def test_html_div_with_inline_markup_keeps_all_words() -> None:
     doc = parse_html(b"<html><body><p>Intro.</p><div>Hello <b>world</b> again</div></body></html>")
     assert "world" in doc.text
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: text directly inside <section>/<article> is lost once any <p> exists")
 def test_html_text_directly_in_a_section_is_kept() -> None:
     doc = parse_html(b"<html><body><p>Intro.</p><section>Loose text in a section.</section></body></html>")
     assert "Loose text in a section." in doc.text
@@ -545,3 +538,15 @@ def test_truncated_real_pdf_is_corrupt_not_a_crash(tmp_path: Path) -> None:
             assert error.reason in {QuarantineReason.CORRUPT, QuarantineReason.NO_TEXT_LAYER, QuarantineReason.EMPTY}
         else:  # pdfium may recover part of a damaged file; then it must still be sane
             assert all(1 <= (b.page or 0) <= (doc.pages or 0) for b in doc.blocks)
+
+
+@pytest.mark.parametrize(
+    ("text", "encoding"),
+    [
+        ("Привет, как дела? Это тестовый документ о векторном поиске и индексах.", "cp1251"),
+        ("Zażółć gęślą jaźń, to jest polski tekst o wyszukiwaniu wektorowym.", "cp1250"),
+        ("Größe und Übermaß sind schön, sagt René.", "cp1252"),
+    ],
+)
+def test_western_preference_does_not_break_other_single_byte_encodings(text: str, encoding: str) -> None:
+    assert decode_text(text.encode(encoding)) == text

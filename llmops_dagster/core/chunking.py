@@ -31,7 +31,7 @@ class ChunkConfig:
     def __post_init__(self) -> None:
         if self.chunk_tokens < 16:
             raise ValueError(f"chunk_tokens must be at least 16, got {self.chunk_tokens}")
-        if not 0 <= self.overlap_tokens < self.chunk_tokens // 2:
+        if not 0 <= 2 * self.overlap_tokens < self.chunk_tokens:
             raise ValueError(f"overlap_tokens must be in [0, chunk_tokens/2), got {self.overlap_tokens}")
 
     def fingerprint(self, tokenizer_name: str) -> str:

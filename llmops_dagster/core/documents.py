@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from importlib.metadata import version
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -100,6 +101,9 @@ def paragraphs(text: str) -> list[str]:
     return result
 
 
+_WESTERN = ("cp1252", "latin_1", "iso8859_15")
+
+
 def decode_text(data: bytes) -> str:
     """Decode bytes of unknown encoding, or raise ParseError(UNDECODABLE)."""
     if data.startswith(b"\xef\xbb\xbf"):
@@ -114,9 +118,15 @@ def decode_text(data: bytes) -> str:
         raise ParseError(QuarantineReason.UNDECODABLE, "binary content (NUL bytes) in a text file")
     from charset_normalizer import from_bytes
 
-    best = from_bytes(data).best()
+    matches = from_bytes(data)
+    best = matches.best()
     if best is None or best.chaos > 0.25:
         raise ParseError(QuarantineReason.UNDECODABLE, "no text encoding fits the bytes")
+    # Short texts fit several single-byte code pages almost equally well; Western European is
+    # the likeliest, so it wins near-ties (cp775 or cp1250 would turn "très" into "trĶs"/"trčs").
+    for match in matches:
+        if match.encoding in _WESTERN and match.chaos <= best.chaos + 0.05:
+            return str(match)
     return str(best)
 
 
@@ -136,7 +146,8 @@ def parse_text(data: bytes) -> ParsedDocument:
 _MD_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 _MD_SETEXT = re.compile(r"^(=+|-+)\s*$")
 _MD_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
-_MD_EMPHASIS = re.compile(r"(\*\*|__|\*|_|`)(?=\S)(.+?)(?<=\S)\1")
+# Emphasis markers only count at word edges: chunk_tokens and 2*3*4 keep their characters.
+_MD_EMPHASIS = re.compile(r"(?<![\w*`])(\*\*|__|\*|_|`)(?=\S)(.+?)(?<=\S)\1(?![\w*`])")
 _MD_LIST = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
 
 
@@ -172,7 +183,7 @@ def parse_markdown(data: bytes) -> ParsedDocument:
             continue
         match = _MD_HEADING.match(line)
         next_line = lines[index + 1] if index + 1 < len(lines) else ""
-        if match or (line.strip() and _MD_SETEXT.match(next_line) and buffer and not buffer[-1].strip()):
+        if match or (line.strip() and _MD_SETEXT.match(next_line) and (not buffer or not buffer[-1].strip())):
             flush()
             heading = _markdown_inline(match.group(2) if match else line.strip())
             title = title or heading
@@ -185,8 +196,32 @@ def parse_markdown(data: bytes) -> ParsedDocument:
 
 
 _HTML_DROP = ("script", "style", "nav", "header", "footer", "aside", "noscript", "form", "svg", "iframe", "template")
-_HTML_HEADINGS = ("h1", "h2", "h3", "h4", "h5", "h6")
-_HTML_BLOCKS = ("p", "li", "pre", "blockquote", "td", "th", "dd", "dt", "figcaption", "caption")
+_HTML_HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
+# Elements that start a new paragraph; text in anything else (b, a, span, code...) is inline.
+_HTML_BLOCKS = _HTML_HEADINGS | {
+    "p", "li", "pre", "blockquote", "td", "th", "dd", "dt", "figcaption", "caption", "div", "section",
+    "article", "main", "body", "html", "ul", "ol", "dl", "table", "tr", "address", "details", "summary", "figure",
+}
+
+
+def _html_block_texts(body: object) -> Iterator[tuple[str, str]]:
+    """(enclosing block tag, text) in document order; inline markup is joined without extra spaces."""
+    from bs4 import Comment, Declaration, Doctype, ProcessingInstruction
+
+    current, parts = None, []
+    for string in body.find_all(string=True):  # type: ignore[attr-defined]
+        if isinstance(string, Comment | Declaration | Doctype | ProcessingInstruction):
+            continue
+        block = string.parent
+        while block is not None and block.name not in _HTML_BLOCKS:
+            block = block.parent
+        if block is not current:
+            if current is not None:
+                yield current.name, "".join(parts)
+            current, parts = block, []
+        parts.append(str(string))
+    if current is not None:
+        yield current.name, "".join(parts)
 
 
 def parse_html(data: bytes) -> ParsedDocument:
@@ -198,30 +233,20 @@ def parse_html(data: bytes) -> ParsedDocument:
         element.decompose()
     for element in soup.select('[role="navigation"], [role="banner"], [role="contentinfo"], [aria-hidden="true"]'):
         element.decompose()
-    title = soup.title.get_text(" ", strip=True) if soup.title else ""
-    body = soup.body or soup
+    title = " ".join(soup.title.get_text(" ", strip=True).split()) if soup.title else ""
+    if soup.title:
+        soup.title.decompose()
     blocks: list[Block] = []
     heading = ""
-    for element in body.find_all([*_HTML_HEADINGS, *_HTML_BLOCKS, "div"]):
-        if element.name == "div":
-            # Only text that sits directly in a div, not inside a block we visit anyway.
-            own = " ".join(s.strip() for s in element.find_all(string=True, recursive=False) if s.strip())
-            if own:
-                blocks.append(Block(text=" ".join(clean_text(own).split()), heading=heading))
-            continue
-        if element.find_parent(_HTML_BLOCKS) is not None:
-            continue
-        text = " ".join(clean_text(element.get_text(" ", strip=True)).split())
+    for tag, raw in _html_block_texts(soup.body or soup):
+        text = " ".join(clean_text(raw).split())
         if not text:
             continue
-        if element.name in _HTML_HEADINGS:
+        if tag in _HTML_HEADINGS:
             heading = text
             title = title or text
         else:
             blocks.append(Block(text=text, heading=heading))
-    if not blocks:
-        loose = clean_text(body.get_text("\n", strip=True))
-        blocks = [Block(text=p) for p in paragraphs(loose.replace("\n", "\n\n"))]
     return ParsedDocument("html", _require_text(blocks, "HTML page"), title=title, parser="html")
 
 
@@ -340,16 +365,21 @@ def parse_bytes(data: bytes, fmt: str) -> ParsedDocument:
 
 
 def parse_file(path: Path, max_bytes: int) -> ParsedDocument:
-    """Parse one landing file. Raises only ParseError."""
+    """Parse one landing file. Raises ParseError, or FileNotFoundError if the file vanished."""
     fmt = detect_format(path)
     if fmt is None:
         raise ParseError(QuarantineReason.UNSUPPORTED_TYPE, f"'{path.suffix or path.name}' is not PDF, HTML, Markdown or text")
-    size = path.stat().st_size
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise ParseError(QuarantineReason.CORRUPT, f"cannot be read ({error.strerror})") from None
     if size > max_bytes:
         raise ParseError(QuarantineReason.TOO_LARGE, f"{size} bytes is over the {max_bytes}-byte limit")
     try:
         return parse_bytes(path.read_bytes(), fmt)
-    except ParseError:
+    except (ParseError, FileNotFoundError):
         raise
     except UnicodeDecodeError as error:
         raise ParseError(QuarantineReason.UNDECODABLE, str(error)) from None

@@ -61,6 +61,9 @@ def ingest(root: Path, lance: LanceStore, max_bytes: int, log: Log = _quiet) -> 
         base = {"path": item.path, "doc_id": item.sha256, "size_bytes": item.size_bytes, "mtime_ns": item.mtime_ns}
         try:
             parsed = parse_file(root / item.path, max_bytes)
+        except FileNotFoundError:
+            log(f"{item.path} vanished during the run; the next run records its deletion")
+            continue
         except ParseError as error:
             log(f"quarantined {item.path}: {error.reason} ({error.detail})")
             quarantined.append({**base, "reason": str(error.reason), "detail": error.detail, "quarantined_at": now})
