@@ -550,3 +550,19 @@ def test_truncated_real_pdf_is_corrupt_not_a_crash(tmp_path: Path) -> None:
 )
 def test_western_preference_does_not_break_other_single_byte_encodings(text: str, encoding: str) -> None:
     assert decode_text(text.encode(encoding)) == text
+
+
+def test_pdfium_line_end_hyphens_follow_the_documents_own_spelling() -> None:
+    from llmops_dagster.core.documents import _join_line_hyphens
+
+    pages = ["a well\x02known exam\x02ple, see well-known and UTF\x028"]
+    assert _join_line_hyphens(pages) == ["a well-known example, see well-known and UTF-8"]
+
+
+def test_running_headers_with_changing_page_numbers_are_furniture() -> None:
+    from llmops_dagster.core.documents import _furniture
+
+    pages = [[f"Chapter 6: Programming {n}", "Body text that differs on every page number " + "x" * n, f"{n}"] for n in range(60, 64)]
+    furniture = _furniture(pages)
+    assert "Chapter #: Programming #" in furniture
+    assert not any(key.startswith("Body text") for key in furniture)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
+import warnings
 from importlib.metadata import version
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -196,10 +198,16 @@ def parse_markdown(data: bytes) -> ParsedDocument:
 
 
 _HTML_DROP = ("script", "style", "nav", "header", "footer", "aside", "noscript", "form", "svg", "iframe", "template")
+# Navigation that documentation generators put in ordinary elements (DocBook, Sphinx, Texinfo, LaTeX2HTML).
+_HTML_BOILERPLATE = (
+    '[role="navigation"], [role="banner"], [role="contentinfo"], [aria-hidden="true"], .navheader, .navfooter, '
+    "div.toc, .section-toc, div.nav-panel, div.header, div.navigation, div.related, div.sphinxsidebar, div.footer, "
+    "a.headerlink"
+)
 _HTML_HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
 # Elements that start a new paragraph; text in anything else (b, a, span, code...) is inline.
 _HTML_BLOCKS = _HTML_HEADINGS | {
-    "p", "li", "pre", "blockquote", "td", "th", "dd", "dt", "figcaption", "caption", "div", "section",
+    "p", "li", "pre", "blockquote", "dd", "dt", "figcaption", "caption", "div", "section",
     "article", "main", "body", "html", "ul", "ol", "dl", "table", "tr", "address", "details", "summary", "figure",
 }
 
@@ -225,14 +233,19 @@ def _html_block_texts(body: object) -> Iterator[tuple[str, str]]:
 
 
 def parse_html(data: bytes) -> ParsedDocument:
-    from bs4 import BeautifulSoup
+    from bs4 import BeautifulSoup, XMLParsedAsHTMLWarning
 
     # Decode ourselves so that undeclared encodings are detected the same way as for text.
-    soup = BeautifulSoup(decode_text(data), "lxml")
+    with warnings.catch_warnings():
+        # XHTML pages parse fine as HTML; bs4 would warn on every one of them.
+        warnings.simplefilter("ignore", XMLParsedAsHTMLWarning)
+        soup = BeautifulSoup(decode_text(data), "lxml")
     for element in soup(_HTML_DROP):
         element.decompose()
-    for element in soup.select('[role="navigation"], [role="banner"], [role="contentinfo"], [aria-hidden="true"]'):
+    for element in soup.select(_HTML_BOILERPLATE):
         element.decompose()
+    for cell in soup.find_all(["td", "th"]):  # a table row is one block, its cells kept apart
+        cell.append(" ")
     title = " ".join(soup.title.get_text(" ", strip=True).split()) if soup.title else ""
     if soup.title:
         soup.title.decompose()
@@ -256,7 +269,7 @@ def _pdf_outline(pdf: object) -> list[tuple[int, str]]:
 
     entries = []
     try:
-        for bookmark in pdf.get_toc(max_depth=4):  # type: ignore[attr-defined]
+        for bookmark in pdf.get_toc(max_depth=15):  # type: ignore[attr-defined]
             destination = bookmark.get_dest()
             title = bookmark.get_title()
             index = destination.get_index() if destination is not None else None
@@ -267,22 +280,66 @@ def _pdf_outline(pdf: object) -> list[tuple[int, str]]:
     return sorted(entries, key=lambda entry: entry[0])
 
 
+# pdfium reports a hyphen at a line end as \x02 and drops the line break: "exam\x02ple".
+_PDFIUM_BREAK = re.compile(r"(\w+)\x02(\w+)")
+_PDF_CONTROL = re.compile(r"[\x00\x01\x03-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def _join_line_hyphens(pages: list[str]) -> list[str]:
+    """Drop a line-end hyphen ("exam-ple") unless the document spells the word with one elsewhere
+    ("well-known", "value-of"); keep it before digits and capitals ("UTF-8", "Challenge-Response")."""
+    if not any("\x02" in page for page in pages):
+        return pages
+    rest = _PDFIUM_BREAK.sub(" ", "\n".join(pages)).lower()
+    words = Counter(re.findall(r"\w+", rest))
+    pairs = Counter(re.findall(r"(?<!\w)(?=(\w+-\w+)(?!\w))", rest))  # "a-b-c" counts "a-b" and "b-c"
+
+    def join(match: re.Match[str]) -> str:
+        head, tail = match.group(1), match.group(2)
+        if head[-1].isdigit() or tail[0].isdigit():
+            return f"{head}-{tail}"
+        joined, hyphenated = words[(head + tail).lower()], pairs[f"{head}-{tail}".lower()]
+        if joined or hyphenated:
+            return head + tail if joined >= hyphenated else f"{head}-{tail}"
+        if tail[0].isupper() and not (head.isupper() and tail.isupper()):
+            return f"{head}-{tail}"
+        return head + tail
+
+    return [_PDFIUM_BREAK.sub(join, page) for page in pages]
+
+
 def _page_lines(text: str) -> list[str]:
+    # A glyph with no Unicode value comes back as a control byte; a space keeps its neighbours apart.
+    text = _PDF_CONTROL.sub(" ", text)
     return [" ".join(line.split()) for line in clean_text(text).split("\n") if line.strip()]
 
 
+def _edges(lines: list[str]) -> set[int]:
+    return {i for i in range(len(lines)) if i < 2 or i >= len(lines) - 2}
+
+
 def _furniture(pages: list[list[str]]) -> set[str]:
-    """Running headers and footers: edge lines that recur (digits ignored) on most pages."""
+    """Running headers and footers: edge lines that recur (digits ignored) on most pages, or on a few
+    pages with a number that changes (per-chapter and odd/even headers with the page number)."""
     if len(pages) < 3:
         return set()
-    counts: dict[str, int] = {}
+    counts: Counter[str] = Counter()
+    numbers: dict[str, set[str]] = {}
     for lines in pages:
-        for line in {re.sub(r"\d+", "#", line) for line in lines[:2] + lines[-2:]}:
-            counts[line] = counts.get(line, 0) + 1
-    return {line for line, count in counts.items() if count >= max(3, len(pages) // 2)}
+        for line in {lines[i] for i in _edges(lines)}:
+            key = re.sub(r"\d+", "#", line)
+            counts[key] += 1
+            numbers.setdefault(key, set()).add(line)
+    return {
+        key
+        for key, count in counts.items()
+        if count >= max(3, len(pages) // 2) or (count >= 3 and len(numbers[key]) >= 3)
+    }
 
 
 def _heading_key(text: str) -> str:
+    # Outlines often leave out the section number that the page prints: "Data types" / "6.1 Data types".
+    text = re.sub(r"^(?:\d+|[A-Z])(?:\.\d+)*\.?\s+", "", text.strip())
     return re.sub(r"\W+", "", text).lower()
 
 
@@ -327,19 +384,19 @@ def parse_pdf(data: bytes) -> ParsedDocument:
             raise ParseError(QuarantineReason.EMPTY, "PDF has no pages")
         outline = _pdf_outline(pdf)
         title = (pdf.get_metadata_dict().get("Title") or "").strip()
-        pages = []
+        raw_pages = []
         for index in range(page_count):
             page = pdf[index]
             textpage = page.get_textpage()
-            pages.append(_page_lines(textpage.get_text_bounded()))
+            raw_pages.append(textpage.get_text_bounded())
             textpage.close()
             page.close()
     except pdfium.PdfiumError as error:
         raise ParseError(QuarantineReason.CORRUPT, f"PDF page could not be read ({error})") from None
     finally:
         pdf.close()
+    pages = [_page_lines(text) for text in _join_line_hyphens(raw_pages)]
     furniture = _furniture(pages)
-    titles = {_heading_key(entry) for _, entry in outline} - {""}
     blocks: list[Block] = []
     heading = ""
     for index, lines in enumerate(pages):
@@ -347,7 +404,10 @@ def parse_pdf(data: bytes) -> ParsedDocument:
         for page_index, entry in outline:
             if page_index == index and _heading_key(entry) not in {_heading_key(line) for line in lines}:
                 heading = entry
-        kept = [line for line in lines if re.sub(r"\d+", "#", line) not in furniture]
+        edges = _edges(lines)
+        kept = [line for i, line in enumerate(lines) if i not in edges or re.sub(r"\d+", "#", line) not in furniture]
+        # Only titles whose bookmark points at this page (or the one before) start a section here.
+        titles = {_heading_key(entry) for page_index, entry in outline if index - 1 <= page_index <= index} - {""}
         page_blocks, heading = _pdf_page_blocks(kept, index + 1, heading, titles)
         blocks.extend(page_blocks)
     if not blocks:
