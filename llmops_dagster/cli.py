@@ -144,7 +144,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from llmops_dagster.core import store
-    from llmops_dagster.core.embedding import EmbedderConfig, load_embedder
+    from llmops_dagster.core.embedding import load_embedder
     from llmops_dagster.core.index import AnnParams, search
 
     settings = _settings(args)
@@ -159,7 +159,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise UserError(f"no index for environment '{settings.name}' at {settings.lancedb_uri}; run `llmops run --env {settings.name}` first")
     embedder = None
     if args.mode != "text":
-        embedder = load_embedder(EmbedderConfig(**vars(settings.embedding)))
+        embedder = load_embedder(settings.embedding)
         models = set(table.search().select(["embedding_model"]).limit(1).to_arrow().column("embedding_model").to_pylist())
         if models and models != {embedder.fingerprint}:
             raise UserError(

@@ -15,6 +15,9 @@ from typing import Any
 
 import yaml
 
+from llmops_dagster.core.chunking import ChunkConfig
+from llmops_dagster.core.embedding import EmbedderConfig
+
 ENVIRONMENTS = ("test", "staging", "prod")
 DEFAULT_HOME = ".llmops"
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -35,20 +38,6 @@ class IngestionSettings:
 
 
 @dataclass(frozen=True)
-class EmbeddingSettings:
-    model: str | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    batch_size: int = 64
-
-
-@dataclass(frozen=True)
-class ChunkingSettings:
-    chunk_tokens: int = 200
-    overlap_tokens: int = 32
-
-
-@dataclass(frozen=True)
 class IndexSettings:
     ann_min_rows: int = 20000
     ann_min_recall: float = 0.95
@@ -65,8 +54,8 @@ class EnvSettings:
     landing: Path
     lancedb_uri: str
     ingestion: IngestionSettings
-    embedding: EmbeddingSettings
-    chunking: ChunkingSettings
+    embedding: EmbedderConfig
+    chunking: ChunkConfig
     index: IndexSettings
 
     def with_landing(self, landing: Path) -> EnvSettings:
@@ -96,7 +85,10 @@ def _section(cls: type, raw: dict[str, Any], env: str, name: str) -> Any:
     unknown = set(raw) - fields
     if unknown:
         raise SettingsError(f"environment '{env}': unknown {name} setting(s) {sorted(unknown)}")
-    return cls(**raw)
+    try:
+        return cls(**raw)
+    except (TypeError, ValueError) as error:
+        raise SettingsError(f"environment '{env}': invalid {name} settings: {error}") from None
 
 
 def load_settings(env: str, declaration: Path | None = None) -> EnvSettings:
@@ -125,8 +117,8 @@ def load_settings(env: str, declaration: Path | None = None) -> EnvSettings:
     lancedb_uri = raw.pop("lancedb_uri", None) or str(state_root / "lancedb")
     sections = {
         "ingestion": IngestionSettings,
-        "embedding": EmbeddingSettings,
-        "chunking": ChunkingSettings,
+        "embedding": EmbedderConfig,
+        "chunking": ChunkConfig,
         "index": IndexSettings,
     }
     parsed = {name: _section(cls, raw.pop(name, {}) or {}, env, name) for name, cls in sections.items()}

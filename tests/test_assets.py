@@ -10,7 +10,7 @@ import pytest
 
 from bad_files import write_bad_corpus
 from llmops_dagster.core import store
-from llmops_dagster.core.embedding import EmbedderConfig, load_embedder
+from llmops_dagster.core.embedding import load_embedder
 from llmops_dagster.core.index import AnnParams, search
 from llmops_dagster.definitions import build_defs, environment_assets
 from llmops_dagster.resources import build_resources
@@ -49,7 +49,7 @@ def sources(settings: EnvSettings, table: str) -> set[str]:
 
 def top_sources(settings: EnvSettings, query: str, mode: str = "hybrid") -> list[str]:
     table = store.LanceStore(settings.lancedb_uri).open(store.EMBEDDINGS)
-    embedder = load_embedder(EmbedderConfig(**vars(settings.embedding)))
+    embedder = load_embedder(settings.embedding)
     return [p.source for p in search(table, query, 3, mode, AnnParams(), embedder)]
 
 

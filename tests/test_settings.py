@@ -43,3 +43,10 @@ def test_environment_overrides_defaults(tmp_path: Path, llmops_home: Path) -> No
     assert (prod.chunking.chunk_tokens, prod.chunking.overlap_tokens) == (120, 20)
     with pytest.raises(SettingsError, match="not declared"):
         load_settings("staging", declaration)
+
+
+def test_invalid_chunking_is_a_settings_error(tmp_path: Path, llmops_home: Path) -> None:
+    declaration = tmp_path / "environments.yaml"
+    declaration.write_text("defaults:\n  chunking:\n    chunk_tokens: 100\n    overlap_tokens: 60\nenvironments:\n  test: {}\n")
+    with pytest.raises(SettingsError, match="invalid chunking settings: overlap_tokens"):
+        load_settings("test", declaration)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -168,6 +168,3 @@ def chunk_id(source: str, text: str, occurrence: int = 0) -> str:
     return hashlib.sha256(f"{source}\0{occurrence}\0{text}".encode()).hexdigest()[:32]
 
 
-def chunk_all(chunker: Chunker, documents: Iterable[tuple[str, list[Block]]]) -> Iterator[tuple[str, list[Chunk]]]:
-    for source, blocks in documents:
-        yield source, chunker.chunk(source, blocks)

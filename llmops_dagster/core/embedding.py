@@ -76,7 +76,10 @@ def load_tokenizer(model_path: str) -> tuple[object, int]:
     st_config = path / "sentence_bert_config.json"
     if st_config.is_file():
         limit = min(limit, int(json.loads(st_config.read_text()).get("max_seq_length", limit)))
-    return AutoTokenizer.from_pretrained(model_path), limit
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    # Chunking counts whole paragraphs on purpose; truncation is always explicit (max_length=limit).
+    tokenizer.model_max_length = 1 << 30
+    return tokenizer, limit
 
 
 @dataclass(frozen=True)

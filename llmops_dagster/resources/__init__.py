@@ -57,7 +57,7 @@ class EmbedderResource(dg.ConfigurableResource):
     def load(self) -> Embedder:
         from llmops_dagster.core.embedding import EmbedderConfig, load_embedder
 
-        return load_embedder(EmbedderConfig(self.model, self.device, self.precision, self.batch_size))
+        return load_embedder(EmbedderConfig(model=self.model, device=self.device, precision=self.precision, batch_size=self.batch_size))
 
 
 class ChunkerResource(dg.ConfigurableResource):
