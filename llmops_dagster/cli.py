@@ -145,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from llmops_dagster.core import store
     from llmops_dagster.core.embedding import load_embedder
-    from llmops_dagster.core.index import AnnParams, search
+    from llmops_dagster.core.index import search
 
     settings = _settings(args)
     if not args.query.strip():
@@ -166,8 +166,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 f"index was built with {models.pop()} but '{settings.name}' is configured for {embedder.fingerprint}; "
                 f"run `llmops run --env {settings.name}` to re-embed"
             )
-    params = AnnParams(settings.index.ann_min_rows, settings.index.nprobes, settings.index.refine_factor)
-    passages = search(table, args.query, args.k, args.mode, params, embedder)
+    passages = search(table, args.query, args.k, args.mode, settings.index.ann_params(), embedder)
     if args.json:
         payload = {
             "query": args.query,

@@ -17,6 +17,7 @@ import yaml
 
 from llmops_dagster.core.chunking import ChunkConfig
 from llmops_dagster.core.embedding import EmbedderConfig
+from llmops_dagster.core.index import AnnParams
 
 ENVIRONMENTS = ("test", "staging", "prod")
 DEFAULT_HOME = ".llmops"
@@ -44,6 +45,13 @@ class IndexSettings:
     recall_sample: int = 200
     nprobes: int = 32
     refine_factor: int = 10
+    ann_index_type: str = "IVF_SQ"
+
+    def __post_init__(self) -> None:
+        self.ann_params()  # validates the index type
+
+    def ann_params(self) -> AnnParams:
+        return AnnParams(self.ann_min_rows, self.nprobes, self.refine_factor, self.ann_index_type)
 
 
 @dataclass(frozen=True)

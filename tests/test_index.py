@@ -50,19 +50,20 @@ def test_small_table_gets_full_text_index_but_exact_vector_search(tmp_path: Path
     assert checks.ann_recall_ok(None, 0.95, 0, state.ann_index).passed
 
 
-def test_tuned_ivf_pq_reaches_the_recall_threshold(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("index_type", "listed_as"), [("IVF_SQ", "IvfSq"), ("IVF_PQ", "IvfPq")])
+def test_tuned_ann_index_reaches_the_recall_threshold(tmp_path: Path, index_type: str, listed_as: str) -> None:
     vectors = clustered_vectors(4000)
     table = make_table(tmp_path / "db", vectors)
-    params = index.AnnParams(min_rows=2000, nprobes=32, refine_factor=10)
+    params = index.AnnParams(min_rows=2000, nprobes=32, refine_factor=10, index_type=index_type)
     state = index.ensure_indexes(table, params)
-    assert state.ann_index == "IvfPq"
+    assert state.ann_index == listed_as
     assert state.ann_partitions == index.ann_partitions(4000)
 
     tuned = index.measure_recall(table, params, sample=60)
     assert checks.ann_recall_ok(tuned.recall_at_k, 0.95, tuned.queries, state.ann_index).passed, tuned
 
     # Without probing or re-ranking, the same index loses recall, and the check says so.
-    crude = index.measure_recall(table, index.AnnParams(min_rows=2000, nprobes=1, refine_factor=1), sample=60)
+    crude = index.measure_recall(table, index.AnnParams(min_rows=2000, nprobes=1, refine_factor=1, index_type=index_type), sample=60)
     assert crude.recall_at_k < tuned.recall_at_k
     verdict = checks.ann_recall_ok(crude.recall_at_k, 0.99, crude.queries, state.ann_index)
     assert not verdict.passed and "below 0.99" in verdict.description

@@ -70,7 +70,7 @@ def index_matches_chunks(lancedb: LanceDBResource, embedder: EmbedderResource) -
 
 @dg.asset(key=VECTOR_INDEX, deps=[EMBEDDINGS], group_name="index", kinds={"lancedb"})
 def vector_index(context: dg.AssetExecutionContext, lancedb: LanceDBResource, vector_index: VectorIndexResource) -> dg.MaterializeResult:
-    """Full-text (BM25) index for hybrid search, plus an IVF_PQ ANN index once the table is large.
+    """Full-text (BM25) index for hybrid search, plus an IVF ANN index once the table is large.
 
     Indexes are built once and then kept current by folding in new rows; nothing is rebuilt when
     nothing changed.

@@ -1,9 +1,15 @@
 """Search structures over the embeddings table: full-text index, ANN index, and search itself.
 
 Below ``ann_min_rows`` vectors, exact (flat) search is both exact and fast, so no ANN index is
-built. Above it, an IVF_PQ index is built with partitions ~ sqrt(rows), 8 dimensions per PQ
-sub-vector, and queries re-rank ``refine_factor`` × k candidates on the full vectors; the
+built. Above it, an IVF index with scalar-quantised vectors (IVF_SQ) is built with partitions
+~ sqrt(rows), and queries re-rank ``refine_factor`` × k candidates on the full vectors; the
 ``ann_recall`` asset check measures the resulting recall@10 against exact search.
+
+Why IVF_SQ by default: on 20k clustered 384-d unit vectors, IVF_PQ with 8 dimensions per
+sub-vector reached recall@10 0.925 even with nprobes=32 and refine_factor=10 (PQ error dominates),
+and took 50 s to build; IVF_SQ reached 1.000 with refine_factor=10 and built in about 1 s, at
+384 bytes per vector instead of 48. IVF_PQ (4 dimensions per sub-vector) remains available for
+tables too large to hold scalar-quantised vectors.
 """
 
 from __future__ import annotations
@@ -26,11 +32,19 @@ TEXT_COLUMN = "text"
 RESULT_COLUMNS = ["id", "text", "source", "page", "page_end", "heading"]
 
 
+ANN_INDEX_TYPES = ("IVF_SQ", "IVF_PQ")
+
+
 @dataclass(frozen=True)
 class AnnParams:
     min_rows: int = 20000
     nprobes: int = 32
     refine_factor: int = 10
+    index_type: str = "IVF_SQ"
+
+    def __post_init__(self) -> None:
+        if self.index_type not in ANN_INDEX_TYPES:
+            raise ValueError(f"index_type must be one of {ANN_INDEX_TYPES}, got '{self.index_type}'")
 
 
 @dataclass(frozen=True)
@@ -52,7 +66,8 @@ def _unindexed(table: Table) -> int:
 
 
 def ann_partitions(rows: int) -> int:
-    return max(8, int(math.sqrt(rows)))
+    """~sqrt(rows), but each partition needs a few hundred training vectors."""
+    return max(1, min(int(math.sqrt(rows)), rows // 256))
 
 
 def ensure_indexes(table: Table, params: AnnParams) -> IndexState:
@@ -60,7 +75,7 @@ def ensure_indexes(table: Table, params: AnnParams) -> IndexState:
     actions: list[str] = []
     rows = table.count_rows()
     indices = _indices(table)
-    from lancedb.index import FTS, IvfPq
+    from lancedb.index import FTS, IvfPq, IvfSq
 
     if rows and TEXT_COLUMN not in indices:
         table.create_index(TEXT_COLUMN, config=FTS(), replace=True)
@@ -68,9 +83,12 @@ def ensure_indexes(table: Table, params: AnnParams) -> IndexState:
     dimension = table.schema.field("vector").type.list_size
     if rows >= params.min_rows and "vector" not in indices:
         partitions = ann_partitions(rows)
-        config = IvfPq(distance_type="cosine", num_partitions=partitions, num_sub_vectors=max(1, dimension // 8))
+        if params.index_type == "IVF_PQ":
+            config = IvfPq(distance_type="cosine", num_partitions=partitions, num_sub_vectors=max(1, dimension // 4))
+        else:
+            config = IvfSq(distance_type="cosine", num_partitions=partitions)
         table.create_index("vector", config=config, replace=True)
-        actions.append(f"built IVF_PQ index ({partitions} partitions)")
+        actions.append(f"built {params.index_type} index ({partitions} partitions)")
     stale = _unindexed(table)
     if stale:
         # Folds appended rows into existing indexes (unindexed rows are still searched, only slower).

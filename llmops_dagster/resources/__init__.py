@@ -86,11 +86,12 @@ class VectorIndexResource(dg.ConfigurableResource):
     recall_sample: int = 200
     nprobes: int = 32
     refine_factor: int = 10
+    ann_index_type: str = "IVF_SQ"
 
     def params(self) -> AnnParams:
         from llmops_dagster.core.index import AnnParams
 
-        return AnnParams(self.ann_min_rows, self.nprobes, self.refine_factor)
+        return AnnParams(self.ann_min_rows, self.nprobes, self.refine_factor, self.ann_index_type)
 
 
 def build_resources(settings: EnvSettings) -> dict[str, dg.ConfigurableResource]:
@@ -115,5 +116,6 @@ def build_resources(settings: EnvSettings) -> dict[str, dg.ConfigurableResource]
             recall_sample=settings.index.recall_sample,
             nprobes=settings.index.nprobes,
             refine_factor=settings.index.refine_factor,
+            ann_index_type=settings.index.ann_index_type,
         ),
     }
