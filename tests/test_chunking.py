@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from llmops_dagster.core.chunking import Chunk, ChunkConfig, Chunker, chunk_all, chunk_id
+from llmops_dagster.core.chunking import Chunk, ChunkConfig, Chunker, chunk_id
 from llmops_dagster.core.documents import Block, parse_file
 from llmops_dagster.core.embedding import default_model_path, load_tokenizer
 
@@ -285,7 +285,7 @@ def test_sample_corpus_with_default_config(tokenizer) -> None:
     assert (config.chunk_tokens, config.overlap_tokens) == (200, 32)
     chunker = Chunker(tok, config, max_tokens)
     documents = [(path.name, parse_file(path, 10**8).blocks) for path in sorted(CORPUS.iterdir())]
-    results = dict(chunk_all(chunker, documents))
+    results = {name: chunker.chunk(name, blocks) for name, blocks in documents}
     assert set(results) == {name for name, _ in documents}
     for name, blocks in documents:
         chunks = results[name]
