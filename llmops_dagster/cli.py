@@ -111,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"llmops run: environment '{settings.name}', landing {settings.landing}", file=sys.stderr)
     from llmops_dagster.definitions import INGEST_JOB, build_defs
 
-    job = build_defs(settings).get_job_def(INGEST_JOB)
+    job = build_defs(settings).resolve_job_def(INGEST_JOB)
     instance = _instance()
     run_id = str(uuid.uuid4())
     progress = _Progress(instance, run_id)
