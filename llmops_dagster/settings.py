@@ -20,6 +20,7 @@ from llmops_dagster.core.embedding import EmbedderConfig
 from llmops_dagster.core.index import AnnParams
 
 ENVIRONMENTS = ("test", "staging", "prod")
+ENGINES = ("local", "spark")
 DEFAULT_HOME = ".llmops"
 PACKAGE_ROOT = Path(__file__).resolve().parent
 DEFAULT_DECLARATION = PACKAGE_ROOT.parent / "environments.yaml"
@@ -61,6 +62,9 @@ class EnvSettings:
     state_root: Path
     landing: Path
     lancedb_uri: str
+    engine: str
+    spark_master: str
+    spark_remote: str | None
     ingestion: IngestionSettings
     embedding: EmbedderConfig
     chunking: ChunkConfig
@@ -68,6 +72,11 @@ class EnvSettings:
 
     def with_landing(self, landing: Path) -> EnvSettings:
         return replace(self, landing=landing.resolve())
+
+    def with_engine(self, engine: str, spark_master: str | None = None, spark_remote: str | None = None) -> EnvSettings:
+        if engine not in ENGINES:
+            raise SettingsError(f"engine must be one of {', '.join(ENGINES)}, got '{engine}'")
+        return replace(self, engine=engine, spark_master=spark_master or self.spark_master, spark_remote=spark_remote)
 
 
 def llmops_home() -> Path:
@@ -123,6 +132,11 @@ def load_settings(env: str, declaration: Path | None = None) -> EnvSettings:
     state_root = Path(expand(raw.pop("state_root", "{home}/{env}")))
     landing = Path(expand(raw.pop("landing", "{home}/landing/{env}")))
     lancedb_uri = raw.pop("lancedb_uri", None) or str(state_root / "lancedb")
+    engine = raw.pop("engine", "local")
+    if engine not in ENGINES:
+        raise SettingsError(f"environment '{env}': engine must be one of {', '.join(ENGINES)}, got '{engine}'")
+    spark_master = raw.pop("spark_master", "local[*]")
+    spark_remote = raw.pop("spark_remote", None)
     sections = {
         "ingestion": IngestionSettings,
         "embedding": EmbedderConfig,
@@ -138,5 +152,8 @@ def load_settings(env: str, declaration: Path | None = None) -> EnvSettings:
         state_root=state_root.resolve(),
         landing=landing.resolve(),
         lancedb_uri=expand(lancedb_uri),
+        engine=engine,
+        spark_master=spark_master,
+        spark_remote=spark_remote,
         **parsed,
     )

@@ -50,3 +50,16 @@ def test_invalid_chunking_is_a_settings_error(tmp_path: Path, llmops_home: Path)
     declaration.write_text("defaults:\n  chunking:\n    chunk_tokens: 100\n    overlap_tokens: 60\nenvironments:\n  test: {}\n")
     with pytest.raises(SettingsError, match="invalid chunking settings: overlap_tokens"):
         load_settings("test", declaration)
+
+
+def test_engine_is_declared_per_environment(tmp_path: Path, llmops_home: Path) -> None:
+    declaration = tmp_path / "environments.yaml"
+    declaration.write_text(
+        "defaults:\n  engine: local\nenvironments:\n  test: {}\n"
+        "  staging:\n    engine: spark\n    spark_remote: sc://127.0.0.1:15002\n  prod:\n    engine: flink\n"
+    )
+    assert load_settings("test", declaration).engine == "local"
+    staging = load_settings("staging", declaration)
+    assert (staging.engine, staging.spark_remote) == ("spark", "sc://127.0.0.1:15002")
+    with pytest.raises(SettingsError, match="engine must be one of local, spark"):
+        load_settings("prod", declaration)

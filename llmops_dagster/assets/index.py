@@ -7,7 +7,7 @@ from llmops_dagster.assets._metadata import check_result, markdown_table, table_
 from llmops_dagster.assets.chunks import CHUNKS
 from llmops_dagster.core import checks, index, store
 from llmops_dagster.core.pipeline import embed_chunks
-from llmops_dagster.resources import EmbedderResource, LanceDBResource, VectorIndexResource
+from llmops_dagster.resources import ComputeEngineResource, EmbedderResource, LanceDBResource, VectorIndexResource
 
 EMBEDDINGS = dg.AssetKey("embeddings")
 VECTOR_INDEX = dg.AssetKey("vector_index")
@@ -18,7 +18,9 @@ FULL_TEXT_INDEX_READY = "full_text_index_ready"
 
 
 @dg.asset(key=EMBEDDINGS, deps=[CHUNKS], group_name="index", kinds={"lancedb", "pytorch"})
-def embeddings(context: dg.AssetExecutionContext, lancedb: LanceDBResource, embedder: EmbedderResource) -> dg.MaterializeResult:
+def embeddings(
+    context: dg.AssetExecutionContext, lancedb: LanceDBResource, embedder: EmbedderResource, engine: ComputeEngineResource
+) -> dg.MaterializeResult:
     """Unit-norm chunk vectors (mean-pooled transformer embeddings), upserted by chunk id.
 
     Only chunks the table does not hold yet are embedded; rows of removed chunks are deleted. If the
@@ -26,8 +28,9 @@ def embeddings(context: dg.AssetExecutionContext, lancedb: LanceDBResource, embe
     """
     lance = lancedb.store()
     model = embedder.load()
-    context.log.info(f"embedding with {model.fingerprint} on {model.device} ({model.precision})")
-    result = embed_chunks(lance, model, log=context.log.info)
+    where = (engine.spark_remote or engine.spark_master) if engine.engine == "spark" else "in process"
+    context.log.info(f"embedding with {model.fingerprint} ({model.precision}), engine {engine.engine}: {where}")
+    result = embed_chunks(lance, model, log=context.log.info, encode=engine.encoder(embedder.config()))
     summary = (
         f"**{result.rows}** vectors from `{model.fingerprint}` ({model.dimension} dims, {model.device}, "
         f"{model.precision}); **{result.embedded}** embedded this run, {result.reused} reused, "
@@ -43,6 +46,7 @@ def embeddings(context: dg.AssetExecutionContext, lancedb: LanceDBResource, embe
             "embedding_model": model.fingerprint,
             "device": model.device,
             "precision": model.precision,
+            "engine": engine.engine,
         }
     )
 

@@ -163,11 +163,15 @@ class EmbedResult:
 _CHUNK_COLUMNS = [f.name for f in store.CHUNKS_SCHEMA if f.name != "chunker"]
 
 
-def embed_chunks(lance: LanceStore, embedder: Embedder, log: Log = _quiet) -> EmbedResult:
+Encode = Callable[[list[str]], np.ndarray]
+
+
+def embed_chunks(lance: LanceStore, embedder: Embedder, log: Log = _quiet, encode: Encode | None = None) -> EmbedResult:
     """Embed chunks the index does not hold yet; drop rows whose chunk is gone.
 
     An index never mixes models: if the stored vectors came from another model, every chunk is
-    embedded again and the table is replaced in one commit.
+    embedded again and the table is replaced in one commit. ``encode`` runs the model elsewhere
+    (the Spark engine); by default the embedder encodes in process.
     """
     schema = store.embeddings_schema(embedder.dimension)
     chunks = lance.read(store.CHUNKS, store.CHUNKS_SCHEMA, _CHUNK_COLUMNS)
@@ -187,7 +191,7 @@ def embed_chunks(lance: LanceStore, embedder: Embedder, log: Log = _quiet) -> Em
         if row["id"] in stored_meta
         and any(stored_meta[row["id"]][k] != row[k] for k in ("doc_id", "ordinal", "page", "heading"))
     ]
-    vectors = _embed_in_batches(embedder, [row["text"] for row in to_embed], log)
+    vectors = _embed_in_batches(encode or embedder.encode, embedder.dimension, [row["text"] for row in to_embed], log)
     new_table = _with_vectors(to_embed, vectors, schema, embedder.fingerprint)
     if moved:
         reused = lance.read_keys(store.EMBEDDINGS, schema, "id", moved, ["id", "vector"])
@@ -208,12 +212,12 @@ def embed_chunks(lance: LanceStore, embedder: Embedder, log: Log = _quiet) -> Em
     )
 
 
-def _embed_in_batches(embedder: Embedder, texts: list[str], log: Log, report_every: int = 1024) -> np.ndarray:
+def _embed_in_batches(encode: Encode, dimension: int, texts: list[str], log: Log, report_every: int = 1024) -> np.ndarray:
     parts = []
     for start in range(0, len(texts), report_every):
-        parts.append(embedder.encode(texts[start : start + report_every]))
+        parts.append(encode(texts[start : start + report_every]))
         log(f"embedded {min(start + report_every, len(texts))}/{len(texts)} chunks")
-    return np.concatenate(parts) if parts else np.zeros((0, embedder.dimension), dtype=np.float32)
+    return np.concatenate(parts) if parts else np.zeros((0, dimension), dtype=np.float32)
 
 
 def _with_vectors(rows: list[dict], vectors: np.ndarray, schema: pa.Schema, fingerprint: str) -> pa.Table:

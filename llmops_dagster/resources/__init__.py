@@ -10,8 +10,12 @@ import dagster as dg
 from llmops_dagster.settings import EnvSettings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import numpy as np
+
     from llmops_dagster.core.chunking import Chunker
-    from llmops_dagster.core.embedding import Embedder
+    from llmops_dagster.core.embedding import Embedder, EmbedderConfig
     from llmops_dagster.core.index import AnnParams
     from llmops_dagster.core.store import LanceStore
 
@@ -54,10 +58,37 @@ class EmbedderResource(dg.ConfigurableResource):
     precision: str = "auto"
     batch_size: int = 64
 
-    def load(self) -> Embedder:
-        from llmops_dagster.core.embedding import EmbedderConfig, load_embedder
+    def config(self) -> EmbedderConfig:
+        from llmops_dagster.core.embedding import EmbedderConfig
 
-        return load_embedder(EmbedderConfig(model=self.model, device=self.device, precision=self.precision, batch_size=self.batch_size))
+        return EmbedderConfig(model=self.model, device=self.device, precision=self.precision, batch_size=self.batch_size)
+
+    def load(self) -> Embedder:
+        from llmops_dagster.core.embedding import load_embedder
+
+        return load_embedder(self.config())
+
+
+class ComputeEngineResource(dg.ConfigurableResource):
+    """Where embeddings are computed: in process (``local``) or on Spark (``spark``).
+
+    Spark means a classic session on ``spark_master`` (``local[*]`` by default) or, when
+    ``spark_remote`` is set, Spark Connect / Databricks Connect at that ``sc://`` URL.
+    """
+
+    engine: str = "local"
+    spark_master: str = "local[*]"
+    spark_remote: str | None = None
+
+    def encoder(self, config: EmbedderConfig) -> Callable[[list[str]], np.ndarray]:
+        from llmops_dagster.core.embedding import load_embedder
+
+        if self.engine == "local":
+            return load_embedder(config).encode
+        from llmops_dagster.core.spark import spark_encode, spark_session
+
+        session = spark_session(self.spark_master, self.spark_remote)
+        return lambda texts: spark_encode(session, texts, config)
 
 
 class ChunkerResource(dg.ConfigurableResource):
@@ -104,6 +135,9 @@ def build_resources(settings: EnvSettings) -> dict[str, dg.ConfigurableResource]
             device=settings.embedding.device,
             precision=settings.embedding.precision,
             batch_size=settings.embedding.batch_size,
+        ),
+        "engine": ComputeEngineResource(
+            engine=settings.engine, spark_master=settings.spark_master, spark_remote=settings.spark_remote
         ),
         "chunker": ChunkerResource(
             model=settings.embedding.model,
