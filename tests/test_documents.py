@@ -23,34 +23,19 @@ from llmops_dagster.core.documents import (
     parse_markdown,
 )
 
-try:
-    from bad_files import (
-        LATIN1_TEXT,
-        write_bad_corpus,
-        write_blank_html,
-        write_corrupt_pdf,
-        write_empty,
-        write_encrypted_pdf,
-        write_latin1_text,
-        write_scanned_pdf,
-        write_text_pdf,
-        write_undecodable_text,
-        write_unsupported,
-    )
-except ImportError:  # tests/ imported as a package
-    from tests.bad_files import (
-        LATIN1_TEXT,
-        write_bad_corpus,
-        write_blank_html,
-        write_corrupt_pdf,
-        write_empty,
-        write_encrypted_pdf,
-        write_latin1_text,
-        write_scanned_pdf,
-        write_text_pdf,
-        write_undecodable_text,
-        write_unsupported,
-    )
+from bad_files import (
+    LATIN1_TEXT,
+    write_bad_corpus,
+    write_blank_html,
+    write_corrupt_pdf,
+    write_empty,
+    write_encrypted_pdf,
+    write_latin1_text,
+    write_scanned_pdf,
+    write_text_pdf,
+    write_undecodable_text,
+    write_unsupported,
+)
 
 CORPUS = Path(__file__).resolve().parent.parent / "sample_corpus"
 MAX_BYTES = 50 * 1024 * 1024
