@@ -11,10 +11,10 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test test-fast ui bench clean
 
+# torch's CPU wheel goes in first, so that nothing below pulls a CUDA build of torch.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# The CPU wheel first, so that nothing below pulls a CUDA build of torch.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
