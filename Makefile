@@ -41,8 +41,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 ui: $(STAMP)
-	@mkdir -p $(DAGSTER_HOME)
-	@test -f $(DAGSTER_HOME)/dagster.yaml || printf '# Local sqlite storage under this folder.\ntelemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+	@$(BIN)/python -c "from llmops_dagster.cli import ensure_dagster_home; ensure_dagster_home()"
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 bench: $(STAMP)

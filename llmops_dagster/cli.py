@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import NoReturn
 
-from llmops_dagster.settings import ENVIRONMENTS, EnvSettings, SettingsError, load_settings
+from llmops_dagster.settings import ENV_TAG, ENVIRONMENTS, EnvSettings, SettingsError, load_settings
 
 EXIT_USAGE = 2
 
@@ -46,19 +46,54 @@ def _settings(args: argparse.Namespace) -> EnvSettings:
     return settings
 
 
-def _instance():
-    """The persistent Dagster instance under DAGSTER_HOME (default $LLMOPS_HOME/dagster), as the UI sees it."""
-    import dagster as dg
+# Local sqlite storage under DAGSTER_HOME. Queued runs (sensor, UI) of one environment run one at a
+# time, so two ingest runs never write the same tables at once.
+DAGSTER_YAML = f"""# Created by llmops. Local sqlite storage under this folder.
+telemetry:
+  enabled: false
+concurrency:
+  runs:
+    tag_concurrency_limits:
+      - key: "{ENV_TAG}"
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
+"""
 
+
+def ensure_dagster_home() -> Path:
+    """DAGSTER_HOME (default $LLMOPS_HOME/dagster) with its dagster.yaml; shared by `llmops` and `make ui`."""
     from llmops_dagster.settings import llmops_home
 
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(llmops_home() / "dagster")))
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
-        # Local sqlite storage under DAGSTER_HOME; an explicit file keeps Dagster from warning on every run.
-        config.write_text("# Created by llmops. Local sqlite storage under this folder.\ntelemetry:\n  enabled: false\n")
+        config.write_text(DAGSTER_YAML)
+    return home
+
+
+def _instance():
+    """The persistent Dagster instance, as the UI sees it."""
+    import dagster as dg
+
+    ensure_dagster_home()
     return dg.DagsterInstance.get()
+
+
+def _refuse_if_running(instance, env: str) -> None:
+    """The CLI runs in process, outside the run queue: check for an ingest run of this environment first."""
+    import dagster as dg
+
+    active = instance.get_runs(
+        filters=dg.RunsFilter(
+            tags={ENV_TAG: env},
+            statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED],
+        ),
+        limit=1,
+    )
+    if active:
+        raise UserError(f"run {active[0].run_id} for environment '{env}' is still in progress; try again when it ends")
 
 
 class _Progress(threading.Thread):
@@ -113,6 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     job = build_defs(settings).resolve_job_def(INGEST_JOB)
     instance = _instance()
+    _refuse_if_running(instance, settings.name)
     run_id = str(uuid.uuid4())
     progress = _Progress(instance, run_id)
     progress.start()

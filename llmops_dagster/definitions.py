@@ -7,7 +7,7 @@ import dagster as dg
 from llmops_dagster.assets import STAGE_MODULES
 from llmops_dagster.resources import build_resources
 from llmops_dagster.sensors import build_new_documents_sensor
-from llmops_dagster.settings import EnvSettings, load_settings
+from llmops_dagster.settings import ENV_TAG, EnvSettings, load_settings
 
 INGEST_JOB = "ingest"
 
@@ -29,7 +29,7 @@ def build_defs(env: str | EnvSettings) -> dg.Definitions:
         INGEST_JOB,
         selection=dg.AssetSelection.all(),
         description=f"Landing zone → documents → chunks → embeddings → vector index ({settings.name})",
-        tags={"llmops/env": settings.name},
+        tags={ENV_TAG: settings.name},
     )
     return dg.Definitions(
         assets=assets,

@@ -21,6 +21,7 @@ from llmops_dagster.core.index import AnnParams
 
 ENVIRONMENTS = ("test", "staging", "prod")
 ENGINES = ("local", "spark")
+ENV_TAG = "llmops/env"  # on every run; runs of one environment are queued one at a time on it
 DEFAULT_HOME = ".llmops"
 PACKAGE_ROOT = Path(__file__).resolve().parent
 DEFAULT_DECLARATION = PACKAGE_ROOT.parent / "environments.yaml"

@@ -64,3 +64,38 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path: Path, args: list[str], me
     assert len(lines) == 1, result.stderr
     assert message in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_dagster_home_queues_runs_one_environment_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dagster as dg
+
+    from llmops_dagster.cli import ensure_dagster_home
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    ensure_dagster_home()
+    with dg.DagsterInstance.get() as instance:
+        limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+    assert limits == [{"key": "llmops/env", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]
+
+
+def test_run_is_refused_while_the_environment_has_a_run_in_progress(tmp_path: Path, sample_landing: Path) -> None:
+    import dagster as dg
+
+    from llmops_dagster.definitions import INGEST_JOB, build_defs
+    from llmops_dagster.settings import load_settings
+
+    from llmops_dagster.cli import DAGSTER_YAML
+
+    home = tmp_path / "home"
+    env = {**os.environ, "LLMOPS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+    (home / "dagster").mkdir(parents=True)
+    (home / "dagster" / "dagster.yaml").write_text(DAGSTER_YAML)
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        job = build_defs(load_settings("test")).resolve_job_def(INGEST_JOB)
+        running = instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED, tags={"llmops/env": "test"})
+    result = subprocess.run(
+        [LLMOPS, "run", "--env", "test", "--landing", str(sample_landing)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"run {running.run_id} for environment 'test' is still in progress" in result.stderr
+    assert "Traceback" not in result.stderr
