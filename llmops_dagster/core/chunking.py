@@ -78,13 +78,14 @@ class Chunker:
         encoded = self.tokenizer([text], add_special_tokens=False, return_offsets_mapping=True, truncation=False)
         offsets = encoded["offset_mapping"][0]
         size = self.config.chunk_tokens
-        units = []
+        pieces = []
         for start in range(0, len(offsets), size):
             window = offsets[start : start + size]
             piece = text[window[0][0] : window[-1][1]].strip()
             if piece:
-                units.append(_Unit(piece, len(window), page))
-        return units
+                pieces.append(piece)
+        # A piece on its own may tokenize differently at its edges than inside the sentence.
+        return [_Unit(piece, n, page) for piece, n in zip(pieces, self.count_tokens(pieces), strict=True)]
 
     def _units(self, blocks: list[Block]) -> list[_Unit]:
         """Paragraphs that fit whole; otherwise their sentences; otherwise token windows."""
@@ -136,28 +137,29 @@ class Chunker:
         if section:
             yield section
 
-    def _finalise(self, groups: list[tuple[str, list[_Unit]]]) -> Iterator[tuple[str, str, int | None, int | None]]:
-        """Join units and make sure the joined text still fits; split again if it does not."""
+    def _finalise(self, groups: list[tuple[str, list[_Unit]]]) -> Iterator[tuple[str, str, int, int | None, int | None]]:
+        """Join units and make sure the joined text still fits; split again if it does not.
+
+        Yields (heading, text, exact token count, first page, last page).
+        """
         texts = [" ".join(unit.text for unit in units) for _, units in groups]
         for (heading, units), text, n in zip(groups, texts, self.count_tokens(texts), strict=True):
             pages = [unit.page for unit in units if unit.page is not None]
             first, last = (min(pages), max(pages)) if pages else (None, None)
             if n <= self.config.chunk_tokens:
-                yield heading, text, first, last
+                yield heading, text, n, first, last
             else:
                 for piece in self._split_long(text, first):
-                    yield heading, piece.text, first, last
+                    yield heading, piece.text, piece.n_tokens, first, last
 
     def chunk(self, source: str, blocks: list[Block]) -> list[Chunk]:
         groups: list[tuple[str, list[_Unit]]] = []
         for section in self._sections([b for b in blocks if b.text.strip()]):
             for packed in self._pack(self._units(section)):
                 groups.append((section[0].heading, packed))
-        pieces = list(self._finalise(groups))
-        counts = self.count_tokens([text for _, text, _, _ in pieces])
         seen: dict[str, int] = {}
         chunks = []
-        for ordinal, ((heading, text, first, last), n) in enumerate(zip(pieces, counts, strict=True)):
+        for ordinal, (heading, text, n, first, last) in enumerate(self._finalise(groups)):
             occurrence = seen.get(text, 0)
             seen[text] = occurrence + 1
             chunks.append(Chunk(chunk_id(source, text, occurrence), ordinal, text, n, first, last, heading))
