@@ -175,10 +175,16 @@ class Embedder:
         """Append a ``vector`` column (fixed-size list of float32) to an Arrow record batch."""
         import pyarrow as pa
 
-        vectors = self.encode(batch.column(text_column).to_pylist())
-        flat = pa.array(vectors.reshape(-1), type=pa.float32())
-        column = pa.FixedSizeListArray.from_arrays(flat, self.dimension)
+        column = vector_array(self.encode(batch.column(text_column).to_pylist()))
         return pa.RecordBatch.from_arrays([*batch.columns, column], names=[*batch.schema.names, "vector"])
+
+
+def vector_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    """An (n, d) float array as Arrow's fixed-size-list column, the layout LanceDB stores."""
+    import pyarrow as pa
+
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), type=pa.float32())
+    return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
 
 
 @cache

@@ -17,7 +17,7 @@ import pyarrow as pa
 from llmops_dagster.core import landing, store
 from llmops_dagster.core.chunking import Chunker
 from llmops_dagster.core.documents import Block, ParseError, parse_file
-from llmops_dagster.core.embedding import Embedder
+from llmops_dagster.core.embedding import Embedder, vector_array
 from llmops_dagster.core.store import LanceStore, WriteResult
 
 Log = Callable[[str], None]
@@ -224,6 +224,5 @@ def _with_vectors(rows: list[dict], vectors: np.ndarray, schema: pa.Schema, fing
     base_schema = pa.schema([schema.field(name) for name in _CHUNK_COLUMNS])
     table = pa.Table.from_pylist(rows, base_schema)
     dimension = schema.field("vector").type.list_size
-    flat = pa.array(vectors.reshape(-1).astype(np.float32), type=pa.float32())
-    table = table.append_column(schema.field("vector"), pa.FixedSizeListArray.from_arrays(flat, dimension))
+    table = table.append_column(schema.field("vector"), vector_array(vectors.reshape(-1, dimension)))
     return table.append_column(schema.field("embedding_model"), pa.array([fingerprint] * len(rows), pa.string()))

@@ -43,12 +43,10 @@ def embed_partitions(config: EmbedderConfig) -> Callable[[Iterator[pa.RecordBatc
 
         embedder = load_embedder(config)
         for batch in batches:
-            vectors = embedder.encode(batch.column("text").to_pylist())
-            flat = pa.array(vectors.reshape(-1), type=pa.float32())
-            offsets = pa.array(np.arange(0, len(flat) + 1, embedder.dimension, dtype=np.int32))
-            yield pa.RecordBatch.from_arrays(
-                [batch.column("row"), pa.ListArray.from_arrays(offsets, flat)], names=["row", "vector"]
-            )
+            embedded = embedder.embed_record_batch(batch)
+            # Spark's array<float> is Arrow's variable-size list.
+            vectors = embedded.column("vector").cast(pa.list_(pa.float32()))
+            yield pa.RecordBatch.from_arrays([embedded.column("row"), vectors], names=["row", "vector"])
 
     return run
 
