@@ -35,10 +35,6 @@ class SettingsError(ValueError):
 class IngestionSettings:
     max_file_mb: float = 50.0
 
-    @property
-    def max_file_bytes(self) -> int:
-        return int(self.max_file_mb * 1024 * 1024)
-
 
 @dataclass(frozen=True)
 class IndexSettings:

@@ -5,6 +5,13 @@ import pytest
 from llmops_dagster.settings import ENVIRONMENTS, SettingsError, load_settings
 
 
+def declare(folder: Path, text: str) -> Path:
+    """An environment declaration file with ``text`` as its YAML."""
+    declaration = folder / "environments.yaml"
+    declaration.write_text(text)
+    return declaration
+
+
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_every_environment_resolves_under_llmops_home(env: str, llmops_home: Path) -> None:
     settings = load_settings(env)
@@ -26,15 +33,14 @@ def test_unknown_environment_is_refused(llmops_home: Path) -> None:
 
 
 def test_unknown_setting_is_refused(tmp_path: Path, llmops_home: Path) -> None:
-    declaration = tmp_path / "environments.yaml"
-    declaration.write_text("defaults:\n  chunking:\n    chunk_size: 10\nenvironments:\n  test: {}\n")
+    declaration = declare(tmp_path, "defaults:\n  chunking:\n    chunk_size: 10\nenvironments:\n  test: {}\n")
     with pytest.raises(SettingsError, match="unknown chunking setting"):
         load_settings("test", declaration)
 
 
 def test_environment_overrides_defaults(tmp_path: Path, llmops_home: Path) -> None:
-    declaration = tmp_path / "environments.yaml"
-    declaration.write_text(
+    declaration = declare(
+        tmp_path,
         "defaults:\n  chunking:\n    chunk_tokens: 200\n    overlap_tokens: 20\n"
         "environments:\n  test: {}\n  prod:\n    lancedb_uri: s3://bucket/{env}\n    chunking:\n      chunk_tokens: 120\n"
     )
@@ -46,15 +52,14 @@ def test_environment_overrides_defaults(tmp_path: Path, llmops_home: Path) -> No
 
 
 def test_invalid_chunking_is_a_settings_error(tmp_path: Path, llmops_home: Path) -> None:
-    declaration = tmp_path / "environments.yaml"
-    declaration.write_text("defaults:\n  chunking:\n    chunk_tokens: 100\n    overlap_tokens: 60\nenvironments:\n  test: {}\n")
+    declaration = declare(tmp_path, "defaults:\n  chunking:\n    chunk_tokens: 100\n    overlap_tokens: 60\nenvironments:\n  test: {}\n")
     with pytest.raises(SettingsError, match="invalid chunking settings: overlap_tokens"):
         load_settings("test", declaration)
 
 
 def test_engine_is_declared_per_environment(tmp_path: Path, llmops_home: Path) -> None:
-    declaration = tmp_path / "environments.yaml"
-    declaration.write_text(
+    declaration = declare(
+        tmp_path,
         "defaults:\n  engine: local\nenvironments:\n  test: {}\n"
         "  staging:\n    engine: spark\n    spark_remote: sc://127.0.0.1:15002\n  prod:\n    engine: flink\n"
     )
