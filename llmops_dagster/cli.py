@@ -132,7 +132,10 @@ class _Progress(threading.Thread):
         elif kind == "STEP_SUCCESS":
             print(f"  ✔ {step} ({time.monotonic() - self.started.get(step, time.monotonic()):.1f}s)", file=self.stream)
         elif kind == "STEP_FAILURE":
-            print(f"  ✘ {step}: {event.step_failure_data.error.message.strip()}", file=self.stream)
+            error = event.step_failure_data.error
+            while error.cause is not None:  # the innermost error says what went wrong, not the wrapper
+                error = error.cause
+            print(f"  ✘ {step}: {error.message.strip()}", file=self.stream)
         elif kind == "ASSET_CHECK_EVALUATION":
             data = event.event_specific_data
             mark = "✔" if data.passed else "✘"

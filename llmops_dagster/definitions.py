@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import dagster as dg
 
 from llmops_dagster.assets import STAGE_MODULES
@@ -25,11 +27,18 @@ def build_defs(env: str | EnvSettings) -> dg.Definitions:
     definitions = environment_assets(settings.name)
     assets = [d for d in definitions if not isinstance(d, dg.AssetChecksDefinition)]
     checks = [d for d in definitions if isinstance(d, dg.AssetChecksDefinition)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dagster-mlflow's hook is marked beta
+        from dagster_mlflow import end_mlflow_on_run_finished
     ingest_job = dg.define_asset_job(
         INGEST_JOB,
         selection=dg.AssetSelection.all(),
-        description=f"Landing zone → documents → chunks → embeddings → vector index ({settings.name})",
+        description=(
+            f"Landing zone → documents → chunks → embeddings → vector index → trained embedding model → "
+            f"RAG model (challenger) → evaluation → batch predictions ({settings.name})"
+        ),
         tags={ENV_TAG: settings.name},
+        hooks={end_mlflow_on_run_finished},
     )
     return dg.Definitions(
         assets=assets,
@@ -39,7 +48,13 @@ def build_defs(env: str | EnvSettings) -> dg.Definitions:
         resources=build_resources(settings),
         # One process: the embedding model and torch are loaded once per run, not once per step.
         executor=dg.in_process_executor,
-        metadata={"environment": settings.name, "landing": str(settings.landing), "lancedb": settings.lancedb_uri},
+        metadata={
+            "environment": settings.name,
+            "landing": str(settings.landing),
+            "lancedb": settings.lancedb_uri,
+            "mlflow_tracking_uri": settings.mlflow.tracking_uri,
+            "registered_model": settings.mlflow.registered_model,
+        },
     )
 
 

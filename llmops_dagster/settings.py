@@ -17,7 +17,10 @@ import yaml
 
 from llmops_dagster.core.chunking import ChunkConfig
 from llmops_dagster.core.embedding import EmbedderConfig
+from llmops_dagster.core.evaluation import EvaluationThresholds
 from llmops_dagster.core.index import AnnParams
+from llmops_dagster.core.rag import RagConfig
+from llmops_dagster.core.training import TrainingConfig
 
 ENVIRONMENTS = ("test", "staging", "prod")
 ENGINES = ("local", "spark")
@@ -53,6 +56,23 @@ class IndexSettings:
 
 
 @dataclass(frozen=True)
+class MlflowSettings:
+    """Tracking and registry. Credentials (DATABRICKS_TOKEN, MLFLOW_TRACKING_PASSWORD, ...) come only
+    from the environment, where MLflow itself reads them; they are never settings."""
+
+    tracking_uri: str = "sqlite:///{home}/mlflow.db"
+    registry_uri: str | None = None  # None: the tracking store; "databricks-uc" for Unity Catalog
+    artifact_location: str | None = "{home}/mlartifacts/{env}"
+    experiment: str = "llmops-{env}"
+    registered_model: str = "{env}.llmops.rag_model"
+
+
+@dataclass(frozen=True)
+class PromotionSettings:
+    requires_approval: bool = False
+
+
+@dataclass(frozen=True)
 class EnvSettings:
     name: str
     home: Path
@@ -66,6 +86,11 @@ class EnvSettings:
     embedding: EmbedderConfig
     chunking: ChunkConfig
     index: IndexSettings
+    mlflow: MlflowSettings
+    training: TrainingConfig
+    rag: RagConfig
+    evaluation: EvaluationThresholds
+    promotion: PromotionSettings
 
     def with_landing(self, landing: Path) -> EnvSettings:
         return replace(self, landing=landing.resolve())
@@ -139,8 +164,17 @@ def load_settings(env: str, declaration: Path | None = None) -> EnvSettings:
         "embedding": EmbedderConfig,
         "chunking": ChunkConfig,
         "index": IndexSettings,
+        "mlflow": MlflowSettings,
+        "training": TrainingConfig,
+        "rag": RagConfig,
+        "evaluation": EvaluationThresholds,
+        "promotion": PromotionSettings,
     }
     parsed = {name: _section(cls, raw.pop(name, {}) or {}, env, name) for name, cls in sections.items()}
+    parsed["mlflow"] = replace(
+        parsed["mlflow"],
+        **{key: expand(value) for key, value in vars(parsed["mlflow"]).items() if isinstance(value, str)},
+    )
     if raw:
         raise SettingsError(f"environment '{env}': unknown setting(s) {sorted(raw)} in {path}")
     return EnvSettings(

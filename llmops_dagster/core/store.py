@@ -21,6 +21,8 @@ DOCUMENTS = "documents"
 QUARANTINE = "quarantine"
 CHUNKS = "chunks"
 EMBEDDINGS = "embeddings"
+EVALUATIONS = "evaluations"
+PREDICTIONS = "predictions"
 
 _BLOCK = pa.struct([("text", pa.string()), ("page", pa.int32()), ("heading", pa.string())])
 _UTC = pa.timestamp("us", tz="UTC")
@@ -75,6 +77,46 @@ def embeddings_schema(dimension: int) -> pa.Schema:
             pa.field("embedding_model", pa.string(), metadata={"description": "model fingerprint"}),
         ]
     )
+
+
+EVALUATIONS_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False, metadata={"description": "run, system, mode and query set"}),
+        pa.field("dagster_run_id", pa.string(), nullable=False),
+        pa.field("evaluated_at", _UTC),
+        pa.field("model_name", pa.string()),
+        pa.field("model_version", pa.string(), metadata={"description": "registered version evaluated (empty for base/trained)"}),
+        pa.field("system", pa.string(), metadata={"description": "base, trained, challenger or champion"}),
+        pa.field("mode", pa.string(), metadata={"description": "vector, text or hybrid retrieval"}),
+        pa.field("query_set", pa.string(), metadata={"description": "all, held_out (mined pairs) or gold (questions/)"}),
+        pa.field("queries", pa.int32()),
+        pa.field("recall_at_1", pa.float64()),
+        pa.field("recall_at_5", pa.float64()),
+        pa.field("recall_at_10", pa.float64()),
+        pa.field("mrr_at_10", pa.float64()),
+        pa.field("ndcg_at_10", pa.float64()),
+        pa.field("answer_f1", pa.float64(), metadata={"description": "token F1 against gold answers, where given"}),
+    ]
+)
+
+PREDICTIONS_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False, metadata={"description": "run id + question origin"}),
+        pa.field("dagster_run_id", pa.string(), nullable=False),
+        pa.field("origin", pa.string(), metadata={"description": "questions file and line"}),
+        pa.field("question", pa.string()),
+        pa.field("answer", pa.string()),
+        pa.field("found", pa.bool_(), metadata={"description": "false when the model said it found no answer"}),
+        pa.field("passages", pa.list_(pa.string()), metadata={"description": "retrieved passages, best first"}),
+        pa.field("sources", pa.list_(pa.string()), metadata={"description": "file#page=N of each passage"}),
+        pa.field("scores", pa.list_(pa.float64()), metadata={"description": "retrieval score of each passage"}),
+        pa.field("model_name", pa.string()),
+        pa.field("model_version", pa.string()),
+        pa.field("model_alias", pa.string(), metadata={"description": "champion, or challenger when there was none"}),
+        pa.field("latency_ms", pa.float64()),
+        pa.field("predicted_at", _UTC),
+    ]
+)
 
 
 def sql_in(column: str, values: Iterable[str]) -> str:

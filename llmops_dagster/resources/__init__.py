@@ -1,13 +1,15 @@
-"""Typed Dagster resources: the landing zone, the LanceDB store, the embedder and chunker, the index."""
+"""Typed Dagster resources: the landing zone, the LanceDB store, the embedder and chunker, the index,
+training, the RAG settings, evaluation thresholds, the MLflow registry and the MLflow run."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
-from llmops_dagster.settings import EnvSettings
+from llmops_dagster.settings import ENV_TAG, EnvSettings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -16,8 +18,13 @@ if TYPE_CHECKING:
 
     from llmops_dagster.core.chunking import Chunker
     from llmops_dagster.core.embedding import Embedder, EmbedderConfig
+    from mlflow import MlflowClient
+
+    from llmops_dagster.core.evaluation import EvaluationThresholds
     from llmops_dagster.core.index import AnnParams
+    from llmops_dagster.core.rag import RagConfig
     from llmops_dagster.core.store import LanceStore
+    from llmops_dagster.core.training import TrainingConfig
 
 
 class LandingZoneResource(dg.ConfigurableResource):
@@ -125,8 +132,130 @@ class VectorIndexResource(dg.ConfigurableResource):
         return AnnParams(self.ann_min_rows, self.nprobes, self.refine_factor, self.ann_index_type)
 
 
-def build_resources(settings: EnvSettings) -> dict[str, dg.ConfigurableResource]:
+class _SettingsResource(dg.ConfigurableResource):
+    """A resource whose fields mirror one of the core configuration dataclasses."""
+
+    def _fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in type(self).model_fields}
+
+
+class TrainingResource(_SettingsResource):
+    """How the embedding model is trained: a query-side adapter (default) or a full fine-tune."""
+
+    mode: str = "adapter"
+    held_out: float = 0.3
+    seed: int = 0
+    epochs: int = 30
+    learning_rate: float = 3e-4
+    l2: float = 1.0
+    temperature: float = 0.03
+    batch_size: int = 32
+    max_pairs: int = 20000
+    full_learning_rate: float = 2e-5
+    full_epochs: int = 1
+    device: str = "auto"
+
+    def config(self) -> TrainingConfig:
+        from llmops_dagster.core.training import TrainingConfig
+
+        return TrainingConfig(**self._fields())
+
+
+class RagResource(_SettingsResource):
+    """Retrieval (k, vector/text/hybrid) and the answer generator bundled into the RAG model."""
+
+    k: int = 5
+    mode: str = "hybrid"
+    generator_model: str | None = None
+    max_new_tokens: int = 96
+    max_sentences: int = 3
+    min_score: float = 0.3
+
+    def config(self) -> RagConfig:
+        from llmops_dagster.core.rag import RagConfig
+
+        return RagConfig(**self._fields())
+
+
+class EvaluationResource(_SettingsResource):
+    """The gate: minimum metrics, the tolerance against the champion, and the smoke question."""
+
+    min_recall_at_5: float = 0.6
+    min_mrr_at_10: float = 0.5
+    champion_tolerance: float = 0.02
+    smoke_question: str = "What do these documents describe?"
+
+    def thresholds(self) -> EvaluationThresholds:
+        from llmops_dagster.core.evaluation import EvaluationThresholds
+
+        return EvaluationThresholds(**self._fields())
+
+
+class RegistryResource(dg.ConfigurableResource):
+    """The environment's MLflow tracking store and model registry, and its registered model name.
+
+    Credentials are read by MLflow from the environment (DATABRICKS_HOST/TOKEN,
+    MLFLOW_TRACKING_USERNAME/PASSWORD); they are never part of this configuration.
+    """
+
+    tracking_uri: str
+    registry_uri: str | None = None
+    artifact_location: str | None = None
+    experiment: str
+    registered_model: str
+
+    def client(self) -> MlflowClient:
+        from llmops_dagster.core import registry
+
+        client = registry.configure(self.tracking_uri, self.registry_uri)
+        registry.ensure_experiment(client, self.experiment, self.artifact_location)
+        return client
+
+
+def mlflow_run_resource(registry: RegistryResource, env: str) -> dg.ResourceDefinition:
+    """dagster-mlflow's ``mlflow_tracking``: one MLflow run per Dagster run, tagged ``dagster_run_id``.
+
+    Where the package falls short, this wrapper fills in:
+    - it creates the experiment with the configured artifact location first (``mlflow_tracking``
+      would create it under ./mlruns of whatever the working directory is);
+    - it sets the registry URI, which ``mlflow_tracking`` leaves at its default;
+    - it adds the environment, job and Dagster run URL as tags;
+    - it ends the MLflow run when the Dagster run's resources are torn down. The
+      ``end_mlflow_on_run_finished`` hook only ends it after the job's last node in topological
+      order, and with asset checks and subset selections that node often does not run, which
+      left MLflow runs RUNNING forever.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from dagster_mlflow import mlflow_tracking
+
+    def start(context: dg.InitResourceContext):
+        import mlflow
+        from dagster_mlflow.resources import MlFlow
+
+        registry.client()
+        tracker = MlFlow(context)
+        mlflow.set_tags({ENV_TAG: env, "dagster_job": context.dagster_run.job_name})
+        try:
+            yield tracker
+        finally:
+            active = mlflow.active_run()
+            if active is not None and active.info.run_id == tracker.mlflow_run_id:
+                mlflow.end_run()
+
+    definition = dg.ResourceDefinition(
+        resource_fn=start,
+        config_schema=mlflow_tracking.config_schema,
+        description="MLflow run for this Dagster run (dagster-mlflow mlflow_tracking)",
+    )
+    return definition.configured(
+        {"experiment_name": registry.experiment, "mlflow_tracking_uri": registry.tracking_uri, "extra_tags": {ENV_TAG: env}}
+    )
+
+
+def build_resources(settings: EnvSettings) -> dict[str, Any]:
     """One environment's resources, all derived from its settings (no per-environment copies)."""
+    registry = RegistryResource(**vars(settings.mlflow))
     return {
         "landing": LandingZoneResource(path=str(settings.landing), max_file_mb=settings.ingestion.max_file_mb),
         "lancedb": LanceDBResource(uri=settings.lancedb_uri),
@@ -152,4 +281,9 @@ def build_resources(settings: EnvSettings) -> dict[str, dg.ConfigurableResource]
             refine_factor=settings.index.refine_factor,
             ann_index_type=settings.index.ann_index_type,
         ),
+        "training": TrainingResource(**vars(settings.training)),
+        "rag": RagResource(**vars(settings.rag)),
+        "evaluation": EvaluationResource(**vars(settings.evaluation)),
+        "registry": registry,
+        "mlflow": mlflow_run_resource(registry, settings.name),
     }

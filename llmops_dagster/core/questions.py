@@ -1,0 +1,88 @@
+"""Question files: JSON Lines with a ``question`` and, for evaluation, an ``answer`` or a ``source``.
+
+A malformed line is rejected with its line number and the reason; the other lines still count.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+QUESTIONS_DIR = "questions"
+MAX_QUESTION_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class Question:
+    question: str
+    answer: str | None = None
+    source: str | None = None
+    origin: str = ""  # file:line, so a prediction can be traced to its input
+
+
+@dataclass(frozen=True)
+class Rejected:
+    origin: str  # file:line
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.origin}: {self.reason}"
+
+
+def _optional_text(row: dict, key: str) -> str | None:
+    value = row.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f'"{key}" must be a string, got {type(value).__name__}')
+    return value.strip() or None
+
+
+def parse_line(line: str, origin: str) -> Question:
+    """One JSON object with a non-empty string ``question``; raises ValueError with the reason."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not valid JSON ({error.msg} at column {error.colno})") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    question = row.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError('missing or empty "question"')
+    if len(question) > MAX_QUESTION_CHARS:
+        raise ValueError(f'"question" is longer than {MAX_QUESTION_CHARS} characters')
+    return Question(question.strip(), _optional_text(row, "answer"), _optional_text(row, "source"), origin)
+
+
+def read_questions(path: Path) -> tuple[list[Question], list[Rejected]]:
+    """Questions of one file in order, and the lines that were rejected. Blank lines are skipped."""
+    questions: list[Question] = []
+    rejected: list[Rejected] = []
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        return [], [Rejected(path.name, f"not UTF-8 text (byte {error.start})")]
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        origin = f"{path.name}:{number}"
+        try:
+            questions.append(parse_line(line, origin))
+        except ValueError as error:
+            rejected.append(Rejected(origin, str(error)))
+    return questions, rejected
+
+
+def landing_questions(landing: Path) -> tuple[list[Question], list[Rejected]]:
+    """Every ``questions/*.jsonl`` file of a landing zone, in name order."""
+    questions: list[Question] = []
+    rejected: list[Rejected] = []
+    folder = landing / QUESTIONS_DIR
+    if not folder.is_dir():
+        return questions, rejected
+    for path in sorted(folder.glob("*.jsonl")):
+        found, bad = read_questions(path)
+        questions.extend(found)
+        rejected.extend(bad)
+    return questions, rejected

@@ -1,0 +1,242 @@
+"""The RAG model: query encoder (base or adapted) → LanceDB retrieval → answer generator.
+
+``RagPipeline`` is plain Python and serves evaluation, the CLI and the MLflow pyfunc alike, so what
+is evaluated is what is served. ``RagModel`` wraps it as an ``mlflow.pyfunc.PythonModel``; the
+registered version bundles the embedding model, the adapter, the retrieval settings and the
+generator, and points at the environment's index by URI (``model_config``, which
+``mlflow.pyfunc.load_model(..., model_config={"lancedb_uri": ...})`` can override).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from llmops_dagster.core.answer import NO_ANSWER, AnswerConfig, extractive_answer
+from llmops_dagster.core.index import SEARCH_MODES, AnnParams, Passage, search
+from llmops_dagster.core.training import apply_adapter
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from lancedb.table import Table
+
+    from llmops_dagster.core.embedding import Embedder
+
+QUESTION_COLUMN = "question"
+OUTPUT_COLUMNS = ("answer", "found", "passages", "sources", "scores", "latency_ms")
+
+
+class IndexMismatchError(RuntimeError):
+    """The index holds vectors of another embedding model than the one this model version needs."""
+
+
+@dataclass(frozen=True)
+class RagConfig:
+    k: int = 5
+    mode: str = "hybrid"
+    generator_model: str | None = None  # local transformers model folder; None: extractive
+    max_new_tokens: int = 96
+    max_sentences: int = 3
+    min_score: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.mode not in SEARCH_MODES:
+            raise ValueError(f"mode must be one of {SEARCH_MODES}, got '{self.mode}'")
+        if self.k < 1 or self.max_new_tokens < 1:
+            raise ValueError("k and max_new_tokens must be at least 1")
+
+    def answer_config(self) -> AnswerConfig:
+        return AnswerConfig(max_sentences=self.max_sentences, min_score=self.min_score)
+
+
+class QueryEncoder:
+    """The embedder, with the trained query-side adapter applied when there is one."""
+
+    def __init__(self, embedder: Embedder, adapter: np.ndarray | None = None) -> None:
+        self.embedder = embedder
+        self.adapter = adapter
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return apply_adapter(self.adapter, self.embedder.encode(texts))
+
+
+class ExtractiveGenerator:
+    """The best sentences of the retrieved passages; needs no weights."""
+
+    name = "extractive"
+
+    def __init__(self, encode: Callable[[list[str]], np.ndarray], config: AnswerConfig) -> None:
+        self.encode, self.config = encode, config
+
+    def __call__(self, question: str, passages: Sequence[str]) -> tuple[str, bool]:
+        answer = extractive_answer(question, passages, self.encode, self.config)
+        return answer.text, answer.found
+
+
+class TransformersGenerator:
+    """A local transformers generation model, prompted with the question and the passages."""
+
+    def __init__(self, model_path: str, max_new_tokens: int, max_passages: int = 3) -> None:
+        import os
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoConfig, pipeline
+
+        path = Path(model_path).expanduser()
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"generator model '{model_path}' is not a local model folder with a config.json")
+        task = "text2text-generation" if AutoConfig.from_pretrained(str(path)).is_encoder_decoder else "text-generation"
+        self.name = f"transformers:{path.name}"
+        self.pipeline = pipeline(task, model=str(path), tokenizer=str(path), device="cpu")
+        self.task, self.max_new_tokens, self.max_passages = task, max_new_tokens, max_passages
+
+    def __call__(self, question: str, passages: Sequence[str]) -> tuple[str, bool]:
+        if not passages:
+            return NO_ANSWER, False
+        context = "\n\n".join(passages[: self.max_passages])
+        prompt = f"Answer the question from the context.\n\nContext:\n{context}\n\nQuestion: {question}\nAnswer:"
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": False}
+        if self.task == "text-generation":
+            kwargs["return_full_text"] = False
+        text = self.pipeline(prompt, **kwargs)[0]["generated_text"].strip()
+        return (text, True) if text else (NO_ANSWER, False)
+
+
+def source_label(passage: Passage) -> str:
+    """``file`` or ``file#page=N``: where a passage came from, in a form a PDF viewer understands."""
+    return f"{passage.source}#page={passage.page}" if passage.page else passage.source
+
+
+@dataclass
+class Prediction:
+    question: str
+    answer: str
+    found: bool
+    passages: list[Passage] = field(default_factory=list)
+    latency_ms: float = 0.0
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "answer": self.answer,
+            "found": self.found,
+            "passages": [p.text for p in self.passages],
+            "sources": [source_label(p) for p in self.passages],
+            "scores": [round(p.score, 6) for p in self.passages],
+            "latency_ms": round(self.latency_ms, 2),
+        }
+
+
+def index_models(table: Table) -> set[str]:
+    column = table.search().select(["embedding_model"]).limit(None).to_arrow().column("embedding_model")
+    return set(column.unique().to_pylist())
+
+
+class RagPipeline:
+    def __init__(
+        self,
+        encoder: QueryEncoder,
+        table: Table,
+        params: AnnParams,
+        config: RagConfig,
+        generator: Callable[[str, Sequence[str]], tuple[str, bool]] | None = None,
+    ) -> None:
+        self.encoder, self.table, self.params, self.config = encoder, table, params, config
+        self.generator = generator or ExtractiveGenerator(encoder.embedder.encode, config.answer_config())
+
+    def retrieve(self, question: str, k: int | None = None, mode: str | None = None) -> list[Passage]:
+        return search(self.table, question, k or self.config.k, mode or self.config.mode, self.params, self.encoder)  # type: ignore[arg-type]
+
+    def answer(self, question: str, k: int | None = None, mode: str | None = None) -> Prediction:
+        started = time.perf_counter()
+        passages = self.retrieve(question, k, mode)
+        text, found = self.generator(question, [p.text for p in passages])
+        return Prediction(question, text, found, passages, 1000 * (time.perf_counter() - started))
+
+
+# ---- MLflow pyfunc -------------------------------------------------------------------------
+
+EMBEDDER_ARTIFACT = "embedder"
+ADAPTER_ARTIFACT = "adapter"
+GENERATOR_ARTIFACT = "generator"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model version is made of; stored as the pyfunc's ``model_config``."""
+
+    lancedb_uri: str
+    table: str
+    index_embedding_model: str  # fingerprint of the vectors this version's queries must meet
+    rag: RagConfig
+    ann: AnnParams
+    embedder_variant: str  # base | trained
+    device: str = "auto"
+
+    def to_config(self) -> dict[str, Any]:
+        return {
+            "lancedb_uri": self.lancedb_uri,
+            "table": self.table,
+            "index_embedding_model": self.index_embedding_model,
+            "rag": json.dumps(asdict(self.rag)),
+            "ann": json.dumps(asdict(self.ann)),
+            "embedder_variant": self.embedder_variant,
+            "device": self.device,
+        }
+
+    @staticmethod
+    def from_config(config: dict[str, Any]) -> ModelSpec:
+        return ModelSpec(
+            lancedb_uri=config["lancedb_uri"],
+            table=config["table"],
+            index_embedding_model=config["index_embedding_model"],
+            rag=RagConfig(**json.loads(config["rag"])),
+            ann=AnnParams(**json.loads(config["ann"])),
+            embedder_variant=config["embedder_variant"],
+            device=config.get("device", "auto"),
+        )
+
+
+def open_pipeline(spec: ModelSpec, embedder_dir: str, adapter_path: str | None, generator_dir: str | None) -> RagPipeline:
+    """Build the pipeline a model version describes, refusing an index of another embedding model."""
+    from llmops_dagster.core.embedding import EmbedderConfig, load_embedder
+    from llmops_dagster.core.store import LanceStore
+
+    table = LanceStore(spec.lancedb_uri).open(spec.table)
+    if table is None:
+        raise FileNotFoundError(f"no '{spec.table}' table at {spec.lancedb_uri}; ingest documents first")
+    found = index_models(table)
+    if found and found != {spec.index_embedding_model}:
+        raise IndexMismatchError(
+            f"this model version needs an index of {spec.index_embedding_model}, but {spec.lancedb_uri} holds "
+            f"{', '.join(sorted(found))}; re-run the environment or load a matching version"
+        )
+    embedder = load_embedder(EmbedderConfig(model=embedder_dir, device=spec.device))
+    adapter = np.load(adapter_path) if adapter_path else None
+    generator = TransformersGenerator(generator_dir, spec.rag.max_new_tokens) if generator_dir else None
+    return RagPipeline(QueryEncoder(embedder, adapter), table, spec.ann, spec.rag, generator)
+
+
+def signature_problems(signature: dict[str, str] | None, has_input_example: bool) -> list[str]:
+    """What is wrong with a logged model's signature (``ModelSignature.to_dict()``); empty when valid."""
+    if signature is None:
+        return ["the model has no signature"]
+    problems = []
+    inputs = {column.get("name"): column.get("type") for column in json.loads(signature.get("inputs") or "[]")}
+    if inputs.get(QUESTION_COLUMN) != "string":
+        problems.append(f"input must have a '{QUESTION_COLUMN}' string column, got {inputs}")
+    outputs = {column.get("name") for column in json.loads(signature.get("outputs") or "[]")}
+    missing = [name for name in OUTPUT_COLUMNS if name not in outputs]
+    if missing:
+        problems.append(f"outputs lack {missing}")
+    params = {param.get("name") for param in json.loads(signature.get("params") or "[]")}
+    if not {"k", "mode"} <= params:
+        problems.append(f"params must include k and mode, got {sorted(params)}")
+    if not has_input_example:
+        problems.append("no input example was logged")
+    return problems

@@ -1,0 +1,142 @@
+"""The RAG model as an MLflow pyfunc, and its registration.
+
+Importing this module imports MLflow; Dagster assets import it inside their bodies so that loading
+the definitions stays fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+from mlflow.models import infer_signature
+
+from llmops_dagster.core.rag import (
+    ADAPTER_ARTIFACT,
+    EMBEDDER_ARTIFACT,
+    GENERATOR_ARTIFACT,
+    OUTPUT_COLUMNS,
+    QUESTION_COLUMN,
+    ModelSpec,
+    open_pipeline,
+)
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+# Models from code: MLflow stores this script, not a pickle, and runs it to build the model at load.
+MODEL_SCRIPT = Path(__file__).resolve().with_name("rag_pyfunc.py")
+MODEL_NAME_IN_RUN = "rag_model"
+CONTENT_TAG = "llmops.content_digest"
+# What the pyfunc imports at load time; the package itself travels with the model (code_paths).
+PIP_REQUIREMENTS = [
+    "torch>=2.5,<2.14",
+    "transformers>=5,<6",
+    "lancedb>=0.40,<0.41",
+    "pyarrow",
+    "pandas",
+    "numpy",
+    "mlflow>=3,<4",
+]
+
+
+class RagModel(mlflow.pyfunc.PythonModel):
+    """``predict`` takes a DataFrame with a ``question`` column; params ``k`` and ``mode`` override the defaults."""
+
+    def load_context(self, context: Any) -> None:
+        artifacts = context.artifacts
+        self.spec = ModelSpec.from_config(context.model_config)
+        self.pipeline = open_pipeline(
+            self.spec, artifacts[EMBEDDER_ARTIFACT], artifacts.get(ADAPTER_ARTIFACT), artifacts.get(GENERATOR_ARTIFACT)
+        )
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        params = params or {}
+        if QUESTION_COLUMN not in model_input.columns:
+            raise ValueError(f"input needs a '{QUESTION_COLUMN}' column, got {list(model_input.columns)}")
+        k = int(params.get("k") or self.spec.rag.k)
+        mode = params.get("mode") or self.spec.rag.mode
+        rows = [self.pipeline.answer(str(question), k, mode).row() for question in model_input[QUESTION_COLUMN]]
+        return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+
+
+def signature_and_example(spec: ModelSpec) -> tuple[Any, pd.DataFrame]:
+    """Inputs (``question``), outputs (answer, passages, sources, scores…) and the ``k``/``mode`` params."""
+    example = pd.DataFrame({QUESTION_COLUMN: ["What must pass before a release?"]})
+    output = pd.DataFrame(
+        [{"answer": "text", "found": True, "passages": ["passage"], "sources": ["file.pdf#page=1"], "scores": [0.5], "latency_ms": 1.0}],
+        columns=list(OUTPUT_COLUMNS),
+    )
+    return infer_signature(example, output, params={"k": spec.rag.k, "mode": spec.rag.mode}), example
+
+
+def content_digest(spec: ModelSpec, embedder_fingerprint: str, adapter: np.ndarray | None, generator: str | None) -> str:
+    """Equal digests mean equal behaviour on the same index: a re-run with no change registers nothing new."""
+    digest = hashlib.sha256(json.dumps(spec.to_config(), sort_keys=True).encode())
+    digest.update(embedder_fingerprint.encode())
+    if adapter is not None:
+        digest.update(np.ascontiguousarray(adapter, dtype=np.float32).tobytes())
+    digest.update((generator or "extractive").encode())
+    return digest.hexdigest()[:20]
+
+
+def log_rag_model(
+    spec: ModelSpec,
+    embedder_dir: Path,
+    adapter: np.ndarray | None,
+    generator_dir: Path | None,
+    registered_name: str,
+    tags: dict[str, str],
+) -> str:
+    """Log the pyfunc into the active MLflow run and register it; returns the new version number."""
+    signature, example = signature_and_example(spec)
+    with tempfile.TemporaryDirectory() as scratch:
+        artifacts = {EMBEDDER_ARTIFACT: str(embedder_dir)}
+        if adapter is not None:
+            adapter_path = Path(scratch) / "adapter.npy"
+            np.save(adapter_path, adapter.astype(np.float32))
+            artifacts[ADAPTER_ARTIFACT] = str(adapter_path)
+        if generator_dir is not None:
+            artifacts[GENERATOR_ARTIFACT] = str(generator_dir)
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME_IN_RUN,
+            python_model=str(MODEL_SCRIPT),
+            artifacts=artifacts,
+            model_config=spec.to_config(),
+            signature=signature,
+            input_example=example,
+            code_paths=[str(PACKAGE_DIR)],
+            pip_requirements=PIP_REQUIREMENTS,
+            registered_model_name=registered_name,
+            tags=tags,
+        )
+    return str(info.registered_model_version)
+
+
+def load_version(registered_name: str, version: str, lancedb_uri: str | None = None) -> mlflow.pyfunc.PyFuncModel:
+    """A registered version as a pyfunc, optionally pointed at another environment's index."""
+    override = {"lancedb_uri": lancedb_uri} if lancedb_uri else None
+    return mlflow.pyfunc.load_model(f"models:/{registered_name}/{version}", model_config=override)
+
+
+SPARK_RESULT_TYPE = (
+    "answer string, found boolean, passages array<string>, sources array<string>, scores array<double>, latency_ms double"
+)
+
+
+def predict_local(model_uri: str, questions: list[str]) -> pd.DataFrame:
+    model = mlflow.pyfunc.load_model(model_uri)
+    return model.predict(pd.DataFrame({QUESTION_COLUMN: questions}))
+
+
+def predict_spark(spark: Any, model_uri: str, questions: list[str]) -> pd.DataFrame:
+    """The same model as a Spark UDF (``mlflow.pyfunc.spark_udf``), loaded once per executor."""
+    udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=SPARK_RESULT_TYPE, env_manager="local")
+    frame = spark.createDataFrame(pd.DataFrame({"position": range(len(questions)), QUESTION_COLUMN: questions}))
+    result = frame.withColumn("prediction", udf(QUESTION_COLUMN)).select("position", "prediction.*").toPandas()
+    return result.sort_values("position").drop(columns="position").reset_index(drop=True)

@@ -1,0 +1,104 @@
+"""The MLflow registry as the contract between runs and environments.
+
+Each blocking check writes its verdict to the model version as a tag (``check.<name>``), and
+``validation_status`` is derived from all of them: FAILED as soon as one fails, PASSED only when
+every required check has passed, PENDING otherwise. A promotion sensor reads these tags; it never
+has to trust a run's status, because a failed check does not fail a run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+VALIDATION_STATUS = "validation_status"
+PASSED, FAILED, PENDING = "PASSED", "FAILED", "PENDING"
+CHECK_TAG_PREFIX = "check."
+DAGSTER_RUN_TAG = "dagster_run_id"
+CHALLENGER, CHAMPION = "challenger", "champion"
+
+
+def configure(tracking_uri: str, registry_uri: str | None) -> MlflowClient:
+    import os
+
+    # Progress bars are noise in run logs and CLI output; MLflow reads this at call time.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(registry_uri or tracking_uri)
+    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    """Create the experiment with its artifact location (MLflow's default would be ./mlruns of the cwd)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:
+        # Another process created it between the lookup and the create.
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def find_version(client: MlflowClient, name: str, tag: str, value: str) -> ModelVersion | None:
+    """The newest version of ``name`` whose tag ``tag`` equals ``value``."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{name}' and tags.`{tag}` = '{value}'")
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    return max(versions, key=lambda v: int(v.version), default=None)
+
+
+def validation_status(tags: dict[str, str], required: Iterable[str]) -> str:
+    verdicts = [tags.get(CHECK_TAG_PREFIX + name) for name in required]
+    if FAILED in verdicts:
+        return FAILED
+    if all(verdict == PASSED for verdict in verdicts):
+        return PASSED
+    return PENDING
+
+
+def record_check(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    check: str,
+    passed: bool,
+    required: Iterable[str],
+    dagster_run_id: str,
+    metrics: dict[str, float] | None = None,
+) -> str:
+    """Write one check's verdict (and any metrics) to the version; returns the new validation_status."""
+    client.set_model_version_tag(name, version, CHECK_TAG_PREFIX + check, PASSED if passed else FAILED)
+    client.set_model_version_tag(name, version, f"{CHECK_TAG_PREFIX}{check}.dagster_run_id", dagster_run_id)
+    for key, value in (metrics or {}).items():
+        client.set_model_version_tag(name, version, f"metric.{key}", f"{value:.4f}")
+    tags = client.get_model_version(name, version).tags
+    status = validation_status(tags, required)
+    client.set_model_version_tag(name, version, VALIDATION_STATUS, status)
+    client.set_model_version_tag(name, version, DAGSTER_RUN_TAG, dagster_run_id)
+    return status
