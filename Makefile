@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast ui bench clean
+.PHONY: demo test test-fast ui mlflow-ui bench clean
 
 # torch's CPU wheel goes in first, so that nothing below pulls a CUDA build of torch.
 $(STAMP): pyproject.toml
@@ -22,16 +22,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	@mkdir -p $(LLMOPS_HOME)/landing/test
 	@for f in sample_corpus/*; do \
-		[ -e "$(LLMOPS_HOME)/landing/test/$$(basename $$f)" ] || cp "$$f" "$(LLMOPS_HOME)/landing/test/"; \
+		[ -e "$(LLMOPS_HOME)/landing/test/$$(basename $$f)" ] || cp -r "$$f" "$(LLMOPS_HOME)/landing/test/"; \
 	done
 	$(BIN)/llmops run --env test
-	@echo; echo '$$ llmops search --env test "which quarantine reasons exist?"'
-	@$(BIN)/llmops search --env test --k 3 "which quarantine reasons exist?"
-	@echo '$$ llmops search --env test --mode vector "how are chunks kept within the model token window"'
-	@$(BIN)/llmops search --env test --k 3 --mode vector "how are chunks kept within the model token window"
-	@echo '$$ llmops search --env test --mode text "reciprocal rank fusion"'
-	@$(BIN)/llmops search --env test --k 3 --mode text "reciprocal rank fusion"
-	@echo "State is in $(LLMOPS_HOME). Open the Dagster UI with: make ui  (then http://127.0.0.1:3000)"
+	@echo; echo '$$ llmops search --env test --mode text "reciprocal rank fusion"'
+	@$(BIN)/llmops search --env test --k 2 --mode text "reciprocal rank fusion"
+	@echo '$$ llmops ask --env test "How is a bad release rolled back?"'
+	@$(BIN)/llmops ask --env test --k 3 "How is a bad release rolled back?"
+	@echo; echo '$$ llmops ask --env test "Which file types can be ingested?"'
+	@$(BIN)/llmops ask --env test --k 3 "Which file types can be ingested?"
+	@echo; echo "State is in $(LLMOPS_HOME); MLflow store: $(LLMOPS_HOME)/mlflow.db."
+	@echo "Dagster UI: make ui (http://127.0.0.1:3000). MLflow UI: make mlflow-ui (http://127.0.0.1:5000)."
 
 test: $(STAMP)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
@@ -44,9 +45,13 @@ ui: $(STAMP)
 	@$(BIN)/python -c "from llmops_dagster.cli import ensure_dagster_home; ensure_dagster_home()"
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
+mlflow-ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(LLMOPS_HOME)/mlflow.db --host 127.0.0.1 --port 5000
+
 bench: $(STAMP)
 	$(BIN)/python bench/embed.py
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/quality.py
 
 clean:
 	rm -rf $(LLMOPS_HOME)

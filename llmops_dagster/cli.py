@@ -1,7 +1,9 @@
 """``llmops``: the operator's command line for what the Dagster UI does not express.
 
-    llmops run    --env ENV [--landing DIR]
-    llmops search --env ENV [--k K] [--mode hybrid|vector|text] [--json] QUERY
+    llmops run     --env ENV [--landing DIR]
+    llmops search  --env ENV [--k K] [--mode hybrid|vector|text] [--json] QUERY
+    llmops ask     --env ENV [--k K] [--json] QUESTION
+    llmops predict --env ENV --questions IN.jsonl --out OUT.jsonl
 
 Bad arguments and missing state print one line and exit 2; no traceback reaches the user.
 """
@@ -21,6 +23,7 @@ from typing import NoReturn
 from llmops_dagster.settings import ENV_TAG, ENVIRONMENTS, EnvSettings, SettingsError, load_settings
 
 EXIT_USAGE = 2
+REPORTED_ASSETS = ("embedding_model", "evaluation", "batch_predictions")  # summaries printed after a run
 
 
 class UserError(Exception):
@@ -167,10 +170,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress.done.set()
         progress.join()
     failed_checks = [e.asset_check_key.name for e in result.get_asset_check_evaluations() if not e.passed]
+    reports = []
     for event in result.get_asset_materialization_events():
         materialization = event.step_materialization_data.materialization
         rows = materialization.metadata.get("dagster/row_count")
-        print(f"{materialization.asset_key.to_user_string():<24} {rows.value if rows else '-':>8} rows")
+        version = materialization.metadata.get("model_version")
+        detail = f"{rows.value:>8} rows" if rows else (f"{'v' + str(version.value):>8}" if version else f"{'-':>8}")
+        print(f"{materialization.asset_key.to_user_string():<24} {detail}")
+        if materialization.asset_key.path[-1] in REPORTED_ASSETS and "summary" in materialization.metadata:
+            reports.append((materialization.asset_key.to_user_string(), materialization.metadata["summary"].value))
+    for asset, summary in reports:
+        print(f"\n## {asset}\n{summary}")
     if not result.success:
         print(f"run {run_id} failed; see the Dagster UI for details", file=sys.stderr)
         return 1
@@ -226,6 +236,90 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serving_model(settings: EnvSettings):
+    """The environment's champion, or its challenger while there is none: (alias, version, pyfunc)."""
+    from llmops_dagster.core import registry
+    from llmops_dagster.core.rag import IndexMismatchError
+    from llmops_dagster.core.rag_model import load_version
+
+    name = settings.mlflow.registered_model
+    client = registry.configure(settings.mlflow.tracking_uri, settings.mlflow.registry_uri)
+    for alias in (registry.CHAMPION, registry.CHALLENGER):
+        version = registry.version_by_alias(client, name, alias)
+        if version is not None:
+            break
+    else:
+        raise UserError(f"no model registered as {name}; run `llmops run --env {settings.name}` first")
+    print(f"answering with {name} v{version.version} ({alias})", file=sys.stderr)
+    try:
+        return alias, str(version.version), load_version(name, str(version.version))
+    except (IndexMismatchError, FileNotFoundError) as error:
+        raise UserError(str(error)) from None
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    settings = _settings(args)
+    if not args.question.strip():
+        raise UserError("the question is empty")
+    alias, version, model = _serving_model(settings)
+    params = {"k": args.k} if args.k else None
+    row = model.predict(pd.DataFrame({"question": [args.question]}), params=params).iloc[0]
+    if args.json:
+        payload = {
+            "question": args.question,
+            "answer": row["answer"],
+            "found": bool(row["found"]),
+            "passages": list(row["passages"]),
+            "sources": list(row["sources"]),
+            "scores": [float(s) for s in row["scores"]],
+            "model": settings.mlflow.registered_model,
+            "model_version": version,
+            "model_alias": alias,
+        }
+        print(json.dumps(payload, ensure_ascii=False, indent=2))
+        return 0
+    print(row["answer"])
+    print("\nSources:")
+    for rank, (source, passage) in enumerate(zip(row["sources"], row["passages"], strict=True), 1):
+        text = passage if len(passage) <= 300 else passage[:300] + "…"
+        print(f"  {rank}. {source}\n     {text}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from llmops_dagster.core.questions import read_questions
+
+    settings = _settings(args)
+    source = Path(args.questions).expanduser()
+    if not source.is_file():
+        raise UserError(f"questions file not found: {source}")
+    questions, rejected = read_questions(source)
+    for problem in rejected:
+        print(f"llmops: skipped {problem}", file=sys.stderr)
+    if not questions:
+        raise UserError(f"{source} has no valid question lines")
+    _, version, model = _serving_model(settings)
+    answers = model.predict(pd.DataFrame({"question": [q.question for q in questions]}))
+    out = Path(args.out).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as handle:
+        for question, (_, row) in zip(questions, answers.iterrows(), strict=True):
+            line = {
+                "question": question.question,
+                "answer": row["answer"],
+                "passages": list(row["passages"]),
+                "sources": list(row["sources"]),
+                "model_version": version,
+            }
+            handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+    print(f"wrote {len(questions)} answer(s) to {out}; {len(rejected)} line(s) rejected", file=sys.stderr)
+    return 1 if rejected else 0
+
+
 def _positive(value: str) -> int:
     try:
         number = int(value)
@@ -254,6 +348,19 @@ def build_parser() -> argparse.ArgumentParser:
     find.add_argument("--json", action="store_true", help='print {"query", "passages": [...]} as JSON')
     find.add_argument("query")
     find.set_defaults(handler=cmd_search)
+
+    ask = commands.add_parser("ask", help="answer a question with the champion (or the challenger), with sources")
+    ask.add_argument("--env", required=True, choices=ENVIRONMENTS)
+    ask.add_argument("--k", type=_positive, help="passages to retrieve (default: the model's setting)")
+    ask.add_argument("--json", action="store_true", help="print the answer, passages and sources as JSON")
+    ask.add_argument("question")
+    ask.set_defaults(handler=cmd_ask)
+
+    predict = commands.add_parser("predict", help="answer a JSON Lines file of questions into another")
+    predict.add_argument("--env", required=True, choices=ENVIRONMENTS)
+    predict.add_argument("--questions", required=True, help='input: one {"question": ...} per line')
+    predict.add_argument("--out", required=True, help="output: one answer object per question, same order")
+    predict.set_defaults(handler=cmd_predict)
     return parser
 
 

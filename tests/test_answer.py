@@ -19,7 +19,7 @@ CORPUS = Path(__file__).resolve().parents[1] / "sample_corpus"
 def retrieve():
     embedder = load_embedder(EmbedderConfig(precision="fp32", device="cpu"))
     chunker = Chunker(embedder.tokenizer, ChunkConfig(), embedder.max_tokens)
-    texts = [c.text for p in sorted(CORPUS.iterdir()) for c in chunker.chunk(p.name, parse_file(p, 1 << 30).blocks)]
+    texts = [c.text for p in sorted(CORPUS.iterdir()) if p.is_file() for c in chunker.chunk(p.name, parse_file(p, 1 << 30).blocks)]
     vectors = embedder.encode(texts)
 
     def top(question: str, k: int = 5) -> list[str]:

@@ -18,10 +18,14 @@ from llmops_dagster.settings import EnvSettings, load_settings
 
 pytestmark = pytest.mark.slow
 TABLES = (store.DOCUMENTS, store.QUARANTINE, store.CHUNKS, store.EMBEDDINGS)
+# The model stages have their own module (test_model_assets.py); these tests are about the index.
+INDEX_GROUPS = dg.AssetSelection.groups("ingestion", "index")
 
 
 def materialize(settings: EnvSettings, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
-    result = dg.materialize(environment_assets(settings.name), resources=build_resources(settings), instance=instance)
+    result = dg.materialize(
+        environment_assets(settings.name), selection=INDEX_GROUPS, resources=build_resources(settings), instance=instance
+    )
     assert result.success
     failed = [(e.asset_check_key.name, e.description) for e in result.get_asset_check_evaluations() if not e.passed]
     assert not failed

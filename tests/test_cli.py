@@ -43,11 +43,32 @@ def test_run_then_search_json(tmp_path: Path, sample_landing: Path) -> None:
     assert plain.returncode == 0 and "1. [" in plain.stdout
     assert "Traceback" not in plain.stderr
 
+    # The run registered a challenger; with no champion yet, ask and predict use it and say so.
+    asked = llmops("ask", "--env", "test", "--k", "2", "--json", "How is a release rolled back?", home=home)
+    assert asked.returncode == 0, asked.stderr[-3000:]
+    answer = json.loads(asked.stdout)
+    assert answer["model_alias"] == "challenger" and answer["model_version"] == "1"
+    assert answer["answer"] and len(answer["passages"]) == len(answer["sources"]) == 2
+    assert "(challenger)" in asked.stderr
+
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text('{"question": "What is BM25?"}\n{"question": 7}\n\n{"question": "Which formats are supported?"}\n')
+    out = tmp_path / "answers" / "out.jsonl"
+    predicted = llmops("predict", "--env", "test", "--questions", str(questions), "--out", str(out), home=home)
+    assert predicted.returncode == 1  # some lines were rejected; the valid ones are still answered
+    assert 'questions.jsonl:2: missing or empty "question"' in predicted.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["question"] for line in lines] == ["What is BM25?", "Which formats are supported?"]
+    assert all(set(line) == {"question", "answer", "passages", "sources", "model_version"} for line in lines)
+    assert all(line["passages"] and line["model_version"] == "1" for line in lines)
+
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["search", "--env", "test", "anything"], "no index for environment 'test'"),
+        (["ask", "--env", "test", "anything"], "no model registered as test.llmops.rag_model"),
+        (["predict", "--env", "test", "--questions", "/no/such.jsonl", "--out", "x.jsonl"], "questions file not found"),
         (["search", "--env", "dev", "anything"], "invalid choice: 'dev'"),
         (["search", "--env", "test", "--k", "0", "anything"], "must be at least 1"),
         (["search", "--env", "test", "--mode", "fuzzy", "anything"], "invalid choice: 'fuzzy'"),

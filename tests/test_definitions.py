@@ -7,7 +7,10 @@ from llmops_dagster.definitions import INGEST_JOB, build_defs
 from llmops_dagster.sensors import NEW_DOCUMENTS
 from llmops_dagster.settings import ENVIRONMENTS
 
-ASSETS = {"documents", "quarantine", "chunks", "embeddings", "vector_index"}
+ASSETS = {
+    "documents", "quarantine", "chunks", "embeddings", "vector_index",
+    "embedding_model", "rag_model", "evaluation", "batch_predictions",
+}
 CHECKS = {
     ("documents", "no_files_lost"),
     ("quarantine", "quarantine_reasons_known"),
@@ -17,8 +20,16 @@ CHECKS = {
     ("embeddings", "index_matches_chunks"),
     ("vector_index", "ann_recall"),
     ("vector_index", "full_text_index_ready"),
+    ("rag_model", "model_loads_and_answers"),
+    ("rag_model", "signature_valid"),
+    ("evaluation", "meets_thresholds"),
+    ("evaluation", "no_worse_than_champion"),
+    ("batch_predictions", "one_row_per_question"),
 }
-BLOCKING = {"no_files_lost", "chunks_well_formed", "every_document_chunked", "vectors_valid", "index_matches_chunks", "ann_recall"}
+BLOCKING = {
+    "no_files_lost", "chunks_well_formed", "every_document_chunked", "vectors_valid", "index_matches_chunks", "ann_recall",
+    "model_loads_and_answers", "signature_valid", "meets_thresholds", "no_worse_than_champion",
+}
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
@@ -40,6 +51,9 @@ def test_definitions_per_environment(env: str, llmops_home) -> None:
     resources = defs.resources or {}
     assert str(llmops_home) in resources["lancedb"].uri and env in resources["lancedb"].uri
     assert resources["landing"].path.endswith(f"landing/{env}")
+    assert resources["registry"].registered_model == f"{env}.llmops.rag_model"
+    assert resources["registry"].tracking_uri == f"sqlite:///{llmops_home}/mlflow.db"
+    assert graph.get(dg.AssetKey([env, "evaluation"])).parent_keys == {dg.AssetKey([env, "rag_model"])}
 
 
 def test_settings_are_read_when_definitions_load_not_at_import(tmp_path, monkeypatch) -> None:

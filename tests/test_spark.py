@@ -34,7 +34,7 @@ def test_spark_local_embeds_exactly_like_the_local_engine(local_session) -> None
     assert (vectors * reference).sum(1).min() > 0.9999  # same rows, in input order
 
 
-def test_embeddings_asset_on_the_spark_engine(local_session, llmops_home: Path, sample_landing: Path) -> None:
+def test_the_whole_graph_on_the_spark_engine(local_session, llmops_home: Path, sample_landing: Path) -> None:
     settings = load_settings("test").with_landing(sample_landing).with_engine("spark", spark_master="local[2]")
     result = dg.materialize(environment_assets("test"), resources=build_resources(settings), instance=dg.DagsterInstance.ephemeral())
     assert result.success
@@ -43,3 +43,12 @@ def test_embeddings_asset_on_the_spark_engine(local_session, llmops_home: Path, 
     vectors = np.asarray(table.column("vector").to_pylist(), dtype=np.float32)
     reference = load_embedder(settings.embedding).encode(table.column("text").to_pylist())
     assert (vectors * reference).sum(1).min() > 0.999
+    # batch_predictions ran the registered model as mlflow.pyfunc.spark_udf, one row per question.
+    predictions = next(
+        e.step_materialization_data.materialization.metadata
+        for e in result.get_asset_materialization_events()
+        if e.step_materialization_data.materialization.asset_key.path[-1] == "batch_predictions"
+    )
+    assert predictions["engine"].value == "spark" and predictions["questions_this_run"].value == 24
+    rows = store.LanceStore(settings.lancedb_uri).read(store.PREDICTIONS, store.PREDICTIONS_SCHEMA).to_pylist()
+    assert len(rows) == 24 and all(row["passages"] and row["answer"] for row in rows)

@@ -202,6 +202,7 @@ def rag_model(
         ann=vector_index.params(),
         embedder_variant=variant,
         device=embedder.device,
+        index_version=table.version,
     )
     generator = Path(config.generator_model).expanduser() if config.generator_model else None
     digest = content_digest(spec, model.fingerprint, adapter, str(generator) if generator else None)

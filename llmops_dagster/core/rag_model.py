@@ -77,7 +77,8 @@ def signature_and_example(spec: ModelSpec) -> tuple[Any, pd.DataFrame]:
 
 def content_digest(spec: ModelSpec, embedder_fingerprint: str, adapter: np.ndarray | None, generator: str | None) -> str:
     """Equal digests mean equal behaviour on the same index: a re-run with no change registers nothing new."""
-    digest = hashlib.sha256(json.dumps(spec.to_config(), sort_keys=True).encode())
+    config = {key: value for key, value in spec.to_config().items() if key != "index_version"}  # data, not model
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     digest.update(embedder_fingerprint.encode())
     if adapter is not None:
         digest.update(np.ascontiguousarray(adapter, dtype=np.float32).tobytes())

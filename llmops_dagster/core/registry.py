@@ -27,7 +27,13 @@ def configure(tracking_uri: str, registry_uri: str | None) -> MlflowClient:
 
     # Progress bars are noise in run logs and CLI output; MLflow reads this at call time.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import logging
+
     import mlflow
+
+    # Store migrations and registration chatter at INFO would break the CLI's one-line output.
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(registry_uri or tracking_uri)

@@ -45,7 +45,8 @@ class TrainingConfig:
     l2: float = 1.0
     temperature: float = 0.03
     batch_size: int = 32
-    max_pairs: int = 20000
+    max_pairs: int = 3000  # mined pairs used; encoding them dominates the run time on CPU
+    max_held_out: int = 500  # evaluation runs every held-out query through five systems
     full_learning_rate: float = 2e-5  # full mode: the transformer itself moves, so far smaller steps
     full_epochs: int = 1
     device: str = "auto"  # full mode only
@@ -55,8 +56,8 @@ class TrainingConfig:
             raise ValueError(f"mode must be one of {TRAINING_MODES}, got '{self.mode}'")
         if not 0 < self.held_out < 1:
             raise ValueError(f"held_out must be between 0 and 1, got {self.held_out}")
-        if self.epochs < 1 or self.full_epochs < 1 or self.batch_size < 2 or self.max_pairs < 2:
-            raise ValueError("epochs must be ≥ 1, batch_size ≥ 2 and max_pairs ≥ 2")
+        if self.epochs < 1 or self.full_epochs < 1 or self.batch_size < 2 or self.max_pairs < 2 or self.max_held_out < 1:
+            raise ValueError("epochs and max_held_out must be ≥ 1, batch_size and max_pairs ≥ 2")
         if self.learning_rate <= 0 or self.full_learning_rate <= 0 or self.temperature <= 0 or self.l2 < 0:
             raise ValueError("learning rates and temperature must be positive, l2 non-negative")
 
@@ -107,8 +108,11 @@ def mine_pairs(chunks: Sequence[ChunkRecord]) -> list[Pair]:
     return pairs
 
 
-def split_pairs(pairs: Sequence[Pair], held_out: float, seed: int, max_pairs: int | None = None) -> tuple[list[Pair], list[Pair]]:
-    """Shuffle with ``seed``, cap at ``max_pairs``, and hold out a share of the queries of each kind."""
+def split_pairs(
+    pairs: Sequence[Pair], held_out: float, seed: int, max_pairs: int | None = None, max_held_out: int | None = None
+) -> tuple[list[Pair], list[Pair]]:
+    """Shuffle with ``seed``, cap at ``max_pairs``, and hold out a share of the queries of each kind
+    (at most ``max_held_out`` in all; held-out queries beyond it are dropped, never trained on)."""
     rng = random.Random(seed)
     train: list[Pair] = []
     test: list[Pair] = []
@@ -122,6 +126,8 @@ def split_pairs(pairs: Sequence[Pair], held_out: float, seed: int, max_pairs: in
             cut = min(max(cut, 1), len(group) - 1)
         test.extend(group[:cut])
         train.extend(group[cut:])
+    if max_held_out is not None and len(test) > max_held_out:
+        test = random.Random(seed).sample(test, max_held_out)
     return train, test
 
 
@@ -297,7 +303,7 @@ def fit(
     """Mine pairs, hold some out, train, and measure base and trained retrieval on the held-out queries."""
     from llmops_dagster.core.metrics import retrieval_report
 
-    train, held_out = split_pairs(mine_pairs(chunks), config.held_out, config.seed, config.max_pairs)
+    train, held_out = split_pairs(mine_pairs(chunks), config.held_out, config.seed, config.max_pairs, config.max_held_out)
     if len(train) < 2 or not held_out:
         raise NotEnoughPairsError(
             f"{len(train)} training and {len(held_out)} held-out pairs from {len(chunks)} chunks; "

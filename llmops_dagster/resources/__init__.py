@@ -150,7 +150,8 @@ class TrainingResource(_SettingsResource):
     l2: float = 1.0
     temperature: float = 0.03
     batch_size: int = 32
-    max_pairs: int = 20000
+    max_pairs: int = 3000
+    max_held_out: int = 500
     full_learning_rate: float = 2e-5
     full_epochs: int = 1
     device: str = "auto"
@@ -168,7 +169,7 @@ class RagResource(_SettingsResource):
     mode: str = "hybrid"
     generator_model: str | None = None
     max_new_tokens: int = 96
-    max_sentences: int = 3
+    max_sentences: int = 1
     min_score: float = 0.3
 
     def config(self) -> RagConfig:
@@ -234,7 +235,9 @@ def mlflow_run_resource(registry: RegistryResource, env: str) -> dg.ResourceDefi
         from dagster_mlflow.resources import MlFlow
 
         registry.client()
-        tracker = MlFlow(context)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # MlFlow is marked beta
+            tracker = MlFlow(context)
         mlflow.set_tags({ENV_TAG: env, "dagster_job": context.dagster_run.job_name})
         try:
             yield tracker

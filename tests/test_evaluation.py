@@ -1,0 +1,58 @@
+"""The gate's verdicts and the evaluation set, as pure functions."""
+
+from __future__ import annotations
+
+import json
+
+from llmops_dagster.core.evaluation import EvaluationThresholds, evaluation_set, meets_thresholds, no_worse_than_champion
+from llmops_dagster.core.questions import Question
+from llmops_dagster.core.rag import OUTPUT_COLUMNS, signature_problems
+from llmops_dagster.core.registry import FAILED, PASSED, PENDING, validation_status
+from llmops_dagster.core.training import Pair
+
+THRESHOLDS = EvaluationThresholds(min_recall_at_5=0.6, min_mrr_at_10=0.5, champion_tolerance=0.02)
+
+
+def test_thresholds() -> None:
+    assert meets_thresholds({"recall@5": 0.8, "mrr@10": 0.5}, THRESHOLDS).passed
+    verdict = meets_thresholds({"recall@5": 0.59, "mrr@10": 0.7}, THRESHOLDS)
+    assert not verdict.passed and "recall@5 0.590 < 0.6" in verdict.description
+
+
+def test_champion_comparison_allows_the_tolerance_and_no_more() -> None:
+    champion = {"recall@5": 0.9, "mrr@10": 0.8}
+    assert no_worse_than_champion({"recall@5": 0.89, "mrr@10": 0.785}, champion, 0.02, "champion v1").passed
+    worse = no_worse_than_champion({"recall@5": 0.9, "mrr@10": 0.77}, champion, 0.02, "champion v1")
+    assert not worse.passed and "mrr@10 0.770 vs champion 0.800" in worse.description
+    assert no_worse_than_champion({"recall@5": 0.1, "mrr@10": 0.1}, None, 0.02, None).passed
+    refused = no_worse_than_champion({"recall@5": 1, "mrr@10": 1}, None, 0.02, "champion v1", "needs another index")
+    assert not refused.passed and refused.description == "needs another index"
+
+
+def test_validation_status_fails_fast_and_passes_only_when_every_check_passed() -> None:
+    required = ("a", "b")
+    assert validation_status({"check.a": PASSED}, required) == PENDING
+    assert validation_status({"check.a": PASSED, "check.b": FAILED}, required) == FAILED
+    assert validation_status({"check.a": FAILED}, required) == FAILED
+    assert validation_status({"check.a": PASSED, "check.b": PASSED}, required) == PASSED
+
+
+def test_gold_questions_about_unindexed_files_are_skipped_with_a_reason() -> None:
+    held_out = [Pair("a sentence", frozenset({"c1"}), "cloze")]
+    gold = [Question("q1", "ans", "guide.pdf", "g.jsonl:1"), Question("q2", None, "gone.pdf", "g.jsonl:2"), Question("q3", "x", None, "g.jsonl:3")]
+    items, skipped = evaluation_set(held_out, gold, {"guide.pdf"})
+    assert [(i.query, i.level, i.query_set) for i in items] == [("a sentence", "chunk", "held_out"), ("q1", "source", "gold"), ("q3", "source", "gold")]
+    assert skipped == ["g.jsonl:2: source 'gone.pdf' is not an indexed document"]
+
+
+def test_signature_problems() -> None:
+    good = {
+        "inputs": json.dumps([{"name": "question", "type": "string"}]),
+        "outputs": json.dumps([{"name": name, "type": "string"} for name in OUTPUT_COLUMNS]),
+        "params": json.dumps([{"name": "k"}, {"name": "mode"}]),
+    }
+    assert signature_problems(good, True) == []
+    assert signature_problems(None, True) == ["the model has no signature"]
+    bad = {**good, "inputs": json.dumps([{"name": "query", "type": "string"}]), "params": "[]"}
+    problems = signature_problems(bad, False)
+    assert len(problems) == 3 and "no input example was logged" in problems
