@@ -89,3 +89,18 @@ def test_a_corpus_too_small_to_hold_out_anything_is_refused(corpus, tmp_path: Pa
 def test_invalid_training_settings_are_rejected(bad: dict) -> None:
     with pytest.raises(ValueError):
         TrainingConfig(**bad)
+
+
+@pytest.mark.slow
+def test_full_fine_tune_saves_a_model_the_embedder_loads(corpus, tmp_path: Path) -> None:
+    """The GPU mode, run small on the CPU: the transformer itself is trained and saved."""
+    embedder, records, vectors = corpus
+    config = TrainingConfig(mode="full", max_pairs=48, max_held_out=12, batch_size=8, device="cpu")
+    report = fit(records, vectors, embedder.encode, embedder.model_path, config, tmp_path)
+    saved = report.result.model_dir
+    assert saved is not None and (saved / "config.json").is_file() and list(saved.glob("*.safetensors"))
+    assert report.result.device == "cpu" and len(report.result.losses) == config.full_epochs
+    assert np.isfinite(report.result.losses).all()
+    tuned = Embedder(EmbedderConfig(model=str(saved), device="cpu"))
+    assert tuned.fingerprint != embedder.fingerprint and tuned.encode(["a query"]).shape == (1, 384)
+    assert 0 <= report.trained["mrr@10"] <= 1

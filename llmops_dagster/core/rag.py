@@ -80,7 +80,7 @@ class ExtractiveGenerator:
 
 
 class TransformersGenerator:
-    """A local transformers generation model, prompted with the question and the passages."""
+    """A local transformers generation model, prompted with the question and as many passages as fit."""
 
     def __init__(self, model_path: str, max_new_tokens: int, max_passages: int = 3) -> None:
         import os
@@ -91,20 +91,44 @@ class TransformersGenerator:
         path = Path(model_path).expanduser()
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"generator model '{model_path}' is not a local model folder with a config.json")
-        task = "text2text-generation" if AutoConfig.from_pretrained(str(path)).is_encoder_decoder else "text-generation"
+        config = AutoConfig.from_pretrained(str(path))
+        task = "text2text-generation" if config.is_encoder_decoder else "text-generation"
         self.name = f"transformers:{path.name}"
         self.pipeline = pipeline(task, model=str(path), tokenizer=str(path), device="cpu")
         self.task, self.max_new_tokens, self.max_passages = task, max_new_tokens, max_passages
+        window = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 1024
+        # A decoder's window holds the prompt and the answer; an encoder-decoder's input is separate.
+        self.prompt_tokens = window if config.is_encoder_decoder else window - max_new_tokens
+
+    def _prompt(self, question: str, passages: Sequence[str]) -> str:
+        """The prompt with the best passages that fit the model's window (at least the first, cut)."""
+        tokenizer = self.pipeline.tokenizer
+
+        def build(context: list[str]) -> str:
+            joined = "\n\n".join(context)
+            return f"Answer the question from the context.\n\nContext:\n{joined}\n\nQuestion: {question}\nAnswer:"
+
+        def size(text: str) -> int:
+            return len(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+        chosen: list[str] = []
+        for passage in passages[: self.max_passages]:
+            if size(build([*chosen, passage])) > self.prompt_tokens:
+                break
+            chosen.append(passage)
+        if not chosen:
+            budget = max(16, self.prompt_tokens - size(build([])))
+            ids = tokenizer(passages[0], add_special_tokens=False)["input_ids"][:budget]
+            chosen = [tokenizer.decode(ids)]
+        return build(chosen)
 
     def __call__(self, question: str, passages: Sequence[str]) -> tuple[str, bool]:
         if not passages:
             return NO_ANSWER, False
-        context = "\n\n".join(passages[: self.max_passages])
-        prompt = f"Answer the question from the context.\n\nContext:\n{context}\n\nQuestion: {question}\nAnswer:"
         kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": False}
         if self.task == "text-generation":
             kwargs["return_full_text"] = False
-        text = self.pipeline(prompt, **kwargs)[0]["generated_text"].strip()
+        text = self.pipeline(self._prompt(question, passages), **kwargs)[0]["generated_text"].strip()
         return (text, True) if text else (NO_ANSWER, False)
 
 
