@@ -252,7 +252,7 @@ def _serving_model(settings: EnvSettings):
         raise UserError(f"no model registered as {name}; run `llmops run --env {settings.name}` first")
     print(f"answering with {name} v{version.version} ({alias})", file=sys.stderr)
     try:
-        return alias, str(version.version), load_version(name, str(version.version))
+        return alias, str(version.version), load_version(name, str(version.version), settings.lancedb_uri)
     except (IndexMismatchError, FileNotFoundError) as error:
         raise UserError(str(error)) from None
 

@@ -56,7 +56,7 @@ def test_run_then_search_json(tmp_path: Path, sample_landing: Path) -> None:
     out = tmp_path / "answers" / "out.jsonl"
     predicted = llmops("predict", "--env", "test", "--questions", str(questions), "--out", str(out), home=home)
     assert predicted.returncode == 1  # some lines were rejected; the valid ones are still answered
-    assert 'questions.jsonl:2: missing or empty "question"' in predicted.stderr
+    assert 'questions.jsonl:2: "question" must be a string, got int' in predicted.stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["question"] for line in lines] == ["What is BM25?", "Which formats are supported?"]
     assert all(set(line) == {"question", "answer", "passages", "sources", "model_version"} for line in lines)

@@ -16,7 +16,9 @@ def test_bad_lines_are_reported_with_line_numbers_and_the_rest_kept(tmp_path: Pa
         '["a list"]\n'
         '{"question": "   "}\n'
         '{"question": "Where are chunks stored?", "source": "chunking-notes.md"}\n'
-        '{"question": "Typed?", "answer": 3}\n',
+        '{"question": "Typed?", "answer": 3}\n'
+        '{"text": "no question key"}\n'
+        '{"question": 42}\n',
         encoding="utf-8",
     )
     questions, rejected = read_questions(path)
@@ -27,8 +29,10 @@ def test_bad_lines_are_reported_with_line_numbers_and_the_rest_kept(tmp_path: Pa
     assert [str(r) for r in rejected] == [
         "q.jsonl:3: not valid JSON (Expecting property name enclosed in double quotes at column 2)",
         "q.jsonl:4: expected a JSON object, got list",
-        'q.jsonl:5: missing or empty "question"',
+        'q.jsonl:5: "question" is empty',
         'q.jsonl:7: "answer" must be a string, got int',
+        'q.jsonl:8: no "question" key',
+        'q.jsonl:9: "question" must be a string, got int',
     ]
 
 

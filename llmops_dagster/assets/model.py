@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from llmops_dagster.assets._metadata import column_schema, markdown_table
 from llmops_dagster.assets.index import VECTOR_INDEX
-from llmops_dagster.core import registry as tags
+from llmops_dagster.core import registry as model_registry
 from llmops_dagster.core import store
 from llmops_dagster.core.checks import Verdict
 from llmops_dagster.resources import (
@@ -203,12 +203,13 @@ def rag_model(
         embedder_variant=variant,
         device=embedder.device,
         index_version=table.version,
+        registered_index=lancedb.uri,
     )
     generator = Path(config.generator_model).expanduser() if config.generator_model else None
     digest = content_digest(spec, model.fingerprint, adapter, str(generator) if generator else None)
     client = registry.client()
     name = registry.registered_model
-    existing = tags.find_version(client, name, CONTENT_TAG, digest)
+    existing = model_registry.find_version(client, name, CONTENT_TAG, digest)
     if existing is not None:
         version = str(existing.version)
         context.log.info(f"{name} v{version} already holds this exact model; reusing it")
@@ -216,21 +217,21 @@ def rag_model(
         version = log_rag_model(spec, model.model_path, adapter, generator, name, tags={"llmops.variant": variant})
         for key, value in {
             CONTENT_TAG: digest,
-            tags.DAGSTER_RUN_TAG: context.run_id,
+            model_registry.DAGSTER_RUN_TAG: context.run_id,
             "embedder_variant": variant,
             "index_embedding_model": model.fingerprint,
             "training_run_id": str(upstream["mlflow_run_id"]),
-            tags.VALIDATION_STATUS: tags.PENDING,
+            model_registry.VALIDATION_STATUS: model_registry.PENDING,
         }.items():
             client.set_model_version_tag(name, version, key, value)
-    client.set_registered_model_alias(name, tags.CHALLENGER, version)
+    client.set_registered_model_alias(name, model_registry.CHALLENGER, version)
     run = mlflow.active_run()
     return dg.MaterializeResult(
         metadata={
             "model_name": name,
             "model_version": str(version),
             "model_uri": f"models:/{name}/{version}",
-            "alias": tags.CHALLENGER,
+            "alias": model_registry.CHALLENGER,
             "embedder_variant": variant,
             "registered_new_version": existing is None,
             "content_digest": digest,
@@ -243,9 +244,9 @@ def rag_model(
 
 def _challenger(registry: RegistryResource) -> tuple[Any, str, str]:
     client = registry.client()
-    version = tags.version_by_alias(client, registry.registered_model, tags.CHALLENGER)
+    version = model_registry.version_by_alias(client, registry.registered_model, model_registry.CHALLENGER)
     if version is None:
-        raise dg.Failure(f"{registry.registered_model} has no '{tags.CHALLENGER}' version; materialize rag_model first")
+        raise dg.Failure(f"{registry.registered_model} has no '{model_registry.CHALLENGER}' version; materialize rag_model first")
     return client, registry.registered_model, str(version.version)
 
 
@@ -254,20 +255,22 @@ def _gate(
 ) -> dg.AssetCheckResult:
     """Write the verdict to the challenger version and return it as the check result."""
     client, name, version = _challenger(registry)
-    status = tags.record_check(client, name, version, check, verdict.passed, REQUIRED_CHECKS, context.run.run_id, metrics)
-    metadata = {**verdict.metadata, "model_version": version, tags.VALIDATION_STATUS: status}
+    status = model_registry.record_check(client, name, version, check, verdict.passed, REQUIRED_CHECKS, context.run.run_id, metrics)
+    metadata = {**verdict.metadata, "model_version": version, model_registry.VALIDATION_STATUS: status}
     return dg.AssetCheckResult(check_name=check, passed=verdict.passed, description=verdict.description, metadata=metadata)
 
 
 @dg.asset_check(asset=RAG_MODEL, blocking=True, description="the challenger loads with mlflow.pyfunc.load_model and answers a smoke question")
-def model_loads_and_answers(context: dg.AssetCheckExecutionContext, registry: RegistryResource, evaluation: EvaluationResource) -> dg.AssetCheckResult:
+def model_loads_and_answers(
+    context: dg.AssetCheckExecutionContext, registry: RegistryResource, evaluation: EvaluationResource, lancedb: LanceDBResource
+) -> dg.AssetCheckResult:
     from llmops_dagster.core.rag_model import load_version
 
     _, name, version = _challenger(registry)
     question = evaluation.smoke_question
     try:
         started = time.perf_counter()
-        model = load_version(name, version)
+        model = load_version(name, version, lancedb.uri)
         answer = model.predict(_frame(question)).iloc[0]
         seconds = time.perf_counter() - started
     except Exception as error:  # the verdict is the point: any failure to load or answer fails the gate
@@ -353,7 +356,7 @@ def evaluation(
         context.log.warning(f"gold question skipped: {problem}")
 
     client, name, version = _challenger(registry)
-    challenger = load_version(name, version).unwrap_python_model().pipeline
+    challenger = load_version(name, version, lancedb.uri).unwrap_python_model().pipeline
     mode = challenger.config.mode
     adapter = None
     if upstream["has_adapter"]:
@@ -368,12 +371,12 @@ def evaluation(
     for search_mode in SEARCH_MODES:
         systems[("challenger", search_mode)] = evaluate(challenger, items, search_mode, answers=search_mode == mode)
 
-    champion_version = tags.version_by_alias(client, name, tags.CHAMPION)
+    champion_version = model_registry.version_by_alias(client, name, model_registry.CHAMPION)
     champion_label, not_comparable, champion_metrics = None, None, None
     if champion_version is not None:
         champion_label = f"champion v{champion_version.version}"
         try:
-            champion = load_version(name, champion_version.version).unwrap_python_model().pipeline
+            champion = load_version(name, str(champion_version.version), lancedb.uri).unwrap_python_model().pipeline
         except IndexMismatchError as error:
             not_comparable = f"{champion_label} cannot be evaluated on this index: {error}"
         else:

@@ -8,7 +8,7 @@ import pyarrow as pa
 
 from llmops_dagster.assets._metadata import table_metadata
 from llmops_dagster.assets.model import RAG_MODEL
-from llmops_dagster.core import registry as tags
+from llmops_dagster.core import registry as model_registry
 from llmops_dagster.core import store
 from llmops_dagster.resources import ComputeEngineResource, LanceDBResource, LandingZoneResource, RegistryResource
 
@@ -19,10 +19,10 @@ ONE_ROW_PER_QUESTION = "one_row_per_question"
 def serving_version(registry: RegistryResource) -> tuple[str, str, str]:
     """(alias, version, validation status) of the model that should answer: champion, else challenger."""
     client = registry.client()
-    for alias in (tags.CHAMPION, tags.CHALLENGER):
-        version = tags.version_by_alias(client, registry.registered_model, alias)
+    for alias in (model_registry.CHAMPION, model_registry.CHALLENGER):
+        version = model_registry.version_by_alias(client, registry.registered_model, alias)
         if version is not None:
-            return alias, str(version.version), version.tags.get(tags.VALIDATION_STATUS, tags.PENDING)
+            return alias, str(version.version), version.tags.get(model_registry.VALIDATION_STATUS, model_registry.PENDING)
     raise dg.Failure(f"{registry.registered_model} has neither a champion nor a challenger; materialize rag_model first")
 
 
@@ -56,9 +56,9 @@ def batch_predictions(
     elif engine.engine == "spark":
         from llmops_dagster.core.spark import spark_session
 
-        answers = predict_spark(spark_session(engine.spark_master, engine.spark_remote), uri, texts)
+        answers = predict_spark(spark_session(engine.spark_master, engine.spark_remote), uri, texts, lancedb.uri)
     else:
-        answers = predict_local(uri, texts)
+        answers = predict_local(uri, texts, lancedb.uri)
     now = datetime.now(UTC)
     rows = []
     for position, question in enumerate(questions):

@@ -47,9 +47,13 @@ def parse_line(line: str, origin: str) -> Question:
         raise ValueError(f"not valid JSON ({error.msg} at column {error.colno})") from None
     if not isinstance(row, dict):
         raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-    question = row.get("question")
-    if not isinstance(question, str) or not question.strip():
-        raise ValueError('missing or empty "question"')
+    if "question" not in row:
+        raise ValueError('no "question" key')
+    question = row["question"]
+    if not isinstance(question, str):
+        raise ValueError(f'"question" must be a string, got {type(question).__name__}')
+    if not question.strip():
+        raise ValueError('"question" is empty')
     if len(question) > MAX_QUESTION_CHARS:
         raise ValueError(f'"question" is longer than {MAX_QUESTION_CHARS} characters')
     return Question(question.strip(), _optional_text(row, "answer"), _optional_text(row, "source"), origin)

@@ -202,6 +202,7 @@ class ModelSpec:
     embedder_variant: str  # base | trained
     device: str = "auto"
     index_version: int | None = None  # the table version it was registered against, to fall back to
+    registered_index: str | None = None  # lancedb_uri at registration; index_version is a version of this table
 
     def to_config(self) -> dict[str, Any]:
         return {
@@ -213,6 +214,7 @@ class ModelSpec:
             "embedder_variant": self.embedder_variant,
             "device": self.device,
             "index_version": self.index_version,
+            "registered_index": self.registered_index,
         }
 
     @staticmethod
@@ -226,6 +228,7 @@ class ModelSpec:
             embedder_variant=config["embedder_variant"],
             device=config.get("device", "auto"),
             index_version=config.get("index_version"),
+            registered_index=config.get("registered_index"),
         )
 
 
@@ -236,7 +239,8 @@ def _matching_version(table: Table, spec: ModelSpec, found: set[str]) -> Table:
         f"this model version needs an index of {spec.index_embedding_model}, but {spec.lancedb_uri} now holds "
         f"{', '.join(sorted(found))}"
     )
-    if spec.index_version is None:
+    if spec.index_version is None or spec.registered_index != spec.lancedb_uri:
+        # Another environment's index (a promoted copy): its table versions mean nothing here.
         raise IndexMismatchError(f"{problem}; re-run the environment or load a matching version")
     try:
         table.checkout(spec.index_version)

@@ -119,10 +119,15 @@ def log_rag_model(
     return str(info.registered_model_version)
 
 
+def index_override(lancedb_uri: str | None) -> dict[str, str] | None:
+    """``model_config`` that points a version at this environment's index (a promoted copy serves the
+    data of the environment it was copied into)."""
+    return {"lancedb_uri": lancedb_uri} if lancedb_uri else None
+
+
 def load_version(registered_name: str, version: str, lancedb_uri: str | None = None) -> mlflow.pyfunc.PyFuncModel:
     """A registered version as a pyfunc, optionally pointed at another environment's index."""
-    override = {"lancedb_uri": lancedb_uri} if lancedb_uri else None
-    return mlflow.pyfunc.load_model(f"models:/{registered_name}/{version}", model_config=override)
+    return mlflow.pyfunc.load_model(f"models:/{registered_name}/{version}", model_config=index_override(lancedb_uri))
 
 
 SPARK_RESULT_TYPE = (
@@ -130,14 +135,16 @@ SPARK_RESULT_TYPE = (
 )
 
 
-def predict_local(model_uri: str, questions: list[str]) -> pd.DataFrame:
-    model = mlflow.pyfunc.load_model(model_uri)
+def predict_local(model_uri: str, questions: list[str], lancedb_uri: str | None = None) -> pd.DataFrame:
+    model = mlflow.pyfunc.load_model(model_uri, model_config=index_override(lancedb_uri))
     return model.predict(pd.DataFrame({QUESTION_COLUMN: questions}))
 
 
-def predict_spark(spark: Any, model_uri: str, questions: list[str]) -> pd.DataFrame:
+def predict_spark(spark: Any, model_uri: str, questions: list[str], lancedb_uri: str | None = None) -> pd.DataFrame:
     """The same model as a Spark UDF (``mlflow.pyfunc.spark_udf``), loaded once per executor."""
-    udf = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=SPARK_RESULT_TYPE, env_manager="local")
+    udf = mlflow.pyfunc.spark_udf(
+        spark, model_uri, result_type=SPARK_RESULT_TYPE, env_manager="local", model_config=index_override(lancedb_uri)
+    )
     frame = spark.createDataFrame(pd.DataFrame({"position": range(len(questions)), QUESTION_COLUMN: questions}))
     result = frame.withColumn("prediction", udf(QUESTION_COLUMN)).select("position", "prediction.*").toPandas()
     return result.sort_values("position").drop(columns="position").reset_index(drop=True)

@@ -303,13 +303,14 @@ def fit(
     """Mine pairs, hold some out, train, and measure base and trained retrieval on the held-out queries."""
     from llmops_dagster.core.metrics import retrieval_report
 
-    train, held_out = split_pairs(mine_pairs(chunks), config.held_out, config.seed, config.max_pairs, config.max_held_out)
+    pairs = mine_pairs(chunks)
+    train, held_out = split_pairs(pairs, config.held_out, config.seed, config.max_pairs, config.max_held_out)
     if len(train) < 2 or not held_out:
         raise NotEnoughPairsError(
             f"{len(train)} training and {len(held_out)} held-out pairs from {len(chunks)} chunks; "
             "the corpus needs a few sections with headings or sentences of six words or more"
         )
-    log(f"mined {len(train) + len(held_out)} pairs: {len(train)} for training, {len(held_out)} held out")
+    log(f"mined {len(pairs)} pairs from {len(chunks)} chunks; {len(train)} used for training, {len(held_out)} held out")
     ids = [chunk.id for chunk in chunks]
     relevant = [set(pair.relevant) for pair in held_out]
     held_queries = encode([pair.query for pair in held_out])
