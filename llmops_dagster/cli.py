@@ -4,6 +4,9 @@
     llmops search  --env ENV [--k K] [--mode hybrid|vector|text] [--json] QUERY
     llmops ask     --env ENV [--k K] [--json] QUESTION
     llmops predict --env ENV --questions IN.jsonl --out OUT.jsonl
+    llmops approve  --env ENV --version N
+    llmops rollback --env ENV [--to VERSION]
+    llmops status   [--env ENV] [--json]
 
 Bad arguments and missing state print one line and exit 2; no traceback reaches the user.
 """
@@ -320,6 +323,114 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if rejected else 0
 
 
+def _actor() -> str:
+    import getpass
+
+    return os.environ.get("LLMOPS_ACTOR") or f"cli:{getpass.getuser()}"
+
+
+def _registry(settings: EnvSettings):
+    from llmops_dagster.core import registry
+
+    return registry.configure(settings.mlflow.tracking_uri, settings.mlflow.registry_uri)
+
+
+def _promotion_call(call, *args):
+    from mlflow.exceptions import MlflowException
+
+    from llmops_dagster.core.promotion import PromotionError
+
+    try:
+        return call(*args)
+    except PromotionError as error:
+        raise UserError(str(error)) from None
+    except MlflowException as error:
+        raise UserError(f"registry: {error.message.splitlines()[0]}") from None
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    from llmops_dagster.core import promotion
+
+    settings = _settings(args)
+    name = settings.mlflow.registered_model
+    _promotion_call(promotion.approve, _registry(settings), name, args.version, _actor())
+    waits = "the champion sensor promotes it on its next tick" if settings.promotion.requires_approval else "no approval is needed here"
+    print(f"{name} v{args.version} approved by {_actor()}; {waits}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from llmops_dagster.core import promotion
+
+    settings = _settings(args)
+    name = settings.mlflow.registered_model
+    entry = _promotion_call(promotion.rollback, _registry(settings), name, _actor(), args.to)
+    print(f"{name}: champion v{entry.previous} → v{entry.version} ({entry.at}, {entry.actor})")
+    return 0
+
+
+def _describe(client, settings: EnvSettings) -> dict:
+    from mlflow.exceptions import MlflowException
+
+    from llmops_dagster.core import promotion, registry
+
+    name = settings.mlflow.registered_model
+    state: dict = {"environment": settings.name, "model": name, "requires_approval": settings.promotion.requires_approval,
+                   "adopts_from": settings.promotion.source}
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        state["pending"] = "nothing registered yet"
+        return state
+    for alias in (registry.CHAMPION, registry.CHALLENGER):
+        version = registry.version_by_alias(client, name, alias)
+        if version is None:
+            state[alias] = None
+            continue
+        tags = version.tags
+        state[alias] = {
+            "version": str(version.version),
+            "validation_status": tags.get(registry.VALIDATION_STATUS, registry.PENDING),
+            "failed_checks": sorted(k.removeprefix("check.") for k, v in tags.items() if k.startswith("check.") and v == registry.FAILED),
+            "metrics": {k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")},
+            "approved_by": tags.get(promotion.APPROVED_BY),
+            "source": f"{tags[promotion.SOURCE_MODEL]} v{tags[promotion.SOURCE_VERSION]}" if promotion.SOURCE_MODEL in tags else None,
+        }
+    state["pending"] = promotion.champion_decision(client, name, settings.promotion.requires_approval).reason
+    state["history"] = [vars(e) for e in promotion.history(client, name)[-5:]]
+    return state
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    envs = [args.env] if args.env else list(ENVIRONMENTS)
+    states = []
+    for env in envs:
+        settings = _settings(argparse.Namespace(env=env))
+        states.append(_promotion_call(_describe, _registry(settings), settings))
+    if args.json:
+        print(json.dumps(states, indent=2))
+        return 0
+    for state in states:
+        flags = ", ".join(f for f in (f"adopts {state['adopts_from']}'s champion" if state["adopts_from"] else "trains",
+                                      "needs approval" if state["requires_approval"] else "") if f)
+        print(f"{state['environment']}: {state['model']} ({flags})")
+        for alias in ("champion", "challenger"):
+            info = state.get(alias)
+            if not info:
+                print(f"  {alias:<10} none")
+                continue
+            metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(info["metrics"].items()) if k in ("mrr_at_10", "recall_at_5", "answer_f1"))
+            extra = [f"failed: {', '.join(info['failed_checks'])}" if info["failed_checks"] else "",
+                     f"approved by {info['approved_by']}" if info["approved_by"] else "",
+                     f"from {info['source']}" if info["source"] else ""]
+            print(f"  {alias:<10} v{info['version']} {info['validation_status']}" + (f" ({metrics})" if metrics else "")
+                  + "".join(f"; {e}" for e in extra if e))
+        print(f"  pending    {state['pending']}")
+        for entry in state.get("history", [])[-3:]:
+            print(f"  history    {entry['at']} {entry['action']} v{entry['previous'] or '-'} → v{entry['version']} by {entry['actor']}")
+    return 0
+
+
 def _positive(value: str) -> int:
     try:
         number = int(value)
@@ -361,6 +472,21 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--questions", required=True, help='input: one {"question": ...} per line')
     predict.add_argument("--out", required=True, help="output: one answer object per question, same order")
     predict.set_defaults(handler=cmd_predict)
+
+    approve = commands.add_parser("approve", help="approve a validated version for promotion into the environment")
+    approve.add_argument("--env", required=True, choices=ENVIRONMENTS)
+    approve.add_argument("--version", required=True, type=_positive)
+    approve.set_defaults(handler=cmd_approve)
+
+    rollback = commands.add_parser("rollback", help="put the previous champion back (or --to a version that was champion)")
+    rollback.add_argument("--env", required=True, choices=ENVIRONMENTS)
+    rollback.add_argument("--to", type=_positive, help="a version that was champion before")
+    rollback.set_defaults(handler=cmd_rollback)
+
+    status = commands.add_parser("status", help="champion and challenger of each environment, their checks and what is pending")
+    status.add_argument("--env", choices=ENVIRONMENTS)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=cmd_status)
     return parser
 
 

@@ -6,25 +6,29 @@ import warnings
 
 import dagster as dg
 
-from llmops_dagster.assets import STAGE_MODULES
+from llmops_dagster.assets import stage_modules
+from llmops_dagster.jobs import operator_jobs
 from llmops_dagster.resources import build_resources
-from llmops_dagster.sensors import build_new_documents_sensor
+from llmops_dagster.sensors import build_champion_sensor, build_new_documents_sensor, build_upstream_sensor
 from llmops_dagster.settings import ENV_TAG, EnvSettings, load_settings
 
 INGEST_JOB = "ingest"
+ADOPT_JOB = "adopt"
 
 
-def environment_assets(env: str) -> list[dg.AssetsDefinition]:
+def environment_assets(env: str | EnvSettings) -> list[dg.AssetsDefinition]:
     """The stage assets and their checks, keys prefixed with the environment name."""
-    assets = dg.load_assets_from_modules(STAGE_MODULES, key_prefix=env)
-    checks = dg.load_asset_checks_from_modules(STAGE_MODULES, asset_key_prefix=env)
+    settings = env if isinstance(env, EnvSettings) else load_settings(env)
+    modules = stage_modules(trains=settings.promotion.source is None)
+    assets = dg.load_assets_from_modules(modules, key_prefix=settings.name)
+    checks = dg.load_asset_checks_from_modules(modules, asset_key_prefix=settings.name)
     return [*assets, *checks]
 
 
 def build_defs(env: str | EnvSettings) -> dg.Definitions:
     """Everything for one environment: asset keys prefixed with its name, resources from its settings."""
     settings = env if isinstance(env, EnvSettings) else load_settings(env)
-    definitions = environment_assets(settings.name)
+    definitions = environment_assets(settings)
     assets = [d for d in definitions if not isinstance(d, dg.AssetChecksDefinition)]
     checks = [d for d in definitions if isinstance(d, dg.AssetChecksDefinition)]
     with warnings.catch_warnings():
@@ -40,11 +44,23 @@ def build_defs(env: str | EnvSettings) -> dg.Definitions:
         tags={ENV_TAG: settings.name},
         hooks={end_mlflow_on_run_finished},
     )
+    jobs = [ingest_job, *operator_jobs(settings.name, settings.promotion.requires_approval)]
+    sensors = [build_new_documents_sensor(INGEST_JOB), build_champion_sensor(settings.name, settings.promotion.requires_approval)]
+    if settings.promotion.source:
+        adopt_job = dg.define_asset_job(
+            ADOPT_JOB,
+            selection=dg.AssetSelection.assets(dg.AssetKey([settings.name, "rag_model"])).downstream(),
+            description=f"Copy {settings.promotion.source}'s champion here and evaluate it on {settings.name}'s data",
+            tags={ENV_TAG: settings.name},
+            hooks={end_mlflow_on_run_finished},
+        )
+        jobs.append(adopt_job)
+        sensors.append(build_upstream_sensor(ADOPT_JOB))
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=[ingest_job],
-        sensors=[build_new_documents_sensor(INGEST_JOB)],
+        jobs=jobs,
+        sensors=sensors,
         resources=build_resources(settings),
         # One process: the embedding model and torch are loaded once per run, not once per step.
         executor=dg.in_process_executor,

@@ -70,6 +70,11 @@ class MlflowSettings:
 @dataclass(frozen=True)
 class PromotionSettings:
     requires_approval: bool = False
+    source: str | None = None  # the environment whose champion this one adopts; None: it trains its own
+
+    def __post_init__(self) -> None:
+        if self.source is not None and self.source not in ENVIRONMENTS:
+            raise ValueError(f"source must be one of {', '.join(ENVIRONMENTS)}, got '{self.source}'")
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,8 @@ def load_settings(env: str, declaration: Path | None = None) -> EnvSettings:
         "promotion": PromotionSettings,
     }
     parsed = {name: _section(cls, raw.pop(name, {}) or {}, env, name) for name, cls in sections.items()}
+    if parsed["promotion"].source == env:
+        raise SettingsError(f"environment '{env}': promotion.source cannot be the environment itself")
     parsed["mlflow"] = replace(
         parsed["mlflow"],
         **{key: expand(value) for key, value in vars(parsed["mlflow"]).items() if isinstance(value, str)},

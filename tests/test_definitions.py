@@ -4,7 +4,7 @@ import dagster as dg
 import pytest
 
 from llmops_dagster.definitions import INGEST_JOB, build_defs
-from llmops_dagster.sensors import NEW_DOCUMENTS
+from llmops_dagster.sensors import CHAMPION_SENSOR, NEW_DOCUMENTS, UPSTREAM_SENSOR
 from llmops_dagster.settings import ENVIRONMENTS
 
 ASSETS = {
@@ -37,7 +37,8 @@ def test_definitions_per_environment(env: str, llmops_home) -> None:
     defs = build_defs(env)
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == {f"{env}/{name}" for name in ASSETS}
+    trains = env == "test"  # staging and prod adopt their source's champion instead of training
+    assert keys == {f"{env}/{name}" for name in ASSETS if trains or name != "embedding_model"}
 
     checks = {(key.asset_key.path[-1], key.name) for key in graph.asset_check_keys}
     assert checks == CHECKS
@@ -49,6 +50,14 @@ def test_definitions_per_environment(env: str, llmops_home) -> None:
     assert defs.resolve_job_def(INGEST_JOB) is not None
     assert defs.resolve_sensor_def(NEW_DOCUMENTS).job_name == INGEST_JOB
     resources = defs.resources or {}
+    jobs = {job.name for job in defs.jobs}
+    sensors = {sensor.name for sensor in defs.sensors}
+    assert jobs == {"ingest", "rollback"} | ({"adopt"} if not trains else set()) | ({"approve"} if env == "prod" else set())
+    assert sensors == {NEW_DOCUMENTS, CHAMPION_SENSOR} | ({UPSTREAM_SENSOR} if not trains else set())
+    if not trains:
+        assert defs.resolve_sensor_def(UPSTREAM_SENSOR).job_name == "adopt"
+        assert resources["upstream"].registered_model == {"staging": "test", "prod": "staging"}[env] + ".llmops.rag_model"
+        assert graph.get(dg.AssetKey([env, "rag_model"])).parent_keys == {dg.AssetKey([env, "vector_index"])}
     assert str(llmops_home) in resources["lancedb"].uri and env in resources["lancedb"].uri
     assert resources["landing"].path.endswith(f"landing/{env}")
     assert resources["registry"].registered_model == f"{env}.llmops.rag_model"

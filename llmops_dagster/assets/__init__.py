@@ -1,6 +1,11 @@
 """Thin asset functions and their checks, one module per stage. Keys are unprefixed here;
 ``definitions.build_defs`` prefixes them with the environment name."""
 
-from llmops_dagster.assets import chunks, index, ingestion, model, predictions
+from types import ModuleType
 
-STAGE_MODULES = [ingestion, chunks, index, model, predictions]
+from llmops_dagster.assets import adopted, chunks, gate, index, ingestion, model, predictions
+
+
+def stage_modules(trains: bool) -> list[ModuleType]:
+    """An environment that trains registers its own rag_model; one that does not adopts its source's champion."""
+    return [ingestion, chunks, index, model if trains else adopted, gate, predictions]

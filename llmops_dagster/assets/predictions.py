@@ -7,7 +7,7 @@ import dagster as dg
 import pyarrow as pa
 
 from llmops_dagster.assets._metadata import table_metadata
-from llmops_dagster.assets.model import RAG_MODEL
+from llmops_dagster.assets._model import RAG_MODEL
 from llmops_dagster.core import registry as model_registry
 from llmops_dagster.core import store
 from llmops_dagster.resources import ComputeEngineResource, LanceDBResource, LandingZoneResource, RegistryResource

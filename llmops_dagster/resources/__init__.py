@@ -213,6 +213,13 @@ class RegistryResource(dg.ConfigurableResource):
         return client
 
 
+class UpstreamRegistryResource(dg.ConfigurableResource):
+    """The environment this one promotes from (staging ← test, prod ← staging), in the same registry."""
+
+    env: str
+    registered_model: str
+
+
 def mlflow_run_resource(registry: RegistryResource, env: str) -> dg.ResourceDefinition:
     """dagster-mlflow's ``mlflow_tracking``: one MLflow run per Dagster run, tagged ``dagster_run_id``.
 
@@ -259,7 +266,7 @@ def mlflow_run_resource(registry: RegistryResource, env: str) -> dg.ResourceDefi
 def build_resources(settings: EnvSettings) -> dict[str, Any]:
     """One environment's resources, all derived from its settings (no per-environment copies)."""
     registry = RegistryResource(**vars(settings.mlflow))
-    return {
+    resources: dict[str, Any] = {
         "landing": LandingZoneResource(path=str(settings.landing), max_file_mb=settings.ingestion.max_file_mb),
         "lancedb": LanceDBResource(uri=settings.lancedb_uri),
         "embedder": EmbedderResource(
@@ -290,3 +297,9 @@ def build_resources(settings: EnvSettings) -> dict[str, Any]:
         "registry": registry,
         "mlflow": mlflow_run_resource(registry, settings.name),
     }
+    if settings.promotion.source:
+        from llmops_dagster.settings import load_settings
+
+        source = load_settings(settings.promotion.source)
+        resources["upstream"] = UpstreamRegistryResource(env=source.name, registered_model=source.mlflow.registered_model)
+    return resources

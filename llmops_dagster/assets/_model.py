@@ -1,0 +1,73 @@
+"""Keys, check names and helpers shared by the model-stage asset modules (no assets here)."""
+
+from typing import Any
+
+import dagster as dg
+
+from llmops_dagster.core import registry as model_registry
+from llmops_dagster.core import store
+from llmops_dagster.core.checks import Verdict
+from llmops_dagster.resources import LanceDBResource, RegistryResource
+
+EMBEDDING_MODEL = dg.AssetKey("embedding_model")
+RAG_MODEL = dg.AssetKey("rag_model")
+EVALUATION = dg.AssetKey("evaluation")
+
+MODEL_LOADS_AND_ANSWERS = "model_loads_and_answers"
+SIGNATURE_VALID = "signature_valid"
+MEETS_THRESHOLDS = "meets_thresholds"
+NO_WORSE_THAN_CHAMPION = "no_worse_than_champion"
+REQUIRED_CHECKS = (MODEL_LOADS_AND_ANSWERS, SIGNATURE_VALID, MEETS_THRESHOLDS, NO_WORSE_THAN_CHAMPION)
+
+ADAPTER_FILE = "adapter.npy"
+HELD_OUT_FILE = "held_out.jsonl"
+TRAIN_FILE = "train.jsonl"
+
+
+def sibling_key(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, key: dg.AssetKey) -> dg.AssetKey:
+    """``key`` in the same environment (asset keys are prefixed with the environment name)."""
+    own = context.asset_key if isinstance(context, dg.AssetExecutionContext) else context.check_specs[0].asset_key
+    return dg.AssetKey([*own.path[:-1], *key.path])
+
+
+def latest_metadata(context: Any, key: dg.AssetKey) -> dict[str, Any]:
+    event = context.instance.get_latest_materialization_event(sibling_key(context, key))
+    if event is None or event.asset_materialization is None:
+        raise dg.Failure(f"{key.to_user_string()} has not been materialized in this environment yet")
+    return {name: value.value for name, value in event.asset_materialization.metadata.items()}
+
+
+def metric_name(name: str) -> str:
+    return name.replace("@", "_at_")
+
+
+def mlflow_metrics(prefix: str, report: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}.{metric_name(name)}": float(value) for name, value in report.items()}
+
+
+def index_table(lancedb: LanceDBResource):
+    table = lancedb.store().open(store.EMBEDDINGS)
+    if table is None or table.count_rows() == 0:
+        raise dg.Failure("the embeddings table is empty; materialize embeddings and vector_index first")
+    return table
+
+
+
+def challenger_version(registry: RegistryResource) -> tuple[Any, str, str]:
+    client = registry.client()
+    version = model_registry.version_by_alias(client, registry.registered_model, model_registry.CHALLENGER)
+    if version is None:
+        raise dg.Failure(f"{registry.registered_model} has no '{model_registry.CHALLENGER}' version; materialize rag_model first")
+    return client, registry.registered_model, str(version.version)
+
+
+def gate(
+    context: Any, registry: RegistryResource, check: str, verdict: Verdict, metrics: dict[str, float] | None = None
+) -> dg.AssetCheckResult:
+    """Write the verdict to the challenger version and return it as the check result."""
+    client, name, version = challenger_version(registry)
+    status = model_registry.record_check(client, name, version, check, verdict.passed, REQUIRED_CHECKS, context.run.run_id, metrics)
+    metadata = {**verdict.metadata, "model_version": version, model_registry.VALIDATION_STATUS: status}
+    return dg.AssetCheckResult(check_name=check, passed=verdict.passed, description=verdict.description, metadata=metadata)
+
+

@@ -1,0 +1,249 @@
+"""The gate on the challenger: it loads and answers, its signature is valid, and its evaluation
+reaches the environment's thresholds and the champion's level.
+
+Every verdict is written to the challenger version as a tag, and ``validation_status`` sums them
+up, so promotion reads the registry alone.
+"""
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+
+from llmops_dagster.assets._metadata import column_schema, markdown_table
+from llmops_dagster.assets._model import (
+    ADAPTER_FILE,
+    EMBEDDING_MODEL,
+    EVALUATION,
+    HELD_OUT_FILE,
+    MEETS_THRESHOLDS,
+    MODEL_LOADS_AND_ANSWERS,
+    NO_WORSE_THAN_CHAMPION,
+    RAG_MODEL,
+    SIGNATURE_VALID,
+    challenger_version,
+    gate,
+    index_table,
+    latest_metadata,
+    metric_name,
+    sibling_key,
+    mlflow_metrics,
+)
+from llmops_dagster.core import registry as model_registry
+from llmops_dagster.core import store
+from llmops_dagster.core.checks import Verdict
+from llmops_dagster.resources import (
+    EvaluationResource,
+    LanceDBResource,
+    LandingZoneResource,
+    RegistryResource,
+    TrainingResource,
+)
+
+
+@dg.asset_check(asset=RAG_MODEL, blocking=True, description="the challenger loads with mlflow.pyfunc.load_model and answers a smoke question")
+def model_loads_and_answers(
+    context: dg.AssetCheckExecutionContext, registry: RegistryResource, evaluation: EvaluationResource, lancedb: LanceDBResource
+) -> dg.AssetCheckResult:
+    from llmops_dagster.core.rag_model import load_version
+
+    _, name, version = challenger_version(registry)
+    question = evaluation.smoke_question
+    try:
+        started = time.perf_counter()
+        model = load_version(name, version, lancedb.uri)
+        answer = model.predict(_frame(question)).iloc[0]
+        seconds = time.perf_counter() - started
+    except Exception as error:  # the verdict is the point: any failure to load or answer fails the gate
+        verdict = Verdict(False, f"v{version} did not load or answer: {type(error).__name__}: {error}")
+    else:
+        passed = bool(answer["answer"]) and len(answer["passages"]) > 0
+        verdict = Verdict(
+            passed,
+            f"v{version} answered '{question}' with {len(answer['passages'])} passage(s)" if passed else f"v{version} returned no passages",
+            {"load_and_answer_seconds": round(seconds, 2), "smoke_answer": str(answer["answer"])[:300]},
+        )
+    return gate(context, registry, MODEL_LOADS_AND_ANSWERS, verdict)
+
+
+def _frame(question: str):
+    import pandas as pd
+
+    from llmops_dagster.core.rag import QUESTION_COLUMN
+
+    return pd.DataFrame({QUESTION_COLUMN: [question]})
+
+
+@dg.asset_check(asset=RAG_MODEL, blocking=True, description="the signature takes a question string and returns every output column, with k/mode params and an input example")
+def signature_valid(context: dg.AssetCheckExecutionContext, registry: RegistryResource) -> dg.AssetCheckResult:
+    from mlflow.models import get_model_info
+
+    from llmops_dagster.core.rag import signature_problems
+
+    _, name, version = challenger_version(registry)
+    info = get_model_info(f"models:/{name}/{version}")
+    problems = signature_problems(info.signature.to_dict() if info.signature else None, info.saved_input_example_info is not None)
+    verdict = Verdict(not problems, "; ".join(problems) or f"v{version}: signature and input example are valid", {"model_version": version})
+    return gate(context, registry, SIGNATURE_VALID, verdict)
+
+
+def trained_here(context: dg.AssetExecutionContext) -> dict[str, Any] | None:
+    """The embedding_model materialization of this environment, if it trains at all."""
+    if sibling_key(context, EMBEDDING_MODEL) not in context.repository_def.asset_graph.get_all_asset_keys():
+        return None
+    return latest_metadata(context, EMBEDDING_MODEL)
+
+
+def mined_here(lancedb: LanceDBResource, training: TrainingResource) -> list:
+    """Query/passage pairs mined from this environment's own index (none of them were trained on here)."""
+    from llmops_dagster.core.training import ChunkRecord, mine_pairs, split_pairs
+
+    rows = index_table(lancedb).search().select(["id", "source", "heading", "text"]).limit(None).to_arrow().to_pylist()
+    chunks = [ChunkRecord(r["id"], r["source"], r["heading"] or "", r["text"]) for r in rows]
+    config = training.config()
+    _, held_out = split_pairs(mine_pairs(chunks), config.held_out, config.seed, config.max_pairs, config.max_held_out)
+    return held_out
+
+
+def _row_id(*parts: str) -> str:
+    import hashlib
+
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+@dg.asset(
+    key=EVALUATION,
+    deps=[RAG_MODEL],
+    group_name="model",
+    kinds={"mlflow", "lancedb"},
+    check_specs=[
+        dg.AssetCheckSpec(MEETS_THRESHOLDS, asset=EVALUATION, blocking=True, description="challenger metrics reach the environment's minimums"),
+        dg.AssetCheckSpec(NO_WORSE_THAN_CHAMPION, asset=EVALUATION, blocking=True, description="challenger trails the champion by no more than the tolerance"),
+    ],
+)
+def evaluation(
+    context: dg.AssetExecutionContext,
+    lancedb: LanceDBResource,
+    landing: LandingZoneResource,
+    registry: RegistryResource,
+    evaluation: EvaluationResource,
+    training: TrainingResource,
+    mlflow: dg.ResourceParam[Any],
+):
+    """Retrieval (recall@1/5/10, MRR@10, nDCG@10) and answer token-F1 of the challenger against the
+    base model, the trained model and the current champion, over vector, text and hybrid search.
+
+    The evaluation set is the held-out mined pairs plus the gold questions in the landing zone's
+    ``questions/*.jsonl``. In an environment that does not train (a promoted copy is evaluated
+    there), the pairs are mined from its own index. Rows are kept per run in ``evaluations``.
+    """
+    from llmops_dagster.core.evaluation import evaluate, evaluation_set, meets_thresholds, no_worse_than_champion
+    from llmops_dagster.core.index import SEARCH_MODES
+    from llmops_dagster.core.questions import landing_questions
+    from llmops_dagster.core.rag import IndexMismatchError, QueryEncoder, RagPipeline
+    from llmops_dagster.core.rag_model import load_version
+    from llmops_dagster.core.training import Pair
+
+    thresholds = evaluation.thresholds()
+    upstream = trained_here(context)
+    if upstream is not None:
+        held_out_text = Path(mlflow.artifacts.download_artifacts(f"{upstream['artifacts']}/{HELD_OUT_FILE}")).read_text()
+        held_out = [Pair.from_json(line) for line in held_out_text.splitlines() if line.strip()]
+    else:
+        held_out = mined_here(lancedb, training)
+    gold, rejected = landing_questions(landing.root)
+    for problem in rejected:
+        context.log.warning(f"gold question skipped: {problem}")
+    sources = set(lancedb.store().read(store.DOCUMENTS, store.DOCUMENTS_SCHEMA, ["path"]).column("path").to_pylist())
+    items, skipped = evaluation_set(held_out, gold, sources)
+    for problem in skipped:
+        context.log.warning(f"gold question skipped: {problem}")
+
+    client, name, version = challenger_version(registry)
+    challenger = load_version(name, version, lancedb.uri).unwrap_python_model().pipeline
+    mode = challenger.config.mode
+    adapter = challenger.encoder.adapter
+    if upstream is not None and upstream["has_adapter"]:
+        adapter = np.load(mlflow.artifacts.download_artifacts(f"{upstream['artifacts']}/{ADAPTER_FILE}"))
+    systems: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
+    embedder = challenger.encoder.embedder
+    base = RagPipeline(QueryEncoder(embedder, None), challenger.table, challenger.params, challenger.config)
+    systems[("base", mode)] = evaluate(base, items, mode)
+    if adapter is not None:
+        trained = RagPipeline(QueryEncoder(embedder, adapter), challenger.table, challenger.params, challenger.config)
+        systems[("trained", mode)] = evaluate(trained, items, mode)
+    for search_mode in SEARCH_MODES:
+        systems[("challenger", search_mode)] = evaluate(challenger, items, search_mode, answers=search_mode == mode)
+
+    champion_version = model_registry.version_by_alias(client, name, model_registry.CHAMPION)
+    champion_label, not_comparable, champion_metrics = None, None, None
+    if champion_version is not None:
+        champion_label = f"champion v{champion_version.version}"
+        try:
+            champion = load_version(name, str(champion_version.version), lancedb.uri).unwrap_python_model().pipeline
+        except IndexMismatchError as error:
+            not_comparable = f"{champion_label} cannot be evaluated on this index: {error}"
+        else:
+            systems[("champion", champion.config.mode)] = evaluate(champion, items, champion.config.mode, answers=True)
+            champion_metrics = systems[("champion", champion.config.mode)]["all"]
+
+    now = datetime.now(UTC)
+    rows = []
+    for (system, search_mode), report in systems.items():
+        system_version = {"challenger": version, "champion": str(champion_version.version) if champion_version else ""}.get(system, "")
+        for query_set, metrics in report.items():
+            rows.append(
+                {
+                    "id": _row_id(context.run_id, system, search_mode, query_set),
+                    "dagster_run_id": context.run_id,
+                    "evaluated_at": now,
+                    "model_name": name,
+                    "model_version": system_version,
+                    "system": system,
+                    "mode": search_mode,
+                    "query_set": query_set,
+                    "queries": int(metrics.get("queries", 0)),
+                    **{metric_name(m): metrics.get(m) for m in ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10")},
+                    "answer_f1": metrics.get("answer_f1"),
+                }
+            )
+    lance = lancedb.store()
+    write = lance.apply(store.EVALUATIONS, store.EVALUATIONS_SCHEMA, "id", pa.Table.from_pylist(rows, store.EVALUATIONS_SCHEMA), [])
+
+    gate_metrics = systems[("challenger", mode)]["all"]
+    mlflow.log_metrics(mlflow_metrics(f"evaluation.challenger_v{version}", gate_metrics))
+    threshold_verdict = meets_thresholds(gate_metrics, thresholds)
+    champion_verdict = no_worse_than_champion(gate_metrics, champion_metrics, thresholds.champion_tolerance, champion_label, not_comparable)
+    recorded = {metric_name(k): v for k, v in gate_metrics.items() if k != "queries"}
+    if "answer_f1" in systems[("challenger", mode)].get("gold", {}):
+        recorded["answer_f1"] = systems[("challenger", mode)]["gold"]["answer_f1"]
+    table_rows = [
+        [system, search_mode, *(f"{r['all'][m]:.3f}" for m in ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10")),
+         f"{r['gold']['answer_f1']:.3f}" if "answer_f1" in r.get("gold", {}) else "–"]
+        for (system, search_mode), r in systems.items()
+    ]
+    summary = (
+        f"Challenger **v{version}** ({mode}) on {int(gate_metrics['queries'])} queries "
+        f"({len(held_out)} held-out pairs, {sum(1 for i in items if i.query_set == 'gold')} gold questions)"
+        + (f", against {champion_label}" if champion_label else ", no champion yet")
+        + ".\n\n"
+        + markdown_table(["system", "mode", "recall@1", "recall@5", "recall@10", "MRR@10", "nDCG@10", "answer F1"], table_rows)
+    )
+    yield dg.MaterializeResult(
+        metadata={
+            "summary": dg.MetadataValue.md(summary),
+            "dagster/row_count": lance.count(store.EVALUATIONS),
+            "dagster/column_schema": column_schema(store.EVALUATIONS_SCHEMA),
+            "table_version": write.version or 0,
+            "model_version": version,
+            "queries": int(gate_metrics["queries"]),
+            "gold_questions_skipped": len(rejected) + len(skipped),
+            **{f"challenger_{metric_name(k)}": round(v, 4) for k, v in gate_metrics.items() if k != "queries"},
+        }
+    )
+    yield gate(context, registry, MEETS_THRESHOLDS, threshold_verdict, recorded)
+    yield gate(context, registry, NO_WORSE_THAN_CHAMPION, champion_verdict)

@@ -1,0 +1,206 @@
+"""Promotion inside and across environments, through the MLflow registry alone.
+
+- ``champion_decision``: may the environment's challenger become its champion? Only a version whose
+  ``validation_status`` is PASSED, that is not already champion, and, where the environment needs
+  it, that carries an approval.
+- ``promote``: moves ``champion`` and records a history entry (version, previous champion, time,
+  actor, reason) as its own registered-model tag. One tag per entry, under a unique key, so two
+  writers never overwrite each other's entry; an alias has one version, so there is never a second
+  champion.
+- ``rollback``: moves ``champion`` back to the previous champion in the history, or to a named
+  version that was champion before.
+- ``copy_from``: copies another environment's champion into this environment's registered model
+  (``copy_model_version``) as the new challenger, with its source recorded in tags.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from llmops_dagster.core.registry import (
+    CHALLENGER,
+    CHAMPION,
+    PASSED,
+    PENDING,
+    VALIDATION_STATUS,
+    version_by_alias,
+)
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+HISTORY_TAG_PREFIX = "champion_history."
+APPROVED_BY, APPROVED_AT = "approved_by", "approved_at"
+ROLLED_BACK_AT = "rolled_back_at"
+SOURCE_MODEL, SOURCE_VERSION = "source_model", "source_version"
+
+
+class PromotionError(ValueError):
+    """A promotion, approval or rollback that must not happen, with the reason."""
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    at: str  # ISO 8601, UTC
+    version: str
+    previous: str | None
+    actor: str  # "sensor:<name> run <id>", "cli:<user>", ...
+    action: str  # promote | rollback
+    reason: str
+
+    def key(self) -> str:
+        # Sortable by time; the random suffix keeps two entries of the same instant apart.
+        return f"{HISTORY_TAG_PREFIX}{self.at}.{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class Decision:
+    version: str | None  # the version to promote, or None
+    reason: str  # why (not)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def history(client: MlflowClient, name: str) -> list[HistoryEntry]:
+    """Every recorded champion change of ``name``, oldest first."""
+    model = client.get_registered_model(name)
+    entries = [(key, json.loads(value)) for key, value in model.tags.items() if key.startswith(HISTORY_TAG_PREFIX)]
+    return [HistoryEntry(**entry) for _, entry in sorted(entries)]
+
+
+def champion_decision(client: MlflowClient, name: str, requires_approval: bool) -> Decision:
+    challenger = version_by_alias(client, name, CHALLENGER)
+    if challenger is None:
+        return Decision(None, f"{name} has no challenger")
+    number = str(challenger.version)
+    champion = version_by_alias(client, name, CHAMPION)
+    if champion is not None and str(champion.version) == number:
+        return Decision(None, f"challenger v{number} is already the champion")
+    status = challenger.tags.get(VALIDATION_STATUS, PENDING)
+    if status != PASSED:
+        failed = sorted(k.removeprefix("check.") for k, v in challenger.tags.items() if k.startswith("check.") and v == "FAILED")
+        detail = f" (failed: {', '.join(failed)})" if failed else ""
+        return Decision(None, f"challenger v{number} is {status}{detail}, not PASSED")
+    if ROLLED_BACK_AT in challenger.tags:
+        return Decision(None, f"challenger v{number} was rolled back at {challenger.tags[ROLLED_BACK_AT]}; approve it again to promote it")
+    if requires_approval and APPROVED_BY not in challenger.tags:
+        return Decision(None, f"awaiting approval for version {number}")
+    return Decision(number, f"challenger v{number} passed every blocking check")
+
+
+def promote(client: MlflowClient, name: str, version: str, actor: str, reason: str, action: str = "promote") -> HistoryEntry:
+    """Move ``champion`` to ``version`` and record it. Moving to the current champion records nothing."""
+    current = version_by_alias(client, name, CHAMPION)
+    previous = str(current.version) if current is not None else None
+    if previous == str(version):
+        raise PromotionError(f"v{version} is already the champion of {name}")
+    entry = HistoryEntry(_now(), str(version), previous, actor, action, reason)
+    # History first: if the alias move then fails, the entry is taken back; if the alias moved,
+    # its entry is already there, so a change is never left unrecorded.
+    key = entry.key()
+    client.set_registered_model_tag(name, key, json.dumps(asdict(entry)))
+    try:
+        client.set_registered_model_alias(name, CHAMPION, str(version))
+    except Exception:
+        try:
+            client.delete_registered_model_tag(name, key)
+        finally:
+            raise
+    return entry
+
+
+def rollback(client: MlflowClient, name: str, actor: str, to: str | None = None) -> HistoryEntry:
+    """Put back the previous champion (or ``to``, which must have been champion before)."""
+    current = version_by_alias(client, name, CHAMPION)
+    if current is None:
+        raise PromotionError(f"{name} has no champion to roll back")
+    past = history(client, name)
+    if to is None:
+        latest = next((e for e in reversed(past) if e.version == str(current.version)), None)
+        if latest is None or latest.previous is None:
+            raise PromotionError(f"v{current.version} has no previous champion in the history of {name}")
+        to = latest.previous
+    elif str(to) not in {e.version for e in past} | {e.previous for e in past if e.previous}:
+        known = sorted({e.version for e in past}, key=int)
+        raise PromotionError(f"v{to} was never champion of {name}; known champions: {', '.join('v' + k for k in known) or 'none'}")
+    entry = promote(client, name, str(to), actor, f"rollback from v{current.version}", action="rollback")
+    # The challenger sensor must not promote the rolled-back version straight back.
+    client.set_model_version_tag(name, str(current.version), ROLLED_BACK_AT, entry.at)
+    return entry
+
+
+def approve(client: MlflowClient, name: str, version: str, actor: str) -> None:
+    """Record an approval on ``version``; refuses a version that has not passed validation."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.get_model_version(name, str(version))
+    except MlflowException:
+        raise PromotionError(f"{name} has no version {version}") from None
+    status = found.tags.get(VALIDATION_STATUS, PENDING)
+    if status != PASSED:
+        raise PromotionError(f"v{version} of {name} is {status}; only a PASSED version can be approved")
+    client.set_model_version_tag(name, str(version), APPROVED_BY, actor)
+    client.set_model_version_tag(name, str(version), APPROVED_AT, _now())
+    if ROLLED_BACK_AT in found.tags:
+        client.delete_model_version_tag(name, str(version), ROLLED_BACK_AT)
+
+
+def upstream_candidate(client: MlflowClient, source_name: str, target_name: str) -> Decision:
+    """The source environment's validated champion, unless this environment already copied it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        champion = version_by_alias(client, source_name, CHAMPION)
+    except MlflowException as error:
+        raise PromotionError(f"cannot read {source_name}: {error}") from error
+    if champion is None:
+        return Decision(None, f"{source_name} has no champion yet")
+    number = str(champion.version)
+    if champion.tags.get(VALIDATION_STATUS) != PASSED:
+        return Decision(None, f"{source_name} champion v{number} is not PASSED")
+    copied = copied_version(client, source_name, number, target_name)
+    if copied is not None:
+        return Decision(None, f"{source_name} v{number} was already copied to {target_name} as v{copied}")
+    return Decision(number, f"{source_name} has a new validated champion: v{number}")
+
+
+def copied_version(client: MlflowClient, source_name: str, source_version: str, target_name: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    query = f"name = '{target_name}' and tags.`{SOURCE_MODEL}` = '{source_name}' and tags.`{SOURCE_VERSION}` = '{source_version}'"
+    try:
+        found = client.search_model_versions(query)
+    except MlflowException:
+        return None
+    return str(max(int(v.version) for v in found)) if found else None
+
+
+def copy_from(client: MlflowClient, source_name: str, source_version: str, target_name: str, dagster_run_id: str) -> str:
+    """Copy a version into ``target_name`` as its challenger (PENDING until its own checks pass)."""
+    from mlflow.exceptions import MlflowException
+
+    existing = copied_version(client, source_name, source_version, target_name)
+    if existing is None:
+        try:
+            client.get_registered_model(target_name)
+        except MlflowException:
+            client.create_registered_model(target_name)
+        copied = client.copy_model_version(f"models:/{source_name}/{source_version}", target_name)
+        existing = str(copied.version)
+        source = client.get_model_version(source_name, source_version)
+        for key in ("embedder_variant", "index_embedding_model", "llmops.content_digest", "training_run_id"):
+            if key in source.tags:
+                client.set_model_version_tag(target_name, existing, key, source.tags[key])
+        client.set_model_version_tag(target_name, existing, SOURCE_MODEL, source_name)
+        client.set_model_version_tag(target_name, existing, SOURCE_VERSION, str(source_version))
+        client.set_model_version_tag(target_name, existing, VALIDATION_STATUS, PENDING)
+        client.set_model_version_tag(target_name, existing, "dagster_run_id", dagster_run_id)
+    client.set_registered_model_alias(target_name, CHALLENGER, existing)
+    return existing

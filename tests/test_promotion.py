@@ -1,0 +1,225 @@
+"""Promotion through the MLflow registry: sensors ticked with dg.build_sensor_context against a real
+ephemeral instance and a real sqlite MLflow store (and a real MLflow server for the outage case)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from llmops_dagster.core import promotion, registry
+from llmops_dagster.resources import RegistryResource, UpstreamRegistryResource
+from llmops_dagster.sensors import build_champion_sensor, build_upstream_sensor
+from llmops_dagster.sensors.promotion import RegistryUnavailableError
+
+TEST_MODEL, STAGING_MODEL = "test.llmops.rag_model", "staging.llmops.rag_model"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def resource(uri: str, name: str = TEST_MODEL) -> RegistryResource:
+    return RegistryResource(tracking_uri=uri, experiment="promotion-tests", registered_model=name, artifact_location=None)
+
+
+def register(client, name: str, status: str, tmp_path: Path, failed: tuple[str, ...] = ()) -> str:
+    """A registered version with a validation status, as the gate leaves it (artifacts are not read here)."""
+    try:
+        client.create_registered_model(name)
+    except Exception:
+        pass
+    source = tmp_path / "artifacts"
+    source.mkdir(exist_ok=True)
+    version = str(client.create_model_version(name, source=str(source)).version)
+    client.set_model_version_tag(name, version, registry.VALIDATION_STATUS, status)
+    for check in failed:
+        client.set_model_version_tag(name, version, f"check.{check}", registry.FAILED)
+    client.set_registered_model_alias(name, registry.CHALLENGER, version)
+    return version
+
+
+def tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, resources: dict, cursor: str | None = None):
+    return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources))
+
+
+def champion_of(client, name: str = TEST_MODEL) -> str | None:
+    version = registry.version_by_alias(client, name, registry.CHAMPION)
+    return str(version.version) if version else None
+
+
+def test_a_failed_or_pending_challenger_is_never_promoted(store: str, tmp_path: Path) -> None:
+    client = registry.configure(store, None)
+    sensor = build_champion_sensor("test", requires_approval=False)
+    instance = dg.DagsterInstance.ephemeral()
+    register(client, TEST_MODEL, registry.PENDING, tmp_path)
+    assert tick(sensor, instance, {"registry": resource(store)}).skip_message == "challenger v1 is PENDING, not PASSED"
+    register(client, TEST_MODEL, registry.FAILED, tmp_path, failed=("meets_thresholds",))
+    result = tick(sensor, instance, {"registry": resource(store)})
+    assert result.skip_message == "challenger v2 is FAILED (failed: meets_thresholds), not PASSED"
+    assert champion_of(client) is None and promotion.history(client, TEST_MODEL) == []
+
+
+def test_a_passed_challenger_becomes_champion_once_with_its_history(store: str, tmp_path: Path) -> None:
+    client = registry.configure(store, None)
+    sensor = build_champion_sensor("test", requires_approval=False)
+    instance = dg.DagsterInstance.ephemeral()
+    register(client, TEST_MODEL, registry.PASSED, tmp_path)
+    first = tick(sensor, instance, {"registry": resource(store)})
+    assert champion_of(client) == "1"
+    assert json.loads(first.cursor)["champion"] == "1"
+    assert first.asset_events[0].metadata["champion"].value == "1"
+    # Double tick (or a restarted daemon): nothing moves again, nothing is recorded twice.
+    again = tick(sensor, instance, {"registry": resource(store)}, first.cursor)
+    assert again.skip_message == "challenger v1 is already the champion"
+    register(client, TEST_MODEL, registry.PASSED, tmp_path)
+    tick(sensor, instance, {"registry": resource(store)}, first.cursor)
+    entries = promotion.history(client, TEST_MODEL)
+    assert [(e.version, e.previous, e.action) for e in entries] == [("1", None, "promote"), ("2", "1", "promote")]
+    assert all(e.actor == "sensor:test/champion" and e.at for e in entries)
+
+
+def test_prod_waits_for_approval(store: str, tmp_path: Path) -> None:
+    client = registry.configure(store, None)
+    sensor = build_champion_sensor("prod", requires_approval=True)
+    instance = dg.DagsterInstance.ephemeral()
+    version = register(client, TEST_MODEL, registry.PASSED, tmp_path)
+    assert tick(sensor, instance, {"registry": resource(store)}).skip_message == "awaiting approval for version 1"
+    assert champion_of(client) is None
+    promotion.approve(client, TEST_MODEL, version, "cli:alice")
+    tick(sensor, instance, {"registry": resource(store)})
+    assert champion_of(client) == "1"
+    assert client.get_model_version(TEST_MODEL, "1").tags[promotion.APPROVED_BY] == "cli:alice"
+    failed = register(client, TEST_MODEL, registry.FAILED, tmp_path)
+    with pytest.raises(promotion.PromotionError, match="v2 of test.llmops.rag_model is FAILED; only a PASSED version can be approved"):
+        promotion.approve(client, TEST_MODEL, failed, "cli:alice")
+
+
+def test_rollback_restores_the_previous_champion_and_is_not_undone_by_the_sensor(store: str, tmp_path: Path) -> None:
+    client = registry.configure(store, None)
+    sensor = build_champion_sensor("test", requires_approval=False)
+    instance = dg.DagsterInstance.ephemeral()
+    with pytest.raises(promotion.PromotionError, match="has no champion to roll back"):
+        promotion.rollback(client, TEST_MODEL, "cli:bob")
+    register(client, TEST_MODEL, registry.PASSED, tmp_path)
+    tick(sensor, instance, {"registry": resource(store)})
+    with pytest.raises(promotion.PromotionError, match="v1 has no previous champion"):
+        promotion.rollback(client, TEST_MODEL, "cli:bob")
+    register(client, TEST_MODEL, registry.PASSED, tmp_path)
+    tick(sensor, instance, {"registry": resource(store)})
+    assert champion_of(client) == "2"
+
+    with pytest.raises(promotion.PromotionError, match="v7 was never champion of test.llmops.rag_model; known champions: v1, v2"):
+        promotion.rollback(client, TEST_MODEL, "cli:bob", to="7")
+    entry = promotion.rollback(client, TEST_MODEL, "cli:bob")
+    assert (entry.version, entry.previous, entry.action) == ("1", "2", "rollback") and champion_of(client) == "1"
+    # v2 is still the challenger and still PASSED, but it was rolled back: the sensor leaves it.
+    assert "was rolled back" in tick(sensor, instance, {"registry": resource(store)}).skip_message
+    assert champion_of(client) == "1"
+    promotion.rollback(client, TEST_MODEL, "cli:bob", to="2")
+    assert champion_of(client) == "2" and len(promotion.history(client, TEST_MODEL)) == 4
+
+
+def test_racing_promotions_leave_one_champion_and_every_history_entry(store: str, tmp_path: Path) -> None:
+    client = registry.configure(store, None)
+    versions = [register(client, TEST_MODEL, registry.PASSED, tmp_path) for _ in range(6)]
+    done: list[promotion.HistoryEntry] = []
+    errors: list[Exception] = []
+
+    def promote(version: str) -> None:
+        try:
+            done.append(promotion.promote(registry.configure(store, None), TEST_MODEL, version, f"thread-{version}", "race"))
+        except Exception as error:  # sqlite may refuse a concurrent writer; that promotion simply did not happen
+            errors.append(error)
+
+    threads = [threading.Thread(target=promote, args=(v,)) for v in versions for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert done, errors
+    entries = promotion.history(client, TEST_MODEL)
+    recorded = {(e.actor, e.at) for e in entries}
+    assert {(e.actor, e.at) for e in done} <= recorded  # every promotion that returned is in the history
+    assert len(entries) <= len(done) + len(errors)
+    assert champion_of(client) in {e.version for e in done}
+
+
+def test_staging_adopts_a_new_validated_champion_from_test_once(store: str, tmp_path: Path) -> None:
+    client = registry.configure(store, None)
+    sensor = build_upstream_sensor("adopt")
+    instance = dg.DagsterInstance.ephemeral()
+    resources = {"registry": resource(store, STAGING_MODEL), "upstream": UpstreamRegistryResource(env="test", registered_model=TEST_MODEL)}
+    register(client, TEST_MODEL, registry.PASSED, tmp_path)
+    assert tick(sensor, instance, resources).skip_message == f"{TEST_MODEL} has no champion yet"
+    promotion.promote(client, TEST_MODEL, "1", "cli:alice", "test")
+    result = tick(sensor, instance, resources)
+    request = result.run_requests[0]
+    assert request.run_key == "adopt-test-v1-0" and request.tags["llmops/source_version"] == "1"
+
+    copied = promotion.copy_from(client, TEST_MODEL, "1", STAGING_MODEL, "run-1")
+    tags = client.get_model_version(STAGING_MODEL, copied).tags
+    assert tags[promotion.SOURCE_VERSION] == "1" and tags[registry.VALIDATION_STATUS] == registry.PENDING
+    assert str(registry.version_by_alias(client, STAGING_MODEL, registry.CHALLENGER).version) == copied
+    assert "already copied" in tick(sensor, instance, resources).skip_message
+    assert promotion.copy_from(client, TEST_MODEL, "1", STAGING_MODEL, "run-2") == copied  # idempotent
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _start_server(backend: str, port: int) -> subprocess.Popen:
+    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
+    server = subprocess.Popen(
+        [mlflow_bin, "server", "--backend-store-uri", backend, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                time.sleep(1)
+                return server
+        except OSError:
+            time.sleep(0.5)
+    server.kill()
+    raise RuntimeError("mlflow server did not start")
+
+
+def _stop(server: subprocess.Popen) -> None:
+    os.killpg(server.pid, 15)
+    server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_with_the_registry_stopped_no_alias_moves_and_the_next_tick_retries(store: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    register(registry.configure(store, None), TEST_MODEL, registry.PASSED, tmp_path)  # the store the server serves
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    sensor = build_champion_sensor("test", requires_approval=False)
+    instance = dg.DagsterInstance.ephemeral()
+    with pytest.raises(RegistryUnavailableError, match="connecting to the registry|reading test.llmops.rag_model"):
+        tick(sensor, instance, {"registry": resource(uri)})
+    assert champion_of(registry.configure(store, None)) is None  # straight from the store: nothing moved
+
+    server = _start_server(store, port)
+    try:
+        result = tick(sensor, instance, {"registry": resource(uri)})
+        assert json.loads(result.cursor)["champion"] == "1"
+        assert champion_of(registry.configure(uri, None)) == "1"
+    finally:
+        _stop(server)
