@@ -19,18 +19,32 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
-	@mkdir -p $(LLMOPS_HOME)/landing/test
+# Copies the sample corpus into an environment's landing zone, leaving files already there alone.
+define land
+	@mkdir -p $(LLMOPS_HOME)/landing/$(1)
 	@for f in sample_corpus/*; do \
-		[ -e "$(LLMOPS_HOME)/landing/test/$$(basename $$f)" ] || cp -r "$$f" "$(LLMOPS_HOME)/landing/test/"; \
+		[ -e "$(LLMOPS_HOME)/landing/$(1)/$$(basename $$f)" ] || cp -r "$$f" "$(LLMOPS_HOME)/landing/$(1)/"; \
 	done
+endef
+
+demo: $(STAMP)
+	$(call land,test)
 	$(BIN)/llmops run --env test
-	@echo; echo '$$ llmops search --env test --mode text "reciprocal rank fusion"'
-	@$(BIN)/llmops search --env test --k 2 --mode text "reciprocal rank fusion"
-	@echo '$$ llmops ask --env test "How is a bad release rolled back?"'
+	@echo; echo '$$ llmops ask --env test "How is a bad release rolled back?"'
 	@$(BIN)/llmops ask --env test --k 3 "How is a bad release rolled back?"
 	@echo; echo '$$ llmops ask --env test "Which file types can be ingested?"'
 	@$(BIN)/llmops ask --env test --k 3 "Which file types can be ingested?"
+	@echo; echo '$$ llmops tick --env test   # the promotion sensors, once, as the daemon would'
+	@$(BIN)/llmops tick --env test
+	$(call land,staging)
+	@echo; echo '$$ llmops run --env staging   # adopts test'"'"'s champion, evaluates it on staging'"'"'s data (Spark)'
+	@$(BIN)/llmops run --env staging
+	@$(BIN)/llmops tick --env staging
+	$(call land,prod)
+	@echo; echo '$$ llmops run --env prod'
+	@$(BIN)/llmops run --env prod
+	@$(BIN)/llmops tick --env prod
+	@echo; $(BIN)/llmops status
 	@echo; echo "State is in $(LLMOPS_HOME); MLflow store: $(LLMOPS_HOME)/mlflow.db."
 	@echo "Dagster UI: make ui (http://127.0.0.1:3000). MLflow UI: make mlflow-ui (http://127.0.0.1:5000)."
 

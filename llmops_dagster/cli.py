@@ -4,6 +4,7 @@
     llmops search  --env ENV [--k K] [--mode hybrid|vector|text] [--json] QUERY
     llmops ask     --env ENV [--k K] [--json] QUESTION
     llmops predict --env ENV --questions IN.jsonl --out OUT.jsonl
+    llmops tick     --env ENV
     llmops approve  --env ENV --version N
     llmops rollback --env ENV [--to VERSION]
     llmops status   [--env ENV] [--json]
@@ -76,6 +77,14 @@ def ensure_dagster_home() -> Path:
     config = home / "dagster.yaml"
     if not config.exists():
         config.write_text(DAGSTER_YAML)
+    if not (home / "schedules").exists():
+        # Create the sqlite storage once, here: a daemon and its code servers starting together on
+        # an empty DAGSTER_HOME race to create it and leave two alembic heads behind.
+        import dagster as dg
+
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            instance.get_runs(limit=1)
+            instance.all_instigator_state()
     return home
 
 
@@ -158,6 +167,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     job = build_defs(settings).resolve_job_def(INGEST_JOB)
     instance = _instance()
     _refuse_if_running(instance, settings.name)
+    return _execute(job, instance, {"llmops/trigger": "cli"})
+
+
+def _execute(job, instance, tags: dict[str, str]) -> int:
+    """Run a job in process against the persistent instance, showing progress; 1 on failure or a failed check."""
     run_id = str(uuid.uuid4())
     progress = _Progress(instance, run_id)
     progress.start()
@@ -167,7 +181,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             run_id=run_id,
             raise_on_error=False,
             run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
-            tags={"llmops/trigger": "cli"},
+            tags=tags,
         )
     finally:
         progress.done.set()
@@ -192,6 +206,38 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     print(f"run {run_id} succeeded", file=sys.stderr)
     return 0
+
+
+def cmd_tick(args: argparse.Namespace) -> int:
+    """Evaluate the environment's promotion sensors once, as the daemon would, and run what they request."""
+    import dagster as dg
+
+    from llmops_dagster.definitions import build_defs
+    from llmops_dagster.sensors import CHAMPION_SENSOR, UPSTREAM_SENSOR
+    from llmops_dagster.sensors.promotion import RegistryUnavailableError
+
+    settings = _settings(args)
+    defs = build_defs(settings)
+    instance = _instance()
+    resources = {key: value for key, value in (defs.resources or {}).items() if key in ("registry", "upstream")}
+    status = 0
+    for name in (UPSTREAM_SENSOR, CHAMPION_SENSOR):
+        try:
+            sensor = defs.resolve_sensor_def(name)
+        except Exception:
+            continue  # test has no upstream sensor
+        context = dg.build_sensor_context(instance=instance, resources=resources)
+        try:
+            result = sensor.evaluate_tick(context)
+        except RegistryUnavailableError as error:
+            raise UserError(f"{settings.name}/{name}: {error}") from None
+        if result.skip_message:
+            print(f"{settings.name}/{name}: {result.skip_message}")
+        for request in result.run_requests or []:
+            print(f"{settings.name}/{name}: starting {sensor.job_name} ({request.run_key})")
+            _refuse_if_running(instance, settings.name)
+            status = max(status, _execute(defs.resolve_job_def(sensor.job_name), instance, {**request.tags, "llmops/trigger": f"cli-tick:{name}"}))
+    return status
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -472,6 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--questions", required=True, help='input: one {"question": ...} per line')
     predict.add_argument("--out", required=True, help="output: one answer object per question, same order")
     predict.set_defaults(handler=cmd_predict)
+
+    tick = commands.add_parser("tick", help="evaluate the environment's promotion sensors once, as the daemon would")
+    tick.add_argument("--env", required=True, choices=ENVIRONMENTS)
+    tick.set_defaults(handler=cmd_tick)
 
     approve = commands.add_parser("approve", help="approve a validated version for promotion into the environment")
     approve.add_argument("--env", required=True, choices=ENVIRONMENTS)

@@ -45,7 +45,11 @@ def build_defs(env: str | EnvSettings) -> dg.Definitions:
         hooks={end_mlflow_on_run_finished},
     )
     jobs = [ingest_job, *operator_jobs(settings.name, settings.promotion.requires_approval)]
-    sensors = [build_new_documents_sensor(INGEST_JOB), build_champion_sensor(settings.name, settings.promotion.requires_approval)]
+    interval = settings.sensor_interval_seconds
+    sensors = [
+        build_new_documents_sensor(INGEST_JOB, interval),
+        build_champion_sensor(settings.name, settings.promotion.requires_approval, interval),
+    ]
     if settings.promotion.source:
         adopt_job = dg.define_asset_job(
             ADOPT_JOB,
@@ -55,7 +59,7 @@ def build_defs(env: str | EnvSettings) -> dg.Definitions:
             hooks={end_mlflow_on_run_finished},
         )
         jobs.append(adopt_job)
-        sensors.append(build_upstream_sensor(ADOPT_JOB))
+        sensors.append(build_upstream_sensor(ADOPT_JOB, interval))
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,

@@ -87,6 +87,7 @@ class EnvSettings:
     engine: str
     spark_master: str
     spark_remote: str | None
+    sensor_interval_seconds: int
     ingestion: IngestionSettings
     embedding: EmbedderConfig
     chunking: ChunkConfig
@@ -164,6 +165,9 @@ def load_settings(env: str, declaration: Path | None = None) -> EnvSettings:
         raise SettingsError(f"environment '{env}': engine must be one of {', '.join(ENGINES)}, got '{engine}'")
     spark_master = raw.pop("spark_master", "local[*]")
     spark_remote = raw.pop("spark_remote", None)
+    interval = raw.pop("sensor_interval_seconds", 30)
+    if not isinstance(interval, int) or interval < 1:
+        raise SettingsError(f"environment '{env}': sensor_interval_seconds must be a whole number ≥ 1, got {interval!r}")
     sections = {
         "ingestion": IngestionSettings,
         "embedding": EmbedderConfig,
@@ -193,5 +197,6 @@ def load_settings(env: str, declaration: Path | None = None) -> EnvSettings:
         engine=engine,
         spark_master=spark_master,
         spark_remote=spark_remote,
+        sensor_interval_seconds=interval,
         **parsed,
     )

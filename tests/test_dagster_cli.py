@@ -14,6 +14,7 @@ from llmops_dagster.core import store
 REPO = Path(__file__).resolve().parents[1]
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
 pytestmark = pytest.mark.slow
+INDEX_STAGES = "test/documents,test/quarantine,test/chunks,test/embeddings,test/vector_index"
 
 
 def run_dagster(args: list[str], home: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -36,7 +37,7 @@ def test_asset_materialize_selects_the_test_environment(tmp_path: Path, sample_l
     landing.parent.mkdir(parents=True)
     sample_landing.rename(landing)
     result = run_dagster(
-        ["asset", "materialize", "-m", "llmops_dagster.definitions", "-a", "test_defs", "--select", "test/documents*,test/quarantine"], home
+        ["asset", "materialize", "-m", "llmops_dagster.definitions", "-a", "test_defs", "--select", INDEX_STAGES], home
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     lance = store.LanceStore(str(home / "test" / "lancedb"))

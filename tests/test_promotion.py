@@ -13,10 +13,12 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import pyarrow as pa
 import pytest
 
 from llmops_dagster.core import promotion, registry
-from llmops_dagster.resources import RegistryResource, UpstreamRegistryResource
+from llmops_dagster.core import store as lancedb_store
+from llmops_dagster.resources import LanceDBResource, RegistryResource, UpstreamRegistryResource
 from llmops_dagster.sensors import build_champion_sensor, build_upstream_sensor
 from llmops_dagster.sensors.promotion import RegistryUnavailableError
 
@@ -93,7 +95,8 @@ def test_prod_waits_for_approval(store: str, tmp_path: Path) -> None:
     sensor = build_champion_sensor("prod", requires_approval=True)
     instance = dg.DagsterInstance.ephemeral()
     version = register(client, TEST_MODEL, registry.PASSED, tmp_path)
-    assert tick(sensor, instance, {"registry": resource(store)}).skip_message == "awaiting approval for version 1"
+    skip = tick(sensor, instance, {"registry": resource(store)}).skip_message
+    assert skip.startswith("awaiting approval for version 1: llmops approve --env prod --version 1")
     assert champion_of(client) is None
     promotion.approve(client, TEST_MODEL, version, "cli:alice")
     tick(sensor, instance, {"registry": resource(store)})
@@ -158,10 +161,19 @@ def test_staging_adopts_a_new_validated_champion_from_test_once(store: str, tmp_
     client = registry.configure(store, None)
     sensor = build_upstream_sensor("adopt")
     instance = dg.DagsterInstance.ephemeral()
-    resources = {"registry": resource(store, STAGING_MODEL), "upstream": UpstreamRegistryResource(env="test", registered_model=TEST_MODEL)}
+    lance = tmp_path / "staging-lancedb"
+    resources = {
+        "registry": resource(store, STAGING_MODEL),
+        "upstream": UpstreamRegistryResource(env="test", registered_model=TEST_MODEL),
+        "lancedb": LanceDBResource(uri=str(lance)),
+    }
     register(client, TEST_MODEL, registry.PASSED, tmp_path)
     assert tick(sensor, instance, resources).skip_message == f"{TEST_MODEL} has no champion yet"
     promotion.promote(client, TEST_MODEL, "1", "cli:alice", "test")
+    assert tick(sensor, instance, resources).skip_message.endswith("has no indexed documents to evaluate it on yet")
+    schema = lancedb_store.embeddings_schema(2)
+    rows = [{"id": "c1", "doc_id": "d", "source": "a.md", "text": "x", "vector": [1.0, 0.0], "embedding_model": "m"}]
+    lancedb_store.LanceStore(str(lance)).apply(lancedb_store.EMBEDDINGS, schema, "id", pa.Table.from_pylist(rows, schema), [])
     result = tick(sensor, instance, resources)
     request = result.run_requests[0]
     assert request.run_key == "adopt-test-v1-0" and request.tags["llmops/source_version"] == "1"

@@ -61,6 +61,7 @@ class HistoryEntry:
 class Decision:
     version: str | None  # the version to promote, or None
     reason: str  # why (not)
+    awaiting_approval: str | None = None  # the version a person has to approve
 
 
 def _now() -> str:
@@ -90,7 +91,7 @@ def champion_decision(client: MlflowClient, name: str, requires_approval: bool) 
     if ROLLED_BACK_AT in challenger.tags:
         return Decision(None, f"challenger v{number} was rolled back at {challenger.tags[ROLLED_BACK_AT]}; approve it again to promote it")
     if requires_approval and APPROVED_BY not in challenger.tags:
-        return Decision(None, f"awaiting approval for version {number}")
+        return Decision(None, f"awaiting approval for version {number}", awaiting_approval=number)
     return Decision(number, f"challenger v{number} passed every blocking check")
 
 

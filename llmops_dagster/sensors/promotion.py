@@ -17,11 +17,12 @@ import json
 
 import dagster as dg
 
-from llmops_dagster.resources import RegistryResource, UpstreamRegistryResource
+from llmops_dagster.resources import LanceDBResource, RegistryResource, UpstreamRegistryResource
 
 CHAMPION_SENSOR = "champion"
 UPSTREAM_SENSOR = "upstream_champion"
 ADOPT_TAG = "llmops/adopt"
+MAX_ADOPT_ATTEMPTS = 3
 
 
 class RegistryUnavailableError(RuntimeError):
@@ -61,6 +62,8 @@ def build_champion_sensor(env: str, requires_approval: bool, minimum_interval_se
         client = _registry_call("connecting to the registry", registry.client)
         name = registry.registered_model
         decision = _registry_call(f"reading {name}", promotion.champion_decision, client, name, requires_approval)
+        if decision.awaiting_approval:
+            return dg.SkipReason(f"{decision.reason}: llmops approve --env {env} --version {decision.awaiting_approval}, or the approve job")
         if decision.version is None:
             return dg.SkipReason(decision.reason)
         actor = f"sensor:{env}/{CHAMPION_SENSOR}"
@@ -92,9 +95,11 @@ def build_upstream_sensor(job_name: str, minimum_interval_seconds: int = 30) -> 
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Adopts the source environment's new validated champion: copies it here and evaluates it on this environment's data.",
     )
-    def upstream_champion(context: dg.SensorEvaluationContext, registry: RegistryResource, upstream: UpstreamRegistryResource):
+    def upstream_champion(
+        context: dg.SensorEvaluationContext, registry: RegistryResource, upstream: UpstreamRegistryResource, lancedb: LanceDBResource
+    ):
         from llmops_dagster.assets.adopted import SOURCE_VERSION_TAG
-        from llmops_dagster.core import promotion
+        from llmops_dagster.core import promotion, store
 
         client = _registry_call("connecting to the registry", registry.client)
         decision = _registry_call(
@@ -102,6 +107,8 @@ def build_upstream_sensor(job_name: str, minimum_interval_seconds: int = 30) -> 
         )
         if decision.version is None:
             return dg.SkipReason(decision.reason)
+        if lancedb.store().count(store.EMBEDDINGS) == 0:
+            return dg.SkipReason(f"{decision.reason}, but this environment has no indexed documents to evaluate it on yet")
         marker = f"{upstream.env}-v{decision.version}"
         runs = context.instance.get_runs(filters=dg.RunsFilter(tags={ADOPT_TAG: marker}))
         if any(not run.is_finished for run in runs):
@@ -109,6 +116,11 @@ def build_upstream_sensor(job_name: str, minimum_interval_seconds: int = 30) -> 
         # One run per attempt: a failed adoption (registry down, say) is retried on a later tick,
         # while a restarted daemon re-evaluating the same state asks for the same run key again.
         attempt = sum(1 for run in runs if run.status == dg.DagsterRunStatus.FAILURE)
+        if attempt >= MAX_ADOPT_ATTEMPTS:
+            return dg.SkipReason(
+                f"adopting {upstream.registered_model} v{decision.version} failed {attempt} times (last run {runs[0].run_id}); "
+                "fix the cause and launch the adopt job by hand"
+            )
         return dg.RunRequest(
             run_key=f"adopt-{marker}-{attempt}",
             tags={ADOPT_TAG: marker, SOURCE_VERSION_TAG: decision.version, "llmops/trigger": UPSTREAM_SENSOR},
