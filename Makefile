@@ -48,7 +48,14 @@ demo: $(STAMP)
 	@echo; echo "State is in $(LLMOPS_HOME); MLflow store: $(LLMOPS_HOME)/mlflow.db."
 	@echo "Dagster UI: make ui (http://127.0.0.1:3000). MLflow UI: make mlflow-ui (http://127.0.0.1:5000)."
 
-test: $(STAMP)
+# The browser test drives Debian's chromium (Playwright's own browser download is not reachable).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@echo "installing chromium for the UI browser test"
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi
+
+test: $(STAMP) $(CHROMIUM)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 

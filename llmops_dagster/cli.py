@@ -219,7 +219,8 @@ def cmd_tick(args: argparse.Namespace) -> int:
     settings = _settings(args)
     defs = build_defs(settings)
     instance = _instance()
-    resources = {key: value for key, value in (defs.resources or {}).items() if key in ("registry", "upstream")}
+    # The sensors' resources (registry, upstream, lancedb): the typed ones; the MLflow run resource is for jobs.
+    resources = {key: value for key, value in (defs.resources or {}).items() if isinstance(value, dg.ConfigurableResource)}
     status = 0
     for name in (UPSTREAM_SENSOR, CHAMPION_SENSOR):
         try:
@@ -550,6 +551,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("llmops: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # a bug or an outage: one line; LLMOPS_DEBUG=1 shows the traceback
+        if os.environ.get("LLMOPS_DEBUG"):
+            raise
+        first_line = (str(error).splitlines() or [""])[0]
+        print(f"llmops: error: {type(error).__name__}: {first_line} (set LLMOPS_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

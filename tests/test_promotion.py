@@ -168,6 +168,7 @@ def test_staging_adopts_a_new_validated_champion_from_test_once(store: str, tmp_
         "lancedb": LanceDBResource(uri=str(lance)),
     }
     register(client, TEST_MODEL, registry.PASSED, tmp_path)
+    client.set_model_version_tag(TEST_MODEL, "1", "check.meets_thresholds", registry.PASSED)  # test's own verdicts
     assert tick(sensor, instance, resources).skip_message == f"{TEST_MODEL} has no champion yet"
     promotion.promote(client, TEST_MODEL, "1", "cli:alice", "test")
     assert tick(sensor, instance, resources).skip_message.endswith("has no indexed documents to evaluate it on yet")
@@ -181,6 +182,7 @@ def test_staging_adopts_a_new_validated_champion_from_test_once(store: str, tmp_
     copied = promotion.copy_from(client, TEST_MODEL, "1", STAGING_MODEL, "run-1")
     tags = client.get_model_version(STAGING_MODEL, copied).tags
     assert tags[promotion.SOURCE_VERSION] == "1" and tags[registry.VALIDATION_STATUS] == registry.PENDING
+    assert "check.meets_thresholds" not in tags  # staging judges the copy on its own data
     assert str(registry.version_by_alias(client, STAGING_MODEL, registry.CHALLENGER).version) == copied
     assert "already copied" in tick(sensor, instance, resources).skip_message
     assert promotion.copy_from(client, TEST_MODEL, "1", STAGING_MODEL, "run-2") == copied  # idempotent

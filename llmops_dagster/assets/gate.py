@@ -30,7 +30,6 @@ from llmops_dagster.assets._model import (
     index_table,
     latest_metadata,
     metric_name,
-    sibling_key,
     mlflow_metrics,
 )
 from llmops_dagster.core import registry as model_registry
@@ -91,11 +90,9 @@ def signature_valid(context: dg.AssetCheckExecutionContext, registry: RegistryRe
     return gate(context, registry, SIGNATURE_VALID, verdict)
 
 
-def trained_here(context: dg.AssetExecutionContext) -> dict[str, Any] | None:
-    """The embedding_model materialization of this environment, if it trains at all."""
-    if sibling_key(context, EMBEDDING_MODEL) not in context.repository_def.asset_graph.get_all_asset_keys():
-        return None
-    return latest_metadata(context, EMBEDDING_MODEL)
+def trained_here(context: dg.AssetExecutionContext, training: TrainingResource) -> dict[str, Any] | None:
+    """This environment's embedding_model materialization, if it trains at all."""
+    return latest_metadata(context, EMBEDDING_MODEL) if training.trains else None
 
 
 def mined_here(lancedb: LanceDBResource, training: TrainingResource) -> list:
@@ -149,7 +146,7 @@ def evaluation(
     from llmops_dagster.core.training import Pair
 
     thresholds = evaluation.thresholds()
-    upstream = trained_here(context)
+    upstream = trained_here(context, training)
     if upstream is not None:
         held_out_text = Path(mlflow.artifacts.download_artifacts(f"{upstream['artifacts']}/{HELD_OUT_FILE}")).read_text()
         held_out = [Pair.from_json(line) for line in held_out_text.splitlines() if line.strip()]

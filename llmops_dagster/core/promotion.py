@@ -195,6 +195,12 @@ def copy_from(client: MlflowClient, source_name: str, source_version: str, targe
             client.create_registered_model(target_name)
         copied = client.copy_model_version(f"models:/{source_name}/{source_version}", target_name)
         existing = str(copied.version)
+        # The copy carries the source's tags; its verdicts and approvals belong to the source
+        # environment, and would let the copy pass here before its own evaluation ran.
+        inherited = client.get_model_version(target_name, existing).tags
+        for key in inherited:
+            if key.startswith(("check.", "metric.")) or key in (APPROVED_BY, APPROVED_AT, ROLLED_BACK_AT, VALIDATION_STATUS):
+                client.delete_model_version_tag(target_name, existing, key)
         source = client.get_model_version(source_name, source_version)
         for key in ("embedder_variant", "index_embedding_model", "llmops.content_digest", "training_run_id"):
             if key in source.tags:

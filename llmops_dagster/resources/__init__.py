@@ -140,7 +140,12 @@ class _SettingsResource(dg.ConfigurableResource):
 
 
 class TrainingResource(_SettingsResource):
-    """How the embedding model is trained: a query-side adapter (default) or a full fine-tune."""
+    """How the embedding model is trained: a query-side adapter (default) or a full fine-tune.
+
+    ``trains`` is false in an environment that adopts its source's champion instead of training.
+    """
+
+    trains: bool = True
 
     mode: str = "adapter"
     held_out: float = 0.3
@@ -159,7 +164,7 @@ class TrainingResource(_SettingsResource):
     def config(self) -> TrainingConfig:
         from llmops_dagster.core.training import TrainingConfig
 
-        return TrainingConfig(**self._fields())
+        return TrainingConfig(**{k: v for k, v in self._fields().items() if k != "trains"})
 
 
 class RagResource(_SettingsResource):
@@ -291,7 +296,7 @@ def build_resources(settings: EnvSettings) -> dict[str, Any]:
             refine_factor=settings.index.refine_factor,
             ann_index_type=settings.index.ann_index_type,
         ),
-        "training": TrainingResource(**vars(settings.training)),
+        "training": TrainingResource(trains=settings.promotion.source is None, **vars(settings.training)),
         "rag": RagResource(**vars(settings.rag)),
         "evaluation": EvaluationResource(**vars(settings.evaluation)),
         "registry": registry,
