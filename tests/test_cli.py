@@ -68,6 +68,8 @@ def test_run_then_search_json(tmp_path: Path, sample_landing: Path) -> None:
     [
         (["search", "--env", "test", "anything"], "no index for environment 'test'"),
         (["ask", "--env", "test", "anything"], "no model registered as test.llmops.rag_model"),
+        (["approve", "--env", "prod", "--version", "3"], "prod.llmops.rag_model has no version 3"),
+        (["rollback", "--env", "prod"], "prod.llmops.rag_model has no champion to roll back"),
         (["predict", "--env", "test", "--questions", "/no/such.jsonl", "--out", "x.jsonl"], "questions file not found"),
         (["search", "--env", "dev", "anything"], "invalid choice: 'dev'"),
         (["search", "--env", "test", "--k", "0", "anything"], "must be at least 1"),
@@ -120,3 +122,12 @@ def test_run_is_refused_while_the_environment_has_a_run_in_progress(tmp_path: Pa
     assert result.returncode == 2, result.stderr
     assert f"run {running.run_id} for environment 'test' is still in progress" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_status_of_an_empty_registry(tmp_path: Path) -> None:
+    result = llmops("status", "--json", home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    states = json.loads(result.stdout)
+    assert [s["environment"] for s in states] == ["test", "staging", "prod"]
+    assert all(s["pending"] == "nothing registered yet" for s in states)
+    assert [s["adopts_from"] for s in states] == [None, "test", "staging"] and states[2]["requires_approval"] is True
