@@ -23,7 +23,6 @@ from llmops_dagster.core.index import SEARCH_MODES, AnnParams, Passage, search
 from llmops_dagster.core.training import apply_adapter
 
 if TYPE_CHECKING:
-    import pandas as pd
     from lancedb.table import Table
 
     from llmops_dagster.core.embedding import Embedder
