@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,10 @@ def llmops(*args: str, home: Path, timeout: int = 600) -> subprocess.CompletedPr
 @pytest.mark.slow
 def test_run_then_search_json(tmp_path: Path, sample_landing: Path) -> None:
     home = tmp_path / "home"
+    # The whole graph through the CLI, on the three short documents: the PDF and the gold questions
+    # add minutes and are covered by test_model_assets.py.
+    (sample_landing / "operations-guide.pdf").unlink()
+    shutil.rmtree(sample_landing / "questions")
     run = llmops("run", "--env", "test", "--landing", str(sample_landing), home=home)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "▶ embeddings" in run.stderr and "check no_files_lost: ✔" in run.stderr
