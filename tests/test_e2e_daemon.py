@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 import yaml
 
 from conftest import REPO, SAMPLE_CORPUS
+from processes import stop_group
 from llmops_dagster.cli import ensure_dagster_home
 from llmops_dagster.core import registry, store
 from llmops_dagster.core.embedding import EmbedderConfig, load_embedder
@@ -57,11 +57,7 @@ def daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     try:
         yield home
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_group(process)
         log.close()
 
 

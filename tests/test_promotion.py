@@ -4,7 +4,6 @@ ephemeral instance and a real sqlite MLflow store (and a real MLflow server for 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import dagster as dg
 import pyarrow as pa
 import pytest
 
+from processes import free_port, stop_group
 from llmops_dagster.core import promotion, registry
 from llmops_dagster.core import store as lancedb_store
 from llmops_dagster.resources import LanceDBResource, RegistryResource, UpstreamRegistryResource
@@ -188,12 +188,6 @@ def test_staging_adopts_a_new_validated_champion_from_test_once(store: str, tmp_
     assert promotion.copy_from(client, TEST_MODEL, "1", STAGING_MODEL, "run-2") == copied  # idempotent
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _start_server(backend: str, port: int) -> subprocess.Popen:
     mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
     server = subprocess.Popen(
@@ -212,17 +206,12 @@ def _start_server(backend: str, port: int) -> subprocess.Popen:
     raise RuntimeError("mlflow server did not start")
 
 
-def _stop(server: subprocess.Popen) -> None:
-    os.killpg(server.pid, 15)
-    server.wait(timeout=30)
-
-
 @pytest.mark.slow
 def test_with_the_registry_stopped_no_alias_moves_and_the_next_tick_retries(store: str, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     register(registry.configure(store, None), TEST_MODEL, registry.PASSED, tmp_path)  # the store the server serves
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     sensor = build_champion_sensor("test", requires_approval=False)
     instance = dg.DagsterInstance.ephemeral()
@@ -236,4 +225,4 @@ def test_with_the_registry_stopped_no_alias_moves_and_the_next_tick_retries(stor
         assert json.loads(result.cursor)["champion"] == "1"
         assert champion_of(registry.configure(uri, None)) == "1"
     finally:
-        _stop(server)
+        stop_group(server)

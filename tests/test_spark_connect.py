@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from processes import free_port
 from llmops_dagster.core.embedding import EmbedderConfig, load_embedder
 from llmops_dagster.core.spark import spark_encode, spark_session
 
@@ -23,18 +24,12 @@ CONFIG = EmbedderConfig(precision="fp32", device="cpu")
 TEXTS = [f"question {i}: how does the {['sensor', 'registry', 'index'][i % 3]} behave in {['test', 'prod'][i % 2]}?" for i in range(16)]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def connect_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     import pyspark
 
     spark_home = Path(pyspark.__file__).parent
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "SPARK_HOME": str(spark_home),

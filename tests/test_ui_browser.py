@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from processes import free_port, stop_group
 from llmops_dagster.cli import ensure_dagster_home
 
 pytestmark = pytest.mark.slow
@@ -34,18 +33,12 @@ GROUPS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def webserver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("LLMOPS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home" / "dagster"))
     ensure_dagster_home()
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "webserver.log").open("w")
     process = subprocess.Popen(
         [WEBSERVER, "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
@@ -64,11 +57,7 @@ def webserver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     try:
         yield base
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_group(process)
         log.close()
 
 
