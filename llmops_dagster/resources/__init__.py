@@ -213,9 +213,13 @@ class RegistryResource(dg.ConfigurableResource):
     def client(self) -> MlflowClient:
         from llmops_dagster.core import registry
 
-        client = registry.configure(self.tracking_uri, self.registry_uri)
-        registry.ensure_experiment(client, self.experiment, self.artifact_location)
-        return client
+        return registry.configure(self.tracking_uri, self.registry_uri)
+
+    def ensure_experiment(self) -> str:
+        """The experiment, created with its artifact location; only runs that log need it."""
+        from llmops_dagster.core import registry
+
+        return registry.ensure_experiment(self.client(), self.experiment, self.artifact_location)
 
 
 class UpstreamRegistryResource(dg.ConfigurableResource):
@@ -246,7 +250,7 @@ def mlflow_run_resource(registry: RegistryResource, env: str) -> dg.ResourceDefi
         import mlflow
         from dagster_mlflow.resources import MlFlow
 
-        registry.client()
+        registry.ensure_experiment()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MlFlow is marked beta
             tracker = MlFlow(context)
