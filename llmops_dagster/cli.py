@@ -293,13 +293,10 @@ def _serving_model(settings: EnvSettings):
     from llmops_dagster.core.rag_model import load_version
 
     name = settings.mlflow.registered_model
-    client = registry.configure(settings.mlflow.tracking_uri, settings.mlflow.registry_uri)
-    for alias in (registry.CHAMPION, registry.CHALLENGER):
-        version = registry.version_by_alias(client, name, alias)
-        if version is not None:
-            break
-    else:
+    serving = registry.serving_version(_registry(settings), name)
+    if serving is None:
         raise UserError(f"no model registered as {name}; run `llmops run --env {settings.name}` first")
+    alias, version = serving
     print(f"answering with {name} v{version.version} ({alias})", file=sys.stderr)
     try:
         return alias, str(version.version), load_version(name, str(version.version), settings.lancedb_uri)
@@ -438,7 +435,7 @@ def _describe(client, settings: EnvSettings) -> dict:
         state[alias] = {
             "version": str(version.version),
             "validation_status": tags.get(registry.VALIDATION_STATUS, registry.PENDING),
-            "failed_checks": sorted(k.removeprefix("check.") for k, v in tags.items() if k.startswith("check.") and v == registry.FAILED),
+            "failed_checks": registry.failed_checks(tags),
             "metrics": {k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")},
             "approved_by": tags.get(promotion.APPROVED_BY),
             "source": f"{tags[promotion.SOURCE_MODEL]} v{tags[promotion.SOURCE_VERSION]}" if promotion.SOURCE_MODEL in tags else None,

@@ -14,7 +14,7 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
-from llmops_dagster.assets._metadata import column_schema, markdown_table
+from llmops_dagster.assets._metadata import column_schema, markdown_table, row_id
 from llmops_dagster.assets._model import (
     ADAPTER_FILE,
     EMBEDDING_MODEL,
@@ -97,19 +97,12 @@ def trained_here(context: dg.AssetExecutionContext, training: TrainingResource) 
 
 def mined_here(lancedb: LanceDBResource, training: TrainingResource) -> list:
     """Query/passage pairs mined from this environment's own index (none of them were trained on here)."""
-    from llmops_dagster.core.training import ChunkRecord, mine_pairs, split_pairs
+    from llmops_dagster.core.training import CHUNK_COLUMNS, chunk_records, mine_pairs, split_pairs
 
-    rows = index_table(lancedb).search().select(["id", "source", "heading", "text"]).limit(None).to_arrow().to_pylist()
-    chunks = [ChunkRecord(r["id"], r["source"], r["heading"] or "", r["text"]) for r in rows]
+    chunks = chunk_records(index_table(lancedb).search().select(CHUNK_COLUMNS).limit(None).to_arrow())
     config = training.config()
     _, held_out = split_pairs(mine_pairs(chunks), config.held_out, config.seed, config.max_pairs, config.max_held_out)
     return held_out
-
-
-def _row_id(*parts: str) -> str:
-    import hashlib
-
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
 @dg.asset(
@@ -195,7 +188,7 @@ def evaluation(
         for query_set, metrics in report.items():
             rows.append(
                 {
-                    "id": _row_id(context.run_id, system, search_mode, query_set),
+                    "id": row_id(context.run_id, system, search_mode, query_set),
                     "dagster_run_id": context.run_id,
                     "evaluated_at": now,
                     "model_name": name,

@@ -51,13 +51,13 @@ def embedding_model(
     is); ``training.mode: full`` fine-tunes the transformer (for GPUs). Parameters, per-epoch loss,
     held-out metrics and the weights go to the MLflow run of this Dagster run.
     """
-    from llmops_dagster.core.training import ChunkRecord, config_params, fit, pairs_digest
+    from llmops_dagster.core.training import CHUNK_COLUMNS, chunk_records, config_params, fit, pairs_digest
 
     config = training.config()
     model = embedder.load()
     table = index_table(lancedb)
-    rows = table.search().select(["id", "source", "heading", "text", "vector"]).limit(None).to_arrow()
-    chunks = [ChunkRecord(r["id"], r["source"], r["heading"] or "", r["text"]) for r in rows.select(["id", "source", "heading", "text"]).to_pylist()]
+    rows = table.search().select([*CHUNK_COLUMNS, "vector"]).limit(None).to_arrow()
+    chunks = chunk_records(rows)
     vectors = np.asarray(rows.column("vector").combine_chunks().values.to_numpy(zero_copy_only=False)).reshape(len(chunks), -1)
     with tempfile.TemporaryDirectory() as scratch:
         report = fit(chunks, vectors, model.encode, model.model_path, config, Path(scratch), log=context.log.info)

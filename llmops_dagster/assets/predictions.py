@@ -1,12 +1,11 @@
 """batch_predictions: answers to the landing zone's questions, by the champion (or the challenger)."""
 
-import hashlib
 from datetime import UTC, datetime
 
 import dagster as dg
 import pyarrow as pa
 
-from llmops_dagster.assets._metadata import table_metadata
+from llmops_dagster.assets._metadata import row_id, table_metadata
 from llmops_dagster.assets._model import RAG_MODEL
 from llmops_dagster.core import registry as model_registry
 from llmops_dagster.core import store
@@ -18,12 +17,11 @@ ONE_ROW_PER_QUESTION = "one_row_per_question"
 
 def serving_version(registry: RegistryResource) -> tuple[str, str, str]:
     """(alias, version, validation status) of the model that should answer: champion, else challenger."""
-    client = registry.client()
-    for alias in (model_registry.CHAMPION, model_registry.CHALLENGER):
-        version = model_registry.version_by_alias(client, registry.registered_model, alias)
-        if version is not None:
-            return alias, str(version.version), version.tags.get(model_registry.VALIDATION_STATUS, model_registry.PENDING)
-    raise dg.Failure(f"{registry.registered_model} has neither a champion nor a challenger; materialize rag_model first")
+    serving = model_registry.serving_version(registry.client(), registry.registered_model)
+    if serving is None:
+        raise dg.Failure(f"{registry.registered_model} has neither a champion nor a challenger; materialize rag_model first")
+    alias, version = serving
+    return alias, str(version.version), version.tags.get(model_registry.VALIDATION_STATUS, model_registry.PENDING)
 
 
 @dg.asset(key=BATCH_PREDICTIONS, deps=[RAG_MODEL], group_name="predictions", kinds={"mlflow", "lancedb"})
@@ -65,7 +63,7 @@ def batch_predictions(
         answer = answers.iloc[position]
         rows.append(
             {
-                "id": hashlib.sha256(f"{context.run_id}\x1f{question.origin}".encode()).hexdigest()[:32],
+                "id": row_id(context.run_id, question.origin),
                 "dagster_run_id": context.run_id,
                 "origin": question.origin,
                 "question": question.question,

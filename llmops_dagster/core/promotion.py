@@ -27,6 +27,7 @@ from llmops_dagster.core.registry import (
     PASSED,
     PENDING,
     VALIDATION_STATUS,
+    failed_checks,
     version_by_alias,
 )
 
@@ -85,7 +86,7 @@ def champion_decision(client: MlflowClient, name: str, requires_approval: bool) 
         return Decision(None, f"challenger v{number} is already the champion")
     status = challenger.tags.get(VALIDATION_STATUS, PENDING)
     if status != PASSED:
-        failed = sorted(k.removeprefix("check.") for k, v in challenger.tags.items() if k.startswith("check.") and v == "FAILED")
+        failed = failed_checks(challenger.tags)
         detail = f" (failed: {', '.join(failed)})" if failed else ""
         return Decision(None, f"challenger v{number} is {status}{detail}, not PASSED")
     if ROLLED_BACK_AT in challenger.tags:

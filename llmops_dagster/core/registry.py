@@ -66,6 +66,20 @@ def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersio
         raise
 
 
+def serving_version(client: MlflowClient, name: str) -> tuple[str, ModelVersion] | None:
+    """(alias, version) of the model that answers: the champion, or the challenger while there is none."""
+    for alias in (CHAMPION, CHALLENGER):
+        version = version_by_alias(client, name, alias)
+        if version is not None:
+            return alias, version
+    return None
+
+
+def failed_checks(tags: dict[str, str]) -> list[str]:
+    """Names of the checks whose verdict tag on a version is FAILED."""
+    return sorted(k.removeprefix(CHECK_TAG_PREFIX) for k, v in tags.items() if k.startswith(CHECK_TAG_PREFIX) and v == FAILED)
+
+
 def find_version(client: MlflowClient, name: str, tag: str, value: str) -> ModelVersion | None:
     """The newest version of ``name`` whose tag ``tag`` equals ``value``."""
     from mlflow.exceptions import MlflowException

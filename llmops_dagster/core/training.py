@@ -25,11 +25,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from llmops_dagster.core.answer import sentences
 from llmops_dagster.core.embedding import load_tokenizer
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 TRAINING_MODES = ("adapter", "full")
 MIN_CLOZE_WORDS = 6
@@ -68,6 +72,14 @@ class ChunkRecord:
     source: str
     heading: str
     text: str
+
+
+CHUNK_COLUMNS = ["id", "source", "heading", "text"]
+
+
+def chunk_records(rows: pa.Table) -> list[ChunkRecord]:
+    """ChunkRecords from an Arrow table of the index (or chunks) with at least ``CHUNK_COLUMNS``."""
+    return [ChunkRecord(r["id"], r["source"], r["heading"] or "", r["text"]) for r in rows.select(CHUNK_COLUMNS).to_pylist()]
 
 
 @dataclass(frozen=True)
