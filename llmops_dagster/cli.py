@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import NoReturn
 
-from llmops_dagster.settings import ENV_TAG, ENVIRONMENTS, EnvSettings, SettingsError, load_settings
+from llmops_dagster.settings import ENV_TAG, ENVIRONMENTS, TRIGGER_TAG, EnvSettings, SettingsError, load_settings
 
 EXIT_USAGE = 2
 REPORTED_ASSETS = ("embedding_model", "evaluation", "batch_predictions")  # summaries printed after a run
@@ -146,6 +146,8 @@ class _Progress(threading.Thread):
             print(f"  ▶ {step}", file=self.stream)
         elif kind == "STEP_SUCCESS":
             print(f"  ✔ {step} ({time.monotonic() - self.started.get(step, time.monotonic()):.1f}s)", file=self.stream)
+        elif kind == "STEP_SKIPPED":
+            print(f"  – {step} skipped: an input it needs was not produced", file=self.stream)
         elif kind == "STEP_FAILURE":
             error = event.step_failure_data.error
             while error.cause is not None:  # the innermost error says what went wrong, not the wrapper
@@ -167,7 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     job = build_defs(settings).resolve_job_def(INGEST_JOB)
     instance = _instance()
     _refuse_if_running(instance, settings.name)
-    return _execute(job, instance, {"llmops/trigger": "cli"})
+    return _execute(job, instance, {TRIGGER_TAG: "cli"})
 
 
 def _execute(job, instance, tags: dict[str, str]) -> int:
@@ -237,7 +239,7 @@ def cmd_tick(args: argparse.Namespace) -> int:
         for request in result.run_requests or []:
             print(f"{settings.name}/{name}: starting {sensor.job_name} ({request.run_key})")
             _refuse_if_running(instance, settings.name)
-            status = max(status, _execute(defs.resolve_job_def(sensor.job_name), instance, {**request.tags, "llmops/trigger": f"cli-tick:{name}"}))
+            status = max(status, _execute(defs.resolve_job_def(sensor.job_name), instance, {**request.tags, TRIGGER_TAG: f"cli-tick:{name}"}))
     return status
 
 

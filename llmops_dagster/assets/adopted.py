@@ -1,6 +1,7 @@
 """rag_model in an environment that does not train: the upstream environment's validated champion,
 copied into this environment's registered model as its challenger."""
 
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
@@ -13,19 +14,21 @@ from llmops_dagster.resources import LanceDBResource, RegistryResource, Upstream
 SOURCE_VERSION_TAG = "llmops/source_version"  # on adopt runs: which upstream version to copy
 
 
-@dg.asset(key=RAG_MODEL, deps=[VECTOR_INDEX], group_name="model", kinds={"mlflow"})
+@dg.asset(key=RAG_MODEL, deps=[VECTOR_INDEX], group_name="model", kinds={"mlflow"}, output_required=False)
 def rag_model(
     context: dg.AssetExecutionContext,
     mlflow: dg.ResourceParam[Any],
     lancedb: LanceDBResource,
     registry: RegistryResource,
     upstream: UpstreamRegistryResource,
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult]:
     """The upstream environment's champion, copied here (``copy_model_version``) as the challenger.
 
     This environment does not train: it evaluates the copy on its own data, and the champion sensor
     promotes it once every blocking check has passed. With nothing new upstream, the current
-    challenger stays and is evaluated again on the current data.
+    challenger stays and is evaluated again on the current data. With no upstream champion and no
+    challenger yet, nothing is materialized and the model steps after it are skipped: documents
+    landing here before the source environment has a champion are still ingested and indexed.
     """
     from llmops_dagster.core import promotion
     from llmops_dagster.core.rag import index_models
@@ -39,7 +42,8 @@ def rag_model(
     if wanted is None:
         current = model_registry.version_by_alias(client, name, model_registry.CHALLENGER)
         if current is None:
-            raise dg.Failure(f"{upstream.registered_model} has no champion yet, and {name} has nothing to evaluate")
+            context.log.info(f"{upstream.registered_model} has no champion yet and {name} has no challenger: nothing to evaluate")
+            return
         version = str(current.version)
         context.log.info(f"no upstream champion; evaluating the current challenger v{version} again")
     else:
@@ -54,7 +58,7 @@ def rag_model(
     if needed and held != {needed}:
         context.log.warning(f"v{version} needs an index of {needed}; this environment's index holds {sorted(held)}")
     run = mlflow.active_run()
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
             "model_name": name,
             "model_version": version,
