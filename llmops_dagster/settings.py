@@ -25,6 +25,7 @@ from llmops_dagster.core.training import TrainingConfig
 ENVIRONMENTS = ("test", "staging", "prod")
 ENGINES = ("local", "spark")
 ENV_TAG = "llmops/env"  # on every run; runs of one environment are queued one at a time on it
+TRIGGER_TAG = "llmops/trigger"  # what started a run: a sensor's name, cli, or cli-tick:<sensor>
 DEFAULT_HOME = ".llmops"
 PACKAGE_ROOT = Path(__file__).resolve().parent
 DEFAULT_DECLARATION = PACKAGE_ROOT.parent / "environments.yaml"

@@ -18,6 +18,7 @@ import json
 import dagster as dg
 
 from llmops_dagster.resources import LanceDBResource, RegistryResource, UpstreamRegistryResource
+from llmops_dagster.settings import TRIGGER_TAG
 
 CHAMPION_SENSOR = "champion"
 UPSTREAM_SENSOR = "upstream_champion"
@@ -123,7 +124,7 @@ def build_upstream_sensor(job_name: str, minimum_interval_seconds: int = 30) -> 
             )
         return dg.RunRequest(
             run_key=f"adopt-{marker}-{attempt}",
-            tags={ADOPT_TAG: marker, SOURCE_VERSION_TAG: decision.version, "llmops/trigger": UPSTREAM_SENSOR},
+            tags={ADOPT_TAG: marker, SOURCE_VERSION_TAG: decision.version, TRIGGER_TAG: UPSTREAM_SENSOR},
         )
 
     return upstream_champion
