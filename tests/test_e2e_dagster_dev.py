@@ -1,30 +1,64 @@
-"""End to end under the real dagster-daemon: a file dropped into the test landing zone is ingested
-by the sensor's run, becomes searchable, and the run's validated challenger becomes champion, with
-no other action. Loopback only, a temp DAGSTER_HOME and LLMOPS_HOME, bounded waits."""
+"""End to end under ``dagster dev`` (webserver and daemon, as ``make ui`` starts them), with no
+other action than copying files:
+
+1. staging already holds documents: its sensor's run ingests them, and with no champion in test yet
+   the model steps are skipped, not failed;
+2. files dropped into the test landing zone are ingested by the sensor's run and become searchable,
+   and the run's validated challenger becomes test's champion;
+3. staging's sensor copies that champion, the adopt run evaluates it on staging's own data with the
+   Spark engine (batch predictions through ``mlflow.pyfunc.spark_udf``), and it becomes staging's
+   champion;
+4. the UI, in headless Chromium (Debian's chromium driven by Playwright), shows the three code
+   locations, their assets and checks, and staging's adopted model; screenshots go to
+   ``test-artifacts/``.
+
+Loopback only, a temp DAGSTER_HOME and LLMOPS_HOME, bounded waits.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pytest
 import yaml
 
 from conftest import REPO, SAMPLE_CORPUS
-from processes import stop_group
+from processes import free_port, stop_group
 from llmops_dagster.cli import ensure_dagster_home
-from llmops_dagster.core import registry, store
+from llmops_dagster.assets.adopted import SOURCE_VERSION_TAG
+from llmops_dagster.core import promotion, registry, store
 from llmops_dagster.core.embedding import EmbedderConfig, load_embedder
 from llmops_dagster.core.index import AnnParams, search
-from llmops_dagster.settings import load_settings
+from llmops_dagster.settings import ENV_TAG, TRIGGER_TAG, EnvSettings, load_settings
 
 pytestmark = pytest.mark.slow
-DAEMON = str(Path(sys.executable).with_name("dagster-daemon"))
+DAGSTER = str(Path(sys.executable).with_name("dagster"))
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = REPO / "test-artifacts"
+LOCATIONS = ("llmops-test", "llmops-staging", "llmops-prod")
+GROUPS = {
+    "ingestion": ("documents", "quarantine", "chunks"),
+    "index": ("embeddings", "vector_index"),
+    "predictions": ("batch_predictions",),
+    "model": ("embedding_model", "rag_model", "evaluation"),  # last: the screenshot shows it
+}
+TEST_DOCUMENTS = ("chunking-notes.md", "release-checklist.txt")
+STAGING_DOCUMENTS = (*TEST_DOCUMENTS, "vector-search-primer.html")
+
+
+def staging_questions() -> list[str]:
+    """The gold questions whose answers are in staging's documents."""
+    lines = (SAMPLE_CORPUS / "questions" / "sample.jsonl").read_text().splitlines(keepends=True)
+    return [line for line in lines if json.loads(line)["source"] in STAGING_DOCUMENTS]
 
 
 def wait_for(condition, timeout: float, what: str, every: float = 2.0):
@@ -38,7 +72,8 @@ def wait_for(condition, timeout: float, what: str, every: float = 2.0):
 
 
 @pytest.fixture
-def daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def dagster_dev(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``make ui``'s command on a free loopback port; yields the webserver's base URL."""
     home = tmp_path / "home"
     declaration = yaml.safe_load((REPO / "environments.yaml").read_text())
     declaration["defaults"]["sensor_interval_seconds"] = 3  # the daemon ticks each sensor every 3 s
@@ -49,39 +84,141 @@ def daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     ensure_dagster_home()
     (home / "landing" / "test").mkdir(parents=True)
-    log = (tmp_path / "daemon.log").open("w")
+    staging = home / "landing" / "staging"
+    (staging / "questions").mkdir(parents=True)
+    for name in STAGING_DOCUMENTS:
+        shutil.copy(SAMPLE_CORPUS / name, staging / name)
+    (staging / "questions" / "staging.jsonl").write_text("".join(staging_questions()))
+    port = free_port()
+    log = (tmp_path / "dagster-dev.log").open("w")
     process = subprocess.Popen(
-        [DAEMON, "run", "-w", str(REPO / "workspace.yaml")], cwd=REPO, env=os.environ.copy(),
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [DAGSTER, "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+        cwd=REPO, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
+    base = f"http://127.0.0.1:{port}"
     try:
-        yield home
+        wait_for(lambda: _answers(f"{base}/server_info") or process.poll() is not None, 180, "dagster-webserver", every=1)
+        assert process.poll() is None, f"dagster dev exited; see {tmp_path / 'dagster-dev.log'}"
+        yield base
     finally:
         stop_group(process)
         log.close()
 
 
-def test_a_dropped_file_is_ingested_and_its_model_becomes_champion(daemon: Path) -> None:
-    settings = load_settings("test")
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def finished_run(instance: dg.DagsterInstance, **tags: str) -> dg.DagsterRun | None:
+    runs = instance.get_runs(filters=dg.RunsFilter(tags=tags))
+    return next((run for run in runs if run.is_finished), None)
+
+
+def served(settings: EnvSettings, alias: str = registry.CHAMPION):
+    client = registry.configure(settings.mlflow.tracking_uri, None)
+    return registry.version_by_alias(client, settings.mlflow.registered_model, alias)
+
+
+def test_a_dropped_file_becomes_a_champion_in_test_and_then_in_staging(dagster_dev: str) -> None:
+    test, staging = load_settings("test"), load_settings("staging")
     instance = dg.DagsterInstance.get()
-    for name in ("chunking-notes.md", "release-checklist.txt"):
-        shutil.copy(SAMPLE_CORPUS / name, settings.landing / name)
 
-    def finished_run():
-        runs = instance.get_runs(filters=dg.RunsFilter(tags={"llmops/trigger": "new_documents"}))
-        return next((run for run in runs if run.is_finished), None)
+    staged = wait_for(lambda: finished_run(instance, **{ENV_TAG: "staging", TRIGGER_TAG: "new_documents"}), 600, "staging's ingest run")
+    assert staged.status == dg.DagsterRunStatus.SUCCESS, staged.status
+    skipped = {record.step_key for record in instance.all_logs(staged.run_id, of_type=dg.DagsterEventType.STEP_SKIPPED)}
+    assert skipped == {
+        "rag_model_model_loads_and_answers", "rag_model_signature_valid", "evaluation", "batch_predictions", "batch_predictions_one_row_per_question"
+    }
+    assert served(staging, registry.CHALLENGER) is None  # nothing upstream to adopt yet
+    # staging's engine is Spark: its vectors are the ones the local embedder gives, row for row
+    embedded = store.LanceStore(staging.lancedb_uri).read(store.EMBEDDINGS, store.embeddings_schema(384), ["text", "vector"])
+    vectors = np.asarray(embedded.column("vector").to_pylist(), dtype=np.float32)
+    reference = load_embedder(EmbedderConfig()).encode(embedded.column("text").to_pylist())
+    assert len(vectors) > 0 and (vectors * reference).sum(1).min() > 0.999
 
-    run = wait_for(finished_run, 600, "the new_documents sensor's run to finish")
+    for name in TEST_DOCUMENTS:
+        shutil.copy(SAMPLE_CORPUS / name, test.landing / name)
+    run = wait_for(lambda: finished_run(instance, **{ENV_TAG: "test", TRIGGER_TAG: "new_documents"}), 600, "test's ingest run")
     assert run.status == dg.DagsterRunStatus.SUCCESS, run.status
     assert run.tags["llmops/landing_change"] == "2 added, 0 changed, 0 deleted"
 
-    table = store.LanceStore(settings.lancedb_uri).open(store.EMBEDDINGS)
+    table = store.LanceStore(test.lancedb_uri).open(store.EMBEDDINGS)
     hits = search(table, "release checklist approver", 3, "hybrid", AnnParams(), load_embedder(EmbedderConfig()))
     assert "release-checklist.txt" in {hit.source for hit in hits}
 
-    client = registry.configure(settings.mlflow.tracking_uri, None)
-    champion = wait_for(
-        lambda: registry.version_by_alias(client, settings.mlflow.registered_model, registry.CHAMPION), 120, "the champion sensor"
-    )
-    assert champion.tags[registry.VALIDATION_STATUS] == registry.PASSED
-    assert champion.tags[registry.DAGSTER_RUN_TAG] == run.run_id
+    in_test = wait_for(lambda: served(test), 120, "test's champion sensor")
+    assert in_test.tags[registry.VALIDATION_STATUS] == registry.PASSED
+    assert in_test.tags[registry.DAGSTER_RUN_TAG] == run.run_id
+
+    adopted = wait_for(lambda: finished_run(instance, **{ENV_TAG: "staging", TRIGGER_TAG: "upstream_champion"}), 600, "staging's adopt run")
+    assert adopted.status == dg.DagsterRunStatus.SUCCESS, adopted.status
+    assert adopted.tags[SOURCE_VERSION_TAG] == str(in_test.version)
+    in_staging = wait_for(lambda: served(staging), 120, "staging's champion sensor")
+    assert in_staging.tags[registry.VALIDATION_STATUS] == registry.PASSED
+    assert in_staging.tags[registry.DAGSTER_RUN_TAG] == adopted.run_id
+    assert (in_staging.tags[promotion.SOURCE_MODEL], in_staging.tags[promotion.SOURCE_VERSION]) == (test.mlflow.registered_model, str(in_test.version))
+
+    # the adopt run answered staging's questions with the copied model as a Spark UDF
+    event = instance.get_latest_materialization_event(dg.AssetKey(["staging", "batch_predictions"]))
+    assert event.run_id == adopted.run_id
+    metadata = event.asset_materialization.metadata
+    assert metadata["engine"].value == "spark" and metadata["questions_this_run"].value == len(staging_questions())
+    rows = store.LanceStore(staging.lancedb_uri).read(store.PREDICTIONS, store.PREDICTIONS_SCHEMA, where=f"dagster_run_id = '{adopted.run_id}'").to_pylist()
+    assert len(rows) == len(staging_questions()) and all(row["answer"] and row["passages"] for row in rows)
+
+    check_ui(dagster_dev)
+
+
+def check_ui(base: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.goto(f"{base}/locations")
+        for location in LOCATIONS:
+            _visible(page, location)
+        _dismiss_welcome(page)
+        page.screenshot(path=str(ARTIFACTS / "ui-locations.png"))
+
+        for env in ("test", "staging", "prod"):
+            for group, assets in GROUPS.items():
+                page.goto(f"{base}/locations/llmops-{env}/asset-groups/{group}")
+                for asset in assets:
+                    if env == "test" or asset != "embedding_model":  # staging and prod adopt, they do not train
+                        _visible(page, asset)
+            page.screenshot(path=str(ARTIFACTS / f"ui-{env}-model-group.png"))
+
+        page.goto(f"{base}/assets/test/evaluation?view=checks")
+        for check in ("meets_thresholds", "no_worse_than_champion"):
+            _visible(page, check)
+        page.goto(f"{base}/assets/test/rag_model?view=checks")
+        for check in ("model_loads_and_answers", "signature_valid"):
+            _visible(page, check)
+        page.screenshot(path=str(ARTIFACTS / "ui-test-rag-model-checks.png"))
+
+        # staging's adopted model: its latest materialization names the test version it copied
+        page.goto(f"{base}/assets/staging/rag_model")
+        for key in ("source_model", "source_version", "test.llmops.rag_model"):
+            _visible(page, key)
+        page.screenshot(path=str(ARTIFACTS / "ui-staging-rag-model.png"))
+        browser.close()
+
+
+def _dismiss_welcome(page) -> None:
+    """A new instance greets with a 'Join the Dagster community' dialog; its Skip is remembered."""
+    skip = page.get_by_role("button", name="Skip")
+    try:
+        skip.first.wait_for(state="visible", timeout=10_000)
+    except Exception:  # no dialog this time
+        return
+    skip.first.click()
+
+
+def _visible(page, text: str, timeout: float = 90_000) -> None:
+    page.get_by_text(text, exact=True).first.wait_for(state="visible", timeout=timeout)
