@@ -4,32 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-LLMOPS = str(Path(sys.executable).with_name("llmops"))
-
-
-def llmops(*args: str, home: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LLMOPS_HOME": str(home), "HF_HUB_OFFLINE": "1"}
-    env.pop("DAGSTER_HOME", None)
-    return subprocess.run([LLMOPS, *args], env=env, capture_output=True, text=True, timeout=timeout)
+from conftest import LLMOPS, TrainedHome, llmops
 
 
 @pytest.mark.slow
-def test_run_then_search_json(tmp_path: Path, sample_landing: Path) -> None:
-    home = tmp_path / "home"
-    # The whole graph through the CLI, on the three short documents: the PDF and the gold questions
-    # add minutes and are covered by test_model_assets.py.
-    (sample_landing / "operations-guide.pdf").unlink()
-    shutil.rmtree(sample_landing / "questions")
-    run = llmops("run", "--env", "test", "--landing", str(sample_landing), home=home)
-    assert run.returncode == 0, run.stderr[-3000:]
+def test_run_then_search_ask_and_predict(trained_home: TrainedHome, tmp_path: Path) -> None:
+    home, run = trained_home.home, trained_home.run
     assert "▶ embeddings" in run.stderr and "check no_files_lost: ✔" in run.stderr
+    assert "check meets_thresholds: ✔" in run.stderr and "## test/evaluation" in run.stdout
     assert (home / "dagster" / "dagster.yaml").exists()  # the run is recorded where the UI looks
 
     for mode in ("hybrid", "vector", "text"):

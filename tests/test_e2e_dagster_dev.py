@@ -17,7 +17,6 @@ Loopback only, a temp DAGSTER_HOME and LLMOPS_HOME, bounded waits.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -31,7 +30,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, SAMPLE_CORPUS
+from conftest import REPO, SAMPLE_CORPUS, SHORT_DOCUMENTS, gold_questions, short_landing
 from processes import free_port, stop_group
 from llmops_dagster.cli import ensure_dagster_home
 from llmops_dagster.assets.adopted import SOURCE_VERSION_TAG
@@ -52,13 +51,6 @@ GROUPS = {
     "model": ("embedding_model", "rag_model", "evaluation"),  # last: the screenshot shows it
 }
 TEST_DOCUMENTS = ("chunking-notes.md", "release-checklist.txt")
-STAGING_DOCUMENTS = (*TEST_DOCUMENTS, "vector-search-primer.html")
-
-
-def staging_questions() -> list[str]:
-    """The gold questions whose answers are in staging's documents."""
-    lines = (SAMPLE_CORPUS / "questions" / "sample.jsonl").read_text().splitlines(keepends=True)
-    return [line for line in lines if json.loads(line)["source"] in STAGING_DOCUMENTS]
 
 
 def wait_for(condition, timeout: float, what: str, every: float = 2.0):
@@ -84,11 +76,7 @@ def dagster_dev(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     ensure_dagster_home()
     (home / "landing" / "test").mkdir(parents=True)
-    staging = home / "landing" / "staging"
-    (staging / "questions").mkdir(parents=True)
-    for name in STAGING_DOCUMENTS:
-        shutil.copy(SAMPLE_CORPUS / name, staging / name)
-    (staging / "questions" / "staging.jsonl").write_text("".join(staging_questions()))
+    short_landing(home / "landing" / "staging")
     port = free_port()
     log = (tmp_path / "dagster-dev.log").open("w")
     process = subprocess.Popen(
@@ -166,9 +154,9 @@ def test_a_dropped_file_becomes_a_champion_in_test_and_then_in_staging(dagster_d
     event = instance.get_latest_materialization_event(dg.AssetKey(["staging", "batch_predictions"]))
     assert event.run_id == adopted.run_id
     metadata = event.asset_materialization.metadata
-    assert metadata["engine"].value == "spark" and metadata["questions_this_run"].value == len(staging_questions())
+    assert metadata["engine"].value == "spark" and metadata["questions_this_run"].value == len(gold_questions(SHORT_DOCUMENTS))
     rows = store.LanceStore(staging.lancedb_uri).read(store.PREDICTIONS, store.PREDICTIONS_SCHEMA, where=f"dagster_run_id = '{adopted.run_id}'").to_pylist()
-    assert len(rows) == len(staging_questions()) and all(row["answer"] and row["passages"] for row in rows)
+    assert len(rows) == len(gold_questions(SHORT_DOCUMENTS)) and all(row["answer"] and row["passages"] for row in rows)
 
     check_ui(dagster_dev)
 

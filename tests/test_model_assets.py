@@ -1,7 +1,8 @@
 """Training, registration, the gate and batch predictions, through the real ingest job.
 
-Real Dagster (ephemeral instance), LanceDB (temp folder), MLflow (sqlite store in a temp folder)
-and transformers. One module-scoped run is shared by the tests that only read its results.
+Real Dagster (the persistent sqlite instance the CLI writes to, or an ephemeral one), LanceDB (temp
+folder), MLflow (sqlite store in a temp folder) and transformers. The tests read the state that one
+``llmops run`` left (the session's ``trained_home``); a test that changes it works on a copy.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import dagster as dg
 import mlflow
 import pytest
 
-from conftest import SAMPLE_CORPUS
+from conftest import SECRETS, SHORT_DOCUMENTS, TrainedHome, gold_questions, short_landing
 from llmops_dagster.core import registry, store
 from llmops_dagster.core.embedding import default_model_path
 from llmops_dagster.core.questions import landing_questions
@@ -29,11 +30,6 @@ from llmops_dagster.settings import EnvSettings, load_settings
 
 pytestmark = pytest.mark.slow
 
-SECRETS = {
-    "DATABRICKS_TOKEN": "dapi-not-a-real-token-5f1e2d3c",
-    "MLFLOW_TRACKING_PASSWORD": "mlflow-password-9a8b7c",
-    "AWS_SECRET_ACCESS_KEY": "aws-secret-0a1b2c3d4e",
-}
 MODEL = "test.llmops.rag_model"
 CHECKS = {"model_loads_and_answers", "signature_valid", "meets_thresholds", "no_worse_than_champion"}
 
@@ -42,7 +38,7 @@ CHECKS = {"model_loads_and_answers", "signature_valid", "meets_thresholds", "no_
 class Run:
     settings: EnvSettings
     instance: dg.DagsterInstance
-    result: dg.ExecuteInProcessResult
+    run_id: str
     home: Path
 
 
@@ -50,45 +46,60 @@ def execute(settings: EnvSettings, instance: dg.DagsterInstance) -> dg.ExecuteIn
     return build_defs(settings).resolve_job_def(INGEST_JOB).execute_in_process(instance=instance, raise_on_error=False)
 
 
-def checks(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
-    return {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
+def checks(instance: dg.DagsterInstance, run_id: str) -> dict[str, bool]:
+    records = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+    return {r.dagster_event.event_specific_data.check_name: r.dagster_event.event_specific_data.passed for r in records}
 
 
 def client(settings: EnvSettings) -> mlflow.MlflowClient:
     return registry.configure(settings.mlflow.tracking_uri, settings.mlflow.registry_uri)
 
 
-@pytest.fixture(scope="module")
-def first(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    home = tmp_path_factory.mktemp("model-home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LLMOPS_HOME", str(home))
-        patch.setenv("DAGSTER_HOME", str(home / "dagster"))
-        for name, value in SECRETS.items():
-            patch.setenv(name, value)
-        landing = home / "landing"
-        shutil.copytree(SAMPLE_CORPUS, landing)
-        with (landing / "questions" / "sample.jsonl").open("a") as handle:
-            handle.write('{"question": ""}\nnot json at all\n')
-        settings = load_settings("test").with_landing(landing)
-        instance = dg.DagsterInstance.ephemeral()
-        yield Run(settings, instance, execute(settings, instance), home)
+def open_run(home: Path, landing: Path, run_id: str, monkeypatch: pytest.MonkeyPatch) -> Run:
+    monkeypatch.setenv("LLMOPS_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    instance = dg.DagsterInstance.from_config(str(home / "dagster"))
+    return Run(load_settings("test").with_landing(landing), instance, run_id, home)
+
+
+@pytest.fixture
+def first(trained_home: TrainedHome, monkeypatch: pytest.MonkeyPatch) -> Run:
+    """The session's trained environment, read in place."""
+    run = open_run(trained_home.home, trained_home.landing, trained_home.run_id, monkeypatch)
+    yield run
+    run.instance.dispose()
+
+
+@pytest.fixture
+def small(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Run:
+    """An environment of its own (the three short documents) with champion v1, for a test that changes
+    it. Not a copy of the session's: a model serves old table versions only of the index it was built on."""
+    home = tmp_path / "home"
+    landing = short_landing(tmp_path / "landing")
+    monkeypatch.setenv("LLMOPS_HOME", str(home))
+    settings = load_settings("test").with_landing(landing)
+    instance = dg.DagsterInstance.ephemeral()
+    result = execute(settings, instance)
+    assert result.success
+    client(settings).set_registered_model_alias(MODEL, registry.CHAMPION, "1")
+    return Run(settings, instance, result.run_id, home)
 
 
 def test_a_run_trains_registers_and_validates_a_challenger(first: Run) -> None:
-    assert first.result.success
-    assert all(checks(first.result).values()), checks(first.result)
+    assert first.instance.get_run_by_id(first.run_id).status == dg.DagsterRunStatus.SUCCESS
+    verdicts = checks(first.instance, first.run_id)
+    assert CHECKS <= set(verdicts) and all(verdicts.values()), verdicts
     mlflow_client = client(first.settings)
     version = registry.version_by_alias(mlflow_client, MODEL, registry.CHALLENGER)
     assert version is not None and str(version.version) == "1"
     assert version.tags[registry.VALIDATION_STATUS] == registry.PASSED
     assert {name for name in CHECKS if version.tags.get(f"check.{name}") == registry.PASSED} == CHECKS
-    assert version.tags[registry.DAGSTER_RUN_TAG] == first.result.run_id
+    assert version.tags[registry.DAGSTER_RUN_TAG] == first.run_id
     assert version.tags["embedder_variant"] == "trained"
     assert float(version.tags["metric.mrr_at_10"]) >= first.settings.evaluation.min_mrr_at_10
 
     # One MLflow run per Dagster run, linked by dagster-mlflow's tag, finished, with the training record.
-    runs = mlflow.search_runs(experiment_names=[first.settings.mlflow.experiment], filter_string=f"tags.dagster_run_id = '{first.result.run_id}'", output_format="list")
+    runs = mlflow.search_runs(experiment_names=[first.settings.mlflow.experiment], filter_string=f"tags.dagster_run_id = '{first.run_id}'", output_format="list")
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
@@ -102,7 +113,7 @@ def test_a_run_trains_registers_and_validates_a_challenger(first: Run) -> None:
 
 def test_evaluation_compares_systems_and_modes(first: Run) -> None:
     table = store.LanceStore(first.settings.lancedb_uri).read(store.EVALUATIONS, store.EVALUATIONS_SCHEMA)
-    rows = [r for r in table.to_pylist() if r["dagster_run_id"] == first.result.run_id and r["query_set"] == "all"]
+    rows = [r for r in table.to_pylist() if r["dagster_run_id"] == first.run_id and r["query_set"] == "all"]
     assert {(r["system"], r["mode"]) for r in rows} == {
         ("base", "hybrid"), ("trained", "hybrid"), ("challenger", "vector"), ("challenger", "text"), ("challenger", "hybrid")
     }
@@ -114,7 +125,7 @@ def test_batch_predictions_has_one_row_per_valid_question(first: Run) -> None:
     questions, rejected = landing_questions(first.settings.landing)
     assert len(questions) == 24 and len(rejected) == 2
     lance = store.LanceStore(first.settings.lancedb_uri)
-    rows = lance.read(store.PREDICTIONS, store.PREDICTIONS_SCHEMA, where=f"dagster_run_id = '{first.result.run_id}'")
+    rows = lance.read(store.PREDICTIONS, store.PREDICTIONS_SCHEMA, where=f"dagster_run_id = '{first.run_id}'")
     assert rows.num_rows == len(questions)
     row = rows.to_pylist()[0]
     assert row["model_alias"] == "challenger" and row["model_version"] == "1" and row["model_name"] == MODEL
@@ -141,9 +152,9 @@ def test_the_registered_model_loads_and_answers_in_a_fresh_process(first: Run) -
     assert any("rollback" in p.lower() or "roll back" in p.lower() for p in answers[0]["passages"])
 
 
-def test_no_secret_reaches_mlflow_or_dagster_metadata(first: Run) -> None:
+def test_no_secret_reaches_mlflow_or_dagster_metadata(first: Run, trained_home: TrainedHome) -> None:
     mlflow_client = client(first.settings)
-    seen: list[str] = []
+    seen: list[str] = [trained_home.run.stdout, trained_home.run.stderr]
     for experiment in mlflow_client.search_experiments():
         for run in mlflow_client.search_runs([experiment.experiment_id]):
             seen += [*run.data.params.values(), *run.data.tags.values(), *map(str, run.data.metrics.values())]
@@ -153,7 +164,7 @@ def test_no_secret_reaches_mlflow_or_dagster_metadata(first: Run) -> None:
             seen += list(version.tags.values())
     config = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/1")) / "MLmodel"
     seen.append(config.read_text())
-    for record in first.instance.all_logs(first.result.run_id):
+    for record in first.instance.all_logs(first.run_id):
         seen.append(dg.serialize_value(record))
     text = "\n".join(seen)
     assert len(text) > 10_000  # the scan really covered the logs
@@ -185,17 +196,15 @@ def random_model(tmp_path: Path) -> Path:
     return target
 
 
-def test_a_degraded_model_fails_the_gate_and_is_tagged_failed(first: Run, random_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LLMOPS_HOME", str(first.home))
-    mlflow_client = client(first.settings)
-    mlflow_client.set_registered_model_alias(MODEL, registry.CHAMPION, "1")
+def test_a_degraded_model_fails_the_gate_and_is_tagged_failed(small: Run, random_model: Path) -> None:
+    mlflow_client = client(small.settings)
     degraded = dataclasses.replace(
-        first.settings,
-        embedding=dataclasses.replace(first.settings.embedding, model=str(random_model)),
-        rag=dataclasses.replace(first.settings.rag, mode="vector"),
+        small.settings,
+        embedding=dataclasses.replace(small.settings.embedding, model=str(random_model)),
+        rag=dataclasses.replace(small.settings.rag, mode="vector"),
     )
-    result = execute(degraded, first.instance)
-    verdicts = checks(result)
+    result = execute(degraded, small.instance)
+    verdicts = checks(small.instance, result.run_id)
     assert verdicts["model_loads_and_answers"] and verdicts["signature_valid"]
     # Random weights still match words (mean-pooled random token vectors act like a bag of words), so
     # the loose default minimums can pass; the comparison with the champion is what catches it.
@@ -208,6 +217,6 @@ def test_a_degraded_model_fails_the_gate_and_is_tagged_failed(first: Run, random
     assert str(registry.version_by_alias(mlflow_client, MODEL, registry.CHAMPION).version) == "1"  # a failed check moves nothing
 
     # The champion still answers: it serves from the table version it was registered against.
-    lance = store.LanceStore(first.settings.lancedb_uri)
+    lance = store.LanceStore(small.settings.lancedb_uri)
     rows = lance.read(store.PREDICTIONS, store.PREDICTIONS_SCHEMA, where=f"dagster_run_id = '{result.run_id}'").to_pylist()
-    assert len(rows) == 24 and {r["model_alias"] for r in rows} == {"champion"} and {r["model_version"] for r in rows} == {"1"}
+    assert len(rows) == len(gold_questions(SHORT_DOCUMENTS)) and {r["model_alias"] for r in rows} == {"champion"} and {r["model_version"] for r in rows} == {"1"}
