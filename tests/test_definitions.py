@@ -1,9 +1,15 @@
 """Every environment's definitions load and hold the expected assets, checks and jobs."""
 
+import dataclasses
+
 import dagster as dg
 import pytest
 
+from llmops_dagster.core.evaluation import EvaluationThresholds
+from llmops_dagster.core.rag import RagConfig
+from llmops_dagster.core.training import TrainingConfig
 from llmops_dagster.definitions import INGEST_JOB, build_defs
+from llmops_dagster.resources import EvaluationResource, RagResource, TrainingResource
 from llmops_dagster.sensors import CHAMPION_SENSOR, NEW_DOCUMENTS, UPSTREAM_SENSOR
 from llmops_dagster.settings import ENVIRONMENTS
 
@@ -73,3 +79,14 @@ def test_settings_are_read_when_definitions_load_not_at_import(tmp_path, monkeyp
     monkeypatch.setenv("LLMOPS_HOME", str(tmp_path / "b"))
     second = module.build_defs("test").resources["lancedb"].uri
     assert first != second and str(tmp_path / "b") in second
+
+
+@pytest.mark.parametrize(
+    ("resource", "config"),
+    [(TrainingResource, TrainingConfig), (RagResource, RagConfig), (EvaluationResource, EvaluationThresholds)],
+)
+def test_settings_resources_mirror_their_dataclass(resource: type, config: type) -> None:
+    """The resources repeat a core dataclass's fields so the UI shows typed config; they must not drift."""
+    expected = {field.name: field.default for field in dataclasses.fields(config)}
+    mirrored = {name: info.default for name, info in resource.model_fields.items() if name != "trains"}
+    assert mirrored == expected
