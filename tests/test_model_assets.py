@@ -179,6 +179,13 @@ def test_an_unchanged_model_is_not_registered_again(first: Run) -> None:
     materialization = result.get_asset_materialization_events()[0].step_materialization_data.materialization
     assert materialization.metadata["registered_new_version"].value is False
     assert materialization.metadata["model_version"].value == "1"
+    # A subset run (no end_mlflow_on_run_finished hook here) still finishes its MLflow run when it
+    # ends, so the next run in this process does not log into it.
+    assert mlflow.active_run() is None
+    runs = mlflow.search_runs(
+        experiment_names=[first.settings.mlflow.experiment], filter_string=f"tags.dagster_run_id = '{result.run_id}'", output_format="list"
+    )
+    assert [run.info.status for run in runs] == ["FINISHED"]
 
 
 @pytest.fixture

@@ -254,12 +254,14 @@ def mlflow_run_resource(registry: RegistryResource, env: str) -> dg.ResourceDefi
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MlFlow is marked beta
             tracker = MlFlow(context)
+        # MlFlow leaves its mlflow_run_id empty when it starts a new run, so note the run it made active.
+        ours = mlflow.active_run().info.run_id
         mlflow.set_tags({ENV_TAG: env, "dagster_job": context.dagster_run.job_name})
         try:
             yield tracker
         finally:
             active = mlflow.active_run()
-            if active is not None and active.info.run_id == tracker.mlflow_run_id:
+            if active is not None and active.info.run_id == ours:
                 mlflow.end_run()
 
     definition = dg.ResourceDefinition(
