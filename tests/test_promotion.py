@@ -169,6 +169,7 @@ def test_staging_adopts_a_new_validated_champion_from_test_once(store: str, tmp_
     }
     register(client, TEST_MODEL, registry.PASSED, tmp_path)
     client.set_model_version_tag(TEST_MODEL, "1", "check.meets_thresholds", registry.PASSED)  # test's own verdicts
+    client.set_model_version_tag(TEST_MODEL, "1", "index_embedding_model", "m")  # what the model needs, travels with it
     assert tick(sensor, instance, resources).skip_message == f"{TEST_MODEL} has no champion yet"
     promotion.promote(client, TEST_MODEL, "1", "cli:alice", "test")
     assert tick(sensor, instance, resources).skip_message.endswith("has no indexed documents to evaluate it on yet")
@@ -180,9 +181,12 @@ def test_staging_adopts_a_new_validated_champion_from_test_once(store: str, tmp_
     assert request.run_key == "adopt-test-v1-0" and request.tags["llmops/source_version"] == "1"
 
     copied = promotion.copy_from(client, TEST_MODEL, "1", STAGING_MODEL, "run-1")
-    tags = client.get_model_version(STAGING_MODEL, copied).tags
+    version = client.get_model_version(STAGING_MODEL, copied)
+    assert version.source == f"models:/{TEST_MODEL}/1"
+    tags = version.tags
     assert tags[promotion.SOURCE_VERSION] == "1" and tags[registry.VALIDATION_STATUS] == registry.PENDING
     assert "check.meets_thresholds" not in tags  # staging judges the copy on its own data
+    assert tags["index_embedding_model"] == "m" and tags["dagster_run_id"] == "run-1"
     assert str(registry.version_by_alias(client, STAGING_MODEL, registry.CHALLENGER).version) == copied
     assert "already copied" in tick(sensor, instance, resources).skip_message
     assert promotion.copy_from(client, TEST_MODEL, "1", STAGING_MODEL, "run-2") == copied  # idempotent

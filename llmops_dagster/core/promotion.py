@@ -10,7 +10,8 @@
 - ``rollback``: moves ``champion`` back to the previous champion in the history, or to a named
   version that was champion before.
 - ``copy_from``: copies another environment's champion into this environment's registered model
-  (``copy_model_version``) as the new challenger, with its source recorded in tags.
+  (as ``copy_model_version`` does, in one call) as the new challenger, with its source recorded in
+  tags and without the source's verdicts.
 """
 
 from __future__ import annotations
@@ -173,6 +174,10 @@ def upstream_candidate(client: MlflowClient, source_name: str, target_name: str)
     return Decision(number, f"{source_name} has a new validated champion: v{number}")
 
 
+def _verdict_tag(key: str) -> bool:
+    return key.startswith(("check.", "metric.")) or key in (APPROVED_BY, APPROVED_AT, ROLLED_BACK_AT, VALIDATION_STATUS)
+
+
 def copied_version(client: MlflowClient, source_name: str, source_version: str, target_name: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
@@ -185,7 +190,13 @@ def copied_version(client: MlflowClient, source_name: str, source_version: str, 
 
 
 def copy_from(client: MlflowClient, source_name: str, source_version: str, target_name: str, dagster_run_id: str) -> str:
-    """Copy a version into ``target_name`` as its challenger (PENDING until its own checks pass)."""
+    """Copy a version into ``target_name`` as its challenger (PENDING until its own checks pass).
+
+    What ``copy_model_version`` does (a new version whose source is ``models:/<source>/<version>``),
+    in one registry call that also sets the tags: the source's verdicts, metrics and approvals belong
+    to the source environment and are left behind, so the copy never reads PASSED before its own
+    evaluation, and an interrupted copy leaves no version half tagged.
+    """
     from mlflow.exceptions import MlflowException
 
     existing = copied_version(client, source_name, source_version, target_name)
@@ -194,21 +205,19 @@ def copy_from(client: MlflowClient, source_name: str, source_version: str, targe
             client.get_registered_model(target_name)
         except MlflowException:
             client.create_registered_model(target_name)
-        copied = client.copy_model_version(f"models:/{source_name}/{source_version}", target_name)
-        existing = str(copied.version)
-        # The copy carries the source's tags; its verdicts and approvals belong to the source
-        # environment, and would let the copy pass here before its own evaluation ran.
-        inherited = client.get_model_version(target_name, existing).tags
-        for key in inherited:
-            if key.startswith(("check.", "metric.")) or key in (APPROVED_BY, APPROVED_AT, ROLLED_BACK_AT, VALIDATION_STATUS):
-                client.delete_model_version_tag(target_name, existing, key)
         source = client.get_model_version(source_name, source_version)
-        for key in ("embedder_variant", "index_embedding_model", "llmops.content_digest", "training_run_id"):
-            if key in source.tags:
-                client.set_model_version_tag(target_name, existing, key, source.tags[key])
-        client.set_model_version_tag(target_name, existing, SOURCE_MODEL, source_name)
-        client.set_model_version_tag(target_name, existing, SOURCE_VERSION, str(source_version))
-        client.set_model_version_tag(target_name, existing, VALIDATION_STATUS, PENDING)
-        client.set_model_version_tag(target_name, existing, "dagster_run_id", dagster_run_id)
+        tags = {key: value for key, value in source.tags.items() if not _verdict_tag(key)}
+        tags.update(
+            {SOURCE_MODEL: source_name, SOURCE_VERSION: str(source_version), VALIDATION_STATUS: PENDING, "dagster_run_id": dagster_run_id}
+        )
+        copied = client.create_model_version(
+            target_name,
+            f"models:/{source_name}/{source_version}",
+            run_id=source.run_id,
+            tags=tags,
+            description=source.description,
+            model_id=getattr(source, "model_id", None),
+        )
+        existing = str(copied.version)
     client.set_registered_model_alias(target_name, CHALLENGER, existing)
     return existing
