@@ -180,6 +180,8 @@ def check_ui(base: str) -> None:
                 for asset in assets:
                     if env == "test" or asset != "embedding_model":  # staging and prod adopt, they do not train
                         _visible(page, asset)
+            # the nodes' live data (latest event, checks) has loaded
+            page.get_by_text("Loading...", exact=True).first.wait_for(state="hidden", timeout=60_000)
             page.screenshot(path=str(ARTIFACTS / f"ui-{env}-model-group.png"))
 
         page.goto(f"{base}/assets/test/evaluation?view=checks")
