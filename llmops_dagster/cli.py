@@ -236,6 +236,8 @@ def cmd_tick(args: argparse.Namespace) -> int:
             raise UserError(f"{settings.name}/{name}: {error}") from None
         if result.skip_message:
             print(f"{settings.name}/{name}: {result.skip_message}")
+        for event in result.asset_events or []:  # the daemon records these; so does a tick by hand
+            instance.report_runless_asset_event(event)
         for request in result.run_requests or []:
             print(f"{settings.name}/{name}: starting {sensor.job_name} ({request.run_key})")
             _refuse_if_running(instance, settings.name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -53,6 +54,32 @@ def test_run_then_search_ask_and_predict(trained_home: TrainedHome, tmp_path: Pa
     assert [line["question"] for line in lines] == ["What is BM25?", "Which formats are supported?"]
     assert all(set(line) == {"question", "answer", "passages", "sources", "model_version"} for line in lines)
     assert all(line["passages"] and line["model_version"] == "1" for line in lines)
+
+
+@pytest.mark.slow
+def test_tick_promotes_once_and_status_and_rollback_read_the_history(trained_home: TrainedHome, tmp_path: Path) -> None:
+    import dagster as dg
+
+    home = tmp_path / "home"
+    shutil.copytree(trained_home.home, home)  # promotion changes the registry; the session's home stays as it is
+    first = llmops("tick", "--env", "test", home=home)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "test/champion: champion is now v1 (was none)" in first.stdout
+    again = llmops("tick", "--env", "test", home=home)
+    assert again.returncode == 0 and "test/champion: challenger v1 is already the champion" in again.stdout
+
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:  # where the UI shows it
+        observed = instance.fetch_observations(dg.AssetKey(["test", "rag_model"]), limit=5).records
+    assert [record.asset_observation.metadata["champion"].value for record in observed] == ["1"]
+
+    status = llmops("status", "--env", "test", "--json", home=home)
+    assert status.returncode == 0, status.stderr
+    [state] = json.loads(status.stdout)
+    assert state["champion"]["version"] == "1" and state["champion"]["validation_status"] == "PASSED"
+    assert [(entry["version"], entry["actor"]) for entry in state["history"]] == [("1", "sensor:test/champion")]
+
+    refused = llmops("rollback", "--env", "test", home=home)
+    assert refused.returncode == 2 and refused.stderr.strip() == "llmops: error: v1 has no previous champion in the history of test.llmops.rag_model"
 
 
 @pytest.mark.parametrize(
