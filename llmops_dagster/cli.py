@@ -440,7 +440,7 @@ def _describe(client, settings: EnvSettings) -> dict:
             "version": str(version.version),
             "validation_status": tags.get(registry.VALIDATION_STATUS, registry.PENDING),
             "failed_checks": registry.failed_checks(tags),
-            "metrics": {k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")},
+            "metrics": {k.removeprefix(registry.METRIC_TAG_PREFIX): float(v) for k, v in tags.items() if k.startswith(registry.METRIC_TAG_PREFIX)},
             "approved_by": tags.get(promotion.APPROVED_BY),
             "source": f"{tags[promotion.SOURCE_MODEL]} v{tags[promotion.SOURCE_VERSION]}" if promotion.SOURCE_MODEL in tags else None,
         }

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 from llmops_dagster.core.registry import (
     CHALLENGER,
     CHAMPION,
+    CHECK_TAG_PREFIX,
+    METRIC_TAG_PREFIX,
     PASSED,
     PENDING,
     VALIDATION_STATUS,
@@ -175,7 +177,7 @@ def upstream_candidate(client: MlflowClient, source_name: str, target_name: str)
 
 
 def _verdict_tag(key: str) -> bool:
-    return key.startswith(("check.", "metric.")) or key in (APPROVED_BY, APPROVED_AT, ROLLED_BACK_AT, VALIDATION_STATUS)
+    return key.startswith((CHECK_TAG_PREFIX, METRIC_TAG_PREFIX)) or key in (APPROVED_BY, APPROVED_AT, ROLLED_BACK_AT, VALIDATION_STATUS)
 
 
 def copied_version(client: MlflowClient, source_name: str, source_version: str, target_name: str) -> str | None:

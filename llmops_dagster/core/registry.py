@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 VALIDATION_STATUS = "validation_status"
 PASSED, FAILED, PENDING = "PASSED", "FAILED", "PENDING"
 CHECK_TAG_PREFIX = "check."
+METRIC_TAG_PREFIX = "metric."
 DAGSTER_RUN_TAG = "dagster_run_id"
 CHALLENGER, CHAMPION = "challenger", "champion"
 
@@ -116,7 +117,7 @@ def record_check(
     client.set_model_version_tag(name, version, CHECK_TAG_PREFIX + check, PASSED if passed else FAILED)
     client.set_model_version_tag(name, version, f"{CHECK_TAG_PREFIX}{check}.dagster_run_id", dagster_run_id)
     for key, value in (metrics or {}).items():
-        client.set_model_version_tag(name, version, f"metric.{key}", f"{value:.4f}")
+        client.set_model_version_tag(name, version, f"{METRIC_TAG_PREFIX}{key}", f"{value:.4f}")
     tags = client.get_model_version(name, version).tags
     status = validation_status(tags, required)
     client.set_model_version_tag(name, version, VALIDATION_STATUS, status)
