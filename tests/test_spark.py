@@ -1,7 +1,7 @@
 """The Spark engine on local[2]: the same embedding function through mapInArrow.
 
 The whole graph on Spark (embeddings, evaluation, and batch predictions through
-``mlflow.pyfunc.spark_udf``) runs in staging, whose engine is Spark, in ``test_e2e_daemon.py``.
+``mlflow.pyfunc.spark_udf``) runs in staging, whose engine is Spark, in ``test_e2e_dagster_dev.py``.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ def rag_model(
     registry: RegistryResource,
     upstream: UpstreamRegistryResource,
 ) -> Iterator[dg.MaterializeResult]:
-    """The upstream environment's champion, copied here (``copy_model_version``) as the challenger.
+    """The upstream environment's champion, copied here (as ``copy_model_version`` does) as the challenger.
 
     This environment does not train: it evaluates the copy on its own data, and the champion sensor
     promotes it once every blocking check has passed. With nothing new upstream, the current
