@@ -37,6 +37,7 @@ from llmops_dagster.assets.adopted import SOURCE_VERSION_TAG
 from llmops_dagster.core import promotion, registry, store
 from llmops_dagster.core.embedding import EmbedderConfig, load_embedder
 from llmops_dagster.core.index import AnnParams, search
+from llmops_dagster.sensors import NEW_DOCUMENTS, UPSTREAM_SENSOR
 from llmops_dagster.settings import ENV_TAG, TRIGGER_TAG, EnvSettings, load_settings
 
 pytestmark = pytest.mark.slow
@@ -115,7 +116,7 @@ def test_a_dropped_file_becomes_a_champion_in_test_and_then_in_staging(dagster_d
     test, staging = load_settings("test"), load_settings("staging")
     instance = dg.DagsterInstance.get()
 
-    staged = wait_for(lambda: finished_run(instance, **{ENV_TAG: "staging", TRIGGER_TAG: "new_documents"}), 600, "staging's ingest run")
+    staged = wait_for(lambda: finished_run(instance, **{ENV_TAG: "staging", TRIGGER_TAG: NEW_DOCUMENTS}), 600, "staging's ingest run")
     assert staged.status == dg.DagsterRunStatus.SUCCESS, staged.status
     skipped = {record.step_key for record in instance.all_logs(staged.run_id, of_type=dg.DagsterEventType.STEP_SKIPPED)}
     assert skipped == {
@@ -130,7 +131,7 @@ def test_a_dropped_file_becomes_a_champion_in_test_and_then_in_staging(dagster_d
 
     for name in TEST_DOCUMENTS:
         shutil.copy(SAMPLE_CORPUS / name, test.landing / name)
-    run = wait_for(lambda: finished_run(instance, **{ENV_TAG: "test", TRIGGER_TAG: "new_documents"}), 600, "test's ingest run")
+    run = wait_for(lambda: finished_run(instance, **{ENV_TAG: "test", TRIGGER_TAG: NEW_DOCUMENTS}), 600, "test's ingest run")
     assert run.status == dg.DagsterRunStatus.SUCCESS, run.status
     assert run.tags["llmops/landing_change"] == "2 added, 0 changed, 0 deleted"
 
@@ -142,7 +143,7 @@ def test_a_dropped_file_becomes_a_champion_in_test_and_then_in_staging(dagster_d
     assert in_test.tags[registry.VALIDATION_STATUS] == registry.PASSED
     assert in_test.tags[registry.DAGSTER_RUN_TAG] == run.run_id
 
-    adopted = wait_for(lambda: finished_run(instance, **{ENV_TAG: "staging", TRIGGER_TAG: "upstream_champion"}), 600, "staging's adopt run")
+    adopted = wait_for(lambda: finished_run(instance, **{ENV_TAG: "staging", TRIGGER_TAG: UPSTREAM_SENSOR}), 600, "staging's adopt run")
     assert adopted.status == dg.DagsterRunStatus.SUCCESS, adopted.status
     assert adopted.tags[SOURCE_VERSION_TAG] == str(in_test.version)
     in_staging = wait_for(lambda: served(staging), 120, "staging's champion sensor")

@@ -55,19 +55,15 @@ def client(settings: EnvSettings) -> mlflow.MlflowClient:
     return registry.configure(settings.mlflow.tracking_uri, settings.mlflow.registry_uri)
 
 
-def open_run(home: Path, landing: Path, run_id: str, monkeypatch: pytest.MonkeyPatch) -> Run:
+@pytest.fixture
+def first(trained_home: TrainedHome, monkeypatch: pytest.MonkeyPatch) -> Run:
+    """The session's trained environment, read in place, with the instance the CLI wrote to."""
+    home = trained_home.home
     monkeypatch.setenv("LLMOPS_HOME", str(home))
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
     instance = dg.DagsterInstance.from_config(str(home / "dagster"))
-    return Run(load_settings("test").with_landing(landing), instance, run_id, home)
-
-
-@pytest.fixture
-def first(trained_home: TrainedHome, monkeypatch: pytest.MonkeyPatch) -> Run:
-    """The session's trained environment, read in place."""
-    run = open_run(trained_home.home, trained_home.landing, trained_home.run_id, monkeypatch)
-    yield run
-    run.instance.dispose()
+    yield Run(load_settings("test").with_landing(trained_home.landing), instance, trained_home.run_id, home)
+    instance.dispose()
 
 
 @pytest.fixture
