@@ -48,7 +48,12 @@ def documents_and_quarantine(context: dg.AssetExecutionContext, landing: Landing
     )
     if result.reasons:
         summary += "\n\nQuarantine reasons:\n\n" + markdown_table(["reason", "files"], sorted(result.reasons.items()))
+    if result.navigation:
+        summary += "\n\nNavigation left out of the documents (tables of contents, indexes, running headers, link lists):\n\n" + markdown_table(
+            ["kind", "lines or blocks"], sorted(result.navigation.items())
+        )
     counts = {
+        **{f"navigation/{kind}": count for kind, count in sorted(result.navigation.items())},
         "landing_files": result.landing_files,
         "parsed_this_run": len(change.to_parse),
         "unchanged_skipped": len(change.unchanged),

@@ -17,6 +17,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from llmops_dagster.core import navigation
+from llmops_dagster.core.navigation import NavigationKind
+
+# Bumped when parsing changes what a file yields, so that stored documents are parsed again.
+PARSE_VERSION = 2
+
 
 class QuarantineReason(StrEnum):
     CORRUPT = "corrupt"
@@ -42,6 +48,7 @@ class Block:
     text: str
     page: int | None = None
     heading: str = ""
+    section: tuple[str, ...] = ()  # the heading path, outermost first; its last entry is ``heading``
 
 
 @dataclass
@@ -52,6 +59,7 @@ class ParsedDocument:
     pages: int | None = None
     parser: str = ""
     warnings: list[str] = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=dict)  # navigation left out, by NavigationKind
 
     @property
     def text(self) -> str:
@@ -141,7 +149,8 @@ def _require_text(blocks: list[Block], what: str) -> list[Block]:
 def parse_text(data: bytes) -> ParsedDocument:
     text = clean_text(decode_text(data))
     blocks = [Block(text=p) for p in paragraphs(text)]
-    title = blocks[0].text[:120] if blocks else ""
+    # A short first paragraph is the text's title; a long one is just its first paragraph.
+    title = blocks[0].text if blocks and len(blocks[0].text) <= 120 else ""
     return ParsedDocument("text", _require_text(blocks, "text file"), title=title, parser="text")
 
 
@@ -166,12 +175,13 @@ def parse_markdown(data: bytes) -> ParsedDocument:
         if end != -1:
             text = text[end + 4 :]
     blocks: list[Block] = []
-    heading, title, buffer = "", "", []
+    title, buffer = "", []
+    path = HeadingPath()
     in_fence = False
 
     def flush() -> None:
         for paragraph in paragraphs("\n".join(buffer)):
-            blocks.append(Block(text=paragraph, heading=heading))
+            blocks.append(Block(text=paragraph, heading=path.leaf, section=path.section))
         buffer.clear()
 
     lines = text.split("\n")
@@ -187,10 +197,11 @@ def parse_markdown(data: bytes) -> ParsedDocument:
         next_line = lines[index + 1] if index + 1 < len(lines) else ""
         if match or (line.strip() and _MD_SETEXT.match(next_line) and (not buffer or not buffer[-1].strip())):
             flush()
-            heading = _markdown_inline(match.group(2) if match else line.strip())
-            title = title or heading
+            level = len(match.group(1)) if match else (1 if next_line.startswith("=") else 2)
+            path.enter(level, _markdown_inline(match.group(2) if match else line.strip()))
+            title = title or path.leaf
             continue
-        if _MD_SETEXT.match(line) and heading and not buffer:
+        if _MD_SETEXT.match(line) and path.leaf and not buffer:
             continue
         buffer.append(_markdown_inline(line) if line.strip() else "")
     flush()
@@ -212,24 +223,51 @@ _HTML_BLOCKS = _HTML_HEADINGS | {
 }
 
 
-def _html_block_texts(body: object) -> Iterator[tuple[str, str]]:
-    """(enclosing block tag, text) in document order; inline markup is joined without extra spaces."""
+def _html_block_texts(body: object) -> Iterator[tuple[str, str, float]]:
+    """(enclosing block tag, text, share of the text inside links) in document order; inline markup
+    is joined without extra spaces."""
     from bs4 import Comment, Declaration, Doctype, ProcessingInstruction
 
-    current, parts = None, []
+    current, parts, linked = None, [], 0
     for string in body.find_all(string=True):  # type: ignore[attr-defined]
         if isinstance(string, Comment | Declaration | Doctype | ProcessingInstruction):
             continue
         block = string.parent
+        in_link = False
         while block is not None and block.name not in _HTML_BLOCKS:
+            in_link = in_link or (block.name == "a" and block.has_attr("href"))
             block = block.parent
         if block is not current:
             if current is not None:
-                yield current.name, "".join(parts)
-            current, parts = block, []
+                yield current.name, "".join(parts), _share(linked, parts)
+            current, parts, linked = block, [], 0
         parts.append(str(string))
+        linked += len(string.strip()) if in_link else 0
     if current is not None:
-        yield current.name, "".join(parts)
+        yield current.name, "".join(parts), _share(linked, parts)
+
+
+def _share(linked: int, parts: list[str]) -> float:
+    total = sum(len(part.strip()) for part in parts)
+    return linked / total if total else 0.0
+
+
+class HeadingPath:
+    """The headings above the current position, by level (h1-h6, #-######, or outline depth)."""
+
+    def __init__(self) -> None:
+        self._levels: list[tuple[int, str]] = []
+
+    def enter(self, level: int, title: str) -> None:
+        self._levels = [(lvl, text) for lvl, text in self._levels if lvl < level] + [(level, title)]
+
+    @property
+    def section(self) -> tuple[str, ...]:
+        return tuple(text for _, text in self._levels)
+
+    @property
+    def leaf(self) -> str:
+        return self._levels[-1][1] if self._levels else ""
 
 
 def parse_html(data: bytes) -> ParsedDocument:
@@ -250,34 +288,52 @@ def parse_html(data: bytes) -> ParsedDocument:
     if soup.title:
         soup.title.decompose()
     blocks: list[Block] = []
-    heading = ""
-    for tag, raw in _html_block_texts(soup.body or soup):
+    shares: list[float] = []
+    path = HeadingPath()
+    for tag, raw, link_share in _html_block_texts(soup.body or soup):
         text = " ".join(clean_text(raw).split())
         if not text:
             continue
         if tag in _HTML_HEADINGS:
-            heading = text
+            path.enter(int(tag[1]), text)
             title = title or text
         else:
-            blocks.append(Block(text=text, heading=heading))
-    return ParsedDocument("html", _require_text(blocks, "HTML page"), title=title, parser="html")
+            blocks.append(Block(text=text, heading=path.leaf, section=path.section))
+            shares.append(link_share)
+    links = navigation.link_runs(shares)
+    kept = [block for index, block in enumerate(blocks) if index not in links]
+    if blocks and not kept:
+        raise ParseError(QuarantineReason.EMPTY, f"HTML page holds only navigation ({len(links)} link blocks)")
+    dropped = {NavigationKind.LINKS.value: len(links)} if links else {}
+    return ParsedDocument("html", _require_text(kept, "HTML page"), title=title, parser="html", dropped=dropped)
 
 
-def _pdf_outline(pdf: object) -> list[tuple[int, str]]:
-    """(page index, title) of the document outline, sorted by page; empty if it has none."""
+@dataclass(frozen=True)
+class OutlineEntry:
+    page_index: int
+    title: str
+    section: tuple[str, ...]  # the bookmark's path in the outline, this title last
+
+
+def _pdf_outline(pdf: object) -> list[OutlineEntry]:
+    """The document outline in page order, each entry with its path; empty if it has none."""
     import pypdfium2 as pdfium
 
     entries = []
+    path = HeadingPath()
     try:
         for bookmark in pdf.get_toc(max_depth=15):  # type: ignore[attr-defined]
             destination = bookmark.get_dest()
-            title = bookmark.get_title()
+            title = clean_text(bookmark.get_title() or "").strip()
             index = destination.get_index() if destination is not None else None
-            if index is not None and title:
-                entries.append((index, clean_text(title).strip()))
+            if not title:
+                continue
+            path.enter(bookmark.level, title)
+            if index is not None:
+                entries.append(OutlineEntry(index, title, path.section))
     except pdfium.PdfiumError:  # a broken outline must not lose the text
         return []
-    return sorted(entries, key=lambda entry: entry[0])
+    return sorted(entries, key=lambda entry: entry.page_index)
 
 
 # pdfium reports a hyphen at a line end as \x02 and drops the line break: "exam\x02ple".
@@ -343,29 +399,49 @@ def _heading_key(text: str) -> str:
     return re.sub(r"\W+", "", text).lower()
 
 
-def _pdf_page_blocks(lines: list[str], page: int, heading: str, titles: set[str]) -> tuple[list[Block], str]:
-    """Lines → paragraphs. A paragraph ends after a short line that closes a sentence, or at a heading."""
+_HEADING_LINES = 3  # the most lines a wrapped heading may take
+
+
+@dataclass
+class _Section:
+    heading: str = ""
+    path: tuple[str, ...] = ()
+
+
+def _pdf_page_blocks(
+    lines: list[str], page: int, section: _Section, titles: dict[str, OutlineEntry]
+) -> tuple[list[Block], _Section]:
+    """Lines → paragraphs. A paragraph ends after a short line that closes a sentence, or at a heading.
+    A heading may wrap over a few lines ("4.5 Can I use … Can" / "I use Red Hat packages …")."""
     if not lines:
-        return [], heading
+        return [], section
     typical = sorted(len(line) for line in lines)[len(lines) // 2]
     blocks: list[Block] = []
     current: list[str] = []
 
     def flush() -> None:
         if current:
-            blocks.append(Block(text=" ".join(current), page=page, heading=heading))
+            blocks.append(Block(text=" ".join(current), page=page, heading=section.heading, section=section.path))
             current.clear()
 
-    for line in lines:
-        if _heading_key(line) in titles:
-            flush()
-            heading = line
-            continue
-        current.append(line)
-        if line.endswith((".", "!", "?", ":")) and len(line) < 0.8 * typical:
-            flush()
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        for span in range(1, min(_HEADING_LINES, len(lines) - index) + 1):
+            candidate = " ".join(lines[index : index + span])
+            entry = titles.get(_heading_key(candidate))
+            if entry is not None:
+                flush()
+                section = _Section(candidate, entry.section[:-1] + (candidate,))
+                index += span
+                break
+        else:
+            current.append(line)
+            if line.endswith((".", "!", "?", ":")) and len(line) < 0.8 * typical:
+                flush()
+            index += 1
     flush()
-    return blocks, heading
+    return blocks, section
 
 
 def parse_pdf(data: bytes) -> ParsedDocument:
@@ -396,23 +472,40 @@ def parse_pdf(data: bytes) -> ParsedDocument:
     finally:
         pdf.close()
     pages = [_page_lines(text) for text in _join_line_hyphens(raw_pages)]
+    edges = [_edges(lines) for lines in pages]
     furniture = _furniture(pages)
+    running = navigation.running_headers(pages, edges)
+    dropped: Counter[str] = Counter()
     blocks: list[Block] = []
-    heading = ""
+    section = _Section()
     for index, lines in enumerate(pages):
-        # Outline entries that point at this page but whose line we cannot find still set the heading.
-        for page_index, entry in outline:
-            if page_index == index and _heading_key(entry) not in {_heading_key(line) for line in lines}:
-                heading = entry
-        edges = _edges(lines)
-        kept = [line for i, line in enumerate(lines) if i not in edges or re.sub(r"\d+", "#", line) not in furniture]
+        kept = []
+        for i, line in enumerate(lines):
+            if i in edges[index] and (re.sub(r"\d+", "#", line) in furniture or line in running):
+                dropped[NavigationKind.FURNITURE.value] += 1
+            else:
+                kept.append(line)
+        kind = navigation.page_kind(kept)
+        if kind is not None:
+            dropped[kind.value] += len(kept)
+            continue
+        # Outline entries that point at this page but whose line we cannot find still set the heading,
+        # for the text after the previous heading found on this page.
+        keys = {_heading_key(" ".join(kept[i : i + n])) for n in range(1, _HEADING_LINES + 1) for i in range(len(kept))}
+        missing = [entry for entry in outline if entry.page_index == index and _heading_key(entry.title) not in keys]
         # Only titles whose bookmark points at this page (or the one before) start a section here.
-        titles = {_heading_key(entry) for page_index, entry in outline if index - 1 <= page_index <= index} - {""}
-        page_blocks, heading = _pdf_page_blocks(kept, index + 1, heading, titles)
+        titles = {key: e for e in outline if index - 1 <= e.page_index <= index if (key := _heading_key(e.title))}
+        if missing and not any(_heading_key(line) in titles for line in kept[:3]):
+            section = _Section(missing[0].title, missing[0].section)
+        page_blocks, section = _pdf_page_blocks(kept, index + 1, section, titles)
         blocks.extend(page_blocks)
-    if not blocks:
+    if not blocks and not dropped:
         raise ParseError(QuarantineReason.NO_TEXT_LAYER, f"none of {page_count} page(s) has a text layer (scanned?)")
-    return ParsedDocument("pdf", blocks, title=title, pages=page_count, parser=f"pypdfium2 {version('pypdfium2')}")
+    if not blocks:
+        raise ParseError(QuarantineReason.EMPTY, f"PDF holds only navigation ({dict(dropped)})")
+    return ParsedDocument(
+        "pdf", blocks, title=title, pages=page_count, parser=f"pypdfium2 {version('pypdfium2')}", dropped=dict(dropped)
+    )
 
 
 PARSERS = {"pdf": parse_pdf, "html": parse_html, "markdown": parse_markdown, "text": parse_text}
