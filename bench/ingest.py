@@ -22,7 +22,7 @@ os.environ.setdefault("LANCEDB_LOG", "error")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llmops_dagster.core import index, pipeline  # noqa: E402
-from llmops_dagster.core.chunking import ChunkConfig, Chunker  # noqa: E402
+from llmops_dagster.core.chunking import ChunkConfig, Chunker, index_fingerprint  # noqa: E402
 from llmops_dagster.core.embedding import EmbedderConfig, load_embedder, model_fingerprint  # noqa: E402
 from llmops_dagster.core.store import EMBEDDINGS, LanceStore  # noqa: E402
 
@@ -65,7 +65,7 @@ def run_steps(root: Path, lance: LanceStore, chunker: Chunker, fingerprint: str,
     chunked = pipeline.chunk_documents(lance, chunker, fingerprint)
     timings["chunk"] = time.perf_counter() - step
     step = time.perf_counter()
-    embedded = pipeline.embed_chunks(lance, embedder)
+    embedded = pipeline.embed_chunks(lance, embedder, index_fingerprint(embedder.fingerprint, chunker.config))
     timings["embed"] = time.perf_counter() - step
     step = time.perf_counter()
     index.ensure_indexes(lance.open(EMBEDDINGS), index.AnnParams())

@@ -27,8 +27,9 @@ def tokenizer():
 
 
 def make(tokenizer, chunk_tokens: int, overlap_tokens: int) -> Chunker:
+    """A chunker without context, so that the whole model window is the text's."""
     tok, max_tokens = tokenizer
-    return Chunker(tok, ChunkConfig(chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens), max_tokens)
+    return Chunker(tok, ChunkConfig(chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens, context_template=""), max_tokens)
 
 
 def n_tokens(tokenizer, text: str) -> int:
@@ -311,7 +312,7 @@ def test_chunk_config_rejects(chunk_tokens: int, overlap_tokens: int) -> None:
 
 @pytest.mark.parametrize(("chunk_tokens", "overlap_tokens"), [(64, 31), (64, 0), (16, 7), (254, 126)])
 def test_chunk_config_accepts(chunk_tokens: int, overlap_tokens: int) -> None:
-    config = ChunkConfig(chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens)
+    config = ChunkConfig(chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens, context_template="")
     assert config.fingerprint("minilm") == f"minilm:{chunk_tokens}:{overlap_tokens}"
 
 
@@ -321,10 +322,50 @@ def test_chunk_config_odd_size_allows_overlap_just_below_half() -> None:
 
 def test_chunker_rejects_chunks_that_do_not_fit_the_model_window(tokenizer) -> None:
     tok, max_tokens = tokenizer
-    Chunker(tok, ChunkConfig(chunk_tokens=max_tokens - 2, overlap_tokens=0), max_tokens)
+    Chunker(tok, ChunkConfig(chunk_tokens=max_tokens - 2, overlap_tokens=0, context_template=""), max_tokens)
     for too_big in (max_tokens - 1, max_tokens, 300, 512):
         with pytest.raises(ValueError) as caught:
-            Chunker(tok, ChunkConfig(chunk_tokens=too_big, overlap_tokens=0), max_tokens)
+            Chunker(tok, ChunkConfig(chunk_tokens=too_big, overlap_tokens=0, context_template=""), max_tokens)
         message = str(caught.value)
         assert f"chunk_tokens={too_big}" in message
         assert f"at most {max_tokens - 2}" in message and f"{max_tokens}-token window" in message
+
+
+# --- context ----------------------------------------------------------------------------------------
+
+
+def test_context_window_is_shared_with_the_text(tokenizer) -> None:
+    tok, max_tokens = tokenizer
+    Chunker(tok, ChunkConfig(chunk_tokens=max_tokens - 2 - 48, context_tokens=48), max_tokens)
+    with pytest.raises(ValueError, match="context_tokens=48"):
+        Chunker(tok, ChunkConfig(chunk_tokens=max_tokens - 2 - 47, context_tokens=48), max_tokens)
+
+
+def test_context_template_names_only_known_fields() -> None:
+    with pytest.raises(ValueError, match="author"):
+        ChunkConfig(context_template="{author}: {heading}")
+    ChunkConfig(context_template="{heading}")
+
+
+def test_context_is_the_title_and_heading_path_and_changes_the_ids(tokenizer) -> None:
+    tok, max_tokens = tokenizer
+    blocks = [
+        Block("Debian is a free operating system.", 9, "1.2 What is Debian?", ("Definitions", "1.2 What is Debian?")),
+        Block("Linux is a kernel.", 10, "1.3 What is Linux?", ("Definitions", "1.3 What is Linux?")),
+    ]
+    with_context = Chunker(tok, ChunkConfig(), max_tokens).chunk("faq.pdf", blocks, title="The FAQ")
+    plain = make(tokenizer, 200, 32).chunk("faq.pdf", blocks, title="The FAQ")
+    assert [c.context for c in with_context] == ["The FAQ\nDefinitions › 1.2 What is Debian?", "The FAQ\nDefinitions › 1.3 What is Linux?"]
+    assert [c.text for c in with_context] == [c.text for c in plain], "the displayed passage stays the clean text"
+    assert [c.context for c in plain] == ["", ""]
+    assert {c.id for c in with_context}.isdisjoint({c.id for c in plain}), "another context is another vector"
+    assert ChunkConfig().fingerprint("m") != ChunkConfig(context_template="{heading}").fingerprint("m")
+
+
+def test_context_is_shortened_to_its_budget(tokenizer) -> None:
+    tok, max_tokens = tokenizer
+    chunker = Chunker(tok, ChunkConfig(context_tokens=12), max_tokens)
+    path = ("A very long chapter title that goes on and on", "Section", "Where to find the answer")
+    context = chunker.context("An even longer document title with many words in it", path)
+    assert n_tokens(tokenizer, context) <= 12
+    assert context.endswith("Where to find the answer") or "Where to find" in context, "the heading is kept first"

@@ -32,6 +32,8 @@ def make_table(path: Path, vectors: np.ndarray):
         "page": [None] * rows,
         "page_end": [None] * rows,
         "heading": [""] * rows,
+        "context": [""] * rows,
+        "search_text": [f"passage {i} about {words[i % 5]}" for i in range(rows)],
         "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]),
         "embedding_model": ["m"] * rows,
     }

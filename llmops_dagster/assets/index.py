@@ -7,7 +7,7 @@ from llmops_dagster.assets._metadata import check_result, markdown_table, table_
 from llmops_dagster.assets.chunks import CHUNKS
 from llmops_dagster.core import checks, index, store
 from llmops_dagster.core.pipeline import embed_chunks
-from llmops_dagster.resources import ComputeEngineResource, EmbedderResource, LanceDBResource, VectorIndexResource
+from llmops_dagster.resources import ChunkerResource, ComputeEngineResource, EmbedderResource, LanceDBResource, VectorIndexResource
 
 EMBEDDINGS = dg.AssetKey("embeddings")
 VECTOR_INDEX = dg.AssetKey("vector_index")
@@ -19,22 +19,29 @@ FULL_TEXT_INDEX_READY = "full_text_index_ready"
 
 @dg.asset(key=EMBEDDINGS, deps=[CHUNKS], group_name="index", kinds={"lancedb", "pytorch"})
 def embeddings(
-    context: dg.AssetExecutionContext, lancedb: LanceDBResource, embedder: EmbedderResource, engine: ComputeEngineResource
+    context: dg.AssetExecutionContext,
+    lancedb: LanceDBResource,
+    embedder: EmbedderResource,
+    chunker: ChunkerResource,
+    engine: ComputeEngineResource,
 ) -> dg.MaterializeResult:
-    """Unit-norm chunk vectors (mean-pooled transformer embeddings), upserted by chunk id.
+    """Unit-norm vectors of each chunk's context (title, heading path) and text, upserted by chunk id.
 
     Only chunks the table does not hold yet are embedded; rows of removed chunks are deleted. If the
-    table holds vectors of another model, everything is embedded again and replaced in one commit.
+    table holds vectors of another model or context template, everything is embedded again and
+    replaced in one commit.
     """
     lance = lancedb.store()
     model = embedder.load()
+    fingerprint = chunker.index_fingerprint(model.fingerprint)
     where = (engine.spark_remote or engine.spark_master) if engine.engine == "spark" else "in process"
-    context.log.info(f"embedding with {model.fingerprint} ({model.precision}), engine {engine.engine}: {where}")
-    result = embed_chunks(lance, model, log=context.log.info, encode=engine.encoder(embedder.config()))
+    context.log.info(f"embedding for {fingerprint} ({model.precision}), engine {engine.engine}: {where}")
+    result = embed_chunks(lance, model, fingerprint, log=context.log.info, encode=engine.encoder(embedder.config()))
     summary = (
         f"**{result.rows}** vectors from `{model.fingerprint}` ({model.dimension} dims, {model.device}, "
-        f"{model.precision}); **{result.embedded}** embedded this run, {result.reused} reused, "
-        f"{result.write.deleted} removed" + (" — full rebuild after a model change" if result.rebuilt else "")
+        f"{model.precision}), context template `{chunker.context_template!r}`; **{result.embedded}** embedded "
+        f"this run, {result.reused} reused, {result.write.deleted} removed"
+        + (" — full rebuild after a model or template change" if result.rebuilt else "")
     )
     return dg.MaterializeResult(
         metadata={
@@ -44,6 +51,7 @@ def embeddings(
             "embedded_this_run": result.embedded,
             "rows_removed": result.write.deleted,
             "embedding_model": model.fingerprint,
+            "index_fingerprint": fingerprint,
             "device": model.device,
             "precision": model.precision,
             "engine": engine.engine,
@@ -63,13 +71,14 @@ def vectors_valid(lancedb: LanceDBResource, embedder: EmbedderResource) -> dg.As
 
 
 @dg.asset_check(asset=EMBEDDINGS, blocking=True, description="index rows = chunks, one embedding model")
-def index_matches_chunks(lancedb: LanceDBResource, embedder: EmbedderResource) -> dg.AssetCheckResult:
+def index_matches_chunks(lancedb: LanceDBResource, embedder: EmbedderResource, chunker: ChunkerResource) -> dg.AssetCheckResult:
     lance = lancedb.store()
     model = embedder.load()
     chunk_ids = set(lance.read(store.CHUNKS, store.CHUNKS_SCHEMA, ["id"]).column("id").to_pylist())
     stored = lance.read(store.EMBEDDINGS, store.embeddings_schema(model.dimension), ["id", "embedding_model"])
     models = set(stored.column("embedding_model").to_pylist())
-    return check_result(checks.index_matches_chunks(chunk_ids, set(stored.column("id").to_pylist()), models, model.fingerprint))
+    expected = chunker.index_fingerprint(model.fingerprint)
+    return check_result(checks.index_matches_chunks(chunk_ids, set(stored.column("id").to_pylist()), models, expected))
 
 
 @dg.asset(key=VECTOR_INDEX, deps=[EMBEDDINGS], group_name="index", kinds={"lancedb"})

@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 
 from llmops_dagster.core import landing, store
-from llmops_dagster.core.chunking import Chunker
-from llmops_dagster.core.documents import Block, ParseError, parse_file
+from llmops_dagster.core.chunking import Chunker, search_text
+from llmops_dagster.core.documents import PARSE_VERSION, Block, ParseError, parse_file
 from llmops_dagster.core.embedding import Embedder, vector_array
 from llmops_dagster.core.store import LanceStore, WriteResult
 
@@ -36,16 +36,26 @@ class IngestResult:
     documents_write: WriteResult
     quarantine_write: WriteResult
     reasons: dict[str, int] = field(default_factory=dict)
+    navigation: dict[str, int] = field(default_factory=dict)  # lines left out of the documents, by kind
+
+
+PARSED_BY = f"llmops parse v{PARSE_VERSION}"
 
 
 def _known_files(lance: LanceStore) -> tuple[dict[str, landing.LandingFile], set[str], set[str]]:
-    columns = ["path", "doc_id", "size_bytes", "mtime_ns"]
+    """Files already stored, by path. A document parsed by an older release counts as unknown, so it
+    is parsed again with today's parsers."""
     known: dict[str, landing.LandingFile] = {}
     paths: dict[str, set[str]] = {}
-    for name, schema in ((store.DOCUMENTS, store.DOCUMENTS_SCHEMA), (store.QUARANTINE, store.QUARANTINE_SCHEMA)):
+    for name, schema, columns in (
+        (store.DOCUMENTS, store.DOCUMENTS_SCHEMA, ["path", "doc_id", "size_bytes", "mtime_ns", "parser"]),
+        (store.QUARANTINE, store.QUARANTINE_SCHEMA, ["path", "doc_id", "size_bytes", "mtime_ns"]),
+    ):
         rows = lance.read(name, schema, columns).to_pylist()
         paths[name] = {row["path"] for row in rows}
         for row in rows:
+            if "parser" in row and not (row["parser"] or "").endswith(PARSED_BY):
+                continue
             known[row["path"]] = landing.LandingFile(row["path"], row["size_bytes"], row["mtime_ns"], row["doc_id"])
     return known, paths[store.DOCUMENTS], paths[store.QUARANTINE]
 
@@ -75,8 +85,9 @@ def ingest(root: Path, lance: LanceStore, max_bytes: int, log: Log = _quiet) -> 
                 "pages": parsed.pages,
                 "title": parsed.title,
                 "text": parsed.text,
-                "blocks": [{"text": b.text, "page": b.page, "heading": b.heading} for b in parsed.blocks],
-                "parser": parsed.parser,
+                "blocks": [{"text": b.text, "page": b.page, "heading": b.heading, "section": list(b.section)} for b in parsed.blocks],
+                "navigation": [{"kind": kind, "lines": lines} for kind, lines in sorted(parsed.dropped.items())],
+                "parser": f"{parsed.parser}; {PARSED_BY}",
                 "ingested_at": now,
             }
         )
@@ -94,7 +105,12 @@ def ingest(root: Path, lance: LanceStore, max_bytes: int, log: Log = _quiet) -> 
     reasons: dict[str, int] = {}
     for reason in lance.read(store.QUARANTINE, store.QUARANTINE_SCHEMA, ["reason"]).column("reason").to_pylist():
         reasons[reason] = reasons.get(reason, 0) + 1
+    navigation: dict[str, int] = {}
+    for entries in lance.read(store.DOCUMENTS, store.DOCUMENTS_SCHEMA, ["navigation"]).column("navigation").to_pylist():
+        for entry in entries or []:
+            navigation[entry["kind"]] = navigation.get(entry["kind"], 0) + entry["lines"]
     return IngestResult(
+        navigation=navigation,
         landing_files=len(files),
         documents=lance.count(store.DOCUMENTS),
         quarantined=lance.count(store.QUARANTINE),
@@ -123,10 +139,12 @@ def chunk_documents(lance: LanceStore, chunker: Chunker, fingerprint: str, log: 
     stale = sorted(path for path, doc_id in current.items() if stored_state.get(path) != {(doc_id, fingerprint)})
     new_rows: list[dict] = []
     for start in range(0, len(stale), 200):
-        batch = lance.read_keys(store.DOCUMENTS, store.DOCUMENTS_SCHEMA, "path", stale[start : start + 200], ["path", "doc_id", "blocks"])
+        batch = lance.read_keys(
+            store.DOCUMENTS, store.DOCUMENTS_SCHEMA, "path", stale[start : start + 200], ["path", "doc_id", "title", "blocks"]
+        )
         for row in batch.to_pylist():
-            blocks = [Block(b["text"], b["page"], b["heading"] or "") for b in row["blocks"]]
-            for chunk in chunker.chunk(row["path"], blocks):
+            blocks = [Block(b["text"], b["page"], b["heading"] or "", tuple(b.get("section") or ())) for b in row["blocks"]]
+            for chunk in chunker.chunk(row["path"], blocks, title=row["title"] or ""):
                 new_rows.append(
                     {
                         "id": chunk.id,
@@ -138,6 +156,7 @@ def chunk_documents(lance: LanceStore, chunker: Chunker, fingerprint: str, log: 
                         "page": chunk.page,
                         "page_end": chunk.page_end,
                         "heading": chunk.heading,
+                        "context": chunk.context,
                         "chunker": fingerprint,
                     }
                 )
@@ -166,10 +185,13 @@ _CHUNK_COLUMNS = [f.name for f in store.CHUNKS_SCHEMA if f.name != "chunker"]
 Encode = Callable[[list[str]], np.ndarray]
 
 
-def embed_chunks(lance: LanceStore, embedder: Embedder, log: Log = _quiet, encode: Encode | None = None) -> EmbedResult:
-    """Embed chunks the index does not hold yet; drop rows whose chunk is gone.
+def embed_chunks(
+    lance: LanceStore, embedder: Embedder, fingerprint: str, log: Log = _quiet, encode: Encode | None = None
+) -> EmbedResult:
+    """Embed chunks (context and text) the index does not hold yet; drop rows whose chunk is gone.
 
-    An index never mixes models: if the stored vectors came from another model, every chunk is
+    An index never mixes models or context templates: ``fingerprint`` names both
+    (``chunking.index_fingerprint``), and if the stored vectors have another, every chunk is
     embedded again and the table is replaced in one commit. ``encode`` runs the model elsewhere
     (the Spark engine); by default the embedder encodes in process.
     """
@@ -177,9 +199,9 @@ def embed_chunks(lance: LanceStore, embedder: Embedder, log: Log = _quiet, encod
     chunks = lance.read(store.CHUNKS, store.CHUNKS_SCHEMA, _CHUNK_COLUMNS)
     stored = lance.read(store.EMBEDDINGS, schema, ["id", "doc_id", "ordinal", "page", "heading", "embedding_model"])
     models = set(stored.column("embedding_model").to_pylist())
-    rebuild = bool(models) and models != {embedder.fingerprint}
+    rebuild = bool(models) and models != {fingerprint}
     if rebuild:
-        log(f"index holds vectors of {sorted(models)}; re-embedding everything with {embedder.fingerprint}")
+        log(f"index holds vectors of {sorted(models)}; re-embedding everything for {fingerprint}")
         stored = schema.empty_table().select(stored.schema.names)
     stored_meta = {row.pop("id"): row for row in stored.to_pylist()}
     chunk_rows = chunks.to_pylist()
@@ -191,14 +213,15 @@ def embed_chunks(lance: LanceStore, embedder: Embedder, log: Log = _quiet, encod
         if row["id"] in stored_meta
         and any(stored_meta[row["id"]][k] != row[k] for k in ("doc_id", "ordinal", "page", "heading"))
     ]
-    vectors = _embed_in_batches(encode or embedder.encode, embedder.dimension, [row["text"] for row in to_embed], log)
-    new_table = _with_vectors(to_embed, vectors, schema, embedder.fingerprint)
+    texts = [search_text(row["context"] or "", row["text"]) for row in to_embed]
+    vectors = _embed_in_batches(encode or embedder.encode, embedder.dimension, texts, log)
+    new_table = _with_vectors(to_embed, vectors, schema, fingerprint)
     if moved:
         reused = lance.read_keys(store.EMBEDDINGS, schema, "id", moved, ["id", "vector"])
         reused_vectors = dict(zip(reused.column("id").to_pylist(), reused.column("vector").to_pylist(), strict=True))
         moved_rows = [row for row in chunk_rows if row["id"] in reused_vectors]
         moved_table = _with_vectors(
-            moved_rows, np.array([reused_vectors[r["id"]] for r in moved_rows], dtype=np.float32), schema, embedder.fingerprint
+            moved_rows, np.array([reused_vectors[r["id"]] for r in moved_rows], dtype=np.float32), schema, fingerprint
         )
         new_table = pa.concat_tables([new_table, moved_table])
     if rebuild:
@@ -223,6 +246,8 @@ def _embed_in_batches(encode: Encode, dimension: int, texts: list[str], log: Log
 def _with_vectors(rows: list[dict], vectors: np.ndarray, schema: pa.Schema, fingerprint: str) -> pa.Table:
     base_schema = pa.schema([schema.field(name) for name in _CHUNK_COLUMNS])
     table = pa.Table.from_pylist(rows, base_schema)
+    texts = [search_text(row["context"] or "", row["text"]) for row in rows]
+    table = table.append_column(schema.field("search_text"), pa.array(texts, pa.string()))
     dimension = schema.field("vector").type.list_size
     table = table.append_column(schema.field("vector"), vector_array(vectors.reshape(-1, dimension)))
     return table.append_column(schema.field("embedding_model"), pa.array([fingerprint] * len(rows), pa.string()))

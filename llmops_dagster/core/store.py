@@ -24,7 +24,8 @@ EMBEDDINGS = "embeddings"
 EVALUATIONS = "evaluations"
 PREDICTIONS = "predictions"
 
-_BLOCK = pa.struct([("text", pa.string()), ("page", pa.int32()), ("heading", pa.string())])
+_BLOCK = pa.struct([("text", pa.string()), ("page", pa.int32()), ("heading", pa.string()), ("section", pa.list_(pa.string()))])
+_DROPPED = pa.struct([("kind", pa.string()), ("lines", pa.int32())])
 _UTC = pa.timestamp("us", tz="UTC")
 
 DOCUMENTS_SCHEMA = pa.schema(
@@ -37,7 +38,8 @@ DOCUMENTS_SCHEMA = pa.schema(
         pa.field("pages", pa.int32(), metadata={"description": "page count (PDF only)"}),
         pa.field("title", pa.string()),
         pa.field("text", pa.string(), metadata={"description": "extracted text"}),
-        pa.field("blocks", pa.list_(_BLOCK), metadata={"description": "paragraphs with page and heading"}),
+        pa.field("blocks", pa.list_(_BLOCK), metadata={"description": "paragraphs with page, heading and heading path"}),
+        pa.field("navigation", pa.list_(_DROPPED), metadata={"description": "navigation left out: contents, index, furniture, link lists"}),
         pa.field("parser", pa.string()),
         pa.field("ingested_at", _UTC),
     ]
@@ -65,6 +67,7 @@ _CHUNK_FIELDS = [
     pa.field("page", pa.int32(), metadata={"description": "first page (PDF only)"}),
     pa.field("page_end", pa.int32(), metadata={"description": "last page (PDF only)"}),
     pa.field("heading", pa.string()),
+    pa.field("context", pa.string(), metadata={"description": "document title and heading path, as the context template renders them"}),
 ]
 CHUNKS_SCHEMA = pa.schema([*_CHUNK_FIELDS, pa.field("chunker", pa.string())])
 
@@ -73,7 +76,8 @@ def embeddings_schema(dimension: int) -> pa.Schema:
     return pa.schema(
         [
             *_CHUNK_FIELDS,
-            pa.field("vector", pa.list_(pa.float32(), dimension), metadata={"description": "unit-norm embedding"}),
+            pa.field("search_text", pa.string(), metadata={"description": "context and text: what is embedded and full-text indexed"}),
+            pa.field("vector", pa.list_(pa.float32(), dimension), metadata={"description": "unit-norm embedding of search_text"}),
             pa.field("embedding_model", pa.string(), metadata={"description": "model fingerprint"}),
         ]
     )
@@ -89,6 +93,8 @@ EVALUATIONS_SCHEMA = pa.schema(
         pa.field("system", pa.string(), metadata={"description": "base, trained, challenger or champion"}),
         pa.field("mode", pa.string(), metadata={"description": "vector, text or hybrid retrieval"}),
         pa.field("query_set", pa.string(), metadata={"description": "all, held_out (mined pairs) or gold (questions/)"}),
+        pa.field("split", pa.string(), metadata={"description": "all questions, or the select or report half (see core.selection)"}),
+        pa.field("retrieval", pa.string(), metadata={"description": "retrieval configuration: mode, fusion, weight, depth"}),
         pa.field("queries", pa.int32()),
         pa.field("recall_at_1", pa.float64()),
         pa.field("recall_at_5", pa.float64()),
@@ -117,6 +123,10 @@ PREDICTIONS_SCHEMA = pa.schema(
         pa.field("predicted_at", _UTC),
     ]
 )
+
+
+def _shape(schema: pa.Schema) -> list[tuple[str, pa.DataType]]:
+    return [(field.name, field.type) for field in schema]
 
 
 def sql_in(column: str, values: Iterable[str]) -> str:
@@ -187,7 +197,15 @@ class LanceStore:
         table = self.open(name)
         if table is None:
             table = self.db.create_table(name, schema=schema, exist_ok=True)
+        elif _shape(table.schema) != _shape(schema):
+            table = self._migrate(name, table, schema)
         return table
+
+    def _migrate(self, name: str, table: Table, schema: pa.Schema) -> Table:
+        """Rewrite a table written by an older release in today's schema, in one commit: new columns
+        and struct fields start empty (the steps that own them refill them), dropped ones go."""
+        rows = table.to_arrow().to_pylist()
+        return self.db.create_table(name, pa.Table.from_pylist(rows, schema), mode="overwrite")
 
     def apply(self, name: str, schema: pa.Schema, key: str, upserts: pa.Table, deletes: list[str]) -> WriteResult:
         """Upsert rows by ``key`` and delete keys; nothing is committed when both are empty."""

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     import numpy as np
 
-    from llmops_dagster.core.chunking import Chunker
+    from llmops_dagster.core.chunking import ChunkConfig, Chunker
     from llmops_dagster.core.embedding import Embedder, EmbedderConfig
     from mlflow import MlflowClient
 
@@ -99,21 +99,35 @@ class ComputeEngineResource(dg.ConfigurableResource):
 
 
 class ChunkerResource(dg.ConfigurableResource):
-    """Token-aware chunking with the embedding model's own tokenizer."""
+    """Token-aware chunking with the embedding model's own tokenizer, and each chunk's context
+    (document title and heading path) that is embedded and full-text indexed with it."""
 
     model: str | None = None
     chunk_tokens: int = 200
     overlap_tokens: int = 32
+    context_template: str = "{title}\n{section}"
+    context_tokens: int = 48
+
+    def config(self) -> ChunkConfig:
+        from llmops_dagster.core.chunking import ChunkConfig
+
+        return ChunkConfig(self.chunk_tokens, self.overlap_tokens, self.context_template, self.context_tokens)
 
     def load(self) -> tuple[Chunker, str]:
-        """The chunker and a fingerprint of its settings (tokenizer + size + overlap)."""
-        from llmops_dagster.core.chunking import ChunkConfig, Chunker
+        """The chunker and a fingerprint of its settings (tokenizer, size, overlap, context template)."""
+        from llmops_dagster.core.chunking import Chunker
         from llmops_dagster.core.embedding import load_tokenizer, model_fingerprint, resolve_model_path
 
-        config = ChunkConfig(self.chunk_tokens, self.overlap_tokens)
+        config = self.config()
         path = resolve_model_path(self.model)
         tokenizer, max_tokens = load_tokenizer(str(path))
         return Chunker(tokenizer, config, max_tokens), config.fingerprint(model_fingerprint(str(path)))
+
+    def index_fingerprint(self, model_fingerprint: str) -> str:
+        """What the index's vectors depend on: the embedding model and the context template."""
+        from llmops_dagster.core.chunking import index_fingerprint
+
+        return index_fingerprint(model_fingerprint, self.config())
 
 
 class VectorIndexResource(dg.ConfigurableResource):
@@ -172,6 +186,10 @@ class RagResource(_SettingsResource):
 
     k: int = 5
     mode: str = "hybrid"
+    fusion: str = "rrf"
+    text_weight: float = 0.5
+    depth: int = 50
+    select_by_evaluation: bool = True
     generator_model: str | None = None
     max_new_tokens: int = 96
     max_sentences: int = 1
@@ -189,6 +207,7 @@ class EvaluationResource(_SettingsResource):
     min_recall_at_5: float = 0.6
     min_mrr_at_10: float = 0.5
     champion_tolerance: float = 0.02
+    baseline_tolerance: float = 0.02
     smoke_question: str = "What do these documents describe?"
 
     def thresholds(self) -> EvaluationThresholds:
@@ -293,6 +312,8 @@ def build_resources(settings: EnvSettings) -> dict[str, Any]:
             model=settings.embedding.model,
             chunk_tokens=settings.chunking.chunk_tokens,
             overlap_tokens=settings.chunking.overlap_tokens,
+            context_template=settings.chunking.context_template,
+            context_tokens=settings.chunking.context_tokens,
         ),
         "vector_index": VectorIndexResource(
             ann_min_rows=settings.index.ann_min_rows,
