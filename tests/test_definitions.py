@@ -30,11 +30,13 @@ CHECKS = {
     ("rag_model", "signature_valid"),
     ("evaluation", "meets_thresholds"),
     ("evaluation", "no_worse_than_champion"),
+    ("evaluation", "beats_naive_baseline"),
+    ("evaluation", "no_navigation_in_top_results"),
     ("batch_predictions", "one_row_per_question"),
 }
 BLOCKING = {
     "no_files_lost", "chunks_well_formed", "every_document_chunked", "vectors_valid", "index_matches_chunks", "ann_recall",
-    "model_loads_and_answers", "signature_valid", "meets_thresholds", "no_worse_than_champion",
+    "model_loads_and_answers", "signature_valid", "meets_thresholds", "no_worse_than_champion", "beats_naive_baseline",
 }
 
 

@@ -186,7 +186,7 @@ def check_ui(base: str) -> None:
             page.screenshot(path=str(ARTIFACTS / f"ui-{env}-model-group.png"))
 
         page.goto(f"{base}/assets/test/evaluation?view=checks")
-        for check in ("meets_thresholds", "no_worse_than_champion"):
+        for check in ("meets_thresholds", "no_worse_than_champion", "beats_naive_baseline"):
             _visible(page, check)
         page.goto(f"{base}/assets/test/rag_model?view=checks")
         for check in ("model_loads_and_answers", "signature_valid"):

@@ -21,9 +21,10 @@ import mlflow
 import pytest
 
 from conftest import SECRETS, SHORT_DOCUMENTS, TrainedHome, gold_questions, short_landing
-from llmops_dagster.core import registry, store
+from llmops_dagster.core import registry, selection, store
 from llmops_dagster.core.embedding import default_model_path
 from llmops_dagster.core.questions import landing_questions
+from llmops_dagster.core.rag import RagConfig
 from llmops_dagster.definitions import INGEST_JOB, build_defs, environment_assets
 from llmops_dagster.resources import build_resources
 from llmops_dagster.settings import EnvSettings, load_settings
@@ -31,7 +32,7 @@ from llmops_dagster.settings import EnvSettings, load_settings
 pytestmark = pytest.mark.slow
 
 MODEL = "test.llmops.rag_model"
-CHECKS = {"model_loads_and_answers", "signature_valid", "meets_thresholds", "no_worse_than_champion"}
+CHECKS = {"model_loads_and_answers", "signature_valid", "meets_thresholds", "no_worse_than_champion", "beats_naive_baseline"}
 
 
 @dataclass
@@ -109,11 +110,17 @@ def test_a_run_trains_registers_and_validates_a_challenger(first: Run) -> None:
 
 def test_evaluation_compares_systems_and_modes(first: Run) -> None:
     table = store.LanceStore(first.settings.lancedb_uri).read(store.EVALUATIONS, store.EVALUATIONS_SCHEMA)
-    rows = [r for r in table.to_pylist() if r["dagster_run_id"] == first.run_id and r["query_set"] == "all"]
+    rows = [r for r in table.to_pylist() if r["dagster_run_id"] == first.run_id and r["query_set"] == "all" and r["split"] == "all"]
     assert {(r["system"], r["mode"]) for r in rows} == {
         ("base", "hybrid"), ("trained", "hybrid"), ("challenger", "vector"), ("challenger", "text"), ("challenger", "hybrid")
     }
-    gold = [r for r in table.to_pylist() if r["query_set"] == "gold" and r["system"] == "challenger" and r["mode"] == "hybrid"]
+    # Every retrieval candidate is in the table: scored on the select half by rag_model, on the report half by evaluation.
+    candidates = [r for r in table.to_pylist() if r["dagster_run_id"] == first.run_id and r["system"] == "candidate" and r["query_set"] == "all"]
+    by_split = {split: {r["retrieval"] for r in candidates if r["split"] == split} for split in ("select", "report")}
+    assert len(by_split["select"]) == len(selection.candidates(RagConfig())) and by_split["select"] == by_split["report"]
+    baseline = [r for r in table.to_pylist() if r["dagster_run_id"] == first.run_id and r["system"] == "naive_bm25"]
+    assert baseline and baseline[0]["split"] == "report" and baseline[0]["mrr_at_10"] is not None
+    gold = [r for r in table.to_pylist() if r["query_set"] == "gold" and r["system"] == "challenger" and r["mode"] == "hybrid" and r["split"] == "all"]
     assert gold and gold[0]["queries"] == 24 and gold[0]["answer_f1"] is not None
 
 
@@ -204,7 +211,7 @@ def test_a_degraded_model_fails_the_gate_and_is_tagged_failed(small: Run, random
     degraded = dataclasses.replace(
         small.settings,
         embedding=dataclasses.replace(small.settings.embedding, model=str(random_model)),
-        rag=dataclasses.replace(small.settings.rag, mode="vector"),
+        rag=dataclasses.replace(small.settings.rag, mode="vector", select_by_evaluation=False),
     )
     result = execute(degraded, small.instance)
     verdicts = checks(small.instance, result.run_id)

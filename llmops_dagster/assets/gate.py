@@ -17,11 +17,13 @@ import pyarrow as pa
 from llmops_dagster.assets._metadata import column_schema, markdown_table, row_id
 from llmops_dagster.assets._model import (
     ADAPTER_FILE,
+    BEATS_NAIVE_BASELINE,
     EMBEDDING_MODEL,
     EVALUATION,
     HELD_OUT_FILE,
     MEETS_THRESHOLDS,
     MODEL_LOADS_AND_ANSWERS,
+    NO_NAVIGATION_IN_TOP_RESULTS,
     NO_WORSE_THAN_CHAMPION,
     RAG_MODEL,
     SIGNATURE_VALID,
@@ -105,6 +107,67 @@ def mined_here(lancedb: LanceDBResource, training: TrainingResource) -> list:
     return held_out
 
 
+def evaluation_items(
+    context: dg.AssetExecutionContext,
+    lancedb: LanceDBResource,
+    landing: LandingZoneResource,
+    training: TrainingResource,
+    mlflow: Any,
+) -> tuple[list, int]:
+    """The evaluation set: the held-out pairs of this environment's training (or pairs mined from its
+    own index, where it does not train) plus the landing zone's gold questions; and how many gold
+    questions were skipped, each logged with its reason."""
+    from llmops_dagster.core.evaluation import evaluation_set
+    from llmops_dagster.core.questions import landing_questions
+    from llmops_dagster.core.training import Pair
+
+    upstream = trained_here(context, training)
+    if upstream is not None:
+        held_out_text = Path(mlflow.artifacts.download_artifacts(f"{upstream['artifacts']}/{HELD_OUT_FILE}")).read_text()
+        held_out = [Pair.from_json(line) for line in held_out_text.splitlines() if line.strip()]
+    else:
+        held_out = mined_here(lancedb, training)
+    gold, rejected = landing_questions(landing.root)
+    sources = set(lancedb.store().read(store.DOCUMENTS, store.DOCUMENTS_SCHEMA, ["path"]).column("path").to_pylist())
+    items, skipped = evaluation_set(held_out, gold, sources)
+    for problem in [*map(str, rejected), *skipped]:
+        context.log.warning(f"gold question skipped: {problem}")
+    return items, len(rejected) + len(skipped)
+
+
+def evaluation_rows(run_id: str, model_name: str, rows: list[tuple[str, str, str, str, str, dict[str, dict[str, float]]]]) -> list[dict]:
+    """Rows of the ``evaluations`` table: (system, version, mode, retrieval, split, report) each."""
+    now = datetime.now(UTC)
+    table = []
+    for system, version, mode, retrieval, split, report in rows:
+        for query_set, metrics in report.items():
+            table.append(
+                {
+                    "id": row_id(run_id, system, retrieval, split, query_set),
+                    "dagster_run_id": run_id,
+                    "evaluated_at": now,
+                    "model_name": model_name,
+                    "model_version": version,
+                    "system": system,
+                    "mode": mode,
+                    "query_set": query_set,
+                    "split": split,
+                    "retrieval": retrieval,
+                    "queries": int(metrics.get("queries", 0)),
+                    **{metric_name(m): metrics.get(m) for m in ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10")},
+                    "answer_f1": metrics.get("answer_f1"),
+                }
+            )
+    return table
+
+
+def _located_chunks(table: Any) -> dict[str, Any]:
+    from llmops_dagster.core.index import Passage
+
+    rows = table.search().select(["id", "source", "page", "page_end", "heading"]).limit(None).to_arrow().to_pylist()
+    return {r["id"]: Passage(r["id"], "", r["source"], r["page"], r["heading"] or "", 0.0, r["page_end"]) for r in rows}
+
+
 @dg.asset(
     key=EVALUATION,
     deps=[RAG_MODEL],
@@ -113,6 +176,8 @@ def mined_here(lancedb: LanceDBResource, training: TrainingResource) -> list:
     check_specs=[
         dg.AssetCheckSpec(MEETS_THRESHOLDS, asset=EVALUATION, blocking=True, description="challenger metrics reach the environment's minimums"),
         dg.AssetCheckSpec(NO_WORSE_THAN_CHAMPION, asset=EVALUATION, blocking=True, description="challenger trails the champion by no more than the tolerance"),
+        dg.AssetCheckSpec(BEATS_NAIVE_BASELINE, asset=EVALUATION, blocking=True, description="challenger trails naive fixed windows searched by BM25 by no more than the tolerance"),
+        dg.AssetCheckSpec(NO_NAVIGATION_IN_TOP_RESULTS, asset=EVALUATION, description="no table of contents or index page among the top 5 results of the gold questions"),
     ],
 )
 def evaluation(
@@ -125,36 +190,39 @@ def evaluation(
     mlflow: dg.ResourceParam[Any],
 ):
     """Retrieval (recall@1/5/10, MRR@10, nDCG@10) and answer token-F1 of the challenger against the
-    base model, the trained model and the current champion, over vector, text and hybrid search.
+    base model, the trained model, the current champion and a naive baseline (200-word windows of
+    the page text, searched by BM25), over vector, text and hybrid search and every retrieval
+    candidate.
 
     The evaluation set is the held-out mined pairs plus the gold questions in the landing zone's
     ``questions/*.jsonl``. In an environment that does not train (a promoted copy is evaluated
-    there), the pairs are mined from its own index. Rows are kept per run in ``evaluations``.
+    there), the pairs are mined from its own index. ``rag_model`` chose the retrieval on the select
+    half of the set; the gate reads the report half, which selection never saw. Rows are kept per
+    run in ``evaluations``.
     """
-    from llmops_dagster.core.evaluation import evaluate, evaluation_set, meets_thresholds, no_worse_than_champion
+    from llmops_dagster.core import navigation, selection
+    from llmops_dagster.core.baseline import Bm25Baseline, windows
+    from llmops_dagster.core.evaluation import (
+        as_locations,
+        beats_baseline,
+        evaluate,
+        evaluate_retriever,
+        meets_thresholds,
+        no_worse_than_champion,
+        with_cached_queries,
+    )
     from llmops_dagster.core.index import SEARCH_MODES
-    from llmops_dagster.core.questions import landing_questions
     from llmops_dagster.core.rag import IndexMismatchError, QueryEncoder, RagPipeline
     from llmops_dagster.core.rag_model import load_version
-    from llmops_dagster.core.training import Pair
 
     thresholds = evaluation.thresholds()
     upstream = trained_here(context, training)
-    if upstream is not None:
-        held_out_text = Path(mlflow.artifacts.download_artifacts(f"{upstream['artifacts']}/{HELD_OUT_FILE}")).read_text()
-        held_out = [Pair.from_json(line) for line in held_out_text.splitlines() if line.strip()]
-    else:
-        held_out = mined_here(lancedb, training)
-    gold, rejected = landing_questions(landing.root)
-    for problem in rejected:
-        context.log.warning(f"gold question skipped: {problem}")
-    sources = set(lancedb.store().read(store.DOCUMENTS, store.DOCUMENTS_SCHEMA, ["path"]).column("path").to_pylist())
-    items, skipped = evaluation_set(held_out, gold, sources)
-    for problem in skipped:
-        context.log.warning(f"gold question skipped: {problem}")
+    items, gold_skipped = evaluation_items(context, lancedb, landing, training, mlflow)
+    report_items = selection.split(items)[selection.REPORT]
 
     client, name, version = challenger_version(registry)
-    challenger = load_version(name, version, lancedb.uri).unwrap_python_model().pipeline
+    loaded = load_version(name, version, lancedb.uri).unwrap_python_model().pipeline
+    challenger = with_cached_queries(loaded, (item.query for item in items))
     mode = challenger.config.mode
     adapter = challenger.encoder.adapter
     if upstream is not None and upstream["has_adapter"]:
@@ -168,6 +236,11 @@ def evaluation(
         systems[("trained", mode)] = evaluate(trained, items, mode)
     for search_mode in SEARCH_MODES:
         systems[("challenger", search_mode)] = evaluate(challenger, items, search_mode, answers=search_mode == mode)
+    gate_report = evaluate(challenger, report_items, mode)
+    candidates = {
+        candidate: evaluate(with_cached_queries(challenger, [], candidate), report_items, candidate.mode)
+        for candidate in selection.candidates(challenger.config)
+    }
 
     champion_version = model_registry.version_by_alias(client, name, model_registry.CHAMPION)
     champion_label, not_comparable, champion_metrics = None, None, None
@@ -179,49 +252,63 @@ def evaluation(
             not_comparable = f"{champion_label} cannot be evaluated on this index: {error}"
         else:
             systems[("champion", champion.config.mode)] = evaluate(champion, items, champion.config.mode, answers=True)
-            champion_metrics = systems[("champion", champion.config.mode)]["all"]
+            champion_metrics = evaluate(champion, report_items, champion.config.mode)["all"]
 
-    now = datetime.now(UTC)
-    rows = []
-    for (system, search_mode), report in systems.items():
-        system_version = {"challenger": version, "champion": str(champion_version.version) if champion_version else ""}.get(system, "")
-        for query_set, metrics in report.items():
-            rows.append(
-                {
-                    "id": row_id(context.run_id, system, search_mode, query_set),
-                    "dagster_run_id": context.run_id,
-                    "evaluated_at": now,
-                    "model_name": name,
-                    "model_version": system_version,
-                    "system": system,
-                    "mode": search_mode,
-                    "query_set": query_set,
-                    "queries": int(metrics.get("queries", 0)),
-                    **{metric_name(m): metrics.get(m) for m in ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10")},
-                    "answer_f1": metrics.get("answer_f1"),
-                }
-            )
+    # The naive baseline has its own passage boundaries, so both sides are scored on locations.
+    located = as_locations(report_items, _located_chunks(challenger.table))
+    documents = lancedb.store().read(store.DOCUMENTS, store.DOCUMENTS_SCHEMA, ["path", "blocks"]).to_pylist()
+    with Bm25Baseline(windows(documents)) as bm25:
+        baseline_metrics = evaluate_retriever(bm25.retrieve, located)["all"]
+    challenger_located = evaluate(challenger, located, mode)["all"]
+    gold_top = [p.text for item in items if item.query_set == "gold" for p in challenger.retrieve(item.query, 5)]
+    navigation_hits = [text for text in gold_top if navigation.looks_like_navigation(text)]
+
+    champion_version_label = str(champion_version.version) if champion_version else ""
+    label = challenger.config.retrieval_label()
+    rows = [
+        (system, {"challenger": version, "champion": champion_version_label}.get(system, ""), search_mode,
+         label if system == "challenger" and search_mode == mode else search_mode, selection.ALL, report)
+        for (system, search_mode), report in systems.items()
+    ]
+    rows.append(("challenger", version, mode, label, selection.REPORT, gate_report))
+    rows += [("candidate", version, c.mode, c.retrieval_label(), selection.REPORT, r) for c, r in candidates.items()]
+    rows.append(("naive_bm25", "", "text", "200-word windows, BM25", selection.REPORT, {"all": baseline_metrics}))
     lance = lancedb.store()
-    write = lance.apply(store.EVALUATIONS, store.EVALUATIONS_SCHEMA, "id", pa.Table.from_pylist(rows, store.EVALUATIONS_SCHEMA), [])
+    write = lance.apply(
+        store.EVALUATIONS, store.EVALUATIONS_SCHEMA, "id", pa.Table.from_pylist(evaluation_rows(context.run_id, name, rows), store.EVALUATIONS_SCHEMA), []
+    )
 
-    gate_metrics = systems[("challenger", mode)]["all"]
+    gate_metrics = gate_report["all"]
     mlflow.log_metrics(mlflow_metrics(f"evaluation.challenger_v{version}", gate_metrics))
+    mlflow.log_metrics(mlflow_metrics("evaluation.naive_bm25", baseline_metrics))
     threshold_verdict = meets_thresholds(gate_metrics, thresholds)
     champion_verdict = no_worse_than_champion(gate_metrics, champion_metrics, thresholds.champion_tolerance, champion_label, not_comparable)
+    baseline_verdict = beats_baseline(challenger_located, baseline_metrics, thresholds.baseline_tolerance, "naive BM25 baseline")
     recorded = {metric_name(k): v for k, v in gate_metrics.items() if k != "queries"}
     if "answer_f1" in systems[("challenger", mode)].get("gold", {}):
         recorded["answer_f1"] = systems[("challenger", mode)]["gold"]["answer_f1"]
+    metric_columns = ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10")
     table_rows = [
-        [system, search_mode, *(f"{r['all'][m]:.3f}" for m in ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10")),
+        [system, search_mode, *(f"{r['all'][m]:.3f}" for m in metric_columns),
          f"{r['gold']['answer_f1']:.3f}" if "answer_f1" in r.get("gold", {}) else "–"]
         for (system, search_mode), r in systems.items()
     ]
+    candidate_rows = [
+        [("**" + c.retrieval_label() + "** (challenger)") if c == challenger.config else c.retrieval_label(),
+         *(f"{r['all'][m]:.3f}" for m in ("recall@5", "mrr@10"))]
+        for c, r in sorted(candidates.items(), key=lambda item: -selection.objective(item[1]["all"]))
+    ]
     summary = (
-        f"Challenger **v{version}** ({mode}) on {int(gate_metrics['queries'])} queries "
-        f"({len(held_out)} held-out pairs, {sum(1 for i in items if i.query_set == 'gold')} gold questions)"
+        f"Challenger **v{version}** ({label}) on {int(gate_metrics['queries'])} report-half queries of {len(items)} "
+        f"({sum(1 for i in items if i.query_set == 'held_out')} held-out pairs, {sum(1 for i in items if i.query_set == 'gold')} gold questions)"
         + (f", against {champion_label}" if champion_label else ", no champion yet")
-        + ".\n\n"
+        + ".\n\n**Every question**\n\n"
         + markdown_table(["system", "mode", "recall@1", "recall@5", "recall@10", "MRR@10", "nDCG@10", "answer F1"], table_rows)
+        + "\n\n**Retrieval candidates, report half** (selection used the other half)\n\n"
+        + markdown_table(["retrieval", "recall@5", "MRR@10"], candidate_rows)
+        + f"\n\n**Naive baseline** (report half, by page or section): BM25 over 200-word windows recall@5 "
+        f"{baseline_metrics['recall@5']:.3f}, MRR@10 {baseline_metrics['mrr@10']:.3f}; challenger "
+        f"{challenger_located['recall@5']:.3f}, {challenger_located['mrr@10']:.3f}."
     )
     yield dg.MaterializeResult(
         metadata={
@@ -230,10 +317,21 @@ def evaluation(
             "dagster/column_schema": column_schema(store.EVALUATIONS_SCHEMA),
             "table_version": write.version or 0,
             "model_version": version,
+            "retrieval": label,
             "queries": int(gate_metrics["queries"]),
-            "gold_questions_skipped": len(rejected) + len(skipped),
+            "gold_questions_skipped": gold_skipped,
             **{f"challenger_{metric_name(k)}": round(v, 4) for k, v in gate_metrics.items() if k != "queries"},
+            **{f"naive_bm25_{metric_name(k)}": round(baseline_metrics[k], 4) for k in ("recall@5", "mrr@10")},
         }
     )
     yield gate(context, registry, MEETS_THRESHOLDS, threshold_verdict, recorded)
     yield gate(context, registry, NO_WORSE_THAN_CHAMPION, champion_verdict)
+    yield gate(context, registry, BEATS_NAIVE_BASELINE, baseline_verdict)
+    yield dg.AssetCheckResult(
+        check_name=NO_NAVIGATION_IN_TOP_RESULTS,
+        passed=not navigation_hits,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=(f"{len(navigation_hits)} of {len(gold_top)} top-5 passages of the gold questions read as a table of contents or index"
+                     if navigation_hits else f"none of {len(gold_top)} top-5 passages of the gold questions is navigation"),
+        metadata={"passages": len(gold_top), "navigation": len(navigation_hits), "first": (navigation_hits or [""])[0][:300]},
+    )

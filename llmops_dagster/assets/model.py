@@ -6,6 +6,7 @@ from typing import Any
 
 import dagster as dg
 import numpy as np
+import pyarrow as pa
 
 from llmops_dagster.assets._metadata import markdown_table
 from llmops_dagster.assets._model import (
@@ -22,8 +23,10 @@ from llmops_dagster.assets.index import VECTOR_INDEX
 from llmops_dagster.core import registry as model_registry
 from llmops_dagster.core import store
 from llmops_dagster.resources import (
+    ChunkerResource,
     EmbedderResource,
     LanceDBResource,
+    LandingZoneResource,
     RagResource,
     RegistryResource,
     TrainingResource,
@@ -120,26 +123,32 @@ def rag_model(
     context: dg.AssetExecutionContext,
     mlflow: dg.ResourceParam[Any],
     lancedb: LanceDBResource,
+    landing: LandingZoneResource,
     embedder: EmbedderResource,
+    chunker: ChunkerResource,
     vector_index: VectorIndexResource,
     rag: RagResource,
+    training: TrainingResource,
     registry: RegistryResource,
 ) -> dg.MaterializeResult:
     """The RAG model as an MLflow pyfunc (embedder + adapter + retrieval settings + answer
     generator), registered under the environment's model name with the alias ``challenger``.
 
-    A version whose content equals an existing version's is not registered again; that version
-    becomes the challenger.
+    The retrieval it carries (mode, fusion, the text list's weight, candidate depth) is the
+    candidate that evaluated best on the select half of the evaluation set, unless
+    ``rag.select_by_evaluation`` is off. A version whose content equals an existing version's is
+    not registered again; that version becomes the challenger.
     """
-    from llmops_dagster.core.rag import ModelSpec, index_models
+    from llmops_dagster.core.rag import ModelSpec, QueryEncoder, index_models
     from llmops_dagster.core.rag_model import CONTENT_TAG, content_digest, log_rag_model
 
     upstream = latest_metadata(context, EMBEDDING_MODEL)
     model = embedder.load()
     table = index_table(lancedb)
+    index_fingerprint = chunker.index_fingerprint(model.fingerprint)
     index_fingerprints = index_models(table)
-    if index_fingerprints != {model.fingerprint}:
-        raise dg.Failure(f"the index holds {sorted(index_fingerprints)}, not {model.fingerprint}; materialize embeddings first")
+    if index_fingerprints != {index_fingerprint}:
+        raise dg.Failure(f"the index holds {sorted(index_fingerprints)}, not {index_fingerprint}; materialize embeddings first")
     adapter = None
     variant = "base"
     if upstream["winner"] == "trained" and upstream["has_adapter"]:
@@ -150,11 +159,15 @@ def rag_model(
             "the fully fine-tuned model evaluated better, but the index holds base-model vectors; "
             "deploying the base model. Point embedding.model at the logged model to re-embed with it."
         )
-    config = rag.config()
+    config, chosen = rag.config(), None
+    if config.select_by_evaluation:
+        chosen = select_retrieval(context, config, QueryEncoder(model, adapter), table, vector_index.params(), lancedb, landing, training, mlflow)
+        context.log.info(chosen.summary())
+        config = chosen.winner
     spec = ModelSpec(
         lancedb_uri=lancedb.uri,
         table=store.EMBEDDINGS,
-        index_embedding_model=model.fingerprint,
+        index_embedding_model=index_fingerprint,
         rag=config,
         ann=vector_index.params(),
         embedder_variant=variant,
@@ -163,7 +176,7 @@ def rag_model(
         registered_index=lancedb.uri,
     )
     generator = Path(config.generator_model).expanduser() if config.generator_model else None
-    digest = content_digest(spec, model.fingerprint, adapter, str(generator) if generator else None)
+    digest = content_digest(spec, index_fingerprint, adapter, str(generator) if generator else None)
     client = registry.client()
     name = registry.registered_model
     existing = model_registry.find_version(client, name, CONTENT_TAG, digest)
@@ -176,7 +189,8 @@ def rag_model(
             CONTENT_TAG: digest,
             model_registry.DAGSTER_RUN_TAG: context.run_id,
             "embedder_variant": variant,
-            "index_embedding_model": model.fingerprint,
+            "index_embedding_model": index_fingerprint,
+            "retrieval": config.retrieval_label(),
             "training_run_id": str(upstream["mlflow_run_id"]),
             model_registry.VALIDATION_STATUS: model_registry.PENDING,
         }.items():
@@ -192,8 +206,54 @@ def rag_model(
             "embedder_variant": variant,
             "registered_new_version": existing is None,
             "content_digest": digest,
-            "retrieval": f"k={config.k}, {config.mode}",
+            "retrieval": f"k={config.k}, {config.retrieval_label()}",
+            "retrieval_selection": chosen.summary() if chosen else "off (rag.select_by_evaluation is false)",
+            **({"retrieval_candidates": dg.MetadataValue.md(candidates_table(chosen))} if chosen else {}),
             "generator": f"transformers: {generator}" if generator else "extractive",
             "mlflow_run_id": run.info.run_id if run else "",
         }
     )
+
+
+def select_retrieval(
+    context: dg.AssetExecutionContext,
+    configured: Any,
+    encoder: Any,
+    table: Any,
+    params: Any,
+    lancedb: LanceDBResource,
+    landing: LandingZoneResource,
+    training: TrainingResource,
+    mlflow: Any,
+) -> Any:
+    """Every retrieval candidate on the select half of the evaluation set, the best one kept; each
+    candidate's figures go to the ``evaluations`` table (split ``select``)."""
+    from llmops_dagster.assets.gate import evaluation_items, evaluation_rows
+    from llmops_dagster.core import selection
+    from llmops_dagster.core.evaluation import evaluate, with_cached_queries
+    from llmops_dagster.core.rag import RagPipeline
+
+    items, _ = evaluation_items(context, lancedb, landing, training, mlflow)
+    halves = selection.split(items)
+    pipeline = with_cached_queries(RagPipeline(encoder, table, params, configured), (item.query for item in items))
+    reports: dict[Any, dict[str, dict[str, float]]] = {}
+
+    def score(config: Any, chosen_items: Any) -> dict[str, float]:
+        reports[config] = evaluate(with_cached_queries(pipeline, [], config), chosen_items, config.mode)
+        return reports[config]["all"]
+
+    chosen = selection.select(configured, halves[selection.SELECT], score)
+    rows = [("candidate", "", c.mode, c.retrieval_label(), selection.SELECT, report) for c, report in reports.items()]
+    lancedb.store().apply(
+        store.EVALUATIONS, store.EVALUATIONS_SCHEMA, "id", pa.Table.from_pylist(evaluation_rows(context.run_id, "", rows), store.EVALUATIONS_SCHEMA), []
+    )
+    return chosen
+
+
+def candidates_table(chosen: Any) -> str:
+    rows = [
+        [("**" + c.config.retrieval_label() + "** (selected)") if c.config == chosen.winner else c.config.retrieval_label(),
+         f"{c.metrics['recall@5']:.3f}", f"{c.metrics['mrr@10']:.3f}", int(c.metrics["queries"])]
+        for c in chosen.candidates
+    ]
+    return chosen.summary() + "\n\n" + markdown_table(["retrieval (select half)", "recall@5", "MRR@10", "queries"], rows)

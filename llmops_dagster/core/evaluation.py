@@ -1,22 +1,27 @@
 """Offline evaluation of RAG pipelines, and the gate verdicts built on it.
 
 The evaluation set is the held-out mined pairs (relevant = chunk ids) plus the gold questions of
-the landing zone (relevant = the named source file; token-F1 where a gold answer is given).
-Rankings are compared at the level the gold names: chunk ids for pairs, source files for gold
-questions. Every system is evaluated through ``RagPipeline``, the code the model serves with.
+the landing zone (relevant = the named source file, or its page or section when the question names
+one; token-F1 where a gold answer is given). Rankings are compared at the level the gold names:
+chunk ids for pairs, source files or locations for gold questions. Every system is evaluated
+through ``RagPipeline``, the code the model serves with.
+
+Systems that do not share chunk ids (the naive baseline's fixed windows) are compared at the
+location level: a page of a paged document, else a section, else the file (``as_locations``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 
 from llmops_dagster.core.checks import Verdict
 from llmops_dagster.core.metrics import retrieval_report, token_f1
 from llmops_dagster.core.questions import Question
-from llmops_dagster.core.rag import QueryEncoder, RagPipeline
+from llmops_dagster.core.rag import QueryEncoder, RagConfig, RagPipeline
 from llmops_dagster.core.training import Pair
 
 EVAL_DEPTH = 10
@@ -28,10 +33,11 @@ class EvaluationThresholds:
     min_recall_at_5: float = 0.6
     min_mrr_at_10: float = 0.5
     champion_tolerance: float = 0.02  # the challenger may trail the champion by this much on each gate metric
+    baseline_tolerance: float = 0.02  # ... and the naive BM25 baseline by this much
     smoke_question: str = "What do these documents describe?"
 
     def __post_init__(self) -> None:
-        for name in ("min_recall_at_5", "min_mrr_at_10", "champion_tolerance"):
+        for name in ("min_recall_at_5", "min_mrr_at_10", "champion_tolerance", "baseline_tolerance"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be between 0 and 1")
 
@@ -43,9 +49,60 @@ class EvaluationThresholds:
 class EvalItem:
     query: str
     relevant: frozenset[str]
-    level: str  # chunk | source
+    level: str  # chunk | source | location
     query_set: str  # held_out | gold
     answer: str | None = None
+
+
+class Located(Protocol):
+    """Where a retrieved passage comes from; chunks and baseline windows both have this shape."""
+
+    source: str
+    page: int | None
+    page_end: int | None
+
+
+def location_key(source: str, page: int | None = None, section: str | None = None) -> str:
+    if page is not None:
+        return f"{source}#page={page}"
+    if section:
+        return f"{source}#section={section}"
+    return source
+
+
+def passage_locations(passage: Located) -> set[str]:
+    keys = {passage.source}
+    if passage.page is not None:
+        keys |= {location_key(passage.source, n) for n in range(passage.page, (passage.page_end or passage.page) + 1)}
+    headings = getattr(passage, "headings", None) or (getattr(passage, "heading", ""),)
+    keys |= {location_key(passage.source, section=heading) for heading in headings if heading}
+    return keys
+
+
+def location_ranking(passages: Iterable[Located], relevant: frozenset[str]) -> list[str]:
+    """The relevant locations in the order passages reach them; a passage that reaches none is a miss."""
+    ranking: list[str] = []
+    for rank, passage in enumerate(passages):
+        hits = sorted(passage_locations(passage) & relevant)
+        ranking.extend(hits or [f"\0miss{rank}"])
+    return list(dict.fromkeys(ranking))
+
+
+def as_locations(items: Sequence[EvalItem], chunks: dict[str, Located]) -> list[EvalItem]:
+    """Chunk-level items restated as locations (a relevant chunk's first page, else its section), so
+    systems with other passage boundaries can be scored on the same questions."""
+    restated = []
+    for item in items:
+        if item.level != "chunk":
+            restated.append(item)
+            continue
+        keys = frozenset(
+            location_key(chunk.source, chunk.page, getattr(chunk, "heading", "") or None)
+            for chunk_id in item.relevant
+            if (chunk := chunks.get(chunk_id)) is not None
+        )
+        restated.append(replace(item, relevant=keys, level="location"))
+    return restated
 
 
 def evaluation_set(held_out: Sequence[Pair], gold: Sequence[Question], known_sources: set[str]) -> tuple[list[EvalItem], list[str]]:
@@ -56,16 +113,35 @@ def evaluation_set(held_out: Sequence[Pair], gold: Sequence[Question], known_sou
         if question.source is not None and question.source not in known_sources:
             skipped.append(f"{question.origin}: source '{question.source}' is not an indexed document")
             continue
-        relevant = frozenset({question.source}) if question.source else frozenset()
-        items.append(EvalItem(question.question, relevant, "source", "gold", question.answer))
+        relevant = frozenset({location_key(question.source, question.page, question.section)}) if question.source else frozenset()
+        level = "location" if question.page is not None or question.section else "source"
+        items.append(EvalItem(question.question, relevant, level, "gold", question.answer))
     return items, skipped
 
 
-def _ranking(pipeline: RagPipeline, item: EvalItem, mode: str) -> list[str]:
-    passages = pipeline.retrieve(item.query, EVAL_DEPTH, mode)
+def ranking(passages: Sequence[Located], item: EvalItem) -> list[str]:
+    """A system's passages as the ids the item's relevance is stated in."""
     if item.level == "chunk":
-        return [p.id for p in passages]
+        return [p.id for p in passages]  # type: ignore[attr-defined]
+    if item.level == "location":
+        return location_ranking(passages, item.relevant)
     return list(dict.fromkeys(p.source for p in passages))
+
+
+def score_rankings(rankings: Sequence[Sequence[str]], items: Sequence[EvalItem]) -> dict[str, dict[str, float]]:
+    """Metrics per query set (``held_out``, ``gold``) and over ``all``; items without relevance are skipped."""
+    report: dict[str, dict[str, float]] = {}
+    scored = [(r, item) for r, item in zip(rankings, items, strict=True) if item.relevant]
+    for query_set in ("all", "held_out", "gold"):
+        chosen = [(r, item) for r, item in scored if query_set == "all" or item.query_set == query_set]
+        if chosen:
+            report[query_set] = retrieval_report([r for r, _ in chosen], [set(item.relevant) for _, item in chosen])
+    return report
+
+
+def evaluate_retriever(retrieve: Callable[[str, int], Sequence[Located]], items: Sequence[EvalItem]) -> dict[str, dict[str, float]]:
+    """Metrics of any retriever (a baseline) over the items; see ``evaluate`` for the pipeline's."""
+    return score_rankings([ranking(retrieve(item.query, EVAL_DEPTH), item) for item in items], items)
 
 
 class _Precomputed:
@@ -82,18 +158,18 @@ class _Precomputed:
         return self.encoder.encode(texts)
 
 
+def with_cached_queries(pipeline: RagPipeline, queries: Iterable[str], config: RagConfig | None = None) -> RagPipeline:
+    """The pipeline (with ``config`` instead of its own, if given) with these queries encoded once, up front."""
+    encoder = pipeline.encoder if isinstance(pipeline.encoder, _Precomputed) else _Precomputed(pipeline.encoder, list(dict.fromkeys(queries)))
+    return RagPipeline(encoder, pipeline.table, pipeline.params, config or pipeline.config, pipeline.generator)  # type: ignore[arg-type]
+
+
 def evaluate(pipeline: RagPipeline, items: Sequence[EvalItem], mode: str, answers: bool = False) -> dict[str, dict[str, float]]:
     """Metrics per query set (``held_out``, ``gold``) and over ``all``; answer F1 when ``answers``."""
-    scored = [item for item in items if item.relevant]
     if mode != "text":
-        encoder = _Precomputed(pipeline.encoder, list(dict.fromkeys(item.query for item in items)))
-        pipeline = RagPipeline(encoder, pipeline.table, pipeline.params, pipeline.config, pipeline.generator)  # type: ignore[arg-type]
-    rankings = [_ranking(pipeline, item, mode) for item in scored]
-    report: dict[str, dict[str, float]] = {}
-    for query_set in ("all", "held_out", "gold"):
-        chosen = [i for i, item in enumerate(scored) if query_set == "all" or item.query_set == query_set]
-        if chosen:
-            report[query_set] = retrieval_report([rankings[i] for i in chosen], [set(scored[i].relevant) for i in chosen])
+        pipeline = with_cached_queries(pipeline, (item.query for item in items))
+    scored = [item for item in items if item.relevant]
+    report = score_rankings([ranking(pipeline.retrieve(item.query, EVAL_DEPTH, mode), item) for item in scored], scored)
     with_answers = [item for item in items if item.answer]
     if answers and with_answers:
         f1 = [token_f1(pipeline.answer(item.query, mode=mode).answer, item.answer or "") for item in with_answers]
@@ -128,3 +204,20 @@ def no_worse_than_champion(
     if worse:
         return Verdict(False, f"worse than {champion_label} beyond {tolerance}: " + "; ".join(worse), metadata)
     return Verdict(True, f"no worse than {champion_label} (tolerance {tolerance})", metadata)
+
+
+def beats_baseline(challenger: dict[str, float], baseline: dict[str, float], tolerance: float, label: str) -> Verdict:
+    """The challenger against the naive baseline on the same questions: it may trail by ``tolerance``
+    at most on each gate metric."""
+    metadata: dict[str, float | str] = {"baseline": label, "tolerance": tolerance}
+    behind = []
+    for name in GATE_METRICS:
+        ours, theirs = challenger.get(name, 0.0), baseline.get(name, 0.0)
+        metadata[f"challenger_{name.replace('@', '_at_')}"] = round(ours, 4)
+        metadata[f"baseline_{name.replace('@', '_at_')}"] = round(theirs, 4)
+        if ours < theirs - tolerance:
+            behind.append(f"{name} {ours:.3f} vs {theirs:.3f}")
+    if behind:
+        return Verdict(False, f"loses to the {label} beyond {tolerance}: " + "; ".join(behind), metadata)
+    summary = ", ".join(f"{n} {challenger.get(n, 0.0):.3f} vs {baseline.get(n, 0.0):.3f}" for n in GATE_METRICS)
+    return Verdict(True, f"no worse than the {label} (tolerance {tolerance}): {summary}", metadata)

@@ -28,7 +28,10 @@ if TYPE_CHECKING:
 
 SearchMode = Literal["hybrid", "vector", "text"]
 SEARCH_MODES: tuple[str, ...] = ("hybrid", "vector", "text")
-TEXT_COLUMN = "text"
+# rrf: reciprocal rank fusion (weighted when text_weight != 0.5); score: min-max normalised scores, mixed
+FUSIONS: tuple[str, ...] = ("rrf", "score")
+RRF_K = 60  # the constant of Cormack et al.'s reciprocal rank fusion, as LanceDB's RRFReranker uses
+TEXT_COLUMN = "search_text"  # context + text; tables written before contexts existed index "text"
 RESULT_COLUMNS = ["id", "text", "source", "page", "page_end", "heading"]
 
 
@@ -57,6 +60,11 @@ class IndexState:
     actions: tuple[str, ...]
 
 
+def text_column(table: Table) -> str:
+    """The column the full-text index covers: ``search_text``, or ``text`` in an older table version."""
+    return TEXT_COLUMN if TEXT_COLUMN in table.schema.names else "text"
+
+
 def _indices(table: Table) -> dict[str, object]:
     return {index.columns[0]: index for index in table.list_indices()}
 
@@ -77,8 +85,8 @@ def ensure_indexes(table: Table, params: AnnParams) -> IndexState:
     indices = _indices(table)
     from lancedb.index import FTS, IvfPq, IvfSq
 
-    if rows and TEXT_COLUMN not in indices:
-        table.create_index(TEXT_COLUMN, config=FTS(), replace=True)
+    if rows and text_column(table) not in indices:
+        table.create_index(text_column(table), config=FTS(), replace=True)
         actions.append("created full-text index")
     dimension = table.schema.field("vector").type.list_size
     if rows >= params.min_rows and "vector" not in indices:
@@ -103,7 +111,7 @@ def describe(table: Table, actions: tuple[str, ...] = ()) -> IndexState:
     vector_index = indices.get("vector")
     return IndexState(
         rows=rows,
-        fts_index=TEXT_COLUMN in indices,
+        fts_index=text_column(table) in indices,
         ann_index=str(vector_index.index_type) if vector_index else None,
         ann_partitions=ann_partitions(rows) if vector_index else None,
         unindexed_rows=_unindexed(table),
@@ -161,44 +169,76 @@ class Passage:
     page: int | None
     heading: str
     score: float
+    page_end: int | None = None
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How hybrid search merges its vector and full-text candidate lists."""
+
+    method: str = "rrf"
+    text_weight: float = 0.5  # 0: vector only, 1: text only; 0.5 weighs both lists alike
+    depth: int = 50  # candidates taken from each list before fusing
+
+    def __post_init__(self) -> None:
+        if self.method not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got '{self.method}'")
+        if not 0 <= self.text_weight <= 1:
+            raise ValueError(f"text_weight must be between 0 and 1, got {self.text_weight}")
+        if self.depth < 1:
+            raise ValueError(f"depth must be at least 1, got {self.depth}")
+
+    def fuse(self, vector: list[tuple[str, float]], text: list[tuple[str, float]]) -> list[tuple[str, float]]:
+        """(id, fused score), best first, from two (id, score) lists that are each best first."""
+        weights = (1.0 - self.text_weight, self.text_weight)
+        fused: dict[str, float] = {}
+        for weight, hits in zip(weights, (vector, text), strict=True):
+            for rank, (key, score) in enumerate(hits, 1):
+                part = 2 * weight / (RRF_K + rank) if self.method == "rrf" else weight * _scaled(score, hits)
+                fused[key] = fused.get(key, 0.0) + part
+        order = {key: rank for rank, (key, _) in enumerate([*vector, *text])}
+        return sorted(fused.items(), key=lambda item: (-item[1], order[item[0]]))
+
+
+def _scaled(score: float, hits: list[tuple[str, float]]) -> float:
+    values = [value for _, value in hits]
+    low, high = min(values), max(values)
+    return (score - low) / (high - low) if high > low else 1.0
 
 
 def search(
-    table: Table, query: str, k: int, mode: SearchMode, params: AnnParams, embedder: Embedder | None = None
+    table: Table,
+    query: str,
+    k: int,
+    mode: SearchMode,
+    params: AnnParams,
+    embedder: Embedder | None = None,
+    fusion: Fusion | None = None,
 ) -> list[Passage]:
-    """Ranked passages; scores are cosine similarity (vector), BM25 (text) or RRF relevance (hybrid)."""
+    """Ranked passages; scores are cosine similarity (vector), BM25 (text) or the fused score (hybrid)."""
     if mode not in SEARCH_MODES:
         raise ValueError(f"mode must be one of {SEARCH_MODES}, got '{mode}'")
-    if mode == "text":
-        builder = table.search(query, query_type="fts", fts_columns=TEXT_COLUMN).limit(k)
-        score_column = "_score"
-    else:
-        if embedder is None:
-            raise ValueError(f"{mode} search needs an embedder")
-        vector = embedder.encode([query])[0]
-        if mode == "vector":
-            builder = _vector_query(table, vector, k, params)
-            score_column = "_distance"
-        else:
-            from lancedb.rerankers import RRFReranker
-
-            builder = (
-                table.search(query_type="hybrid", vector_column_name="vector", fts_columns=TEXT_COLUMN)
-                .vector(vector)
-                .text(query)
-                .distance_type("cosine")
-                .nprobes(params.nprobes)
-                .refine_factor(params.refine_factor)
-                .rerank(RRFReranker())
-                .limit(k)
-            )
-            score_column = "_relevance_score"
-    columns = RESULT_COLUMNS if mode == "hybrid" else [*RESULT_COLUMNS, score_column]
-    rows = builder.select(columns).to_arrow().to_pylist()
+    if mode != "text" and embedder is None:
+        raise ValueError(f"{mode} search needs an embedder")
+    fusion = fusion or Fusion()
+    depth = k if mode != "hybrid" else max(k, fusion.depth)
+    rows: dict[str, dict] = {}
+    lists: dict[str, list[tuple[str, float]]] = {}
+    if mode in ("vector", "hybrid"):
+        vector = embedder.encode([query])[0]  # type: ignore[union-attr]
+        hits = _vector_query(table, vector, depth, params).select([*RESULT_COLUMNS, "_distance"]).to_arrow().to_pylist()
+        lists["vector"] = [(row["id"], 1.0 - row["_distance"]) for row in hits]
+        rows.update((row["id"], row) for row in hits)
+    if mode in ("text", "hybrid"):
+        builder = table.search(query, query_type="fts", fts_columns=text_column(table)).limit(depth)
+        hits = builder.select([*RESULT_COLUMNS, "_score"]).to_arrow().to_pylist()
+        lists["text"] = [(row["id"], row["_score"]) for row in hits]
+        rows.update((row["id"], row) for row in hits)
+    ranked = fusion.fuse(lists["vector"], lists["text"]) if mode == "hybrid" else lists[mode]
     passages = []
-    for row in rows[:k]:
-        score = row[score_column]
-        if score_column == "_distance":
-            score = 1.0 - score
-        passages.append(Passage(row["id"], row["text"], row["source"], row["page"], row["heading"] or "", float(score)))
+    for key, score in ranked[:k]:
+        row = rows[key]
+        passages.append(
+            Passage(row["id"], row["text"], row["source"], row["page"], row["heading"] or "", float(score), row["page_end"])
+        )
     return passages

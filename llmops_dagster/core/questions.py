@@ -1,4 +1,5 @@
-"""Question files: JSON Lines with a ``question`` and, for evaluation, an ``answer`` or a ``source``.
+"""Question files: JSON Lines with a ``question`` and, for evaluation, an ``answer`` or a ``source``
+(optionally narrowed to the ``page`` or the ``section`` heading that holds the answer).
 
 A malformed line is rejected with its line number and the reason; the other lines still count.
 """
@@ -19,6 +20,8 @@ class Question:
     answer: str | None = None
     source: str | None = None
     origin: str = ""  # file:line, so a prediction can be traced to its input
+    page: int | None = None  # the page of ``source`` that holds the answer
+    section: str | None = None  # the heading of ``source`` under which the answer stands
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,14 @@ def parse_line(line: str, origin: str) -> Question:
         raise ValueError('"question" is empty')
     if len(question) > MAX_QUESTION_CHARS:
         raise ValueError(f'"question" is longer than {MAX_QUESTION_CHARS} characters')
-    return Question(question.strip(), _optional_text(row, "answer"), _optional_text(row, "source"), origin)
+    page = row.get("page")
+    if page is not None and (not isinstance(page, int) or isinstance(page, bool) or page < 1):
+        raise ValueError(f'"page" must be a positive integer, got {page!r}')
+    source = _optional_text(row, "source")
+    section = _optional_text(row, "section")
+    if (page is not None or section is not None) and source is None:
+        raise ValueError('"page" and "section" need a "source"')
+    return Question(question.strip(), _optional_text(row, "answer"), source, origin, page, section)
 
 
 def read_questions(path: Path) -> tuple[list[Question], list[Rejected]]:

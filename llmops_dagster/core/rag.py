@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from llmops_dagster.core.answer import NO_ANSWER, AnswerConfig, extractive_answer
-from llmops_dagster.core.index import SEARCH_MODES, AnnParams, Passage, search
+from llmops_dagster.core.index import SEARCH_MODES, AnnParams, Fusion, Passage, search
 from llmops_dagster.core.training import apply_adapter
 
 if TYPE_CHECKING:
@@ -39,6 +39,10 @@ class IndexMismatchError(RuntimeError):
 class RagConfig:
     k: int = 5
     mode: str = "hybrid"
+    fusion: str = "rrf"  # hybrid only: rrf | score (see index.Fusion)
+    text_weight: float = 0.5  # hybrid only: the full-text list's weight against the vector list's
+    depth: int = 50  # hybrid only: candidates per list before fusing
+    select_by_evaluation: bool = True  # register the retrieval candidate that evaluated best, not these
     generator_model: str | None = None  # local transformers model folder; None: extractive
     max_new_tokens: int = 96
     max_sentences: int = 1  # token F1 on the sample gold questions: 0.34 with 1, 0.26 with 2, 0.20 with 3
@@ -49,6 +53,15 @@ class RagConfig:
             raise ValueError(f"mode must be one of {SEARCH_MODES}, got '{self.mode}'")
         if self.k < 1 or self.max_new_tokens < 1:
             raise ValueError("k and max_new_tokens must be at least 1")
+        self.fusion_config()  # validates fusion, text_weight and depth
+
+    def fusion_config(self) -> Fusion:
+        return Fusion(self.fusion, self.text_weight, self.depth)
+
+    def retrieval_label(self) -> str:
+        if self.mode != "hybrid":
+            return self.mode
+        return f"hybrid {self.fusion} w_text={self.text_weight:g} depth={self.depth}"
 
     def answer_config(self) -> AnswerConfig:
         return AnswerConfig(max_sentences=self.max_sentences, min_score=self.min_score)
@@ -173,7 +186,9 @@ class RagPipeline:
         self.generator = generator or ExtractiveGenerator(encoder.embedder.encode, config.answer_config())
 
     def retrieve(self, question: str, k: int | None = None, mode: str | None = None) -> list[Passage]:
-        return search(self.table, question, k or self.config.k, mode or self.config.mode, self.params, self.encoder)  # type: ignore[arg-type]
+        return search(
+            self.table, question, k or self.config.k, mode or self.config.mode, self.params, self.encoder, self.config.fusion_config()  # type: ignore[arg-type]
+        )
 
     def answer(self, question: str, k: int | None = None, mode: str | None = None) -> Prediction:
         started = time.perf_counter()

@@ -1,0 +1,110 @@
+"""Retrieval chosen by evaluation: every candidate configuration is scored on one half of the
+evaluation set, the best one is registered, and the other half reports how good it is.
+
+The same rule as "base or trained, whichever evaluated better": nothing about retrieval (mode,
+fusion, the text list's weight, candidate depth) is a guess that nobody measured. The halves are
+fixed by a hash of each query, so a re-run selects on the same questions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from llmops_dagster.core.evaluation import EvalItem
+from llmops_dagster.core.rag import RagConfig
+
+TEXT_WEIGHTS = (0.3, 0.5, 0.7)
+DEPTHS = (20, 50)
+SELECT, REPORT, ALL = "select", "report", "all"
+# Selection needs a margin to leave the configured retrieval. One question moving between rank 1
+# and 2 shifts the objective by 0.25/n; twice that is taken as noise.
+MIN_GAIN = 0.005
+
+
+def margin(questions: int) -> float:
+    return max(MIN_GAIN, 0.5 / max(questions, 1))
+
+
+def candidates(configured: RagConfig) -> list[RagConfig]:
+    """The configured retrieval first, then vector, text and every hybrid fusion in the grid."""
+    grid = [replace(configured, mode="vector"), replace(configured, mode="text")]
+    grid += [
+        replace(configured, mode="hybrid", fusion=fusion, text_weight=weight, depth=depth)
+        for fusion in ("rrf", "score")
+        for weight in TEXT_WEIGHTS
+        for depth in DEPTHS
+    ]
+    unique = {retrieval_key(configured): configured}
+    for config in grid:
+        unique.setdefault(retrieval_key(config), config)
+    return list(unique.values())
+
+
+def retrieval_key(config: RagConfig) -> tuple:
+    if config.mode != "hybrid":
+        return (config.mode,)
+    return (config.mode, config.fusion, config.text_weight, config.depth)
+
+
+def split(items: Sequence[EvalItem]) -> dict[str, list[EvalItem]]:
+    """Two halves by a hash of the query: one to select on, one to report on. A set too small to
+    halve is used for both, and the report says so by its size."""
+    halves: dict[str, list[EvalItem]] = {SELECT: [], REPORT: []}
+    for item in items:
+        digest = hashlib.sha256(item.query.encode()).digest()[0]
+        halves[SELECT if digest % 2 == 0 else REPORT].append(item)
+    if not halves[SELECT] or not halves[REPORT]:
+        return {SELECT: list(items), REPORT: list(items)}
+    return halves
+
+
+def objective(metrics: dict[str, float]) -> float:
+    """What selection maximises: the two metrics the gate checks, weighed alike."""
+    return (metrics.get("recall@5", 0.0) + metrics.get("mrr@10", 0.0)) / 2
+
+
+@dataclass(frozen=True)
+class Candidate:
+    config: RagConfig
+    metrics: dict[str, float]  # on the selection half, over all its queries
+
+    @property
+    def score(self) -> float:
+        return objective(self.metrics)
+
+
+@dataclass(frozen=True)
+class Selection:
+    winner: RagConfig
+    configured: RagConfig
+    candidates: list[Candidate]  # best first
+    margin: float  # the gain needed to leave the configured retrieval
+
+    @property
+    def gain(self) -> float:
+        """How much the winner beat the configured retrieval by, on the selection half."""
+        scores = {retrieval_key(c.config): c.score for c in self.candidates}
+        return scores[retrieval_key(self.winner)] - scores[retrieval_key(self.configured)]
+
+    def summary(self) -> str:
+        if retrieval_key(self.winner) == retrieval_key(self.configured):
+            return f"kept the configured retrieval ({self.winner.retrieval_label()}): no candidate beat it by more than noise ({self.margin:.3f})"
+        return (
+            f"selected {self.winner.retrieval_label()} over the configured {self.configured.retrieval_label()} "
+            f"(+{self.gain:.3f} in mean recall@5/MRR@10 on the selection half)"
+        )
+
+
+def select(
+    configured: RagConfig, items: Sequence[EvalItem], evaluate: Callable[[RagConfig, Sequence[EvalItem]], dict[str, float]]
+) -> Selection:
+    """Score every candidate on ``items`` (the selection half) and keep the best; the configured
+    retrieval stays unless another beats it by more than noise (``margin``)."""
+    scored = [Candidate(config, evaluate(config, items)) for config in candidates(configured)]
+    ranked = sorted(scored, key=lambda c: -c.score)
+    best, kept = ranked[0], scored[0]
+    needed = margin(len(items))
+    winner = best.config if best.score > kept.score + needed else configured
+    return Selection(winner, configured, ranked, needed)
