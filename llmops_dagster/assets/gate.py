@@ -224,7 +224,7 @@ def evaluation(
     loaded = load_version(name, version, lancedb.uri).unwrap_python_model().pipeline
     challenger = with_cached_queries(loaded, (item.query for item in items))
     mode = challenger.config.mode
-    adapter = challenger.encoder.adapter
+    adapter = loaded.encoder.adapter
     if upstream is not None and upstream["has_adapter"]:
         adapter = np.load(mlflow.artifacts.download_artifacts(f"{upstream['artifacts']}/{ADAPTER_FILE}"))
     systems: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
