@@ -27,7 +27,8 @@ from typing import NoReturn
 from llmops_dagster.settings import ENV_TAG, ENVIRONMENTS, TRIGGER_TAG, EnvSettings, SettingsError, load_settings
 
 EXIT_USAGE = 2
-REPORTED_ASSETS = ("embedding_model", "evaluation", "batch_predictions")  # summaries printed after a run
+# What is printed after a run: the asset and the markdown metadata entry that sums it up.
+REPORTED_ASSETS = {"embedding_model": "summary", "rag_model": "retrieval_candidates", "evaluation": "summary", "batch_predictions": "summary"}
 
 
 class UserError(Exception):
@@ -196,8 +197,9 @@ def _execute(job, instance, tags: dict[str, str]) -> int:
         version = materialization.metadata.get("model_version")
         detail = f"{rows.value:>8} rows" if rows else (f"{'v' + str(version.value):>8}" if version else f"{'-':>8}")
         print(f"{materialization.asset_key.to_user_string():<24} {detail}")
-        if materialization.asset_key.path[-1] in REPORTED_ASSETS and "summary" in materialization.metadata:
-            reports.append((materialization.asset_key.to_user_string(), materialization.metadata["summary"].value))
+        entry = REPORTED_ASSETS.get(materialization.asset_key.path[-1])
+        if entry in materialization.metadata:
+            reports.append((materialization.asset_key.to_user_string(), materialization.metadata[entry].value))
     for asset, summary in reports:
         print(f"\n## {asset}\n{summary}")
     if not result.success:

@@ -551,3 +551,23 @@ def test_running_headers_with_changing_page_numbers_are_furniture() -> None:
     furniture = _furniture(pages)
     assert "Chapter #: Programming #" in furniture
     assert not any(key.startswith("Body text") for key in furniture)
+
+
+def test_markdown_and_html_keep_the_heading_path() -> None:
+    markdown = parse_bytes(b"# Guide\n\nIntro.\n\n## Install\n\n### From source\n\nRun make.\n\n## Use\n\nAsk.\n", "markdown")
+    assert [(b.text, b.section) for b in markdown.blocks] == [
+        ("Intro.", ("Guide",)), ("Run make.", ("Guide", "Install", "From source")), ("Ask.", ("Guide", "Use"))
+    ]
+    html = parse_bytes(b"<h1>Guide</h1><h2>Install</h2><p>Run make.</p><h3>Notes</h3><p>None.</p><h2>Use</h2><p>Ask.</p>", "html")
+    assert [b.section for b in html.blocks] == [("Guide", "Install"), ("Guide", "Install", "Notes"), ("Guide", "Use")]
+
+
+def test_html_link_lists_are_navigation_not_content() -> None:
+    menu = b"".join(b'<li><a href="#s%d">Section %d</a></li>' % (n, n) for n in range(5))
+    page = b"<h1>FAQ</h1><ul>" + menu + b"</ul><p>Python is a programming language.</p><p>See <a href='x.html'>this</a> too.</p>"
+    parsed = parse_bytes(page, "html")
+    assert [b.text for b in parsed.blocks] == ["Python is a programming language.", "See this too."]
+    assert parsed.dropped == {"link_list": 5}
+    with pytest.raises(ParseError) as caught:
+        parse_bytes(b"<ul>" + menu + b"</ul>", "html")
+    assert caught.value.reason == QuarantineReason.EMPTY and "only navigation" in caught.value.detail
