@@ -1,0 +1,319 @@
+"""Static int8 for the CPU: an ONNX Runtime graph whose vectors do not depend on the batch.
+
+torch's dynamic quantisation scales each activation by the range of the whole batch, so a text's
+vector moves with the other texts (and the padding) beside it. Here every weight MatMul reads its
+input through a ``QuantizeLinear`` with a scale fixed by calibration, then runs as
+``MatMulIntegerToFloat`` with per-output-channel int8 weights: a row's integers depend on that row
+alone. Attention scores, softmax, LayerNorm, GELU and the embeddings stay in float32, where int8
+costs quality and saves little time.
+
+The graph is built once per model fingerprint and recipe, under ``cache_root()``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+# Bump when export, calibration or graph surgery changes: cached graphs and verdicts are keyed by it.
+RECIPE = "ort-static-int8-v1"
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# SmoothQuant share and weight levels picked on MiniLM by bench/embed.py's overlap (0.5: worse, 0.8: best).
+SMOOTHING = 0.8
+WEIGHT_LEVELS = 127
+
+# Fixed calibration texts: short queries and chunk-length passages, the two shapes the index embeds.
+CALIBRATION = (
+    "How do I roll back a release in production?",
+    "What does cosine similarity measure?",
+    "Which file types can be ingested?",
+    "Where are the model artifacts stored?",
+    "Why did the nightly job fail?",
+    "The cat slept on a warm windowsill all afternoon.",
+    "Zürich, café, naïve — ünïcödé text with accents and dashes.",
+    "x",
+    "ERROR 503: upstream timed out after 30 s (retry 3/5) at 2024-03-01T12:00:00Z",
+    "def embed(texts: list[str]) -> np.ndarray: return model.encode(texts, normalize=True)",
+    "Quarterly revenue grew 12% to $4.2 billion, driven by cloud subscriptions in Europe and Asia.",
+    "Add two cups of flour, a pinch of salt and the melted butter, then knead for ten minutes.",
+    "The treaty was signed in 1648 and ended thirty years of war across central Europe.",
+    "Photosynthesis turns light, water and carbon dioxide into glucose and oxygen in the chloroplast.",
+    "Approximate nearest neighbour search trades a little accuracy for speed on large collections: "
+    "an IVF index clusters vectors into partitions, searches only the closest few at query time, and "
+    "product quantisation compresses each vector so that more of them fit in memory. Recall is "
+    "measured against exact search on a sample of queries, and the index is rebuilt when it drops.",
+    "A release is promoted from test to staging to production only after its evaluation passes. "
+    "Rolling back moves the champion alias to the previous version; nothing is deleted, so the "
+    "rollback can itself be undone. Every promotion is recorded with who approved it and when, and "
+    "the serving endpoints pick up the new alias within a minute without a restart.",
+    "Documents land in a folder per environment. Each file is parsed into blocks of text, the blocks "
+    "are cut into overlapping chunks of about two hundred tokens, and each chunk is embedded and "
+    "written to the vector table together with its source path, page number and a content hash, so "
+    "that an unchanged file is never embedded twice.",
+    "The patient presented with a persistent cough, mild fever and fatigue lasting two weeks. Chest "
+    "X-ray showed no consolidation; blood tests were unremarkable apart from a slightly raised white "
+    "cell count. A course of rest and fluids was advised, with a follow-up appointment in ten days.",
+    "In the second half the visitors pressed high, won the ball twice in midfield and equalised from "
+    "a corner; the home side's keeper then saved a penalty in stoppage time to keep the draw.",
+    "Terms and conditions: the subscription renews automatically each month unless cancelled at least "
+    "seven days before the renewal date. Refunds are issued for unused months only, within thirty "
+    "days of a written request sent to the billing address listed on the invoice.",
+    "Der Zug nach Berlin fährt um acht Uhr ab; bitte steigen Sie am Gleis drei ein. "
+    "Le train pour Paris part à neuf heures. El tren a Madrid sale a las diez.",
+    "| metric | value |\n|---|---|\n| recall@10 | 0.97 |\n| p50 latency | 7.9 ms |\n| rows | 100000 |",
+)
+
+
+def cache_root() -> Path:
+    """``$LLMOPS_CACHE``, else ``$XDG_CACHE_HOME/llmops`` or ``~/.cache/llmops``.
+
+    Not under LLMOPS_HOME: the graph and its verdict belong to the model and the machine, not to an
+    environment's state, and each test gets a private LLMOPS_HOME that would rebuild them every time.
+    """
+    if os.environ.get("LLMOPS_CACHE"):
+        return Path(os.environ["LLMOPS_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "llmops"
+
+
+def artifact_dir(fingerprint: str) -> Path:
+    return cache_root() / "embedding" / f"{fingerprint.replace('/', '_')}-{RECIPE}"
+
+
+def quantized_model(model_path: str, fingerprint: str, tokenize: Callable[[list[str]], dict]) -> Path:
+    """The cached int8 graph for this model, built (export, calibration, rewrite) on first use."""
+    target = artifact_dir(fingerprint) / "model.int8.onnx"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Built beside the target and renamed in, so concurrent workers never read a half-written graph.
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        fp32 = Path(scratch) / "model.fp32.onnx"
+        export_onnx(model_path, fp32)
+        ranges = calibrate(fp32, [tokenize([text]) for text in CALIBRATION])
+        built = Path(scratch) / target.name
+        quantize(fp32, ranges, built)
+        os.replace(built, target)
+    return target
+
+
+def export_onnx(model_path: str, out: Path) -> None:
+    """The transformer as ONNX (last hidden state), with BERT's LayerNorm and GELU fused by ORT's optimiser."""
+    import torch
+    from onnxruntime.transformers import optimizer
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from transformers import AutoConfig, AutoModel
+
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self, model: torch.nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids):  # noqa: ANN001, ANN201
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+
+    config = AutoConfig.from_pretrained(model_path)
+    model = AutoModel.from_pretrained(model_path, attn_implementation="eager").eval()
+    example = torch.ones(2, 8, dtype=torch.long)
+    raw = out.with_suffix(".raw.onnx")
+    axes = {0: "batch", 1: "tokens"}
+    torch.onnx.export(
+        LastHiddenState(model),
+        (example, example, torch.zeros_like(example)),
+        str(raw),
+        input_names=list(INPUTS),
+        output_names=["last_hidden_state"],
+        dynamic_axes={name: axes for name in [*INPUTS, "last_hidden_state"]},
+        opset_version=17,
+        dynamo=False,
+    )
+    options = FusionOptions("bert")
+    # The fused Attention op would hide the Q/K/V projections from the int8 rewrite.
+    options.enable_attention = False
+    fused = optimizer.optimize_model(
+        str(raw),
+        model_type="bert",
+        num_heads=int(config.num_attention_heads),
+        hidden_size=int(config.hidden_size),
+        optimization_options=options,
+        opt_level=1,
+    )
+    fused.save_model_to_file(str(out))
+    raw.unlink()
+
+
+def weight_matmuls(graph) -> list:  # noqa: ANN001
+    """MatMul nodes whose right-hand side is a 2-D weight: the Linear layers, not attention scores."""
+    weights = {init.name for init in graph.initializer if len(init.dims) == 2}
+    return [node for node in graph.node if node.op_type == "MatMul" and node.input[1] in weights]
+
+
+def calibrate(model: Path, feeds: Iterable[dict]) -> dict[str, np.ndarray]:
+    """Per-channel min and max (rows 0 and 1) of each weight MatMul's input, one text per run (no padding)."""
+    import onnx
+    import onnxruntime as ort
+
+    proto = onnx.load(str(model))
+    tensors = sorted({node.input[0] for node in weight_matmuls(proto.graph)})
+    proto.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in tensors)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    ranges: dict[str, np.ndarray] = {}
+    for feed in feeds:
+        values = session.run(tensors, {name: feed[name] for name in INPUTS})
+        for name, value in zip(tensors, values, strict=True):
+            rows = value.reshape(-1, value.shape[-1])
+            seen = np.stack([rows.min(0), rows.max(0)])
+            ranges[name] = seen if name not in ranges else np.stack([np.minimum(ranges[name][0], seen[0]), np.maximum(ranges[name][1], seen[1])])
+    return ranges
+
+
+def quantize(model: Path, ranges: dict[str, np.ndarray], out: Path, alpha: float = SMOOTHING) -> None:
+    """Rewrite each weight MatMul as Mul (smoothing) -> QuantizeLinear (static uint8) -> MatMulIntegerToFloat.
+
+    The smoothing divides each input channel by ``s`` and multiplies the weight's row by it
+    (SmoothQuant): the product is unchanged, but the few outlier channels of BERT's hidden states no
+    longer set one coarse step for every channel.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    proto = onnx.load(str(model))
+    graph = proto.graph
+    weights = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    matmuls = weight_matmuls(graph)
+    consumers: dict[str, list[np.ndarray]] = {}
+    for node in matmuls:
+        consumers.setdefault(node.input[0], []).append(weights[node.input[1]])
+    added, prologue, rewritten = [], {}, {}
+    for source, used_by in consumers.items():
+        low, high = ranges[source]
+        smooth = smoothing(np.maximum(-low, high), np.max([np.abs(w).max(1) for w in used_by], axis=0), alpha)
+        scale, zero = activation_scale(float((low / smooth).min()), float((high / smooth).max()))
+        stem = source.strip("/").replace("/", "_")
+        added += [
+            numpy_helper.from_array((1 / smooth).astype(np.float32), f"{stem}_smooth"),
+            numpy_helper.from_array(np.array(scale, np.float32), f"{stem}_scale"),
+            numpy_helper.from_array(np.array(zero, np.uint8), f"{stem}_zero"),
+        ]
+        prologue[source] = [
+            helper.make_node("Mul", [source, f"{stem}_smooth"], [f"{stem}_smoothed"]),
+            helper.make_node("QuantizeLinear", [f"{stem}_smoothed", f"{stem}_scale", f"{stem}_zero"], [f"{stem}_u8"]),
+        ]
+        for node in matmuls:
+            if node.input[0] != source:
+                continue
+            name = node.input[1]
+            quantized, column_scales = quantize_weight(weights[name] * smooth[:, None], WEIGHT_LEVELS)
+            added += [
+                numpy_helper.from_array(quantized, f"{name}_i8"),
+                numpy_helper.from_array(column_scales, f"{name}_scale"),
+                numpy_helper.from_array(np.zeros_like(quantized[0]), f"{name}_zero"),
+            ]
+            rewritten[node.name] = helper.make_node(
+                "MatMulIntegerToFloat",
+                [f"{stem}_u8", f"{name}_i8", f"{stem}_scale", f"{name}_scale", f"{stem}_zero", f"{name}_zero"],
+                list(node.output),
+                name=node.name,
+                domain="com.microsoft",
+            )
+    nodes = []
+    for node in graph.node:
+        if node.name in rewritten:
+            nodes += prologue.pop(node.input[0], [])
+            nodes.append(rewritten[node.name])
+        else:
+            nodes.append(node)
+    replaced = {node.input[1] for node in matmuls}
+    kept = [init for init in graph.initializer if init.name not in replaced]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept + added)
+    if not any(opset.domain == "com.microsoft" for opset in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(proto, str(out))
+
+
+def smoothing(activation_max: np.ndarray, weight_max: np.ndarray, alpha: float) -> np.ndarray:
+    """SmoothQuant's per-channel factor: moves a share ``alpha`` of the activation range into the weights."""
+    if alpha <= 0:
+        return np.ones_like(activation_max)
+    factor = np.maximum(activation_max, 1e-5) ** alpha / np.maximum(weight_max, 1e-5) ** (1 - alpha)
+    return np.clip(factor, 1e-2, 1e2).astype(np.float32)
+
+
+def activation_scale(low: float, high: float) -> tuple[float, int]:
+    """Asymmetric uint8 over [low, high], widened to include 0 so that zero is exact."""
+    low, high = min(low, 0.0), max(high, 0.0)
+    scale = max(high - low, 1e-8) / 255.0
+    return scale, int(np.clip(round(-low / scale), 0, 255))
+
+
+def quantize_weight(weight: np.ndarray, levels: int = WEIGHT_LEVELS) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per output column (axis 1 of a MatMul's right-hand side)."""
+    scales = np.maximum(np.abs(weight).max(axis=0), 1e-12) / levels
+    return np.clip(np.round(weight / scales), -levels, levels).astype(np.int8), scales.astype(np.float32)
+
+
+def session(model: Path, threads: int | None = None):  # noqa: ANN201
+    """An ORT CPU session on the int8 graph."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_suffix(f".{os.getpid()}.tmp")
+    scratch.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    os.replace(scratch, path)
+
+
+def machine_key() -> str:
+    """What int8 speed and rounding depend on: CPU model and ISA, and the ONNX Runtime build."""
+    import platform
+
+    import onnxruntime as ort
+
+    model = platform.processor()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    flags = sorted(flag for flag in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if has_cpu_flag(flag))
+    described = f"{platform.machine()}|{model}|{','.join(flags)}|ort {ort.__version__}"
+    return hashlib.sha256(described.encode()).hexdigest()[:12]
+
+
+def has_cpu_flag(flag: str) -> bool:
+    try:
+        return any(line.startswith("flags") and f" {flag} " in f"{line} " for line in Path("/proc/cpuinfo").read_text().splitlines())
+    except OSError:
+        return False
+
+
+def remove(fingerprint: str) -> None:
+    shutil.rmtree(artifact_dir(fingerprint), ignore_errors=True)
+
+
+def probe() -> tuple[list[str], list[str]]:
+    """The gate's retrieval probe, built like bench/embed.py: passages, and each passage's first sentence as a query."""
+    sentences = [part.strip() for text in CALIBRATION for part in text.split(". ") if len(part.split()) > 3]
+    passages = list(dict.fromkeys([*CALIBRATION, *sentences]))
+    return [text.split(". ", 1)[0] for text in passages], passages
