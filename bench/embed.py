@@ -3,9 +3,11 @@
     .venv/bin/python bench/embed.py [--corpus DIR] [--texts N] [--repeats R]
 
 Chunks the corpus with the project's chunker, embeds the same texts with
-``SentenceTransformer.encode`` (the baseline) and with our ``Embedder`` at fp32, bf16 and int8,
-and prints chunks/s, the ratio to the baseline, and retrieval quality as the mean top-10 overlap
-with the fp32 results (queries: the first sentence of each chunk).
+``SentenceTransformer.encode`` (the baseline) and with our ``Embedder`` at fp32, bf16, int8 and
+"auto" (the default path), and prints chunks/s, the ratio to the baseline, retrieval quality as the
+mean top-10 overlap with the fp32 results (queries: the first sentence of each chunk), and
+batch-independence: the lowest cosine between a text embedded alone and padded in a mixed batch.
+The last line, ``ratio: X.XX``, is the default path's speed over the baseline's.
 """
 
 from __future__ import annotations
@@ -24,7 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llmops_dagster.core.chunking import ChunkConfig, Chunker  # noqa: E402
 from llmops_dagster.core.documents import ParseError, detect_format, parse_file  # noqa: E402
-from llmops_dagster.core.embedding import Embedder, EmbedderConfig, default_model_path, load_tokenizer  # noqa: E402
+from llmops_dagster.core.embedding import (  # noqa: E402
+    Embedder,
+    EmbedderConfig,
+    batch_independence,
+    default_model_path,
+    load_tokenizer,
+)
 
 
 def corpus_chunks(root: Path) -> list[str]:
@@ -79,22 +87,30 @@ def main() -> None:
     baseline = SentenceTransformer(model_path, device="cpu")
     _, base_rate = timed(lambda t: baseline.encode(t, batch_size=64, normalize_embeddings=True), texts, args.repeats)
 
-    rows = [("sentence-transformers encode (baseline)", base_rate, None)]
+    rows = [("sentence-transformers encode (baseline)", base_rate, None, None)]
     reference = None
-    for precision in ("fp32", "bf16", "int8"):
+    mixed = [text for pair in zip(queries[:16], chunks[:16], strict=False) for text in pair]
+    for precision in ("fp32", "bf16", "int8", "auto"):
         embedder = Embedder(EmbedderConfig(precision=precision, device="cpu"))
         _, rate = timed(embedder.encode, texts, args.repeats)
         ranked = top10(embedder.encode(queries), embedder.encode(chunks))
         if reference is None:
             reference = ranked
-        rows.append((f"llmops {precision}", rate, overlap(ranked, reference)))
-    auto = Embedder(EmbedderConfig(device="cpu")).precision
+        name = f"llmops {precision}" + (f" (= {embedder.precision})" if precision == "auto" else "")
+        rows.append((name, rate, overlap(ranked, reference), batch_independence(embedder.encode, mixed)))
+    verdict = embedder.int8_verdict()
 
-    print(f"\n{'path':<42}{'chunks/s':>10}{'× baseline':>12}{'top-10 overlap vs fp32':>26}")
-    for name, rate, quality in rows:
+    print(f"\n{'path':<42}{'chunks/s':>10}{'× baseline':>12}{'top-10 vs fp32':>16}{'alone vs batch':>16}")
+    for name, rate, quality, alone in rows:
         shown = "-" if quality is None else f"{quality:.3f}"
-        print(f"{name:<42}{rate:>10.1f}{rate / base_rate:>12.2f}{shown:>26}")
-    print(f"\nprecision='auto' picks {auto} on this machine")
+        cosine = "-" if alone is None else f"{alone:.5f}"
+        print(f"{name:<42}{rate:>10.1f}{rate / base_rate:>12.2f}{shown:>16}{cosine:>16}")
+    print(
+        f"\nint8 gate on this machine: probe top-10 overlap {verdict['overlap']:.3f} "
+        f"(needs {verdict['min_overlap']:.2f}), batch cosine {verdict['batch_cosine']:.5f}: "
+        f"{'passes' if verdict['passes'] else 'fails'}; precision='auto' picks {embedder.precision}"
+    )
+    print(f"ratio: {rows[-1][1] / base_rate:.2f}")
 
 
 if __name__ == "__main__":
