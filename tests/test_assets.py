@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -118,6 +119,65 @@ def test_whole_graph_then_incremental_changes(llmops_home: Path, landing: tuple[
     quarantined = {r["path"] for r in lance.read(store.QUARANTINE, store.QUARANTINE_SCHEMA, ["path"]).to_pylist()}
     documents = {r["path"] for r in lance.read(store.DOCUMENTS, store.DOCUMENTS_SCHEMA, ["path"]).to_pylist()}
     assert fixed in documents and fixed not in quarantined
+
+    # 6. Another context template: every chunk gets its new context and the index is rebuilt in one
+    #    commit, never holding vectors of two templates.
+    plain = dataclasses.replace(settings, chunking=dataclasses.replace(settings.chunking, context_template="{heading}"))
+    index_before = lance.version(store.EMBEDDINGS)
+    sixth = materialize(plain, instance)
+    assert metadata(sixth, "embeddings")["embedded_this_run"] == lance.count(store.CHUNKS)
+    assert metadata(sixth, "embeddings")["index_fingerprint"] != metadata(first, "embeddings")["index_fingerprint"]
+    stored = lance.read(store.EMBEDDINGS, store.embeddings_schema(384), ["embedding_model", "context", "heading"]).to_pylist()
+    assert {row["embedding_model"] for row in stored} == {metadata(sixth, "embeddings")["index_fingerprint"]}
+    assert all(row["context"] == row["heading"] for row in stored)
+    # Every table version after the change (the rebuild, then its full-text index) holds one template only.
+    table = lance.open(store.EMBEDDINGS)
+    for version in range(index_before + 1, table.version + 1):
+        table.checkout(version)
+        fingerprints = set(table.to_arrow().column("embedding_model").to_pylist())
+        assert fingerprints == {metadata(sixth, "embeddings")["index_fingerprint"]}, version
+
+
+def test_headings_are_searchable_and_navigation_is_counted(llmops_home: Path, sample_landing: Path) -> None:
+    settings = load_settings("test").with_landing(sample_landing)
+    result = materialize(settings, dg.DagsterInstance.ephemeral())
+    assert metadata(result, "documents")["navigation/furniture"] > 0, "the sample PDF's running footer is left out"
+    lance = store.LanceStore(settings.lancedb_uri)
+    rows = lance.read(store.EMBEDDINGS, store.embeddings_schema(384), ["id", "source", "heading", "context", "search_text", "text"]).to_pylist()
+    pdf = [row for row in rows if row["source"] == "operations-guide.pdf" and row["heading"]]
+    assert pdf and all(row["heading"] in row["context"] and row["search_text"].endswith(row["text"]) for row in pdf)
+    # A heading's words alone find a passage of that section (or of one below it), though its text
+    # may not repeat them.
+    table = lance.open(store.EMBEDDINGS)
+    contexts = {row["id"]: row["context"] for row in rows}
+    for heading in {row["heading"] for row in pdf if len(row["heading"].split()) >= 4}:
+        assert heading in contexts[search(table, heading, 1, "text", AnnParams())[0].id], heading
+
+
+def test_tables_of_an_older_release_are_rewritten_and_reparsed(llmops_home: Path, sample_landing: Path) -> None:
+    """A documents table without heading paths or navigation counts, parsed by an older release,
+    is brought to today's schema and its files are parsed again, with nothing lost or duplicated."""
+    import lancedb
+    import pyarrow as pa
+
+    settings = load_settings("test").with_landing(sample_landing)
+    materialize(settings, dg.DagsterInstance.ephemeral())
+    lance = store.LanceStore(settings.lancedb_uri)
+    rows = lance.read(store.DOCUMENTS, store.DOCUMENTS_SCHEMA).to_pylist()
+    old_block = pa.struct([("text", pa.string()), ("page", pa.int32()), ("heading", pa.string())])
+    old_schema = pa.schema([f if f.name != "blocks" else pa.field("blocks", pa.list_(old_block)) for f in store.DOCUMENTS_SCHEMA if f.name != "navigation"])
+    for row in rows:
+        row.pop("navigation")
+        row["parser"] = row["parser"].split(";")[0]
+        row["blocks"] = [{k: v for k, v in block.items() if k != "section"} for block in row["blocks"]]
+    lancedb.connect(settings.lancedb_uri).create_table(store.DOCUMENTS, pa.Table.from_pylist(rows, old_schema), mode="overwrite")
+
+    result = materialize(settings, dg.DagsterInstance.ephemeral())
+    assert metadata(result, "documents")["parsed_this_run"] == len(rows)
+    stored = lance.read(store.DOCUMENTS, store.DOCUMENTS_SCHEMA).to_pylist()
+    assert sorted(r["path"] for r in stored) == sorted(r["path"] for r in rows)
+    assert all(block["section"] is not None for r in stored for block in r["blocks"])
+    assert lance.open(store.DOCUMENTS).schema.names == store.DOCUMENTS_SCHEMA.names
 
 
 def test_interrupted_run_is_completed_without_duplicates(llmops_home: Path, sample_landing: Path) -> None:
