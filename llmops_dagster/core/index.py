@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
@@ -172,6 +173,10 @@ class Passage:
     page_end: int | None = None
 
 
+class Reranker(Protocol):
+    def scores(self, query: str, passages: Sequence[tuple[str, str]]) -> list[float]: ...
+
+
 @dataclass(frozen=True)
 class Fusion:
     """How hybrid search merges its vector and full-text candidate lists."""
@@ -179,6 +184,7 @@ class Fusion:
     method: str = "rrf"
     text_weight: float = 0.5  # 0: vector only, 1: text only; 0.5 weighs both lists alike
     depth: int = 50  # candidates taken from each list before fusing
+    rerank_depth: int = 0  # with a reranker: how many of the fused candidates it orders again
 
     def __post_init__(self) -> None:
         if self.method not in FUSIONS:
@@ -187,6 +193,8 @@ class Fusion:
             raise ValueError(f"text_weight must be between 0 and 1, got {self.text_weight}")
         if self.depth < 1:
             raise ValueError(f"depth must be at least 1, got {self.depth}")
+        if self.rerank_depth < 0:
+            raise ValueError(f"rerank_depth must not be negative, got {self.rerank_depth}")
 
     def fuse(self, vector: list[tuple[str, float]], text: list[tuple[str, float]]) -> list[tuple[str, float]]:
         """(id, fused score), best first, from two (id, score) lists that are each best first."""
@@ -214,27 +222,36 @@ def search(
     params: AnnParams,
     embedder: Embedder | None = None,
     fusion: Fusion | None = None,
+    reranker: Reranker | None = None,
 ) -> list[Passage]:
-    """Ranked passages; scores are cosine similarity (vector), BM25 (text) or the fused score (hybrid)."""
+    """Ranked passages; scores are cosine similarity (vector), BM25 (text), the fused score (hybrid),
+    or the reranker's score for the ``fusion.rerank_depth`` candidates it ordered again."""
     if mode not in SEARCH_MODES:
         raise ValueError(f"mode must be one of {SEARCH_MODES}, got '{mode}'")
     if mode != "text" and embedder is None:
         raise ValueError(f"{mode} search needs an embedder")
     fusion = fusion or Fusion()
-    depth = k if mode != "hybrid" else max(k, fusion.depth)
+    reranked = reranker is not None and fusion.rerank_depth > 0
+    depth = max(k, fusion.depth if mode == "hybrid" else k, fusion.rerank_depth if reranked else 0)
+    columns = [*RESULT_COLUMNS, text_column(table)] if reranked else RESULT_COLUMNS
     rows: dict[str, dict] = {}
     lists: dict[str, list[tuple[str, float]]] = {}
     if mode in ("vector", "hybrid"):
         vector = embedder.encode([query])[0]  # type: ignore[union-attr]
-        hits = _vector_query(table, vector, depth, params).select([*RESULT_COLUMNS, "_distance"]).to_arrow().to_pylist()
+        hits = _vector_query(table, vector, depth, params).select([*columns, "_distance"]).to_arrow().to_pylist()
         lists["vector"] = [(row["id"], 1.0 - row["_distance"]) for row in hits]
         rows.update((row["id"], row) for row in hits)
     if mode in ("text", "hybrid"):
         builder = table.search(query, query_type="fts", fts_columns=text_column(table)).limit(depth)
-        hits = builder.select([*RESULT_COLUMNS, "_score"]).to_arrow().to_pylist()
+        hits = builder.select([*columns, "_score"]).to_arrow().to_pylist()
         lists["text"] = [(row["id"], row["_score"]) for row in hits]
         rows.update((row["id"], row) for row in hits)
     ranked = fusion.fuse(lists["vector"], lists["text"]) if mode == "hybrid" else lists[mode]
+    if reranked:
+        head, tail = ranked[: fusion.rerank_depth], ranked[fusion.rerank_depth :]
+        column = text_column(table)
+        scores = reranker.scores(query, [(key, rows[key][column]) for key, _ in head])  # type: ignore[union-attr]
+        ranked = sorted(zip((key for key, _ in head), scores, strict=True), key=lambda item: -item[1]) + tail
     passages = []
     for key, score in ranked[:k]:
         row = rows[key]

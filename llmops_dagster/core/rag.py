@@ -20,6 +20,7 @@ import numpy as np
 
 from llmops_dagster.core.answer import NO_ANSWER, AnswerConfig, extractive_answer
 from llmops_dagster.core.index import SEARCH_MODES, AnnParams, Fusion, Passage, search
+from llmops_dagster.core.rerank import RERANKERS, load_reranker
 from llmops_dagster.core.training import apply_adapter
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ class RagConfig:
     fusion: str = "rrf"  # hybrid only: rrf | score (see index.Fusion)
     text_weight: float = 0.5  # hybrid only: the full-text list's weight against the vector list's
     depth: int = 50  # hybrid only: candidates per list before fusing
+    rerank: str = "none"  # none | maxsim: order the first rerank_depth candidates again (core.rerank)
+    rerank_depth: int = 20
     select_by_evaluation: bool = True  # register the retrieval candidate that evaluated best, not these
     generator_model: str | None = None  # local transformers model folder; None: extractive
     max_new_tokens: int = 96
@@ -54,14 +57,15 @@ class RagConfig:
         if self.k < 1 or self.max_new_tokens < 1:
             raise ValueError("k and max_new_tokens must be at least 1")
         self.fusion_config()  # validates fusion, text_weight and depth
+        if self.rerank not in RERANKERS:
+            raise ValueError(f"rerank must be one of {RERANKERS}, got '{self.rerank}'")
 
     def fusion_config(self) -> Fusion:
-        return Fusion(self.fusion, self.text_weight, self.depth)
+        return Fusion(self.fusion, self.text_weight, self.depth, self.rerank_depth if self.rerank != "none" else 0)
 
     def retrieval_label(self) -> str:
-        if self.mode != "hybrid":
-            return self.mode
-        return f"hybrid {self.fusion} w_text={self.text_weight:g} depth={self.depth}"
+        label = self.mode if self.mode != "hybrid" else f"hybrid {self.fusion} w_text={self.text_weight:g} depth={self.depth}"
+        return label + (f" + {self.rerank} top {self.rerank_depth}" if self.rerank != "none" else "")
 
     def answer_config(self) -> AnswerConfig:
         return AnswerConfig(max_sentences=self.max_sentences, min_score=self.min_score)
@@ -186,8 +190,10 @@ class RagPipeline:
         self.generator = generator or ExtractiveGenerator(encoder.embedder.encode, config.answer_config())
 
     def retrieve(self, question: str, k: int | None = None, mode: str | None = None) -> list[Passage]:
+        reranker = load_reranker(str(self.encoder.embedder.model_path)) if self.config.rerank != "none" else None
         return search(
-            self.table, question, k or self.config.k, mode or self.config.mode, self.params, self.encoder, self.config.fusion_config()  # type: ignore[arg-type]
+            self.table, question, k or self.config.k, mode or self.config.mode, self.params, self.encoder,  # type: ignore[arg-type]
+            self.config.fusion_config(), reranker,
         )
 
     def answer(self, question: str, k: int | None = None, mode: str | None = None) -> Prediction:

@@ -17,6 +17,7 @@ from llmops_dagster.core.rag import RagConfig
 
 TEXT_WEIGHTS = (0.3, 0.5, 0.7)
 DEPTHS = (20, 50)
+RERANK_DEPTH = 20
 SELECT, REPORT, ALL = "select", "report", "all"
 # Selection needs a margin to leave the configured retrieval. One question moving between rank 1
 # and 2 shifts the objective by 0.25/n; twice that is taken as noise.
@@ -28,13 +29,19 @@ def margin(questions: int) -> float:
 
 
 def candidates(configured: RagConfig) -> list[RagConfig]:
-    """The configured retrieval first, then vector, text and every hybrid fusion in the grid."""
-    grid = [replace(configured, mode="vector"), replace(configured, mode="text")]
+    """The configured retrieval first, then vector, text, every hybrid fusion in the grid, and the
+    equal-weight fusions with a MaxSim rerank of their first candidates."""
+    plain = replace(configured, rerank="none")
+    grid = [replace(plain, mode="vector"), replace(plain, mode="text")]
     grid += [
-        replace(configured, mode="hybrid", fusion=fusion, text_weight=weight, depth=depth)
+        replace(plain, mode="hybrid", fusion=fusion, text_weight=weight, depth=depth)
         for fusion in ("rrf", "score")
         for weight in TEXT_WEIGHTS
         for depth in DEPTHS
+    ]
+    grid += [
+        replace(plain, mode="hybrid", fusion=fusion, text_weight=0.5, depth=50, rerank="maxsim", rerank_depth=RERANK_DEPTH)
+        for fusion in ("rrf", "score")
     ]
     unique = {retrieval_key(configured): configured}
     for config in grid:
@@ -43,9 +50,10 @@ def candidates(configured: RagConfig) -> list[RagConfig]:
 
 
 def retrieval_key(config: RagConfig) -> tuple:
+    rerank = (config.rerank, config.rerank_depth) if config.rerank != "none" else ()
     if config.mode != "hybrid":
-        return (config.mode,)
-    return (config.mode, config.fusion, config.text_weight, config.depth)
+        return (config.mode, *rerank)
+    return (config.mode, config.fusion, config.text_weight, config.depth, *rerank)
 
 
 def split(items: Sequence[EvalItem]) -> dict[str, list[EvalItem]]:

@@ -189,6 +189,8 @@ class RagResource(_SettingsResource):
     fusion: str = "rrf"
     text_weight: float = 0.5
     depth: int = 50
+    rerank: str = "none"
+    rerank_depth: int = 20
     select_by_evaluation: bool = True
     generator_model: str | None = None
     max_new_tokens: int = 96

@@ -1,0 +1,70 @@
+"""A second stage over the fused candidates: late interaction (ColBERT's MaxSim) with the embedding
+model's own token vectors.
+
+A passage's score is the mean, over the query's tokens, of each token's best cosine similarity to
+any token of the passage (context and text). Unlike the pooled vector, it rewards a passage in
+which every part of the question finds a match. No second model is needed: the bundled MiniLM's
+contextual token vectors do it, and they are cached per passage, so a passage that comes back for
+several queries is encoded once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from functools import cache
+
+import numpy as np
+
+RERANKERS = ("none", "maxsim")
+
+
+class MaxSimReranker:
+    def __init__(self, model_path: str, cache_size: int = 8192) -> None:
+        import torch
+        from transformers import AutoModel
+
+        from llmops_dagster.core.embedding import load_tokenizer
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        torch.set_grad_enabled(False)
+        self.tokenizer, self.max_tokens = load_tokenizer(model_path)
+        self.model = AutoModel.from_pretrained(model_path).eval()
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+
+    def _tokens(self, texts: list[str]) -> list[np.ndarray]:
+        """Unit-norm contextual vectors of each text's tokens, without [CLS], [SEP] and padding."""
+        import torch
+
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
+        with torch.inference_mode():
+            hidden = torch.nn.functional.normalize(self.model(**batch).last_hidden_state, dim=-1)
+        lengths = batch["attention_mask"].sum(1).tolist()
+        return [hidden[i, 1 : int(length) - 1].numpy() for i, length in enumerate(lengths)]
+
+    def _passages(self, keyed: Sequence[tuple[str, str]]) -> list[np.ndarray]:
+        missing = [(key, text) for key, text in dict(keyed).items() if key not in self._cache]
+        for start in range(0, len(missing), 16):
+            part = missing[start : start + 16]
+            for (key, _), vectors in zip(part, self._tokens([text for _, text in part]), strict=True):
+                self._cache[key] = vectors
+        for key, _ in keyed:
+            self._cache.move_to_end(key)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return [self._cache[key] for key, _ in keyed]
+
+    def scores(self, query: str, passages: Sequence[tuple[str, str]]) -> list[float]:
+        """MaxSim of the query against each (passage id, passage text)."""
+        if not passages:
+            return []
+        query_tokens = self._tokens([query])[0]
+        return [float((query_tokens @ tokens.T).max(axis=1).mean()) if len(tokens) else 0.0 for tokens in self._passages(passages)]
+
+
+@cache
+def load_reranker(model_path: str) -> MaxSimReranker:
+    """One reranker per process and model."""
+    return MaxSimReranker(model_path)
