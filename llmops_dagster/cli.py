@@ -24,7 +24,16 @@ import uuid
 from pathlib import Path
 from typing import NoReturn
 
-from llmops_dagster.settings import ENV_TAG, ENVIRONMENTS, TRIGGER_TAG, EnvSettings, SettingsError, load_settings
+from llmops_dagster.settings import (
+    ENV_TAG,
+    ENVIRONMENTS,
+    HOST_TAG,
+    PID_TAG,
+    TRIGGER_TAG,
+    EnvSettings,
+    SettingsError,
+    load_settings,
+)
 
 EXIT_USAGE = 2
 # What is printed after a run: the asset and the markdown metadata entry that sums it up.
@@ -98,7 +107,11 @@ def _instance():
 
 
 def _refuse_if_running(instance, env: str) -> None:
-    """The CLI runs in process, outside the run queue: check for an ingest run of this environment first."""
+    """The CLI runs in process, outside the run queue: check for a run of this environment first.
+
+    A CLI run whose process is gone (killed, or its machine restarted) is marked failed with the
+    reason, so that a crash never locks the environment.
+    """
     import dagster as dg
 
     active = instance.get_runs(
@@ -106,10 +119,29 @@ def _refuse_if_running(instance, env: str) -> None:
             tags={ENV_TAG: env},
             statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED],
         ),
-        limit=1,
     )
-    if active:
-        raise UserError(f"run {active[0].run_id} for environment '{env}' is still in progress; try again when it ends")
+    for run in active:
+        reason = _orphaned(run.tags)
+        if reason is None:
+            raise UserError(f"run {run.run_id} for environment '{env}' is still in progress; try again when it ends")
+        instance.report_run_failed(run, message=f"{reason}; marked failed by a later llmops command")
+        print(f"llmops: run {run.run_id} was left unfinished ({reason}); marked it failed", file=sys.stderr)
+
+
+def _orphaned(tags: dict[str, str]) -> str | None:
+    """Why a run started by the CLI on this host can no longer be running, or None if it may be."""
+    import socket
+
+    host, pid = tags.get(HOST_TAG), tags.get(PID_TAG)
+    if host != socket.gethostname() or not (pid or "").isdigit():
+        return None  # started elsewhere (the daemon, another machine): not ours to judge
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return f"its process {pid} on {host} is gone"
+    except PermissionError:
+        return None  # alive, under another user
+    return None
 
 
 class _Progress(threading.Thread):
@@ -175,7 +207,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _execute(job, instance, tags: dict[str, str]) -> int:
     """Run a job in process against the persistent instance, showing progress; 1 on failure or a failed check."""
+    import socket
+
     run_id = str(uuid.uuid4())
+    tags = {**tags, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
     progress = _Progress(instance, run_id)
     progress.start()
     try:

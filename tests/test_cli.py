@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import LLMOPS, TrainedHome, llmops
+from conftest import LLMOPS, SAMPLE_CORPUS, TrainedHome, llmops
 
 
 @pytest.mark.slow
@@ -150,3 +152,66 @@ def test_status_of_an_empty_registry(tmp_path: Path) -> None:
     assert [s["environment"] for s in states] == ["test", "staging", "prod"]
     assert all(s["pending"] == "nothing registered yet" for s in states)
     assert [s["adopts_from"] for s in states] == [None, "test", "staging"] and states[2]["requires_approval"] is True
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_embedding_does_not_lock_the_environment(tmp_path: Path) -> None:
+    """kill -9 of `llmops run` while it embeds: the next run marks the dead run failed, completes,
+    and the index holds every chunk exactly once."""
+    import dagster as dg
+
+    from llmops_dagster.core import store
+
+    home = tmp_path / "home"
+    landing = tmp_path / "landing"
+    shutil.copytree(SAMPLE_CORPUS, landing, ignore=shutil.ignore_patterns("questions"))
+    env = {**os.environ, "LLMOPS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+    command = [LLMOPS, "run", "--env", "test", "--landing", str(landing)]
+    victim = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen = []
+    for line in victim.stdout:  # type: ignore[union-attr]
+        seen.append(line)
+        if "▶ embeddings" in line:
+            break
+    else:
+        pytest.fail("the run ended before embedding:\n" + "".join(seen))
+    time.sleep(1.0)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=60)
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        killed = instance.get_runs(limit=1)[0]
+        assert killed.status == dg.DagsterRunStatus.STARTED, "the killed run is left STARTED, as after any crash"
+
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"run {killed.run_id} was left unfinished (its process {victim.pid}" in again.stderr
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        assert instance.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.FAILURE
+    lance = store.LanceStore(str(home / "test" / "lancedb"))
+    chunk_ids = lance.read(store.CHUNKS, store.CHUNKS_SCHEMA, ["id"]).column("id").to_pylist()
+    vector_ids = lance.read(store.EMBEDDINGS, store.embeddings_schema(384), ["id"]).column("id").to_pylist()
+    assert chunk_ids and sorted(vector_ids) == sorted(chunk_ids) and len(set(vector_ids)) == len(vector_ids)
+
+
+def test_a_run_of_a_live_process_still_refuses(tmp_path: Path, sample_landing: Path) -> None:
+    """A CLI run whose process is alive on this host is in progress, not orphaned."""
+    import socket
+
+    import dagster as dg
+
+    from llmops_dagster.cli import DAGSTER_YAML
+    from llmops_dagster.definitions import INGEST_JOB, build_defs
+    from llmops_dagster.settings import HOST_TAG, PID_TAG, load_settings
+
+    home = tmp_path / "home"
+    env = {**os.environ, "LLMOPS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+    (home / "dagster").mkdir(parents=True)
+    (home / "dagster" / "dagster.yaml").write_text(DAGSTER_YAML)
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        job = build_defs(load_settings("test")).resolve_job_def(INGEST_JOB)
+        tags = {"llmops/env": "test", HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+        running = instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED, tags=tags)
+    result = subprocess.run(
+        [LLMOPS, "run", "--env", "test", "--landing", str(sample_landing)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2 and f"run {running.run_id} for environment 'test' is still in progress" in result.stderr
