@@ -8,13 +8,14 @@ from pathlib import Path
 import dagster as dg
 
 from llmops_dagster.definitions import build_defs
-from llmops_dagster.resources import LandingZoneResource
+from llmops_dagster.resources import LanceDBResource, LandingZoneResource
 from llmops_dagster.sensors import NEW_DOCUMENTS
 from llmops_dagster.settings import load_settings
 
 
-def tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, landing: Path, cursor: str | None):
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"landing": LandingZoneResource(path=str(landing))})
+def tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, landing: Path, cursor: str | None, lancedb: Path | None = None):
+    resources = {"landing": LandingZoneResource(path=str(landing)), "lancedb": LanceDBResource(uri=str(lancedb or landing.parent / "lancedb"))}
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
     result = sensor.evaluate_tick(context)
     return result, result.cursor
 
@@ -59,3 +60,22 @@ def test_touch_without_content_change_is_not_a_change(llmops_home: Path, tmp_pat
     os.utime(file, ns=(1, 1))
     second, _ = tick(sensor, instance, landing, cursor)
     assert not second.run_requests
+
+
+def test_first_tick_after_a_cli_run_requests_nothing_until_something_changes(llmops_home: Path, tmp_path: Path) -> None:
+    """`make ui` after `make demo`: the daemon's first tick finds the landing zone already ingested."""
+    from llmops_dagster.core.pipeline import ingest
+    from llmops_dagster.core.store import LanceStore
+
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    (landing / "a.md").write_text("# A\n\nfirst")
+    (landing / "broken.pdf").write_bytes(b"not a pdf")
+    ingest(landing, LanceStore(str(tmp_path / "lancedb")), 1 << 20)
+    sensor = build_defs(load_settings("test")).resolve_sensor_def(NEW_DOCUMENTS)
+    instance = dg.DagsterInstance.ephemeral()
+    first, cursor = tick(sensor, instance, landing, None)
+    assert not first.run_requests and first.skip_message == f"all 2 files in {landing} are already ingested"
+    (landing / "b.md").write_text("# B\n\nnew")
+    second, _ = tick(sensor, instance, landing, cursor)
+    assert len(second.run_requests) == 1 and second.run_requests[0].tags["llmops/landing_change"] == "1 added, 0 changed, 0 deleted"

@@ -42,7 +42,7 @@ class IngestResult:
 PARSED_BY = f"llmops parse v{PARSE_VERSION}"
 
 
-def _known_files(lance: LanceStore) -> tuple[dict[str, landing.LandingFile], set[str], set[str]]:
+def known_files(lance: LanceStore) -> tuple[dict[str, landing.LandingFile], set[str], set[str]]:
     """Files already stored, by path. A document parsed by an older release counts as unknown, so it
     is parsed again with today's parsers."""
     known: dict[str, landing.LandingFile] = {}
@@ -62,7 +62,7 @@ def _known_files(lance: LanceStore) -> tuple[dict[str, landing.LandingFile], set
 
 def ingest(root: Path, lance: LanceStore, max_bytes: int, log: Log = _quiet) -> IngestResult:
     """Parse new and changed landing files; every file lands in exactly one of documents or quarantine."""
-    known, document_paths, quarantine_paths = _known_files(lance)
+    known, document_paths, quarantine_paths = known_files(lance)
     files = landing.scan(root, known)
     change = landing.diff(files, known)
     now = datetime.now(UTC)

@@ -7,7 +7,7 @@ import json
 import dagster as dg
 
 from llmops_dagster.core import landing as landing_files
-from llmops_dagster.resources import LandingZoneResource
+from llmops_dagster.resources import LanceDBResource, LandingZoneResource
 from llmops_dagster.settings import TRIGGER_TAG
 
 NEW_DOCUMENTS = "new_documents"
@@ -35,8 +35,14 @@ def build_new_documents_sensor(job_name: str, minimum_interval_seconds: int = 30
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Starts the ingest job when a landing file is created, changed or deleted.",
     )
-    def new_documents(context: dg.SensorEvaluationContext, landing: LandingZoneResource):
+    def new_documents(context: dg.SensorEvaluationContext, landing: LandingZoneResource, lancedb: LanceDBResource):
         seq, previous, known = _decode(context.cursor)
+        if not previous:
+            # First tick (a new daemon, or `make ui` after `llmops run`): what is already ingested
+            # is not a change, so compare with the stored tables rather than with nothing.
+            from llmops_dagster.core.pipeline import known_files
+
+            known = known_files(lancedb.store())[0]
         files = landing_files.scan(landing.root, known)
         digest = landing_files.manifest_digest(files)
         if digest == previous:
@@ -45,6 +51,9 @@ def build_new_documents_sensor(job_name: str, minimum_interval_seconds: int = 30
         if not previous and not files:
             context.update_cursor(_encode(seq, digest, files))
             return dg.SkipReason(f"landing zone {landing.root} is empty")
+        if not previous and change.is_empty:
+            context.update_cursor(_encode(seq, digest, files))
+            return dg.SkipReason(f"all {len(files)} files in {landing.root} are already ingested")
         seq += 1
         context.update_cursor(_encode(seq, digest, files))
         summary = f"{len(change.added)} added, {len(change.changed)} changed, {len(change.deleted)} deleted"
