@@ -146,3 +146,16 @@ def test_selection_keeps_the_configured_retrieval_unless_another_wins_by_more_th
     scores[("text",)] = 0.86  # within 0.5/40 of the configured retrieval: noise
     assert selection.select(configured, items(40), evaluate).winner == configured
     assert "kept the configured retrieval" in selection.select(configured, items(40), evaluate).summary()
+
+
+def test_k_is_chosen_by_answer_f1_only_where_gold_answers_exist() -> None:
+    configured = RagConfig(k=5)
+    chosen = selection.Selection(configured, configured, [], 0.01)
+    f1 = {3: 0.50, 5: 0.40, 8: 0.30}
+    answered = [EvalItem(f"q{i}", frozenset({"x"}), "source", "gold", answer="a") for i in range(20)]
+    picked = selection.select_k(chosen, answered, lambda config, its: f1[config.k])
+    assert picked.winner.k == 3 and picked.answer_f1_by_k == f1 and "k=3 by answer F1" in picked.summary()
+    f1[3] = 0.42  # within 0.5/20 of k=5: noise
+    assert selection.select_k(chosen, answered, lambda config, its: f1[config.k]).winner.k == 5
+    unanswered = [replace(item, answer=None) for item in answered]
+    assert selection.select_k(chosen, unanswered, lambda config, its: 1.0) == chosen

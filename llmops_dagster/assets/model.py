@@ -243,6 +243,11 @@ def select_retrieval(
         return reports[config]["all"]
 
     chosen = selection.select(configured, halves[selection.SELECT], score)
+
+    def answer_f1(config: Any, answered: Any) -> float:
+        return evaluate(with_cached_queries(pipeline, [], config), answered, config.mode, answers=True)["gold"]["answer_f1"]
+
+    chosen = selection.select_k(chosen, halves[selection.SELECT], answer_f1)
     rows = [("candidate", "", c.mode, c.retrieval_label(), selection.SELECT, report) for c, report in reports.items()]
     lancedb.store().apply(
         store.EVALUATIONS, store.EVALUATIONS_SCHEMA, "id", pa.Table.from_pylist(evaluation_rows(context.run_id, "", rows), store.EVALUATIONS_SCHEMA), []

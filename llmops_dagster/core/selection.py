@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from llmops_dagster.core.evaluation import EvalItem
 from llmops_dagster.core.rag import RagConfig
 
+KS = (3, 5, 8)  # passages handed to the answer generator, chosen by answer F1 where gold answers exist
 TEXT_WEIGHTS = (0.3, 0.5, 0.7)
 DEPTHS = (20, 50)
 RERANK_DEPTH = 20
@@ -89,6 +90,7 @@ class Selection:
     configured: RagConfig
     candidates: list[Candidate]  # best first
     margin: float  # the gain needed to leave the configured retrieval
+    answer_f1_by_k: dict[int, float] | None = None  # None: no gold answers to choose k by
 
     @property
     def gain(self) -> float:
@@ -98,11 +100,16 @@ class Selection:
 
     def summary(self) -> str:
         if retrieval_key(self.winner) == retrieval_key(self.configured):
-            return f"kept the configured retrieval ({self.winner.retrieval_label()}): no candidate beat it by more than noise ({self.margin:.3f})"
-        return (
-            f"selected {self.winner.retrieval_label()} over the configured {self.configured.retrieval_label()} "
-            f"(+{self.gain:.3f} in mean recall@5/MRR@10 on the selection half)"
-        )
+            text = f"kept the configured retrieval ({self.winner.retrieval_label()}): no candidate beat it by more than noise ({self.margin:.3f})"
+        else:
+            text = (
+                f"selected {self.winner.retrieval_label()} over the configured {self.configured.retrieval_label()} "
+                f"(+{self.gain:.3f} in mean recall@5/MRR@10 on the selection half)"
+            )
+        if self.answer_f1_by_k is None:
+            return text + f"; k={self.winner.k} as configured (no gold answers to choose it by)"
+        scores = ", ".join(f"k={k}: {f1:.3f}" for k, f1 in sorted(self.answer_f1_by_k.items()))
+        return text + f"; k={self.winner.k} by answer F1 ({scores})"
 
 
 def select(
@@ -116,3 +123,15 @@ def select(
     needed = margin(len(items))
     winner = best.config if best.score > kept.score + needed else configured
     return Selection(winner, configured, ranked, needed)
+
+
+def select_k(selection: Selection, items: Sequence[EvalItem], answer_f1: Callable[[RagConfig, Sequence[EvalItem]], float]) -> Selection:
+    """Choose how many passages the generator gets, by answer F1 on the items with gold answers; the
+    configured k stays unless another beats it by more than noise."""
+    answered = [item for item in items if item.answer]
+    if not answered:
+        return selection
+    scores = {k: answer_f1(replace(selection.winner, k=k), answered) for k in dict.fromkeys((selection.winner.k, *KS))}
+    best = max(scores, key=lambda k: scores[k])
+    k = best if scores[best] > scores[selection.winner.k] + margin(len(answered)) else selection.winner.k
+    return replace(selection, winner=replace(selection.winner, k=k), answer_f1_by_k=scores)
