@@ -122,21 +122,27 @@ def test_dagster_home_queues_runs_one_environment_at_a_time(tmp_path: Path, monk
     assert limits == [{"key": "llmops/env", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]
 
 
-def test_run_is_refused_while_the_environment_has_a_run_in_progress(tmp_path: Path, sample_landing: Path) -> None:
+@pytest.mark.parametrize("started_by", ["daemon", "live cli process"])
+def test_run_is_refused_while_the_environment_has_a_run_in_progress(tmp_path: Path, sample_landing: Path, started_by: str) -> None:
+    """A run the daemon started, or one whose CLI process is alive on this host, is in progress, not orphaned."""
+    import socket
+
     import dagster as dg
 
-    from llmops_dagster.definitions import INGEST_JOB, build_defs
-    from llmops_dagster.settings import load_settings
-
     from llmops_dagster.cli import DAGSTER_YAML
+    from llmops_dagster.definitions import INGEST_JOB, build_defs
+    from llmops_dagster.settings import HOST_TAG, PID_TAG, load_settings
 
     home = tmp_path / "home"
     env = {**os.environ, "LLMOPS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
     (home / "dagster").mkdir(parents=True)
     (home / "dagster" / "dagster.yaml").write_text(DAGSTER_YAML)
+    tags = {"llmops/env": "test"}
+    if started_by == "live cli process":
+        tags |= {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         job = build_defs(load_settings("test")).resolve_job_def(INGEST_JOB)
-        running = instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED, tags={"llmops/env": "test"})
+        running = instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED, tags=tags)
     result = subprocess.run(
         [LLMOPS, "run", "--env", "test", "--landing", str(sample_landing)], env=env, capture_output=True, text=True, timeout=300
     )
@@ -191,27 +197,3 @@ def test_a_run_killed_mid_embedding_does_not_lock_the_environment(tmp_path: Path
     chunk_ids = lance.read(store.CHUNKS, store.CHUNKS_SCHEMA, ["id"]).column("id").to_pylist()
     vector_ids = lance.read(store.EMBEDDINGS, store.embeddings_schema(384), ["id"]).column("id").to_pylist()
     assert chunk_ids and sorted(vector_ids) == sorted(chunk_ids) and len(set(vector_ids)) == len(vector_ids)
-
-
-def test_a_run_of_a_live_process_still_refuses(tmp_path: Path, sample_landing: Path) -> None:
-    """A CLI run whose process is alive on this host is in progress, not orphaned."""
-    import socket
-
-    import dagster as dg
-
-    from llmops_dagster.cli import DAGSTER_YAML
-    from llmops_dagster.definitions import INGEST_JOB, build_defs
-    from llmops_dagster.settings import HOST_TAG, PID_TAG, load_settings
-
-    home = tmp_path / "home"
-    env = {**os.environ, "LLMOPS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
-    (home / "dagster").mkdir(parents=True)
-    (home / "dagster" / "dagster.yaml").write_text(DAGSTER_YAML)
-    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
-        job = build_defs(load_settings("test")).resolve_job_def(INGEST_JOB)
-        tags = {"llmops/env": "test", HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
-        running = instance.create_run_for_job(job, status=dg.DagsterRunStatus.STARTED, tags=tags)
-    result = subprocess.run(
-        [LLMOPS, "run", "--env", "test", "--landing", str(sample_landing)], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 2 and f"run {running.run_id} for environment 'test' is still in progress" in result.stderr
