@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast ui mlflow-ui bench clean
+.PHONY: demo lint test test-fast ui mlflow-ui bench clean
 
 # torch's CPU wheel goes in first, so that nothing below pulls a CUDA build of torch.
 $(STAMP): pyproject.toml
@@ -55,11 +55,14 @@ $(CHROMIUM):
 	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 	else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi
 
-test: $(STAMP) $(CHROMIUM)
+lint: $(STAMP)
+	$(BIN)/ruff check llmops_dagster tests bench scripts
+
+test: lint $(CHROMIUM)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
-test-fast: $(STAMP)
+test-fast: lint
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 ui: $(STAMP)

@@ -104,7 +104,11 @@ def main() -> None:
     total = full["timings"]["total"]
     print(f"corpus: {files} PDFs, {args.pages} pages, {full['chunks']} chunks; embedder {embedder.precision} on {embedder.device}")
     print(f"{'run':<26}{'files parsed':>13}{'embedded':>10}{'seconds':>9}{'pages/s':>9}{'chunks/s':>10}{'vs full':>9}")
-    for name, result, pages in (("full", full, args.pages), ("incremental (1 changed)", incremental, args.pages_per_file), ("no change", unchanged, 0)):
+    for name, result, pages in (
+        ("full", full, args.pages),
+        ("incremental (1 changed)", incremental, args.pages_per_file),
+        ("no change", unchanged, 0),
+    ):
         seconds = result["timings"]["total"]
         print(
             f"{name:<26}{result['parsed']:>13}{result['embedded']:>10}{seconds:>9.2f}"

@@ -9,13 +9,14 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from bad_files import write_bad_corpus
 from llmops_dagster.core import store
 from llmops_dagster.core.embedding import load_embedder
 from llmops_dagster.core.index import AnnParams, search
 from llmops_dagster.definitions import build_defs, environment_assets
 from llmops_dagster.resources import build_resources
 from llmops_dagster.settings import EnvSettings, load_settings
+
+from bad_files import write_bad_corpus
 
 pytestmark = pytest.mark.slow
 TABLES = (store.DOCUMENTS, store.QUARANTINE, store.CHUNKS, store.EMBEDDINGS)
@@ -165,7 +166,9 @@ def test_tables_of_an_older_release_are_rewritten_and_reparsed(llmops_home: Path
     lance = store.LanceStore(settings.lancedb_uri)
     rows = lance.read(store.DOCUMENTS, store.DOCUMENTS_SCHEMA).to_pylist()
     old_block = pa.struct([("text", pa.string()), ("page", pa.int32()), ("heading", pa.string())])
-    old_schema = pa.schema([f if f.name != "blocks" else pa.field("blocks", pa.list_(old_block)) for f in store.DOCUMENTS_SCHEMA if f.name != "navigation"])
+    old_schema = pa.schema(
+        [f if f.name != "blocks" else pa.field("blocks", pa.list_(old_block)) for f in store.DOCUMENTS_SCHEMA if f.name != "navigation"]
+    )
     for row in rows:
         row.pop("navigation")
         row["parser"] = row["parser"].split(";")[0]

@@ -6,6 +6,7 @@ seeded ``random.Random`` and is parametrised over the seeds: deterministic, and 
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from collections import Counter
@@ -207,7 +208,7 @@ def test_overlap_repeats_the_tail_of_the_previous_chunk(tokenizer, layout: str) 
         return re.findall(r"(?:Alpha|Beta) sentence \d+ talks about the index\.", chunk.text)
 
     for chunks, overlap in ((overlapped, 20), (plain, 0)):
-        for before, after in zip(chunks, chunks[1:]):
+        for before, after in itertools.pairwise(chunks):
             shared = [s for s in sentences(after) if s in sentences(before)]
             if before.heading != after.heading:
                 assert not shared, "overlap never crosses a heading"

@@ -32,7 +32,9 @@ def test_run_then_search_ask_and_predict(trained_home: TrainedHome, tmp_path: Pa
         assert {"text", "source", "page", "score"} <= set(passages[0])
         scores = [p["score"] for p in passages]
         assert scores == sorted(scores, reverse=True)
-        assert all(p["source"] in {"operations-guide.pdf", "chunking-notes.md", "vector-search-primer.html", "release-checklist.txt"} for p in passages)
+        assert all(
+            p["source"] in {"operations-guide.pdf", "chunking-notes.md", "vector-search-primer.html", "release-checklist.txt"} for p in passages
+        )
 
     plain = llmops("search", "--env", "test", "which quarantine reasons exist", home=home)
     assert plain.returncode == 0 and "1. [" in plain.stdout

@@ -30,15 +30,16 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, SAMPLE_CORPUS, SHORT_DOCUMENTS, gold_questions, short_landing
-from processes import free_port, stop_group
-from llmops_dagster.cli import ensure_dagster_home
 from llmops_dagster.assets.adopted import SOURCE_VERSION_TAG
+from llmops_dagster.cli import ensure_dagster_home
 from llmops_dagster.core import promotion, registry, store
 from llmops_dagster.core.embedding import EmbedderConfig, load_embedder
 from llmops_dagster.core.index import AnnParams, search
 from llmops_dagster.sensors import NEW_DOCUMENTS, UPSTREAM_SENSOR
 from llmops_dagster.settings import ENV_TAG, TRIGGER_TAG, EnvSettings, load_settings
+
+from conftest import REPO, SAMPLE_CORPUS, SHORT_DOCUMENTS, gold_questions, short_landing
+from processes import free_port, stop_group
 
 pytestmark = pytest.mark.slow
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
@@ -149,14 +150,21 @@ def test_a_dropped_file_becomes_a_champion_in_test_and_then_in_staging(dagster_d
     in_staging = wait_for(lambda: served(staging), 120, "staging's champion sensor")
     assert in_staging.tags[registry.VALIDATION_STATUS] == registry.PASSED
     assert in_staging.tags[registry.DAGSTER_RUN_TAG] == adopted.run_id
-    assert (in_staging.tags[promotion.SOURCE_MODEL], in_staging.tags[promotion.SOURCE_VERSION]) == (test.mlflow.registered_model, str(in_test.version))
+    assert (in_staging.tags[promotion.SOURCE_MODEL], in_staging.tags[promotion.SOURCE_VERSION]) == (
+        test.mlflow.registered_model,
+        str(in_test.version),
+    )
 
     # the adopt run answered staging's questions with the copied model as a Spark UDF
     event = instance.get_latest_materialization_event(dg.AssetKey(["staging", "batch_predictions"]))
     assert event.run_id == adopted.run_id
     metadata = event.asset_materialization.metadata
     assert metadata["engine"].value == "spark" and metadata["questions_this_run"].value == len(gold_questions(SHORT_DOCUMENTS))
-    rows = store.LanceStore(staging.lancedb_uri).read(store.PREDICTIONS, store.PREDICTIONS_SCHEMA, where=f"dagster_run_id = '{adopted.run_id}'").to_pylist()
+    rows = (
+        store.LanceStore(staging.lancedb_uri)
+        .read(store.PREDICTIONS, store.PREDICTIONS_SCHEMA, where=f"dagster_run_id = '{adopted.run_id}'")
+        .to_pylist()
+    )
     assert len(rows) == len(gold_questions(SHORT_DOCUMENTS)) and all(row["answer"] and row["passages"] for row in rows)
 
     check_ui(dagster_dev)

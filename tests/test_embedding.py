@@ -15,10 +15,10 @@ import pytest
 
 from llmops_dagster.core.embedding import (
     DEVICES,
+    INT8_MIN_OVERLAP,
     PRECISIONS,
     Embedder,
     EmbedderConfig,
-    INT8_MIN_OVERLAP,
     ModelNotFoundError,
     default_model_path,
     model_fingerprint,

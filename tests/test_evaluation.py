@@ -41,7 +41,11 @@ def test_gold_questions_about_unindexed_files_are_skipped_with_a_reason() -> Non
     held_out = [Pair("a sentence", frozenset({"c1"}), "cloze")]
     gold = [Question("q1", "ans", "guide.pdf", "g.jsonl:1"), Question("q2", None, "gone.pdf", "g.jsonl:2"), Question("q3", "x", None, "g.jsonl:3")]
     items, skipped = evaluation_set(held_out, gold, {"guide.pdf"})
-    assert [(i.query, i.level, i.query_set) for i in items] == [("a sentence", "chunk", "held_out"), ("q1", "source", "gold"), ("q3", "source", "gold")]
+    assert [(i.query, i.level, i.query_set) for i in items] == [
+        ("a sentence", "chunk", "held_out"),
+        ("q1", "source", "gold"),
+        ("q3", "source", "gold"),
+    ]
     assert skipped == ["g.jsonl:2: source 'gone.pdf' is not an indexed document"]
 
 

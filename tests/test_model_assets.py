@@ -20,7 +20,6 @@ import dagster as dg
 import mlflow
 import pytest
 
-from conftest import SECRETS, SHORT_DOCUMENTS, TrainedHome, gold_questions, short_landing
 from llmops_dagster.core import registry, selection, store
 from llmops_dagster.core.embedding import default_model_path
 from llmops_dagster.core.questions import landing_questions
@@ -28,6 +27,8 @@ from llmops_dagster.core.rag import RagConfig
 from llmops_dagster.definitions import INGEST_JOB, build_defs, environment_assets
 from llmops_dagster.resources import build_resources
 from llmops_dagster.settings import EnvSettings, load_settings
+
+from conftest import SECRETS, SHORT_DOCUMENTS, TrainedHome, gold_questions, short_landing
 
 pytestmark = pytest.mark.slow
 
@@ -96,7 +97,9 @@ def test_a_run_trains_registers_and_validates_a_challenger(first: Run) -> None:
     assert float(version.tags["metric.mrr_at_10"]) >= first.settings.evaluation.min_mrr_at_10
 
     # One MLflow run per Dagster run, linked by dagster-mlflow's tag, finished, with the training record.
-    runs = mlflow.search_runs(experiment_names=[first.settings.mlflow.experiment], filter_string=f"tags.dagster_run_id = '{first.run_id}'", output_format="list")
+    runs = mlflow.search_runs(
+        experiment_names=[first.settings.mlflow.experiment], filter_string=f"tags.dagster_run_id = '{first.run_id}'", output_format="list"
+    )
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
@@ -231,4 +234,8 @@ def test_a_degraded_model_fails_the_gate_and_is_tagged_failed(small: Run, random
     # The champion still answers: it serves from the table version it was registered against.
     lance = store.LanceStore(small.settings.lancedb_uri)
     rows = lance.read(store.PREDICTIONS, store.PREDICTIONS_SCHEMA, where=f"dagster_run_id = '{result.run_id}'").to_pylist()
-    assert len(rows) == len(gold_questions(SHORT_DOCUMENTS)) and {r["model_alias"] for r in rows} == {"champion"} and {r["model_version"] for r in rows} == {"1"}
+    assert (
+        len(rows) == len(gold_questions(SHORT_DOCUMENTS))
+        and {r["model_alias"] for r in rows} == {"champion"}
+        and {r["model_version"] for r in rows} == {"1"}
+    )

@@ -15,12 +15,13 @@ import dagster as dg
 import pyarrow as pa
 import pytest
 
-from processes import free_port, stop_group
 from llmops_dagster.core import promotion, registry
 from llmops_dagster.core import store as lancedb_store
 from llmops_dagster.resources import LanceDBResource, RegistryResource, UpstreamRegistryResource
 from llmops_dagster.sensors import build_champion_sensor, build_upstream_sensor
 from llmops_dagster.sensors.promotion import RegistryUnavailableError
+
+from processes import free_port, stop_group
 
 TEST_MODEL, STAGING_MODEL = "test.llmops.rag_model", "staging.llmops.rag_model"
 

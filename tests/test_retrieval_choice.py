@@ -23,7 +23,20 @@ CONTENTS_PAGE = [
     "2 Getting and installing Debian GNU/Linux 5",
     "2.1 What is the latest version of Debian? . . . . . . 5",
 ]
-INDEX_PAGE = ["Index P", "packages", "apt, 37", "apt-doc, 36, 37", "apt-file, 39", "daemontools, 19, 49", "dbndns, 19", "labplot,8", "login, 49, 50", "maint-guide, 33", "mlmmj, 19", "openrc, 49"]
+INDEX_PAGE = [
+    "Index P",
+    "packages",
+    "apt, 37",
+    "apt-doc, 36, 37",
+    "apt-file, 39",
+    "daemontools, 19, 49",
+    "dbndns, 19",
+    "labplot,8",
+    "login, 49, 50",
+    "maint-guide, 33",
+    "mlmmj, 19",
+    "openrc, 49",
+]
 PROSE_PAGE = [
     "Debian GNU/Linux is a particular distribution of the Linux operating system, and numerous",
     "packages that run on it. In principle, users could obtain the Linux kernel via the Internet",
@@ -89,7 +102,12 @@ def test_windows_are_200_words_per_page_with_headings_printed() -> None:
 
 def test_bm25_baseline_and_location_relevance() -> None:
     items, _ = evaluation_set(
-        [], [Question("How do I install Debian?", source="faq.pdf", page=12), Question("When are kernel modules loaded?", source="notes.html", section="Modules")], {"faq.pdf", "notes.html"}
+        [],
+        [
+            Question("How do I install Debian?", source="faq.pdf", page=12),
+            Question("When are kernel modules loaded?", source="notes.html", section="Modules"),
+        ],
+        {"faq.pdf", "notes.html"},
     )
     assert [item.level for item in items] == ["location", "location"]
     with Bm25Baseline(windows(DOCUMENTS)) as bm25:
@@ -114,7 +132,11 @@ def test_the_baseline_verdict_allows_the_tolerance_and_no_more() -> None:
 
 def test_gold_questions_may_name_a_page_or_section_of_their_source() -> None:
     assert parse_line('{"question": "q", "source": "a.pdf", "page": 3}', "f:1").page == 3
-    for bad, reason in (('{"question": "q", "page": 3}', "need a"), ('{"question": "q", "source": "a", "page": 0}', "positive"), ('{"question": "q", "source": "a", "page": true}', "positive")):
+    for bad, reason in (
+        ('{"question": "q", "page": 3}', "need a"),
+        ('{"question": "q", "source": "a", "page": 0}', "positive"),
+        ('{"question": "q", "source": "a", "page": true}', "positive"),
+    ):
         with pytest.raises(ValueError, match=reason):
             parse_line(bad, "f:1")
 

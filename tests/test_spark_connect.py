@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from processes import free_port
 from llmops_dagster.core.embedding import EmbedderConfig, load_embedder
 from llmops_dagster.core.spark import spark_encode, spark_session
+
+from processes import free_port
 
 pytestmark = pytest.mark.slow
 CONFIG = EmbedderConfig(precision="fp32", device="cpu")

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SAMPLE_CORPUS
 from llmops_dagster.core.chunking import ChunkConfig, Chunker
 from llmops_dagster.core.documents import parse_file
 from llmops_dagster.core.embedding import Embedder, EmbedderConfig
@@ -21,6 +20,8 @@ from llmops_dagster.core.training import (
     split_pairs,
     train_adapter,
 )
+
+from conftest import SAMPLE_CORPUS
 
 
 @pytest.fixture(scope="module")

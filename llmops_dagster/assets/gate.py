@@ -79,7 +79,11 @@ def _frame(question: str):
     return pd.DataFrame({QUESTION_COLUMN: [question]})
 
 
-@dg.asset_check(asset=RAG_MODEL, blocking=True, description="the signature takes a question string and returns every output column, with k/mode params and an input example")
+@dg.asset_check(
+    asset=RAG_MODEL,
+    blocking=True,
+    description="the signature takes a question string and returns every output column, with k/mode params and an input example",
+)
 def signature_valid(context: dg.AssetCheckExecutionContext, registry: RegistryResource) -> dg.AssetCheckResult:
     from mlflow.models import get_model_info
 
@@ -175,9 +179,20 @@ def _located_chunks(table: Any) -> dict[str, Any]:
     kinds={"mlflow", "lancedb"},
     check_specs=[
         dg.AssetCheckSpec(MEETS_THRESHOLDS, asset=EVALUATION, blocking=True, description="challenger metrics reach the environment's minimums"),
-        dg.AssetCheckSpec(NO_WORSE_THAN_CHAMPION, asset=EVALUATION, blocking=True, description="challenger trails the champion by no more than the tolerance"),
-        dg.AssetCheckSpec(BEATS_NAIVE_BASELINE, asset=EVALUATION, blocking=True, description="challenger trails naive fixed windows searched by BM25 by no more than the tolerance"),
-        dg.AssetCheckSpec(NO_NAVIGATION_IN_TOP_RESULTS, asset=EVALUATION, description="no table of contents or index page among the top 5 results of the gold questions"),
+        dg.AssetCheckSpec(
+            NO_WORSE_THAN_CHAMPION, asset=EVALUATION, blocking=True, description="challenger trails the champion by no more than the tolerance"
+        ),
+        dg.AssetCheckSpec(
+            BEATS_NAIVE_BASELINE,
+            asset=EVALUATION,
+            blocking=True,
+            description="challenger trails naive fixed windows searched by BM25 by no more than the tolerance",
+        ),
+        dg.AssetCheckSpec(
+            NO_NAVIGATION_IN_TOP_RESULTS,
+            asset=EVALUATION,
+            description="no table of contents or index page among the top 5 results of the gold questions",
+        ),
     ],
 )
 def evaluation(
@@ -275,7 +290,11 @@ def evaluation(
     rows.append(("naive_bm25", "", "text", "200-word windows, BM25", selection.REPORT, {"all": baseline_metrics}))
     lance = lancedb.store()
     write = lance.apply(
-        store.EVALUATIONS, store.EVALUATIONS_SCHEMA, "id", pa.Table.from_pylist(evaluation_rows(context.run_id, name, rows), store.EVALUATIONS_SCHEMA), []
+        store.EVALUATIONS,
+        store.EVALUATIONS_SCHEMA,
+        "id",
+        pa.Table.from_pylist(evaluation_rows(context.run_id, name, rows), store.EVALUATIONS_SCHEMA),
+        [],
     )
 
     gate_metrics = gate_report["all"]

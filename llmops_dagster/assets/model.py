@@ -250,7 +250,11 @@ def select_retrieval(
     chosen = selection.select_k(chosen, halves[selection.SELECT], answer_f1)
     rows = [("candidate", "", c.mode, c.retrieval_label(), selection.SELECT, report) for c, report in reports.items()]
     lancedb.store().apply(
-        store.EVALUATIONS, store.EVALUATIONS_SCHEMA, "id", pa.Table.from_pylist(evaluation_rows(context.run_id, "", rows), store.EVALUATIONS_SCHEMA), []
+        store.EVALUATIONS,
+        store.EVALUATIONS_SCHEMA,
+        "id",
+        pa.Table.from_pylist(evaluation_rows(context.run_id, "", rows), store.EVALUATIONS_SCHEMA),
+        [],
     )
     return chosen
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 import unicodedata
 import warnings
-from importlib.metadata import version
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from importlib.metadata import version
 from pathlib import Path
 
 from llmops_dagster.core import navigation

@@ -15,11 +15,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     import numpy as np
+    from mlflow import MlflowClient
 
     from llmops_dagster.core.chunking import ChunkConfig, Chunker
     from llmops_dagster.core.embedding import Embedder, EmbedderConfig
-    from mlflow import MlflowClient
-
     from llmops_dagster.core.evaluation import EvaluationThresholds
     from llmops_dagster.core.index import AnnParams
     from llmops_dagster.core.rag import RagConfig
