@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LLMOPS, SAMPLE_CORPUS, TrainedHome, llmops
+from helpers import LLMOPS, SAMPLE_CORPUS, TrainedHome, llmops
 
 
 @pytest.mark.slow

@@ -55,7 +55,8 @@ def test_definitions_per_environment(env: str, llmops_home) -> None:
     assert blocking == BLOCKING
 
     assert graph.get(dg.AssetKey([env, "chunks"])).parent_keys == {dg.AssetKey([env, "documents"])}
-    assert defs.resolve_job_def(INGEST_JOB) is not None
+    ingest = defs.resolve_job_def(INGEST_JOB)  # raises if the job is missing
+    assert {key.path[-1] for key in ingest.asset_layer.executable_asset_keys} >= {"documents", "chunks", "embeddings", "vector_index"}
     assert defs.resolve_sensor_def(NEW_DOCUMENTS).job_name == INGEST_JOB
     resources = defs.resources or {}
     jobs = {job.name for job in defs.jobs}

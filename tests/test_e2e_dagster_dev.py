@@ -38,7 +38,7 @@ from llmops_dagster.core.index import AnnParams, search
 from llmops_dagster.sensors import NEW_DOCUMENTS, UPSTREAM_SENSOR
 from llmops_dagster.settings import ENV_TAG, TRIGGER_TAG, EnvSettings, load_settings
 
-from conftest import REPO, SAMPLE_CORPUS, SHORT_DOCUMENTS, gold_questions, short_landing
+from helpers import REPO, SAMPLE_CORPUS, SHORT_DOCUMENTS, gold_questions, short_landing
 from processes import free_port, stop_group
 
 pytestmark = pytest.mark.slow

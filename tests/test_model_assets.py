@@ -28,7 +28,7 @@ from llmops_dagster.definitions import INGEST_JOB, build_defs, environment_asset
 from llmops_dagster.resources import build_resources
 from llmops_dagster.settings import EnvSettings, load_settings
 
-from conftest import SECRETS, SHORT_DOCUMENTS, TrainedHome, gold_questions, short_landing
+from helpers import SECRETS, SHORT_DOCUMENTS, TrainedHome, gold_questions, short_landing
 
 pytestmark = pytest.mark.slow
 

@@ -156,6 +156,11 @@ def test_racing_promotions_leave_one_champion_and_every_history_entry(store: str
     assert {(e.actor, e.at) for e in done} <= recorded  # every promotion that returned is in the history
     assert len(entries) <= len(done) + len(errors)
     assert champion_of(client) in {e.version for e in done}
+    # Each entry names as previous what its writer read: nothing yet, or a version that a
+    # promotion made champion, never the version it promoted itself.
+    promoted = {e.version for e in entries}
+    assert all(e.previous is None or e.previous in promoted for e in entries)
+    assert all(e.previous != e.version for e in entries)
 
 
 def test_staging_adopts_a_new_validated_champion_from_test_once(store: str, tmp_path: Path) -> None:

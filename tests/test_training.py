@@ -21,7 +21,7 @@ from llmops_dagster.core.training import (
     train_adapter,
 )
 
-from conftest import SAMPLE_CORPUS
+from helpers import SAMPLE_CORPUS
 
 
 @pytest.fixture(scope="module")
