@@ -24,16 +24,8 @@ import uuid
 from pathlib import Path
 from typing import NoReturn
 
-from llmops_dagster.settings import (
-    ENV_TAG,
-    ENVIRONMENTS,
-    HOST_TAG,
-    PID_TAG,
-    TRIGGER_TAG,
-    EnvSettings,
-    SettingsError,
-    load_settings,
-)
+from llmops_dagster.settings import ENVIRONMENTS, EnvSettings, SettingsError, load_settings
+from llmops_dagster.tags import ENV_TAG, HOST_TAG, PID_TAG, TRIGGER_TAG
 
 EXIT_USAGE = 2
 # What is printed after a run: the asset and the markdown metadata entry that sums it up.

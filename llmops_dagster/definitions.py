@@ -10,7 +10,8 @@ from llmops_dagster.assets import stage_modules
 from llmops_dagster.jobs import operator_jobs
 from llmops_dagster.resources import build_resources
 from llmops_dagster.sensors import build_champion_sensor, build_new_documents_sensor, build_upstream_sensor
-from llmops_dagster.settings import ENV_TAG, EnvSettings, load_settings
+from llmops_dagster.settings import EnvSettings, load_settings
+from llmops_dagster.tags import ENV_TAG
 
 INGEST_JOB = "ingest"
 ADOPT_JOB = "adopt"

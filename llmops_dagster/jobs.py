@@ -7,6 +7,7 @@ tag where the UI sets one, else the name given in the config).
 import dagster as dg
 
 from llmops_dagster.resources import RegistryResource
+from llmops_dagster.tags import OPERATOR_ENV_TAG
 
 ROLLBACK_JOB = "rollback"
 APPROVE_JOB = "approve"
@@ -52,7 +53,7 @@ def approve_version(context: dg.OpExecutionContext, config: ApproveConfig, regis
 
 def operator_jobs(env: str, requires_approval: bool) -> list[dg.JobDefinition]:
     # Not the llmops/env tag: an operator's rollback must not queue behind a long ingest run.
-    tags = {"llmops/operator_env": env}
+    tags = {OPERATOR_ENV_TAG: env}
 
     @dg.job(name=ROLLBACK_JOB, tags=tags, description="Put the previous champion back (llmops rollback).")
     def rollback() -> None:

@@ -24,11 +24,6 @@ from llmops_dagster.core.training import TrainingConfig
 
 ENVIRONMENTS = ("test", "staging", "prod")
 ENGINES = ("local", "spark")
-ENV_TAG = "llmops/env"  # on every run; runs of one environment are queued one at a time on it
-TRIGGER_TAG = "llmops/trigger"  # what started a run: a sensor's name, cli, or cli-tick:<sensor>
-# Where an in-process CLI run executes, so that a run whose process was killed can be told from a live one.
-HOST_TAG = "llmops/host"
-PID_TAG = "llmops/pid"
 DEFAULT_HOME = ".llmops"
 PACKAGE_ROOT = Path(__file__).resolve().parent
 DEFAULT_DECLARATION = PACKAGE_ROOT.parent / "environments.yaml"

@@ -133,7 +133,8 @@ def test_run_is_refused_while_the_environment_has_a_run_in_progress(tmp_path: Pa
 
     from llmops_dagster.cli import DAGSTER_YAML
     from llmops_dagster.definitions import INGEST_JOB, build_defs
-    from llmops_dagster.settings import HOST_TAG, PID_TAG, load_settings
+    from llmops_dagster.settings import load_settings
+    from llmops_dagster.tags import HOST_TAG, PID_TAG
 
     home = tmp_path / "home"
     env = {**os.environ, "LLMOPS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}

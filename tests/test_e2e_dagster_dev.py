@@ -30,13 +30,13 @@ import numpy as np
 import pytest
 import yaml
 
-from llmops_dagster.assets.adopted import SOURCE_VERSION_TAG
 from llmops_dagster.cli import ensure_dagster_home
 from llmops_dagster.core import promotion, registry, store
 from llmops_dagster.core.embedding import EmbedderConfig, load_embedder
 from llmops_dagster.core.index import AnnParams, search
 from llmops_dagster.sensors import NEW_DOCUMENTS, UPSTREAM_SENSOR
-from llmops_dagster.settings import ENV_TAG, TRIGGER_TAG, EnvSettings, load_settings
+from llmops_dagster.settings import EnvSettings, load_settings
+from llmops_dagster.tags import ENV_TAG, LANDING_CHANGE_TAG, SOURCE_VERSION_TAG, TRIGGER_TAG
 
 from helpers import REPO, SAMPLE_CORPUS, SHORT_DOCUMENTS, gold_questions, short_landing
 from processes import free_port, stop_group
@@ -134,7 +134,7 @@ def test_a_dropped_file_becomes_a_champion_in_test_and_then_in_staging(dagster_d
         shutil.copy(SAMPLE_CORPUS / name, test.landing / name)
     run = wait_for(lambda: finished_run(instance, **{ENV_TAG: "test", TRIGGER_TAG: NEW_DOCUMENTS}), 600, "test's ingest run")
     assert run.status == dg.DagsterRunStatus.SUCCESS, run.status
-    assert run.tags["llmops/landing_change"] == "2 added, 0 changed, 0 deleted"
+    assert run.tags[LANDING_CHANGE_TAG] == "2 added, 0 changed, 0 deleted"
 
     table = store.LanceStore(test.lancedb_uri).open(store.EMBEDDINGS)
     hits = search(table, "release checklist approver", 3, "hybrid", AnnParams(), load_embedder(EmbedderConfig()))

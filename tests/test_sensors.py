@@ -11,6 +11,7 @@ from llmops_dagster.definitions import build_defs
 from llmops_dagster.resources import LanceDBResource, LandingZoneResource
 from llmops_dagster.sensors import NEW_DOCUMENTS
 from llmops_dagster.settings import load_settings
+from llmops_dagster.tags import LANDING_CHANGE_TAG
 
 
 def tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, landing: Path, cursor: str | None, lancedb: Path | None = None):
@@ -78,4 +79,4 @@ def test_first_tick_after_a_cli_run_requests_nothing_until_something_changes(llm
     assert not first.run_requests and first.skip_message == f"all 2 files in {landing} are already ingested"
     (landing / "b.md").write_text("# B\n\nnew")
     second, _ = tick(sensor, instance, landing, cursor)
-    assert len(second.run_requests) == 1 and second.run_requests[0].tags["llmops/landing_change"] == "1 added, 0 changed, 0 deleted"
+    assert len(second.run_requests) == 1 and second.run_requests[0].tags[LANDING_CHANGE_TAG] == "1 added, 0 changed, 0 deleted"

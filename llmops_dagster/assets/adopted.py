@@ -10,8 +10,7 @@ from llmops_dagster.assets._model import RAG_MODEL, index_table
 from llmops_dagster.assets.index import VECTOR_INDEX
 from llmops_dagster.core import registry as model_registry
 from llmops_dagster.resources import LanceDBResource, RegistryResource, UpstreamRegistryResource
-
-SOURCE_VERSION_TAG = "llmops/source_version"  # on adopt runs: which upstream version to copy
+from llmops_dagster.tags import SOURCE_VERSION_TAG
 
 
 @dg.asset(key=RAG_MODEL, deps=[VECTOR_INDEX], group_name="model", kinds={"mlflow"}, output_required=False)

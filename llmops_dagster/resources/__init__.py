@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
-from llmops_dagster.settings import ENV_TAG, EnvSettings
+from llmops_dagster.settings import EnvSettings
+from llmops_dagster.tags import ENV_TAG
 
 if TYPE_CHECKING:
     from collections.abc import Callable

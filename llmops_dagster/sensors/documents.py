@@ -8,7 +8,7 @@ import dagster as dg
 
 from llmops_dagster.core import landing as landing_files
 from llmops_dagster.resources import LanceDBResource, LandingZoneResource
-from llmops_dagster.settings import TRIGGER_TAG
+from llmops_dagster.tags import LANDING_CHANGE_TAG, LANDING_DIGEST_TAG, TRIGGER_TAG
 
 NEW_DOCUMENTS = "new_documents"
 
@@ -62,7 +62,7 @@ def build_new_documents_sensor(job_name: str, minimum_interval_seconds: int = 30
         # tick evaluated again from the same cursor (daemon restart) yields the same key.
         return dg.RunRequest(
             run_key=f"landing-{seq}-{digest[:16]}",
-            tags={"llmops/landing_digest": digest, TRIGGER_TAG: NEW_DOCUMENTS, "llmops/landing_change": summary},
+            tags={LANDING_DIGEST_TAG: digest, TRIGGER_TAG: NEW_DOCUMENTS, LANDING_CHANGE_TAG: summary},
         )
 
     return new_documents

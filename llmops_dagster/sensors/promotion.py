@@ -18,11 +18,10 @@ import json
 import dagster as dg
 
 from llmops_dagster.resources import LanceDBResource, RegistryResource, UpstreamRegistryResource
-from llmops_dagster.settings import TRIGGER_TAG
+from llmops_dagster.tags import ADOPT_TAG, SOURCE_VERSION_TAG, TRIGGER_TAG
 
 CHAMPION_SENSOR = "champion"
 UPSTREAM_SENSOR = "upstream_champion"
-ADOPT_TAG = "llmops/adopt"
 MAX_ADOPT_ATTEMPTS = 3
 
 
@@ -99,7 +98,6 @@ def build_upstream_sensor(job_name: str, minimum_interval_seconds: int = 30) -> 
     def upstream_champion(
         context: dg.SensorEvaluationContext, registry: RegistryResource, upstream: UpstreamRegistryResource, lancedb: LanceDBResource
     ):
-        from llmops_dagster.assets.adopted import SOURCE_VERSION_TAG
         from llmops_dagster.core import promotion, store
 
         client = _registry_call("connecting to the registry", registry.client)
