@@ -37,6 +37,7 @@ from llmops_dagster.assets._model import (
 from llmops_dagster.core import registry as model_registry
 from llmops_dagster.core import store
 from llmops_dagster.core.checks import Verdict
+from llmops_dagster.core.metrics import RETRIEVAL_METRICS
 from llmops_dagster.resources import (
     EvaluationResource,
     LanceDBResource,
@@ -158,7 +159,7 @@ def evaluation_rows(run_id: str, model_name: str, rows: list[tuple[str, str, str
                     "split": split,
                     "retrieval": retrieval,
                     "queries": int(metrics.get("queries", 0)),
-                    **{metric_name(m): metrics.get(m) for m in ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10")},
+                    **{metric_name(m): metrics.get(m) for m in RETRIEVAL_METRICS},
                     "answer_f1": metrics.get("answer_f1"),
                 }
             )
@@ -306,9 +307,8 @@ def evaluation(
     recorded = {metric_name(k): v for k, v in gate_metrics.items() if k != "queries"}
     if "answer_f1" in systems[("challenger", mode)].get("gold", {}):
         recorded["answer_f1"] = systems[("challenger", mode)]["gold"]["answer_f1"]
-    metric_columns = ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10")
     table_rows = [
-        [system, search_mode, *(f"{r['all'][m]:.3f}" for m in metric_columns),
+        [system, search_mode, *(f"{r['all'][m]:.3f}" for m in RETRIEVAL_METRICS),
          f"{r['gold']['answer_f1']:.3f}" if "answer_f1" in r.get("gold", {}) else "–"]
         for (system, search_mode), r in systems.items()
     ]

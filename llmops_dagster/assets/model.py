@@ -22,6 +22,7 @@ from llmops_dagster.assets._model import (
 from llmops_dagster.assets.index import VECTOR_INDEX
 from llmops_dagster.core import registry as model_registry
 from llmops_dagster.core import store
+from llmops_dagster.core.metrics import RETRIEVAL_METRICS
 from llmops_dagster.resources import (
     ChunkerResource,
     EmbedderResource,
@@ -91,7 +92,7 @@ def embedding_model(
     artifact_root = f"runs:/{run.info.run_id}/embedding_model"
     comparison = markdown_table(
         ["model", "recall@1", "recall@5", "recall@10", "MRR@10", "nDCG@10"],
-        [[name, *(f"{metrics[m]:.3f}" for m in ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10"))]
+        [[name, *(f"{metrics[m]:.3f}" for m in RETRIEVAL_METRICS)]
          for name, metrics in (("base", report.base), (f"trained ({config.mode})", report.trained))],
     )
     losses = report.result.losses

@@ -11,6 +11,7 @@ import string
 from collections import Counter
 from collections.abc import Sequence
 
+RETRIEVAL_METRICS = ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10")  # what retrieval_report gives
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
