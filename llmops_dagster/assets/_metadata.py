@@ -1,4 +1,5 @@
-"""Materialization metadata shared by the asset modules: row counts, schema, table version, summary."""
+"""What the asset modules share: materialization metadata (row counts, schema, table version,
+summary), check results, and the environment-prefixed key of an asset."""
 
 from __future__ import annotations
 
@@ -9,6 +10,16 @@ import dagster as dg
 import pyarrow as pa
 
 from llmops_dagster.core.checks import Verdict
+
+
+def env_key(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, key: dg.AssetKey) -> dg.AssetKey:
+    """``key`` in the environment of the asset (or check) being executed: definitions prefix every
+    key with the environment name, while the asset modules name keys without it."""
+    if isinstance(context, dg.AssetExecutionContext):
+        own = next(iter(context.selected_asset_keys))
+    else:
+        own = context.check_specs[0].asset_key
+    return dg.AssetKey([*own.path[:-1], *key.path])
 
 
 def column_schema(schema: pa.Schema) -> dg.TableSchema:

@@ -4,6 +4,7 @@ from typing import Any
 
 import dagster as dg
 
+from llmops_dagster.assets._metadata import env_key
 from llmops_dagster.core import registry as model_registry
 from llmops_dagster.core import store
 from llmops_dagster.core.checks import Verdict
@@ -26,14 +27,8 @@ HELD_OUT_FILE = "held_out.jsonl"
 TRAIN_FILE = "train.jsonl"
 
 
-def sibling_key(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext, key: dg.AssetKey) -> dg.AssetKey:
-    """``key`` in the same environment (asset keys are prefixed with the environment name)."""
-    own = context.asset_key if isinstance(context, dg.AssetExecutionContext) else context.check_specs[0].asset_key
-    return dg.AssetKey([*own.path[:-1], *key.path])
-
-
 def latest_metadata(context: Any, key: dg.AssetKey) -> dict[str, Any]:
-    event = context.instance.get_latest_materialization_event(sibling_key(context, key))
+    event = context.instance.get_latest_materialization_event(env_key(context, key))
     if event is None or event.asset_materialization is None:
         raise dg.Failure(f"{key.to_user_string()} has not been materialized in this environment yet")
     return {name: value.value for name, value in event.asset_materialization.metadata.items()}

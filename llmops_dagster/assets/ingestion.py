@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from llmops_dagster.assets._metadata import check_result, markdown_table, table_metadata
+from llmops_dagster.assets._metadata import check_result, env_key, markdown_table, table_metadata
 from llmops_dagster.core import checks, store
 from llmops_dagster.core import landing as landing_module
 from llmops_dagster.core.pipeline import ingest
@@ -60,7 +60,7 @@ def documents_and_quarantine(context: dg.AssetExecutionContext, landing: Landing
         "deleted": len(change.deleted),
     }
     yield dg.MaterializeResult(
-        asset_key=_key(context, DOCUMENTS),
+        asset_key=env_key(context, DOCUMENTS),
         metadata={
             **table_metadata(
                 store.DOCUMENTS_SCHEMA, result.documents, result.documents_write.version, lance.uri, store.DOCUMENTS, summary
@@ -69,7 +69,7 @@ def documents_and_quarantine(context: dg.AssetExecutionContext, landing: Landing
         },
     )
     yield dg.MaterializeResult(
-        asset_key=_key(context, QUARANTINE),
+        asset_key=env_key(context, QUARANTINE),
         metadata={
             **table_metadata(
                 store.QUARANTINE_SCHEMA,
@@ -82,11 +82,6 @@ def documents_and_quarantine(context: dg.AssetExecutionContext, landing: Landing
             **{f"reason/{reason}": count for reason, count in sorted(result.reasons.items())},
         },
     )
-
-
-def _key(context: dg.AssetExecutionContext, unprefixed: dg.AssetKey) -> dg.AssetKey:
-    """The environment-prefixed key of one of this multi-asset's outputs."""
-    return next(key for key in context.selected_asset_keys if key.path[-1] == unprefixed.path[-1])
 
 
 @dg.asset_check(asset=DOCUMENTS, blocking=True, description="landing files = documents + quarantine, path by path")
