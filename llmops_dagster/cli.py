@@ -418,13 +418,14 @@ def _promotion_call(call, *args):
     from mlflow.exceptions import MlflowException
 
     from llmops_dagster.core.promotion import PromotionError
+    from llmops_dagster.core.registry import error_line
 
     try:
         return call(*args)
     except PromotionError as error:
         raise UserError(str(error)) from None
     except MlflowException as error:
-        raise UserError(f"registry: {error.message.splitlines()[0]}") from None
+        raise UserError(f"registry: {error_line(error)}") from None
 
 
 def cmd_approve(args: argparse.Namespace) -> int:

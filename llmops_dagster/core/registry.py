@@ -123,3 +123,14 @@ def record_check(
     client.set_model_version_tag(name, version, VALIDATION_STATUS, status)
     client.set_model_version_tag(name, version, DAGSTER_RUN_TAG, dagster_run_id)
     return status
+
+
+def error_line(error: Exception) -> str:
+    """A registry error in one line: MLflow's own message, or the type and first line of what an
+    unreachable store raised (requests, sqlalchemy), never a traceback or a request dump."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(error, MlflowException):
+        return (error.message.splitlines() or [type(error).__name__])[0]
+    first_line = (str(error).splitlines() or [""])[0][:300]
+    return f"{type(error).__name__}: {first_line}"

@@ -30,19 +30,15 @@ class RegistryUnavailableError(RuntimeError):
 
 
 def _registry_call(what: str, call, *args, **kwargs):
-    from mlflow.exceptions import MlflowException
-
     from llmops_dagster.core.promotion import PromotionError
+    from llmops_dagster.core.registry import error_line
 
     try:
         return call(*args, **kwargs)
     except PromotionError:
         raise
-    except MlflowException as error:
-        raise RegistryUnavailableError(f"{what}: {error.message.splitlines()[0]}") from None
     except Exception as error:  # an unreachable store surfaces as requests or sqlalchemy errors
-        first_line = (str(error).splitlines() or [""])[0][:300]
-        raise RegistryUnavailableError(f"{what}: {type(error).__name__}: {first_line}") from None
+        raise RegistryUnavailableError(f"{what}: {error_line(error)}") from None
 
 
 def build_champion_sensor(env: str, requires_approval: bool, minimum_interval_seconds: int = 30) -> dg.SensorDefinition:
