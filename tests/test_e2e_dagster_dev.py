@@ -125,9 +125,9 @@ def test_a_dropped_file_becomes_a_champion_in_test_and_then_in_staging(dagster_d
     }
     assert served(staging, registry.CHALLENGER) is None  # nothing upstream to adopt yet
     # staging's engine is Spark: its vectors are the ones the local embedder gives, row for row
-    embedded = store.LanceStore(staging.lancedb_uri).read(store.EMBEDDINGS, store.embeddings_schema(384), ["text", "vector"])
+    embedded = store.LanceStore(staging.lancedb_uri).read(store.EMBEDDINGS, store.embeddings_schema(384), ["search_text", "vector"])
     vectors = np.asarray(embedded.column("vector").to_pylist(), dtype=np.float32)
-    reference = load_embedder(EmbedderConfig()).encode(embedded.column("text").to_pylist())
+    reference = load_embedder(EmbedderConfig()).encode(embedded.column("search_text").to_pylist())
     assert len(vectors) > 0 and (vectors * reference).sum(1).min() > 0.999
 
     for name in TEST_DOCUMENTS:

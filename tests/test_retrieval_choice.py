@@ -181,3 +181,17 @@ def test_k_is_chosen_by_answer_f1_only_where_gold_answers_exist() -> None:
     assert selection.select_k(chosen, answered, lambda config, its: f1[config.k]).winner.k == 5
     unanswered = [replace(item, answer=None) for item in answered]
     assert selection.select_k(chosen, unanswered, lambda config, its: 1.0) == chosen
+
+
+def test_maxsim_prefers_the_passage_that_matches_every_part_and_leaves_torch_as_it_was() -> None:
+    import torch
+
+    from llmops_dagster.core.embedding import default_model_path
+    from llmops_dagster.core.rerank import load_reranker
+
+    reranker = load_reranker(str(default_model_path()))
+    passages = [("a", "Debian releases come out every two years."), ("b", "To roll back a bad release, move the champion alias back.")]
+    scores = reranker.scores("How is a bad release rolled back?", passages)
+    assert scores[1] > scores[0]
+    assert reranker.scores("anything", []) == []
+    assert torch.is_grad_enabled(), "training in the same process needs gradients"

@@ -22,13 +22,11 @@ RERANKERS = ("none", "maxsim")
 
 class MaxSimReranker:
     def __init__(self, model_path: str, cache_size: int = 8192) -> None:
-        import torch
         from transformers import AutoModel
 
         from llmops_dagster.core.embedding import load_tokenizer
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        torch.set_grad_enabled(False)
         self.tokenizer, self.max_tokens = load_tokenizer(model_path)
         self.model = AutoModel.from_pretrained(model_path).eval()
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
