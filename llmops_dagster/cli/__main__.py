@@ -1,0 +1,5 @@
+import sys
+
+from llmops_dagster.cli.app import main
+
+sys.exit(main())

@@ -1,0 +1,90 @@
+"""The persistent Dagster instance the CLI runs against, and the guard against two runs of one environment."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from llmops_dagster.cli.common import UserError
+from llmops_dagster.tags import ENV_TAG, HOST_TAG, PID_TAG
+
+# Local sqlite storage under DAGSTER_HOME. Queued runs (sensor, UI) of one environment run one at a
+# time, so two ingest runs never write the same tables at once.
+DAGSTER_YAML = f"""# Created by llmops. Local sqlite storage under this folder.
+telemetry:
+  enabled: false
+concurrency:
+  runs:
+    tag_concurrency_limits:
+      - key: "{ENV_TAG}"
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
+"""
+
+
+def ensure_dagster_home() -> Path:
+    """DAGSTER_HOME (default $LLMOPS_HOME/dagster) with its dagster.yaml; shared by `llmops` and `make ui`."""
+    from llmops_dagster.settings import llmops_home
+
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(llmops_home() / "dagster")))
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(DAGSTER_YAML)
+    if not (home / "schedules").exists():
+        # Create the sqlite storage once, here: a daemon and its code servers starting together on
+        # an empty DAGSTER_HOME race to create it and leave two alembic heads behind.
+        import dagster as dg
+
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            instance.get_runs(limit=1)
+            instance.all_instigator_state()
+    return home
+
+
+def open_instance():
+    """The persistent Dagster instance, as the UI sees it."""
+    import dagster as dg
+
+    ensure_dagster_home()
+    return dg.DagsterInstance.get()
+
+
+def refuse_if_running(instance, env: str) -> None:
+    """The CLI runs in process, outside the run queue: check for a run of this environment first.
+
+    A CLI run whose process is gone (killed, or its machine restarted) is marked failed with the
+    reason, so that a crash never locks the environment.
+    """
+    import dagster as dg
+
+    active = instance.get_runs(
+        filters=dg.RunsFilter(
+            tags={ENV_TAG: env},
+            statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED],
+        ),
+    )
+    for run in active:
+        reason = _orphaned(run.tags)
+        if reason is None:
+            raise UserError(f"run {run.run_id} for environment '{env}' is still in progress; try again when it ends")
+        instance.report_run_failed(run, message=f"{reason}; marked failed by a later llmops command")
+        print(f"llmops: run {run.run_id} was left unfinished ({reason}); marked it failed", file=sys.stderr)
+
+
+def _orphaned(tags: dict[str, str]) -> str | None:
+    """Why a run started by the CLI on this host can no longer be running, or None if it may be."""
+    import socket
+
+    host, pid = tags.get(HOST_TAG), tags.get(PID_TAG)
+    if host != socket.gethostname() or not (pid or "").isdigit():
+        return None  # started elsewhere (the daemon, another machine): not ours to judge
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return f"its process {pid} on {host} is gone"
+    except PermissionError:
+        return None  # alive, under another user
+    return None

@@ -1,0 +1,139 @@
+"""llmops search, ask and predict: questions against the index and the serving model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from llmops_dagster.cli.common import UserError, registry_client, settings_for
+from llmops_dagster.settings import EnvSettings
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from llmops_dagster.core import store
+    from llmops_dagster.core.chunking import index_fingerprint
+    from llmops_dagster.core.embedding import load_embedder
+    from llmops_dagster.core.index import search
+
+    settings = settings_for(args)
+    if not args.query.strip():
+        raise UserError("the query is empty")
+    local = "://" not in settings.lancedb_uri
+    if local and not Path(settings.lancedb_uri).is_dir():
+        table = None
+    else:
+        table = store.LanceStore(settings.lancedb_uri).open(store.EMBEDDINGS)
+    if table is None or table.count_rows() == 0:
+        raise UserError(f"no index for environment '{settings.name}' at {settings.lancedb_uri}; run `llmops run --env {settings.name}` first")
+    embedder = None
+    if args.mode != "text":
+        embedder = load_embedder(settings.embedding)
+        models = set(table.search().select(["embedding_model"]).limit(1).to_arrow().column("embedding_model").to_pylist())
+        expected = index_fingerprint(embedder.fingerprint, settings.chunking)
+        if models and models != {expected}:
+            raise UserError(
+                f"index was built for {models.pop()} but '{settings.name}' is configured for {expected}; "
+                f"run `llmops run --env {settings.name}` to re-embed"
+            )
+    passages = search(table, args.query, args.k, args.mode, settings.index.ann_params(), embedder, settings.rag.fusion_config())
+    if args.json:
+        payload = {
+            "query": args.query,
+            "mode": args.mode,
+            "passages": [
+                {"text": p.text, "source": p.source, "page": p.page, "heading": p.heading, "score": round(p.score, 6), "chunk_id": p.id}
+                for p in passages
+            ],
+        }
+        print(json.dumps(payload, ensure_ascii=False, indent=2))
+        return 0
+    if not passages:
+        print("no passages found")
+    for rank, p in enumerate(passages, 1):
+        where = p.source + (f", page {p.page}" if p.page else "") + (f" — {p.heading}" if p.heading else "")
+        text = p.text if len(p.text) <= 400 else p.text[:400] + "…"
+        print(f"{rank}. [{p.score:.3f}] {where}\n   {text}\n")
+    return 0
+
+
+def serving_model(settings: EnvSettings):
+    """The environment's champion, or its challenger while there is none: (alias, version, pyfunc)."""
+    from llmops_dagster.core import registry
+    from llmops_dagster.core.rag import IndexMismatchError
+    from llmops_dagster.core.rag_model import load_version
+
+    name = settings.mlflow.registered_model
+    serving = registry.serving_version(registry_client(settings), name)
+    if serving is None:
+        raise UserError(f"no model registered as {name}; run `llmops run --env {settings.name}` first")
+    alias, version = serving
+    print(f"answering with {name} v{version.version} ({alias})", file=sys.stderr)
+    try:
+        return alias, str(version.version), load_version(name, str(version.version), settings.lancedb_uri)
+    except (IndexMismatchError, FileNotFoundError) as error:
+        raise UserError(str(error)) from None
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    settings = settings_for(args)
+    if not args.question.strip():
+        raise UserError("the question is empty")
+    alias, version, model = serving_model(settings)
+    params = {"k": args.k} if args.k else None
+    row = model.predict(pd.DataFrame({"question": [args.question]}), params=params).iloc[0]
+    if args.json:
+        payload = {
+            "question": args.question,
+            "answer": row["answer"],
+            "found": bool(row["found"]),
+            "passages": list(row["passages"]),
+            "sources": list(row["sources"]),
+            "scores": [float(s) for s in row["scores"]],
+            "model": settings.mlflow.registered_model,
+            "model_version": version,
+            "model_alias": alias,
+        }
+        print(json.dumps(payload, ensure_ascii=False, indent=2))
+        return 0
+    print(row["answer"])
+    print("\nSources:")
+    for rank, (source, passage) in enumerate(zip(row["sources"], row["passages"], strict=True), 1):
+        text = passage if len(passage) <= 300 else passage[:300] + "…"
+        print(f"  {rank}. {source}\n     {text}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from llmops_dagster.core.questions import read_questions
+
+    settings = settings_for(args)
+    source = Path(args.questions).expanduser()
+    if not source.is_file():
+        raise UserError(f"questions file not found: {source}")
+    questions, rejected = read_questions(source)
+    for problem in rejected:
+        print(f"llmops: skipped {problem}", file=sys.stderr)
+    if not questions:
+        raise UserError(f"{source} has no valid question lines")
+    _, version, model = serving_model(settings)
+    answers = model.predict(pd.DataFrame({"question": [q.question for q in questions]}))
+    out = Path(args.out).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as handle:
+        for question, (_, row) in zip(questions, answers.iterrows(), strict=True):
+            line = {
+                "question": question.question,
+                "answer": row["answer"],
+                "passages": list(row["passages"]),
+                "sources": list(row["sources"]),
+                "model_version": version,
+            }
+            handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+    print(f"wrote {len(questions)} answer(s) to {out}; {len(rejected)} line(s) rejected", file=sys.stderr)
+    return 1 if rejected else 0

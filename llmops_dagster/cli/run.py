@@ -1,0 +1,59 @@
+"""llmops run and llmops tick: materialize an environment, or evaluate its promotion sensors once."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from llmops_dagster.cli.common import UserError, settings_for
+from llmops_dagster.cli.execution import execute
+from llmops_dagster.cli.instance import open_instance, refuse_if_running
+from llmops_dagster.tags import TRIGGER_TAG
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = settings_for(args)
+    if not settings.landing.is_dir():
+        raise UserError(f"landing folder not found: {settings.landing} (create it, or pass --landing DIR)")
+    print(f"llmops run: environment '{settings.name}', landing {settings.landing}", file=sys.stderr)
+    from llmops_dagster.definitions import INGEST_JOB, build_defs
+
+    job = build_defs(settings).resolve_job_def(INGEST_JOB)
+    instance = open_instance()
+    refuse_if_running(instance, settings.name)
+    return execute(job, instance, {TRIGGER_TAG: "cli"})
+
+
+def cmd_tick(args: argparse.Namespace) -> int:
+    """Evaluate the environment's promotion sensors once, as the daemon would, and run what they request."""
+    import dagster as dg
+
+    from llmops_dagster.definitions import build_defs
+    from llmops_dagster.sensors import CHAMPION_SENSOR, UPSTREAM_SENSOR
+    from llmops_dagster.sensors.promotion import RegistryUnavailableError
+
+    settings = settings_for(args)
+    defs = build_defs(settings)
+    instance = open_instance()
+    # The sensors' resources (registry, upstream, lancedb): the typed ones; the MLflow run resource is for jobs.
+    resources = {key: value for key, value in (defs.resources or {}).items() if isinstance(value, dg.ConfigurableResource)}
+    status = 0
+    for name in (UPSTREAM_SENSOR, CHAMPION_SENSOR):
+        try:
+            sensor = defs.resolve_sensor_def(name)
+        except Exception:
+            continue  # test has no upstream sensor
+        context = dg.build_sensor_context(instance=instance, resources=resources)
+        try:
+            result = sensor.evaluate_tick(context)
+        except RegistryUnavailableError as error:
+            raise UserError(f"{settings.name}/{name}: {error}") from None
+        if result.skip_message:
+            print(f"{settings.name}/{name}: {result.skip_message}")
+        for event in result.asset_events or []:  # the daemon records these; so does a tick by hand
+            instance.report_runless_asset_event(event)
+        for request in result.run_requests or []:
+            print(f"{settings.name}/{name}: starting {sensor.job_name} ({request.run_key})")
+            refuse_if_running(instance, settings.name)
+            status = max(status, execute(defs.resolve_job_def(sensor.job_name), instance, {**request.tags, TRIGGER_TAG: f"cli-tick:{name}"}))
+    return status

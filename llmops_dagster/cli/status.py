@@ -1,0 +1,72 @@
+"""llmops status: where each environment's champion and challenger stand, and why."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from llmops_dagster.cli.common import registry_client, settings_for
+from llmops_dagster.cli.promotion import promotion_call
+from llmops_dagster.settings import ENVIRONMENTS, EnvSettings
+
+
+def describe(client, settings: EnvSettings) -> dict:
+    from mlflow.exceptions import MlflowException
+
+    from llmops_dagster.core import promotion, registry
+
+    name = settings.mlflow.registered_model
+    state: dict = {"environment": settings.name, "model": name, "requires_approval": settings.promotion.requires_approval,
+                   "adopts_from": settings.promotion.source}
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        state["pending"] = "nothing registered yet"
+        return state
+    for alias in (registry.CHAMPION, registry.CHALLENGER):
+        version = registry.version_by_alias(client, name, alias)
+        if version is None:
+            state[alias] = None
+            continue
+        tags = version.tags
+        state[alias] = {
+            "version": str(version.version),
+            "validation_status": tags.get(registry.VALIDATION_STATUS, registry.PENDING),
+            "failed_checks": registry.failed_checks(tags),
+            "metrics": {k.removeprefix(registry.METRIC_TAG_PREFIX): float(v) for k, v in tags.items() if k.startswith(registry.METRIC_TAG_PREFIX)},
+            "approved_by": tags.get(promotion.APPROVED_BY),
+            "source": f"{tags[promotion.SOURCE_MODEL]} v{tags[promotion.SOURCE_VERSION]}" if promotion.SOURCE_MODEL in tags else None,
+        }
+    state["pending"] = promotion.champion_decision(client, name, settings.promotion.requires_approval).reason
+    state["history"] = [vars(e) for e in promotion.history(client, name)[-5:]]
+    return state
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    envs = [args.env] if args.env else list(ENVIRONMENTS)
+    states = []
+    for env in envs:
+        settings = settings_for(argparse.Namespace(env=env))
+        states.append(promotion_call(describe, registry_client(settings), settings))
+    if args.json:
+        print(json.dumps(states, indent=2))
+        return 0
+    for state in states:
+        flags = ", ".join(f for f in (f"adopts {state['adopts_from']}'s champion" if state["adopts_from"] else "trains",
+                                      "needs approval" if state["requires_approval"] else "") if f)
+        print(f"{state['environment']}: {state['model']} ({flags})")
+        for alias in ("champion", "challenger"):
+            info = state.get(alias)
+            if not info:
+                print(f"  {alias:<10} none")
+                continue
+            metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(info["metrics"].items()) if k in ("mrr_at_10", "recall_at_5", "answer_f1"))
+            extra = [f"failed: {', '.join(info['failed_checks'])}" if info["failed_checks"] else "",
+                     f"approved by {info['approved_by']}" if info["approved_by"] else "",
+                     f"from {info['source']}" if info["source"] else ""]
+            print(f"  {alias:<10} v{info['version']} {info['validation_status']}" + (f" ({metrics})" if metrics else "")
+                  + "".join(f"; {e}" for e in extra if e))
+        print(f"  pending    {state['pending']}")
+        for entry in state.get("history", [])[-3:]:
+            print(f"  history    {entry['at']} {entry['action']} v{entry['previous'] or '-'} → v{entry['version']} by {entry['actor']}")
+    return 0
