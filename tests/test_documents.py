@@ -13,15 +13,13 @@ from llmops_dagster.core.documents import (
     ParsedDocument,
     ParseError,
     QuarantineReason,
-    clean_text,
-    decode_text,
     detect_format,
-    paragraphs,
     parse_bytes,
     parse_file,
-    parse_html,
-    parse_markdown,
 )
+from llmops_dagster.core.parsers.common import clean_text, decode_text, paragraphs
+from llmops_dagster.core.parsers.html import parse_html
+from llmops_dagster.core.parsers.markdown import parse_markdown
 
 from bad_files import (
     LATIN1_TEXT,
@@ -538,14 +536,14 @@ def test_western_preference_does_not_break_other_single_byte_encodings(text: str
 
 
 def test_pdfium_line_end_hyphens_follow_the_documents_own_spelling() -> None:
-    from llmops_dagster.core.documents import _join_line_hyphens
+    from llmops_dagster.core.parsers.pdf import _join_line_hyphens
 
     pages = ["a well\x02known exam\x02ple, see well-known and UTF\x028"]
     assert _join_line_hyphens(pages) == ["a well-known example, see well-known and UTF-8"]
 
 
 def test_running_headers_with_changing_page_numbers_are_furniture() -> None:
-    from llmops_dagster.core.documents import _furniture
+    from llmops_dagster.core.parsers.pdf import _furniture
 
     pages = [[f"Chapter 6: Programming {n}", "Body text that differs on every page number " + "x" * n, f"{n}"] for n in range(60, 64)]
     furniture = _furniture(pages)

@@ -1,0 +1,96 @@
+"""What the parsers share: text cleaning, paragraph splitting, decoding of unknown encodings,
+and the heading path above the current position."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from llmops_dagster.core.documents import Block, ParseError, QuarantineReason
+
+LIGATURES = str.maketrans(
+    {"\ufb00": "ff", "\ufb01": "fi", "\ufb02": "fl", "\ufb03": "ffi", "\ufb04": "ffl", "\ufb05": "st", "\ufb06": "st"}
+)
+
+
+# A word broken across lines: "exam-\nple" (ASCII, soft or Unicode hyphen, or pdfium's \x02).
+_HYPHEN_BREAK = re.compile(r"(\w)[-\u00ad\u2010\x02][ \t]*\r?\n[ \t]*(?=[a-z])")
+
+
+_SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff]")
+
+
+def clean_text(text: str) -> str:
+    """Normalise what extractors give back: ligatures, broken words, odd spaces, control bytes."""
+    text = text.translate(LIGATURES).replace("\r\n", "\n").replace("\r", "\n")
+    text = _HYPHEN_BREAK.sub(r"\1", text)
+    text = text.replace("\u00ad", "").replace("\x02", "")
+    text = _CONTROL.sub("", text)
+    text = unicodedata.normalize("NFC", text)
+    return _SPACES.sub(" ", text)
+
+
+def paragraphs(text: str) -> list[str]:
+    """Split on blank lines; join the lines inside a paragraph with single spaces."""
+    result = []
+    for raw in re.split(r"\n\s*\n", text):
+        joined = " ".join(line.strip() for line in raw.splitlines() if line.strip())
+        if joined:
+            result.append(joined)
+    return result
+
+
+_WESTERN = ("cp1252", "latin_1", "iso8859_15")
+
+
+def decode_text(data: bytes) -> str:
+    """Decode bytes of unknown encoding, or raise ParseError(UNDECODABLE)."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    elif data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    if data.count(b"\x00") > len(data) // 100:
+        raise ParseError(QuarantineReason.UNDECODABLE, "binary content (NUL bytes) in a text file")
+    from charset_normalizer import from_bytes
+
+    matches = from_bytes(data)
+    best = matches.best()
+    if best is None or best.chaos > 0.25:
+        raise ParseError(QuarantineReason.UNDECODABLE, "no text encoding fits the bytes")
+    # Short texts fit several single-byte code pages almost equally well; Western European is
+    # the likeliest, so it wins near-ties (cp775 or cp1250 would turn "très" into "trĶs"/"trčs").
+    for match in matches:
+        if match.encoding in _WESTERN and match.chaos <= best.chaos + 0.05:
+            return str(match)
+    return str(best)
+
+
+def require_text(blocks: list[Block], what: str) -> list[Block]:
+    if not any(block.text.strip() for block in blocks):
+        raise ParseError(QuarantineReason.EMPTY, f"{what} holds no text")
+    return blocks
+
+
+class HeadingPath:
+    """The headings above the current position, by level (h1-h6, #-######, or outline depth)."""
+
+    def __init__(self) -> None:
+        self._levels: list[tuple[int, str]] = []
+
+    def enter(self, level: int, title: str) -> None:
+        self._levels = [(lvl, text) for lvl, text in self._levels if lvl < level] + [(level, title)]
+
+    @property
+    def section(self) -> tuple[str, ...]:
+        return tuple(text for _, text in self._levels)
+
+    @property
+    def leaf(self) -> str:
+        return self._levels[-1][1] if self._levels else ""
