@@ -96,6 +96,7 @@ class EnvSettings:
     rag: RagConfig
     evaluation: EvaluationThresholds
     promotion: PromotionSettings
+    upstream_model: str | None = None  # the registered model of promotion.source, from the same declaration
 
     def with_landing(self, landing: Path) -> EnvSettings:
         return replace(self, landing=landing.resolve())
@@ -135,8 +136,9 @@ def _section(cls: type, raw: dict[str, Any], env: str, name: str) -> Any:
         raise SettingsError(f"environment '{env}': invalid {name} settings: {error}") from None
 
 
-def load_settings(env: str, declaration: Path | None = None) -> EnvSettings:
-    """Resolve one environment's settings from the declaration file."""
+def load_settings(env: str, declaration: Path | None = None, _adopting: tuple[str, ...] = ()) -> EnvSettings:
+    """Resolve one environment's settings from the declaration file, with the registered model of
+    the environment it adopts from (read from the same file)."""
     if env not in ENVIRONMENTS:
         raise SettingsError(f"unknown environment '{env}'; choose one of {', '.join(ENVIRONMENTS)}")
     path = declaration or declaration_path()
@@ -187,7 +189,12 @@ def load_settings(env: str, declaration: Path | None = None) -> EnvSettings:
     )
     if raw:
         raise SettingsError(f"environment '{env}': unknown setting(s) {sorted(raw)} in {path}")
+    source = parsed["promotion"].source
+    if source in _adopting:
+        raise SettingsError(f"promotion sources form a cycle: {' → '.join((*_adopting, env, source))}")
+    upstream = load_settings(source, path, (*_adopting, env)).mlflow.registered_model if source else None
     return EnvSettings(
+        upstream_model=upstream,
         name=env,
         home=home,
         state_root=state_root.resolve(),

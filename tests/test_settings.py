@@ -68,3 +68,16 @@ def test_engine_is_declared_per_environment(tmp_path: Path, llmops_home: Path) -
     assert (staging.engine, staging.spark_remote) == ("spark", "sc://127.0.0.1:15002")
     with pytest.raises(SettingsError, match="engine must be one of local, spark"):
         load_settings("prod", declaration)
+
+
+def test_the_upstream_model_comes_from_the_same_declaration(tmp_path: Path, llmops_home: Path) -> None:
+    declaration = declare(
+        tmp_path,
+        "defaults:\n  mlflow:\n    registered_model: 'custom.{env}.rag'\n"
+        "environments:\n  test: {}\n  staging:\n    promotion:\n      source: test\n",
+    )
+    staging = load_settings("staging", declaration)
+    assert staging.upstream_model == "custom.test.rag" and load_settings("test", declaration).upstream_model is None
+    cycle = declare(tmp_path, "environments:\n  test:\n    promotion:\n      source: staging\n  staging:\n    promotion:\n      source: test\n")
+    with pytest.raises(SettingsError, match="cycle: test → staging → test"):
+        load_settings("test", cycle)

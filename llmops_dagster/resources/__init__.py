@@ -66,9 +66,6 @@ def build_resources(settings: EnvSettings) -> dict[str, Any]:
         "registry": registry,
         "mlflow": mlflow_run_resource(registry, settings.name),
     }
-    if settings.promotion.source:
-        from llmops_dagster.settings import load_settings
-
-        source = load_settings(settings.promotion.source)
-        resources["upstream"] = UpstreamRegistryResource(env=source.name, registered_model=source.mlflow.registered_model)
+    if settings.promotion.source and settings.upstream_model:
+        resources["upstream"] = UpstreamRegistryResource(env=settings.promotion.source, registered_model=settings.upstream_model)
     return resources
