@@ -17,7 +17,7 @@ import yaml
 
 from llmops_dagster.core.chunking import ChunkConfig
 from llmops_dagster.core.embedding import EmbedderConfig
-from llmops_dagster.core.evaluation import EvaluationThresholds
+from llmops_dagster.core.evaluation import GateSettings
 from llmops_dagster.core.index import AnnParams
 from llmops_dagster.core.rag import RagConfig
 from llmops_dagster.core.training import TrainingConfig
@@ -94,7 +94,7 @@ class EnvSettings:
     mlflow: MlflowSettings
     training: TrainingConfig
     rag: RagConfig
-    evaluation: EvaluationThresholds
+    evaluation: GateSettings
     promotion: PromotionSettings
     upstream_model: str | None = None  # the registered model of promotion.source, from the same declaration
 
@@ -177,7 +177,7 @@ def load_settings(env: str, declaration: Path | None = None, _adopting: tuple[st
         "mlflow": MlflowSettings,
         "training": TrainingConfig,
         "rag": RagConfig,
-        "evaluation": EvaluationThresholds,
+        "evaluation": GateSettings,
         "promotion": PromotionSettings,
     }
     parsed = {name: _section(cls, raw.pop(name, {}) or {}, env, name) for name, cls in sections.items()}

@@ -5,7 +5,7 @@ import dataclasses
 import dagster as dg
 import pytest
 
-from llmops_dagster.core.evaluation import EvaluationThresholds
+from llmops_dagster.core.evaluation import GateSettings
 from llmops_dagster.core.rag import RagConfig
 from llmops_dagster.core.training import TrainingConfig
 from llmops_dagster.definitions import INGEST_JOB, build_defs
@@ -86,7 +86,7 @@ def test_settings_are_read_when_definitions_load_not_at_import(tmp_path, monkeyp
 
 @pytest.mark.parametrize(
     ("resource", "config"),
-    [(TrainingResource, TrainingConfig), (RagResource, RagConfig), (EvaluationResource, EvaluationThresholds)],
+    [(TrainingResource, TrainingConfig), (RagResource, RagConfig), (EvaluationResource, GateSettings)],
 )
 def test_settings_resources_mirror_their_dataclass(resource: type, config: type) -> None:
     """The resources repeat a core dataclass's fields so the UI shows typed config; they must not drift."""

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 
-from llmops_dagster.core.evaluation import EvaluationThresholds, evaluation_set, meets_thresholds, no_worse_than_champion
+from llmops_dagster.core.evaluation import GateSettings, evaluation_set, meets_thresholds, no_worse_than_champion
+from llmops_dagster.core.model_spec import signature_problems
 from llmops_dagster.core.questions import Question
-from llmops_dagster.core.rag import OUTPUT_COLUMNS, signature_problems
+from llmops_dagster.core.rag import OUTPUT_COLUMNS
 from llmops_dagster.core.registry import FAILED, PASSED, PENDING, validation_status
 from llmops_dagster.core.training import Pair
 
-THRESHOLDS = EvaluationThresholds(min_recall_at_5=0.6, min_mrr_at_10=0.5, champion_tolerance=0.02)
+THRESHOLDS = GateSettings(min_recall_at_5=0.6, min_mrr_at_10=0.5, champion_tolerance=0.02)
 
 
 def test_thresholds() -> None:

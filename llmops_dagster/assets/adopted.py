@@ -6,8 +6,8 @@ from typing import Any
 
 import dagster as dg
 
-from llmops_dagster.assets._model import RAG_MODEL, index_table
 from llmops_dagster.assets.index import VECTOR_INDEX
+from llmops_dagster.assets.model_registry import RAG_MODEL, index_table
 from llmops_dagster.core import registry as model_registry
 from llmops_dagster.resources import LanceDBResource, RegistryResource, UpstreamRegistryResource
 from llmops_dagster.tags import SOURCE_VERSION_TAG

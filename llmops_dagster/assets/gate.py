@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from llmops_dagster.assets._metadata import column_schema, markdown_table, row_id
-from llmops_dagster.assets._model import (
+from llmops_dagster.assets.model_registry import (
     ADAPTER_FILE,
     BEATS_NAIVE_BASELINE,
     EMBEDDING_MODEL,
@@ -28,11 +28,11 @@ from llmops_dagster.assets._model import (
     RAG_MODEL,
     SIGNATURE_VALID,
     challenger_version,
-    gate,
     index_table,
     latest_metadata,
     metric_name,
     mlflow_metrics,
+    record_verdict,
 )
 from llmops_dagster.core import registry as model_registry
 from llmops_dagster.core import store
@@ -69,7 +69,7 @@ def model_loads_and_answers(
             f"v{version} answered '{question}' with {len(answer['passages'])} passage(s)" if passed else f"v{version} returned no passages",
             {"load_and_answer_seconds": round(seconds, 2), "smoke_answer": str(answer["answer"])[:300]},
         )
-    return gate(context, registry, MODEL_LOADS_AND_ANSWERS, verdict)
+    return record_verdict(context, registry, MODEL_LOADS_AND_ANSWERS, verdict)
 
 
 def _frame(question: str):
@@ -88,13 +88,13 @@ def _frame(question: str):
 def signature_valid(context: dg.AssetCheckExecutionContext, registry: RegistryResource) -> dg.AssetCheckResult:
     from mlflow.models import get_model_info
 
-    from llmops_dagster.core.rag import signature_problems
+    from llmops_dagster.core.model_spec import signature_problems
 
     _, name, version = challenger_version(registry)
     info = get_model_info(f"models:/{name}/{version}")
     problems = signature_problems(info.signature.to_dict() if info.signature else None, info.saved_input_example_info is not None)
     verdict = Verdict(not problems, "; ".join(problems) or f"v{version}: signature and input example are valid", {"model_version": version})
-    return gate(context, registry, SIGNATURE_VALID, verdict)
+    return record_verdict(context, registry, SIGNATURE_VALID, verdict)
 
 
 def trained_here(context: dg.AssetExecutionContext, training: TrainingResource) -> dict[str, Any] | None:
@@ -231,7 +231,7 @@ def evaluation(
     from llmops_dagster.core.rag import IndexMismatchError, QueryEncoder, RagPipeline
     from llmops_dagster.core.rag_model import load_version
 
-    thresholds = evaluation.thresholds()
+    thresholds = evaluation.gate()
     upstream = trained_here(context, training)
     items, gold_skipped = evaluation_items(context, lancedb, landing, training, mlflow)
     report_items = selection.split(items)[selection.REPORT]
@@ -343,9 +343,9 @@ def evaluation(
             **{f"naive_bm25_{metric_name(k)}": round(baseline_metrics[k], 4) for k in ("recall@5", "mrr@10")},
         }
     )
-    yield gate(context, registry, MEETS_THRESHOLDS, threshold_verdict, recorded)
-    yield gate(context, registry, NO_WORSE_THAN_CHAMPION, champion_verdict)
-    yield gate(context, registry, BEATS_NAIVE_BASELINE, baseline_verdict)
+    yield record_verdict(context, registry, MEETS_THRESHOLDS, threshold_verdict, recorded)
+    yield record_verdict(context, registry, NO_WORSE_THAN_CHAMPION, champion_verdict)
+    yield record_verdict(context, registry, BEATS_NAIVE_BASELINE, baseline_verdict)
     yield dg.AssetCheckResult(
         check_name=NO_NAVIGATION_IN_TOP_RESULTS,
         passed=not navigation_hits,

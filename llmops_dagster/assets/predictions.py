@@ -6,7 +6,7 @@ import dagster as dg
 import pyarrow as pa
 
 from llmops_dagster.assets._metadata import row_id, table_metadata
-from llmops_dagster.assets._model import RAG_MODEL
+from llmops_dagster.assets.model_registry import RAG_MODEL
 from llmops_dagster.core import registry as model_registry
 from llmops_dagster.core import store
 from llmops_dagster.resources import ComputeEngineResource, LanceDBResource, LandingZoneResource, RegistryResource

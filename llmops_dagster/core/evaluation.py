@@ -29,7 +29,10 @@ GATE_METRICS = ("recall@5", "mrr@10")
 
 
 @dataclass(frozen=True)
-class EvaluationThresholds:
+class GateSettings:
+    """What the gate asks of a challenger: minimum metrics, tolerances against the champion and the
+    naive baseline, and the smoke question it must answer after loading."""
+
     min_recall_at_5: float = 0.6
     min_mrr_at_10: float = 0.5
     champion_tolerance: float = 0.02  # the challenger may trail the champion by this much on each gate metric
@@ -178,7 +181,7 @@ def evaluate(pipeline: RagPipeline, items: Sequence[EvalItem], mode: str, answer
     return report
 
 
-def meets_thresholds(metrics: dict[str, float], thresholds: EvaluationThresholds) -> Verdict:
+def meets_thresholds(metrics: dict[str, float], thresholds: GateSettings) -> Verdict:
     minimums = thresholds.minimums()
     metadata = {name: round(metrics.get(name, 0.0), 4) for name in minimums} | {f"min_{k}": v for k, v in minimums.items()}
     below = [f"{name} {metrics.get(name, 0.0):.3f} < {minimum}" for name, minimum in minimums.items() if metrics.get(name, 0.0) < minimum]

@@ -18,15 +18,8 @@ import numpy as np
 import pandas as pd
 from mlflow.models import infer_signature
 
-from llmops_dagster.core.rag import (
-    ADAPTER_ARTIFACT,
-    EMBEDDER_ARTIFACT,
-    GENERATOR_ARTIFACT,
-    OUTPUT_COLUMNS,
-    QUESTION_COLUMN,
-    ModelSpec,
-    open_pipeline,
-)
+from llmops_dagster.core.model_spec import ADAPTER_ARTIFACT, EMBEDDER_ARTIFACT, GENERATOR_ARTIFACT, ModelSpec, open_pipeline
+from llmops_dagster.core.rag import OUTPUT_COLUMNS, QUESTION_COLUMN
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # Models from code: MLflow stores this script, not a pickle, and runs it to build the model at load.

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 
 if TYPE_CHECKING:
-    from llmops_dagster.core.evaluation import EvaluationThresholds
+    from llmops_dagster.core.evaluation import GateSettings
     from llmops_dagster.core.rag import RagConfig
     from llmops_dagster.core.training import TrainingConfig
 
@@ -79,7 +79,7 @@ class EvaluationResource(_SettingsResource):
     baseline_tolerance: float = 0.02
     smoke_question: str = "What do these documents describe?"
 
-    def thresholds(self) -> EvaluationThresholds:
-        from llmops_dagster.core.evaluation import EvaluationThresholds
+    def gate(self) -> GateSettings:
+        from llmops_dagster.core.evaluation import GateSettings
 
-        return EvaluationThresholds(**self._fields())
+        return GateSettings(**self._fields())

@@ -9,7 +9,8 @@ import numpy as np
 import pyarrow as pa
 
 from llmops_dagster.assets._metadata import markdown_table
-from llmops_dagster.assets._model import (
+from llmops_dagster.assets.index import VECTOR_INDEX
+from llmops_dagster.assets.model_registry import (
     ADAPTER_FILE,
     EMBEDDING_MODEL,
     HELD_OUT_FILE,
@@ -19,7 +20,6 @@ from llmops_dagster.assets._model import (
     latest_metadata,
     mlflow_metrics,
 )
-from llmops_dagster.assets.index import VECTOR_INDEX
 from llmops_dagster.core import registry as model_registry
 from llmops_dagster.core import store
 from llmops_dagster.core.metrics import RETRIEVAL_METRICS
@@ -140,7 +140,8 @@ def rag_model(
     ``rag.select_by_evaluation`` is off. A version whose content equals an existing version's is
     not registered again; that version becomes the challenger.
     """
-    from llmops_dagster.core.rag import ModelSpec, QueryEncoder, index_models
+    from llmops_dagster.core.model_spec import ModelSpec
+    from llmops_dagster.core.rag import QueryEncoder, index_models
     from llmops_dagster.core.rag_model import CONTENT_TAG, content_digest, log_rag_model
 
     upstream = latest_metadata(context, EMBEDDING_MODEL)

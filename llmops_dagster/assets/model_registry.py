@@ -1,4 +1,5 @@
-"""Keys, check names and helpers shared by the model-stage asset modules (no assets here)."""
+"""What the model-stage asset modules share, no assets: their keys and check names, the challenger
+lookup, and ``record_verdict``, which writes a check's verdict to the challenger version in the registry."""
 
 from typing import Any
 
@@ -58,7 +59,7 @@ def challenger_version(registry: RegistryResource) -> tuple[Any, str, str]:
     return client, registry.registered_model, str(version.version)
 
 
-def gate(
+def record_verdict(
     context: Any, registry: RegistryResource, check: str, verdict: Verdict, metrics: dict[str, float] | None = None
 ) -> dg.AssetCheckResult:
     """Write the verdict to the challenger version and return it as the check result."""
