@@ -9,6 +9,7 @@ than guess; the no-answer rate is something monitoring can watch.
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -38,6 +39,26 @@ class Answer:
     score: float
     supporting: tuple[int, ...]  # indices into the passages given, best first
     found: bool
+
+
+class CachedEncode:
+    """An encode function that remembers the vectors of texts it has seen (least recently used go
+    first), so that a passage's sentences are embedded once however many questions retrieve it."""
+
+    def __init__(self, encode: Encode, size: int = 20000) -> None:
+        self._encode, self._size = encode, size
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        missing = list(dict.fromkeys(text for text in texts if text not in self._vectors))
+        if missing:
+            self._vectors.update(zip(missing, self._encode(missing), strict=True))
+        for text in texts:
+            self._vectors.move_to_end(text)
+        rows = np.stack([self._vectors[text] for text in texts])
+        while len(self._vectors) > self._size:
+            self._vectors.popitem(last=False)
+        return rows
 
 
 def sentences(text: str) -> list[str]:

@@ -162,15 +162,23 @@ class _Precomputed:
 
 
 def with_cached_queries(pipeline: RagPipeline, queries: Iterable[str], config: RagConfig | None = None) -> RagPipeline:
-    """The pipeline (with ``config`` instead of its own, if given) with these queries encoded once, up front."""
-    encoder = pipeline.encoder if isinstance(pipeline.encoder, _Precomputed) else _Precomputed(pipeline.encoder, list(dict.fromkeys(queries)))
-    return RagPipeline(encoder, pipeline.table, pipeline.params, config or pipeline.config, pipeline.generator)  # type: ignore[arg-type]
+    """The pipeline (with ``config`` instead of its own, if given) with these queries encoded once, up
+    front, and their candidate lists kept for every pipeline derived from it (they share the encoder)."""
+    if isinstance(pipeline.encoder, _Precomputed):
+        encoder, memo = pipeline.encoder, pipeline.memo
+    else:
+        encoder, memo = _Precomputed(pipeline.encoder, list(dict.fromkeys(queries))), {}
+    return RagPipeline(encoder, pipeline.table, pipeline.params, config or pipeline.config, pipeline.generator, memo)  # type: ignore[arg-type]
 
 
 def evaluate(pipeline: RagPipeline, items: Sequence[EvalItem], mode: str, answers: bool = False) -> dict[str, dict[str, float]]:
     """Metrics per query set (``held_out``, ``gold``) and over ``all``; answer F1 when ``answers``."""
     if mode != "text":
         pipeline = with_cached_queries(pipeline, (item.query for item in items))
+    if pipeline.config.rerank != "none":
+        from llmops_dagster.core.rerank import load_reranker
+
+        load_reranker(str(pipeline.encoder.embedder.model_path)).prepare([item.query for item in items])
     scored = [item for item in items if item.relevant]
     report = score_rankings([ranking(pipeline.retrieve(item.query, EVAL_DEPTH, mode), item) for item in scored], scored)
     with_answers = [item for item in items if item.answer]

@@ -214,6 +214,21 @@ def _scaled(score: float, hits: list[tuple[str, float]]) -> float:
     return (score - low) / (high - low) if high > low else 1.0
 
 
+MEMO_DEPTH = 50
+
+
+def _hits(
+    table: Table, kind: str, query: str, embedder: Embedder | None, depth: int, params: AnnParams, columns: list[str]
+) -> list[tuple[dict, float]]:
+    """(row, score) best first: cosine similarity for ``vector``, BM25 for ``text``."""
+    if kind == "vector":
+        vector = embedder.encode([query])[0]  # type: ignore[union-attr]
+        hits = _vector_query(table, vector, depth, params).select([*columns, "_distance"]).to_arrow().to_pylist()
+        return [(row, 1.0 - row["_distance"]) for row in hits]
+    builder = table.search(query, query_type="fts", fts_columns=text_column(table)).limit(depth)
+    return [(row, row["_score"]) for row in builder.select([*columns, "_score"]).to_arrow().to_pylist()]
+
+
 def search(
     table: Table,
     query: str,
@@ -223,9 +238,14 @@ def search(
     embedder: Embedder | None = None,
     fusion: Fusion | None = None,
     reranker: Reranker | None = None,
+    memo: dict | None = None,
 ) -> list[Passage]:
     """Ranked passages; scores are cosine similarity (vector), BM25 (text), the fused score (hybrid),
-    or the reranker's score for the ``fusion.rerank_depth`` candidates it ordered again."""
+    or the reranker's score for the ``fusion.rerank_depth`` candidates it ordered again.
+
+    ``memo`` keeps each query's candidate lists (``MEMO_DEPTH`` deep), so that evaluating many
+    fusions of the same lists, with the same encoder and table version, queries LanceDB once.
+    """
     if mode not in SEARCH_MODES:
         raise ValueError(f"mode must be one of {SEARCH_MODES}, got '{mode}'")
     if mode != "text" and embedder is None:
@@ -234,18 +254,22 @@ def search(
     reranked = reranker is not None and fusion.rerank_depth > 0
     depth = max(k, fusion.depth if mode == "hybrid" else k, fusion.rerank_depth if reranked else 0)
     columns = [*RESULT_COLUMNS, text_column(table)] if reranked else RESULT_COLUMNS
+    if memo is not None:
+        depth = max(depth, MEMO_DEPTH)  # one fetch serves every candidate depth up to it
+        columns = [*RESULT_COLUMNS, text_column(table)]
     rows: dict[str, dict] = {}
     lists: dict[str, list[tuple[str, float]]] = {}
-    if mode in ("vector", "hybrid"):
-        vector = embedder.encode([query])[0]  # type: ignore[union-attr]
-        hits = _vector_query(table, vector, depth, params).select([*columns, "_distance"]).to_arrow().to_pylist()
-        lists["vector"] = [(row["id"], 1.0 - row["_distance"]) for row in hits]
-        rows.update((row["id"], row) for row in hits)
-    if mode in ("text", "hybrid"):
-        builder = table.search(query, query_type="fts", fts_columns=text_column(table)).limit(depth)
-        hits = builder.select([*columns, "_score"]).to_arrow().to_pylist()
-        lists["text"] = [(row["id"], row["_score"]) for row in hits]
-        rows.update((row["id"], row) for row in hits)
+    for kind in ("vector", "text"):
+        if mode not in (kind, "hybrid"):
+            continue
+        fetched, cached = memo.get((kind, query), (0, [])) if memo is not None else (0, [])
+        if fetched < depth:
+            cached = _hits(table, kind, query, embedder, depth, params, columns)
+            if memo is not None:
+                memo[(kind, query)] = (depth, cached)
+        limit = depth if mode == "hybrid" else k
+        lists[kind] = [(row["id"], score) for row, score in cached[:limit]]
+        rows.update((row["id"], row) for row, _ in cached[:limit])
     ranked = fusion.fuse(lists["vector"], lists["text"]) if mode == "hybrid" else lists[mode]
     if reranked:
         head, tail = ranked[: fusion.rerank_depth], ranked[fusion.rerank_depth :]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from llmops_dagster.core.answer import NO_ANSWER, AnswerConfig, extractive_answer
+from llmops_dagster.core.answer import NO_ANSWER, AnswerConfig, CachedEncode, extractive_answer
 from llmops_dagster.core.index import SEARCH_MODES, AnnParams, Fusion, Passage, search
 from llmops_dagster.core.rerank import RERANKERS, load_reranker
 from llmops_dagster.core.training import apply_adapter
@@ -87,7 +87,7 @@ class ExtractiveGenerator:
     name = "extractive"
 
     def __init__(self, encode: Callable[[list[str]], np.ndarray], config: AnswerConfig) -> None:
-        self.encode, self.config = encode, config
+        self.encode, self.config = CachedEncode(encode), config
 
     def __call__(self, question: str, passages: Sequence[str]) -> tuple[str, bool]:
         answer = extractive_answer(question, passages, self.encode, self.config)
@@ -184,15 +184,17 @@ class RagPipeline:
         params: AnnParams,
         config: RagConfig,
         generator: Callable[[str, Sequence[str]], tuple[str, bool]] | None = None,
+        memo: dict | None = None,
     ) -> None:
         self.encoder, self.table, self.params, self.config = encoder, table, params, config
+        self.memo = memo  # candidate lists per query, shared by pipelines that differ only in fusion (evaluation)
         self.generator = generator or ExtractiveGenerator(encoder.embedder.encode, config.answer_config())
 
     def retrieve(self, question: str, k: int | None = None, mode: str | None = None) -> list[Passage]:
         reranker = load_reranker(str(self.encoder.embedder.model_path)) if self.config.rerank != "none" else None
         return search(
             self.table, question, k or self.config.k, mode or self.config.mode, self.params, self.encoder,  # type: ignore[arg-type]
-            self.config.fusion_config(), reranker,
+            self.config.fusion_config(), reranker, self.memo,
         )
 
     def answer(self, question: str, k: int | None = None, mode: str | None = None) -> Prediction:

@@ -29,7 +29,8 @@ class MaxSimReranker:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.tokenizer, self.max_tokens = load_tokenizer(model_path)
         self.model = AutoModel.from_pretrained(model_path).eval()
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._passage_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
 
     def _tokens(self, texts: list[str]) -> list[np.ndarray]:
@@ -42,24 +43,31 @@ class MaxSimReranker:
         lengths = batch["attention_mask"].sum(1).tolist()
         return [hidden[i, 1 : int(length) - 1].numpy() for i, length in enumerate(lengths)]
 
-    def _passages(self, keyed: Sequence[tuple[str, str]]) -> list[np.ndarray]:
-        missing = [(key, text) for key, text in dict(keyed).items() if key not in self._cache]
+    def _cached(self, cache: OrderedDict[str, np.ndarray], keyed: Sequence[tuple[str, str]]) -> list[np.ndarray]:
+        """Token vectors of (key, text) pairs, encoding in batches only the keys the cache lacks."""
+        missing = [(key, text) for key, text in dict(keyed).items() if key not in cache]
         for start in range(0, len(missing), 16):
             part = missing[start : start + 16]
             for (key, _), vectors in zip(part, self._tokens([text for _, text in part]), strict=True):
-                self._cache[key] = vectors
+                cache[key] = vectors
         for key, _ in keyed:
-            self._cache.move_to_end(key)
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return [self._cache[key] for key, _ in keyed]
+            cache.move_to_end(key)
+        rows = [cache[key] for key, _ in keyed]
+        while len(cache) > self._cache_size:
+            cache.popitem(last=False)
+        return rows
+
+    def prepare(self, queries: Sequence[str]) -> None:
+        """Encode many queries' tokens in batches up front (an evaluation), rather than one by one."""
+        self._cached(self._queries, [(query, query) for query in queries])
 
     def scores(self, query: str, passages: Sequence[tuple[str, str]]) -> list[float]:
         """MaxSim of the query against each (passage id, passage text)."""
         if not passages:
             return []
-        query_tokens = self._tokens([query])[0]
-        return [float((query_tokens @ tokens.T).max(axis=1).mean()) if len(tokens) else 0.0 for tokens in self._passages(passages)]
+        query_tokens = self._cached(self._queries, [(query, query)])[0]
+        passage_tokens = self._cached(self._passage_cache, passages)
+        return [float((query_tokens @ tokens.T).max(axis=1).mean()) if len(tokens) else 0.0 for tokens in passage_tokens]
 
 
 @cache
