@@ -11,35 +11,11 @@ from llmops_dagster.settings import ENVIRONMENTS, EnvSettings
 
 
 def describe(client, settings: EnvSettings) -> dict:
-    from mlflow.exceptions import MlflowException
+    from llmops_dagster.core import promotion
 
-    from llmops_dagster.core import promotion, registry
-
-    name = settings.mlflow.registered_model
-    state: dict = {"environment": settings.name, "model": name, "requires_approval": settings.promotion.requires_approval,
-                   "adopts_from": settings.promotion.source}
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        state["pending"] = "nothing registered yet"
-        return state
-    for alias in (registry.CHAMPION, registry.CHALLENGER):
-        version = registry.version_by_alias(client, name, alias)
-        if version is None:
-            state[alias] = None
-            continue
-        tags = version.tags
-        state[alias] = {
-            "version": str(version.version),
-            "validation_status": tags.get(registry.VALIDATION_STATUS, registry.PENDING),
-            "failed_checks": registry.failed_checks(tags),
-            "metrics": {k.removeprefix(registry.METRIC_TAG_PREFIX): float(v) for k, v in tags.items() if k.startswith(registry.METRIC_TAG_PREFIX)},
-            "approved_by": tags.get(promotion.APPROVED_BY),
-            "source": f"{tags[promotion.SOURCE_MODEL]} v{tags[promotion.SOURCE_VERSION]}" if promotion.SOURCE_MODEL in tags else None,
-        }
-    state["pending"] = promotion.champion_decision(client, name, settings.promotion.requires_approval).reason
-    state["history"] = [vars(e) for e in promotion.history(client, name)[-5:]]
-    return state
+    state = promotion.status(client, settings.mlflow.registered_model, settings.promotion.requires_approval)
+    return {"environment": settings.name, "requires_approval": settings.promotion.requires_approval,
+            "adopts_from": settings.promotion.source, **state}
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ import json
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llmops_dagster.core.registry import (
     CHALLENGER,
@@ -223,3 +223,33 @@ def copy_from(client: MlflowClient, source_name: str, source_version: str, targe
         existing = str(copied.version)
     client.set_registered_model_alias(target_name, CHALLENGER, existing)
     return existing
+
+
+def status(client: MlflowClient, name: str, requires_approval: bool) -> dict[str, Any]:
+    """Where a registered model stands: its champion and challenger with their verdicts, failed
+    checks, metrics, approval and source; what is pending, and the last history entries."""
+    from mlflow.exceptions import MlflowException
+
+    state: dict[str, Any] = {"model": name}
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        state["pending"] = "nothing registered yet"
+        return state
+    for alias in (CHAMPION, CHALLENGER):
+        version = version_by_alias(client, name, alias)
+        if version is None:
+            state[alias] = None
+            continue
+        tags = version.tags
+        state[alias] = {
+            "version": str(version.version),
+            "validation_status": tags.get(VALIDATION_STATUS, PENDING),
+            "failed_checks": failed_checks(tags),
+            "metrics": {k.removeprefix(METRIC_TAG_PREFIX): float(v) for k, v in tags.items() if k.startswith(METRIC_TAG_PREFIX)},
+            "approved_by": tags.get(APPROVED_BY),
+            "source": f"{tags[SOURCE_MODEL]} v{tags[SOURCE_VERSION]}" if SOURCE_MODEL in tags else None,
+        }
+    state["pending"] = champion_decision(client, name, requires_approval).reason
+    state["history"] = [vars(e) for e in history(client, name)[-5:]]
+    return state
