@@ -68,3 +68,23 @@ def test_empty_passages_and_config_validation(retrieve) -> None:
     assert not extractive_answer("anything", [], embedder.encode).found
     with pytest.raises(ValueError):
         AnswerConfig(max_sentences=0)
+
+
+def test_cached_encode_embeds_each_text_once_and_keeps_the_order() -> None:
+    import numpy as np
+
+    from llmops_dagster.core.answer import CachedEncode
+
+    seen: list[str] = []
+
+    def encode(texts: list[str]) -> np.ndarray:
+        seen.extend(texts)
+        return np.array([[float(len(text)), 1.0] for text in texts], dtype=np.float32)
+
+    cached = CachedEncode(encode, size=3)
+    assert cached(["aa", "b", "aa"]).tolist() == [[2.0, 1.0], [1.0, 1.0], [2.0, 1.0]]
+    assert cached(["b", "cccc"]).tolist() == [[1.0, 1.0], [4.0, 1.0]]
+    assert seen == ["aa", "b", "cccc"]
+    cached(["dd", "eee"])  # beyond the size: the least recently used ("aa") goes
+    cached(["aa"])
+    assert seen.count("aa") == 2
