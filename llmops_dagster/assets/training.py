@@ -141,16 +141,16 @@ def rag_model(
     not registered again; that version becomes the challenger.
     """
     from llmops_dagster.core.model_spec import ModelSpec
-    from llmops_dagster.core.rag import QueryEncoder, index_models
-    from llmops_dagster.core.rag_model import CONTENT_TAG, content_digest, log_rag_model
+    from llmops_dagster.core.rag import QueryEncoder, index_models, index_problem
+    from llmops_dagster.core.rag_model import register_challenger
 
     upstream = latest_metadata(context, EMBEDDING_MODEL)
     model = embedder.load()
     table = index_table(lancedb)
     index_fingerprint = chunker.index_fingerprint(model.fingerprint)
-    index_fingerprints = index_models(table)
-    if index_fingerprints != {index_fingerprint}:
-        raise dg.Failure(f"the index holds {sorted(index_fingerprints)}, not {index_fingerprint}; materialize embeddings first")
+    problem = index_problem(index_models(table), index_fingerprint)
+    if problem:
+        raise dg.Failure(f"{problem}; materialize embeddings first")
     adapter = None
     variant = "base"
     if upstream["winner"] == "trained" and upstream["has_adapter"]:
@@ -178,26 +178,24 @@ def rag_model(
         registered_index=lancedb.uri,
     )
     generator = Path(config.generator_model).expanduser() if config.generator_model else None
-    digest = content_digest(spec, index_fingerprint, adapter, str(generator) if generator else None)
-    client = registry.client()
     name = registry.registered_model
-    existing = model_registry.find_version(client, name, CONTENT_TAG, digest)
-    if existing is not None:
-        version = str(existing.version)
-        context.log.info(f"{name} v{version} already holds this exact model; reusing it")
-    else:
-        version = log_rag_model(spec, model.model_path, adapter, generator, name, tags={"llmops.variant": variant})
-        for key, value in {
-            CONTENT_TAG: digest,
+    version, reused = register_challenger(
+        registry.client(),
+        name,
+        spec,
+        model.model_path,
+        adapter,
+        generator,
+        tags={
             model_registry.DAGSTER_RUN_TAG: context.run_id,
             "embedder_variant": variant,
             "index_embedding_model": index_fingerprint,
             "retrieval": config.retrieval_label(),
             "training_run_id": str(upstream["mlflow_run_id"]),
-            model_registry.VALIDATION_STATUS: model_registry.PENDING,
-        }.items():
-            client.set_model_version_tag(name, version, key, value)
-    client.set_registered_model_alias(name, model_registry.CHALLENGER, version)
+        },
+    )
+    if reused:
+        context.log.info(f"{name} v{version} already holds this exact model; reusing it")
     run = mlflow.active_run()
     return dg.MaterializeResult(
         metadata={
@@ -206,8 +204,7 @@ def rag_model(
             "model_uri": f"models:/{name}/{version}",
             "alias": model_registry.CHALLENGER,
             "embedder_variant": variant,
-            "registered_new_version": existing is None,
-            "content_digest": digest,
+            "registered_new_version": not reused,
             "retrieval": f"k={config.k}, {config.retrieval_label()}",
             "retrieval_selection": chosen.summary() if chosen else "off (rag.select_by_evaluation is false)",
             **({"retrieval_candidates": dg.MetadataValue.md(candidates_table(chosen))} if chosen else {}),

@@ -16,6 +16,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from llmops_dagster.core.chunking import index_fingerprint
     from llmops_dagster.core.embedding import load_embedder
     from llmops_dagster.core.index import search
+    from llmops_dagster.core.rag import index_problem
 
     settings = settings_for(args)
     if not args.query.strip():
@@ -31,12 +32,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.mode != "text":
         embedder = load_embedder(settings.embedding)
         models = set(table.search().select(["embedding_model"]).limit(1).to_arrow().column("embedding_model").to_pylist())
-        expected = index_fingerprint(embedder.fingerprint, settings.chunking)
-        if models and models != {expected}:
-            raise UserError(
-                f"index was built for {models.pop()} but '{settings.name}' is configured for {expected}; "
-                f"run `llmops run --env {settings.name}` to re-embed"
-            )
+        problem = index_problem(models, index_fingerprint(embedder.fingerprint, settings.chunking))
+        if problem:
+            raise UserError(f"{problem}, as '{settings.name}' is configured; run `llmops run --env {settings.name}` to re-embed")
     passages = search(table, args.query, args.k, args.mode, settings.index.ann_params(), embedder, settings.rag.fusion_config())
     if args.json:
         payload = {

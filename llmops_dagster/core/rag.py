@@ -171,6 +171,14 @@ class Prediction:
         }
 
 
+def index_problem(found: set[str], expected: str) -> str | None:
+    """Why an index whose rows carry the fingerprints ``found`` cannot answer queries that need
+    ``expected`` (model and context template), or None when it can."""
+    if found and found != {expected}:
+        return f"the index holds vectors for {', '.join(sorted(found))}, not for {expected}"
+    return None
+
+
 def index_models(table: Table) -> set[str]:
     column = table.search().select(["embedding_model"]).limit(None).to_arrow().column("embedding_model")
     return set(column.unique().to_pylist())

@@ -112,6 +112,32 @@ def log_rag_model(
     return str(info.registered_model_version)
 
 
+def register_challenger(
+    client: Any,
+    name: str,
+    spec: ModelSpec,
+    embedder_dir: Path,
+    adapter: np.ndarray | None,
+    generator: Path | None,
+    tags: dict[str, str],
+) -> tuple[str, bool]:
+    """Register the model as ``name``'s challenger: (version, whether an existing version with the
+    same content was reused instead). A new version starts PENDING, with ``tags`` and its content
+    digest; the gate's checks move it to PASSED or FAILED."""
+    from llmops_dagster.core import registry
+
+    digest = content_digest(spec, spec.index_embedding_model, adapter, str(generator) if generator else None)
+    existing = registry.find_version(client, name, CONTENT_TAG, digest)
+    if existing is not None:
+        version = str(existing.version)
+    else:
+        version = log_rag_model(spec, embedder_dir, adapter, generator, name, tags={"llmops.variant": spec.embedder_variant})
+        for key, value in {CONTENT_TAG: digest, **tags, registry.VALIDATION_STATUS: registry.PENDING}.items():
+            client.set_model_version_tag(name, version, key, value)
+    client.set_registered_model_alias(name, registry.CHALLENGER, version)
+    return version, existing is not None
+
+
 def index_override(lancedb_uri: str | None) -> dict[str, str] | None:
     """``model_config`` that points a version at this environment's index (a promoted copy serves the
     data of the environment it was copied into)."""
