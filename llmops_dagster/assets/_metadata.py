@@ -3,7 +3,6 @@ summary), check results, and the environment-prefixed key of an asset."""
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import dagster as dg
@@ -53,9 +52,3 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def row_id(*parts: str) -> str:
-    """A stable key for a row that one run writes (run id plus what identifies the row within it), so
-    writing the same run's rows again replaces them instead of adding duplicates."""
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]

@@ -6,7 +6,6 @@ up, so promotion reads the registry alone.
 """
 
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
-from llmops_dagster.assets._metadata import column_schema, markdown_table, row_id
+from llmops_dagster.assets._metadata import column_schema, markdown_table
 from llmops_dagster.assets.model_registry import (
     ADAPTER_FILE,
     BEATS_NAIVE_BASELINE,
@@ -140,39 +139,6 @@ def evaluation_items(
     return items, len(rejected) + len(skipped)
 
 
-def evaluation_rows(run_id: str, model_name: str, rows: list[tuple[str, str, str, str, str, dict[str, dict[str, float]]]]) -> list[dict]:
-    """Rows of the ``evaluations`` table: (system, version, mode, retrieval, split, report) each."""
-    now = datetime.now(UTC)
-    table = []
-    for system, version, mode, retrieval, split, report in rows:
-        for query_set, metrics in report.items():
-            table.append(
-                {
-                    "id": row_id(run_id, system, retrieval, split, query_set),
-                    "dagster_run_id": run_id,
-                    "evaluated_at": now,
-                    "model_name": model_name,
-                    "model_version": version,
-                    "system": system,
-                    "mode": mode,
-                    "query_set": query_set,
-                    "split": split,
-                    "retrieval": retrieval,
-                    "queries": int(metrics.get("queries", 0)),
-                    **{metric_name(m): metrics.get(m) for m in RETRIEVAL_METRICS},
-                    "answer_f1": metrics.get("answer_f1"),
-                }
-            )
-    return table
-
-
-def _located_chunks(table: Any) -> dict[str, Any]:
-    from llmops_dagster.core.index import Passage
-
-    rows = table.search().select(["id", "source", "page", "page_end", "heading"]).limit(None).to_arrow().to_pylist()
-    return {r["id"]: Passage(r["id"], "", r["source"], r["page"], r["heading"] or "", 0.0, r["page_end"]) for r in rows}
-
-
 @dg.asset(
     key=EVALUATION,
     deps=[RAG_MODEL],
@@ -216,79 +182,33 @@ def evaluation(
     half of the set; the gate reads the report half, which selection never saw. Rows are kept per
     run in ``evaluations``.
     """
-    from llmops_dagster.core import navigation, selection
-    from llmops_dagster.core.baseline import Bm25Baseline, windows
-    from llmops_dagster.core.evaluation import (
-        as_locations,
-        beats_baseline,
-        evaluate,
-        evaluate_retriever,
-        meets_thresholds,
-        no_worse_than_champion,
-        with_cached_queries,
-    )
-    from llmops_dagster.core.index import SEARCH_MODES
-    from llmops_dagster.core.rag import IndexMismatchError, QueryEncoder, RagPipeline
+    from llmops_dagster.core import selection
+    from llmops_dagster.core.comparison import compare_systems, comparison_rows, evaluation_rows
+    from llmops_dagster.core.evaluation import beats_baseline, meets_thresholds, no_worse_than_champion
+    from llmops_dagster.core.rag import IndexMismatchError
     from llmops_dagster.core.rag_model import load_version
 
     thresholds = evaluation.gate()
     upstream = trained_here(context, training)
     items, gold_skipped = evaluation_items(context, lancedb, landing, training, mlflow)
-    report_items = selection.split(items)[selection.REPORT]
-
     client, name, version = challenger_version(registry)
-    loaded = load_version(name, version, lancedb.uri).unwrap_python_model().pipeline
-    challenger = with_cached_queries(loaded, (item.query for item in items))
-    mode = challenger.config.mode
-    adapter = loaded.encoder.adapter
+    challenger = load_version(name, version, lancedb.uri).unwrap_python_model().pipeline
+    adapter = challenger.encoder.adapter
     if upstream is not None and upstream["has_adapter"]:
         adapter = np.load(mlflow.artifacts.download_artifacts(f"{upstream['artifacts']}/{ADAPTER_FILE}"))
-    systems: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
-    embedder = challenger.encoder.embedder
-    base = RagPipeline(QueryEncoder(embedder, None), challenger.table, challenger.params, challenger.config)
-    systems[("base", mode)] = evaluate(base, items, mode)
-    if adapter is not None:
-        trained = RagPipeline(QueryEncoder(embedder, adapter), challenger.table, challenger.params, challenger.config)
-        systems[("trained", mode)] = evaluate(trained, items, mode)
-    for search_mode in SEARCH_MODES:
-        systems[("challenger", search_mode)] = evaluate(challenger, items, search_mode, answers=search_mode == mode)
-    gate_report = evaluate(challenger, report_items, mode)
-    candidates = {
-        candidate: evaluate(with_cached_queries(challenger, [], candidate), report_items, candidate.mode)
-        for candidate in selection.candidates(challenger.config)
-    }
-
     champion_version = model_registry.version_by_alias(client, name, model_registry.CHAMPION)
-    champion_label, not_comparable, champion_metrics = None, None, None
+    champion, champion_label, not_comparable = None, None, None
     if champion_version is not None:
         champion_label = f"champion v{champion_version.version}"
         try:
             champion = load_version(name, str(champion_version.version), lancedb.uri).unwrap_python_model().pipeline
         except IndexMismatchError as error:
             not_comparable = f"{champion_label} cannot be evaluated on this index: {error}"
-        else:
-            systems[("champion", champion.config.mode)] = evaluate(champion, items, champion.config.mode, answers=True)
-            champion_metrics = evaluate(champion, report_items, champion.config.mode)["all"]
-
-    # The naive baseline has its own passage boundaries, so both sides are scored on locations.
-    located = as_locations(report_items, _located_chunks(challenger.table))
     documents = lancedb.store().read(store.DOCUMENTS, store.DOCUMENTS_SCHEMA, ["path", "blocks"]).to_pylist()
-    with Bm25Baseline(windows(documents)) as bm25:
-        baseline_metrics = evaluate_retriever(bm25.retrieve, located)["all"]
-    challenger_located = evaluate(challenger, located, mode)["all"]
-    gold_top = [p.text for item in items if item.query_set == "gold" for p in challenger.retrieve(item.query, 5)]
-    navigation_hits = [text for text in gold_top if navigation.looks_like_navigation(text)]
+    result = compare_systems(challenger, adapter, items, champion, documents)
 
-    champion_version_label = str(champion_version.version) if champion_version else ""
-    label = challenger.config.retrieval_label()
-    rows = [
-        (system, {"challenger": version, "champion": champion_version_label}.get(system, ""), search_mode,
-         label if system == "challenger" and search_mode == mode else search_mode, selection.ALL, report)
-        for (system, search_mode), report in systems.items()
-    ]
-    rows.append(("challenger", version, mode, label, selection.REPORT, gate_report))
-    rows += [("candidate", version, c.mode, c.retrieval_label(), selection.REPORT, r) for c, r in candidates.items()]
-    rows.append(("naive_bm25", "", "text", "200-word windows, BM25", selection.REPORT, {"all": baseline_metrics}))
+    mode, label = challenger.config.mode, challenger.config.retrieval_label()
+    rows = comparison_rows(result, challenger.config, version, str(champion_version.version) if champion_version else "")
     lance = lancedb.store()
     write = lance.apply(
         store.EVALUATIONS,
@@ -297,25 +217,24 @@ def evaluation(
         pa.Table.from_pylist(evaluation_rows(context.run_id, name, rows), store.EVALUATIONS_SCHEMA),
         [],
     )
-
-    gate_metrics = gate_report["all"]
+    gate_metrics = result.gate["all"]
     mlflow.log_metrics(mlflow_metrics(f"evaluation.challenger_v{version}", gate_metrics))
-    mlflow.log_metrics(mlflow_metrics("evaluation.naive_bm25", baseline_metrics))
+    mlflow.log_metrics(mlflow_metrics("evaluation.naive_bm25", result.baseline))
     threshold_verdict = meets_thresholds(gate_metrics, thresholds)
-    champion_verdict = no_worse_than_champion(gate_metrics, champion_metrics, thresholds.champion_tolerance, champion_label, not_comparable)
-    baseline_verdict = beats_baseline(challenger_located, baseline_metrics, thresholds.baseline_tolerance, "naive BM25 baseline")
+    champion_verdict = no_worse_than_champion(gate_metrics, result.champion, thresholds.champion_tolerance, champion_label, not_comparable)
+    baseline_verdict = beats_baseline(result.challenger_located, result.baseline, thresholds.baseline_tolerance, "naive BM25 baseline")
     recorded = {metric_name(k): v for k, v in gate_metrics.items() if k != "queries"}
-    if "answer_f1" in systems[("challenger", mode)].get("gold", {}):
-        recorded["answer_f1"] = systems[("challenger", mode)]["gold"]["answer_f1"]
+    if "answer_f1" in result.systems[("challenger", mode)].get("gold", {}):
+        recorded["answer_f1"] = result.systems[("challenger", mode)]["gold"]["answer_f1"]
     table_rows = [
         [system, search_mode, *(f"{r['all'][m]:.3f}" for m in RETRIEVAL_METRICS),
          f"{r['gold']['answer_f1']:.3f}" if "answer_f1" in r.get("gold", {}) else "–"]
-        for (system, search_mode), r in systems.items()
+        for (system, search_mode), r in result.systems.items()
     ]
     candidate_rows = [
         [("**" + c.retrieval_label() + "** (challenger)") if c == challenger.config else c.retrieval_label(),
          *(f"{r['all'][m]:.3f}" for m in ("recall@5", "mrr@10"))]
-        for c, r in sorted(candidates.items(), key=lambda item: -selection.objective(item[1]["all"]))
+        for c, r in sorted(result.candidates.items(), key=lambda item: -selection.objective(item[1]["all"]))
     ]
     summary = (
         f"Challenger **v{version}** ({label}) on {int(gate_metrics['queries'])} report-half queries of {len(items)} "
@@ -326,8 +245,8 @@ def evaluation(
         + "\n\n**Retrieval candidates, report half** (selection used the other half)\n\n"
         + markdown_table(["retrieval", "recall@5", "MRR@10"], candidate_rows)
         + f"\n\n**Naive baseline** (report half, by page or section): BM25 over 200-word windows recall@5 "
-        f"{baseline_metrics['recall@5']:.3f}, MRR@10 {baseline_metrics['mrr@10']:.3f}; challenger "
-        f"{challenger_located['recall@5']:.3f}, {challenger_located['mrr@10']:.3f}."
+        f"{result.baseline['recall@5']:.3f}, MRR@10 {result.baseline['mrr@10']:.3f}; challenger "
+        f"{result.challenger_located['recall@5']:.3f}, {result.challenger_located['mrr@10']:.3f}."
     )
     yield dg.MaterializeResult(
         metadata={
@@ -340,17 +259,18 @@ def evaluation(
             "queries": int(gate_metrics["queries"]),
             "gold_questions_skipped": gold_skipped,
             **{f"challenger_{metric_name(k)}": round(v, 4) for k, v in gate_metrics.items() if k != "queries"},
-            **{f"naive_bm25_{metric_name(k)}": round(baseline_metrics[k], 4) for k in ("recall@5", "mrr@10")},
+            **{f"naive_bm25_{metric_name(k)}": round(result.baseline[k], 4) for k in ("recall@5", "mrr@10")},
         }
     )
     yield record_verdict(context, registry, MEETS_THRESHOLDS, threshold_verdict, recorded)
     yield record_verdict(context, registry, NO_WORSE_THAN_CHAMPION, champion_verdict)
     yield record_verdict(context, registry, BEATS_NAIVE_BASELINE, baseline_verdict)
+    hits, passages = result.navigation_hits, result.gold_passages
     yield dg.AssetCheckResult(
         check_name=NO_NAVIGATION_IN_TOP_RESULTS,
-        passed=not navigation_hits,
+        passed=not hits,
         severity=dg.AssetCheckSeverity.WARN,
-        description=(f"{len(navigation_hits)} of {len(gold_top)} top-5 passages of the gold questions read as a table of contents or index"
-                     if navigation_hits else f"none of {len(gold_top)} top-5 passages of the gold questions is navigation"),
-        metadata={"passages": len(gold_top), "navigation": len(navigation_hits), "first": (navigation_hits or [""])[0][:300]},
+        description=(f"{len(hits)} of {passages} top-5 passages of the gold questions read as a table of contents or index"
+                     if hits else f"none of {passages} top-5 passages of the gold questions is navigation"),
+        metadata={"passages": passages, "navigation": len(hits), "first": (hits or [""])[0][:300]},
     )

@@ -9,6 +9,7 @@ from llmops_dagster.assets._metadata import env_key
 from llmops_dagster.core import registry as model_registry
 from llmops_dagster.core import store
 from llmops_dagster.core.checks import Verdict
+from llmops_dagster.core.metrics import metric_name
 from llmops_dagster.resources import LanceDBResource, RegistryResource
 
 EMBEDDING_MODEL = dg.AssetKey("embedding_model")
@@ -33,10 +34,6 @@ def latest_metadata(context: Any, key: dg.AssetKey) -> dict[str, Any]:
     if event is None or event.asset_materialization is None:
         raise dg.Failure(f"{key.to_user_string()} has not been materialized in this environment yet")
     return {name: value.value for name, value in event.asset_materialization.metadata.items()}
-
-
-def metric_name(name: str) -> str:
-    return name.replace("@", "_at_")
 
 
 def mlflow_metrics(prefix: str, report: dict[str, float]) -> dict[str, float]:

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import dagster as dg
 import pyarrow as pa
 
-from llmops_dagster.assets._metadata import row_id, table_metadata
+from llmops_dagster.assets._metadata import table_metadata
 from llmops_dagster.assets.model_registry import RAG_MODEL
 from llmops_dagster.core import registry as model_registry
 from llmops_dagster.core import store
@@ -63,7 +63,7 @@ def batch_predictions(
         answer = answers.iloc[position]
         rows.append(
             {
-                "id": row_id(context.run_id, question.origin),
+                "id": store.row_id(context.run_id, question.origin),
                 "dagster_run_id": context.run_id,
                 "origin": question.origin,
                 "question": question.question,

@@ -227,8 +227,9 @@ def select_retrieval(
 ) -> Any:
     """Every retrieval candidate on the select half of the evaluation set, the best one kept; each
     candidate's figures go to the ``evaluations`` table (split ``select``)."""
-    from llmops_dagster.assets.gate import evaluation_items, evaluation_rows
+    from llmops_dagster.assets.gate import evaluation_items
     from llmops_dagster.core import selection
+    from llmops_dagster.core.comparison import evaluation_rows
     from llmops_dagster.core.evaluation import evaluate, with_cached_queries
     from llmops_dagster.core.rag import RagPipeline
 

@@ -12,6 +12,11 @@ from collections import Counter
 from collections.abc import Sequence
 
 RETRIEVAL_METRICS = ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10")  # what retrieval_report gives
+def metric_name(name: str) -> str:
+    """A metric as a column or tag name: ``recall@5`` → ``recall_at_5``."""
+    return name.replace("@", "_at_")
+
+
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 

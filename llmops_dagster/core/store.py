@@ -7,6 +7,7 @@ version even for an empty merge or a delete that matches nothing.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -123,6 +124,12 @@ PREDICTIONS_SCHEMA = pa.schema(
         pa.field("predicted_at", _UTC),
     ]
 )
+
+
+def row_id(*parts: str) -> str:
+    """A stable key for a row that one run writes (run id plus what identifies the row within it), so
+    writing the same run's rows again replaces them instead of adding duplicates."""
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
 def _shape(schema: pa.Schema) -> list[tuple[str, pa.DataType]]:
