@@ -19,6 +19,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 # The int8 gate: top-10 retrieval overlap with fp32 on the probe, and a row's cosine to itself
@@ -48,6 +49,16 @@ def resolve_model_path(model: str | None) -> Path:
             "model hubs are not reached, so give a path"
         )
     return path.resolve()
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Sentence vectors as sentence-transformers makes them: the mean of the token vectors the mask
+    keeps, in fp32, L2-normalised."""
+    import torch
+
+    mask = attention_mask.unsqueeze(-1).to(torch.float32)
+    pooled = (hidden.to(torch.float32) * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, p=2, dim=1)
 
 
 @cache
@@ -228,10 +239,7 @@ class Embedder:
                 ).to(self.device)
                 with torch.autocast(device_type=self.device, dtype=torch.bfloat16, enabled=use_autocast):
                     hidden = self.model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(torch.float32)
-                pooled = (hidden.to(torch.float32) * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                out[index] = pooled.cpu().numpy()
+                out[index] = mean_pool(hidden, batch["attention_mask"]).cpu().numpy()
         return out
 
     def _encode_int8(self, texts: list[str]) -> np.ndarray:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from llmops_dagster.core.answer import sentences
-from llmops_dagster.core.embedding import load_tokenizer
+from llmops_dagster.core.embedding import load_tokenizer, mean_pool
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -244,9 +244,7 @@ def train_full(
         encoded = tokenizer(batch, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt").to(device)
         with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
             hidden = model(**encoded).last_hidden_state
-        mask = encoded["attention_mask"].unsqueeze(-1).to(torch.float32)
-        pooled = (hidden.to(torch.float32) * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, dim=1)
+        return mean_pool(hidden, encoded["attention_mask"])
 
     losses = []
     for epoch in range(config.full_epochs):
