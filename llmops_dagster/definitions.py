@@ -7,6 +7,7 @@ import warnings
 import dagster as dg
 
 from llmops_dagster.assets import stage_modules
+from llmops_dagster.core.runtime import offline
 from llmops_dagster.jobs import operator_jobs
 from llmops_dagster.resources import build_resources
 from llmops_dagster.sensors import build_champion_sensor, build_new_documents_sensor, build_upstream_sensor
@@ -28,6 +29,7 @@ def environment_assets(env: str | EnvSettings) -> list[dg.AssetsDefinition]:
 
 def build_defs(env: str | EnvSettings) -> dg.Definitions:
     """Everything for one environment: asset keys prefixed with its name, resources from its settings."""
+    offline()
     settings = env if isinstance(env, EnvSettings) else load_settings(env)
     definitions = environment_assets(settings)
     assets = [d for d in definitions if not isinstance(d, dg.AssetChecksDefinition)]

@@ -12,6 +12,7 @@ from llmops_dagster.cli.promotion import cmd_approve, cmd_rollback
 from llmops_dagster.cli.query import cmd_ask, cmd_predict, cmd_search
 from llmops_dagster.cli.run import cmd_run, cmd_tick
 from llmops_dagster.cli.status import cmd_status
+from llmops_dagster.core.runtime import offline
 from llmops_dagster.settings import ENVIRONMENTS
 
 
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    offline()
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

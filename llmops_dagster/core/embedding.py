@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -89,7 +88,6 @@ def load_tokenizer(model_path: str) -> tuple[object, int]:
     """
     from transformers import AutoTokenizer
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     path = Path(model_path)
     config = json.loads((path / "config.json").read_text())
     limit = int(config.get("max_position_embeddings", 512))
@@ -131,7 +129,6 @@ class Embedder:
 
         transformers_logging.disable_progress_bar()
 
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.config = config
         self.model_path = resolve_model_path(config.model)
         self.fingerprint = model_fingerprint(str(self.model_path))

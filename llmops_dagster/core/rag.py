@@ -98,9 +98,7 @@ class TransformersGenerator:
     """A local transformers generation model, prompted with the question and as many passages as fit."""
 
     def __init__(self, model_path: str, max_new_tokens: int, max_passages: int = 3) -> None:
-        import os
 
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoConfig, pipeline
 
         path = Path(model_path).expanduser()

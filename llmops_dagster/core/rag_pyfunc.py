@@ -2,6 +2,10 @@
 
 import mlflow
 
-from llmops_dagster.core.rag_model import RagModel
+from llmops_dagster.core.runtime import offline
+
+offline()
+
+from llmops_dagster.core.rag_model import RagModel  # noqa: E402
 
 mlflow.models.set_model(RagModel())

@@ -10,7 +10,6 @@ several queries is encoded once.
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from functools import cache
@@ -26,7 +25,6 @@ class MaxSimReranker:
 
         from llmops_dagster.core.embedding import load_tokenizer
 
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.tokenizer, self.max_tokens = load_tokenizer(model_path)
         self.model = AutoModel.from_pretrained(model_path).eval()
         self._passage_cache: OrderedDict[str, np.ndarray] = OrderedDict()

@@ -40,6 +40,9 @@ def embed_partitions(config: EmbedderConfig) -> Callable[[Iterator[pa.RecordBatc
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from llmops_dagster.core.embedding import load_embedder
+        from llmops_dagster.core.runtime import offline
+
+        offline()  # a Python worker is a process of its own
 
         embedder = load_embedder(config)
         for batch in batches:

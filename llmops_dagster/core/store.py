@@ -8,7 +8,6 @@ version even for an empty merge or a delete that matches nothing.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -156,8 +155,6 @@ class LanceStore:
     """A LanceDB database (local folder or object-store URI) holding one environment's tables."""
 
     def __init__(self, uri: str, storage_options: dict[str, str] | None = None) -> None:
-        # LanceDB's Rust logger warns about upcoming API changes on every query; keep errors only.
-        os.environ.setdefault("LANCEDB_LOG", "error")
         import lancedb
 
         self.uri = uri
