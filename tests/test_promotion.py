@@ -236,3 +236,23 @@ def test_with_the_registry_stopped_no_alias_moves_and_the_next_tick_retries(stor
         assert champion_of(registry.configure(uri, None)) == "1"
     finally:
         stop_group(server)
+
+
+def test_the_training_record_is_this_runs_own_else_the_newest(store: str) -> None:
+    """rag_model and evaluation read what training left in MLflow, not the latest Dagster event."""
+    import time
+
+    client = registry.configure(store, None)
+    experiment = client.create_experiment("llmops-record")
+    assert registry.training_record(client, "llmops-record", None) is None
+    runs = []
+    for winner, adapter in (("trained", "true"), ("base", "false")):
+        run = client.create_run(experiment, tags={registry.TRAINING_WINNER_TAG: winner, registry.TRAINING_ADAPTER_TAG: adapter})
+        client.set_terminated(run.info.run_id)
+        runs.append(run.info.run_id)
+        time.sleep(0.01)
+    untrained = client.create_run(experiment).info.run_id  # a run that did not train (a subset run)
+    newest = registry.training_record(client, "llmops-record", untrained)
+    assert newest == {"winner": "base", "has_adapter": False, "artifacts": f"runs:/{runs[1]}/embedding_model", "mlflow_run_id": runs[1]}
+    own = registry.training_record(client, "llmops-record", runs[0])
+    assert own["winner"] == "trained" and own["has_adapter"] is True and own["mlflow_run_id"] == runs[0]

@@ -17,7 +17,6 @@ from llmops_dagster.assets._metadata import column_schema, markdown_table
 from llmops_dagster.assets.model_registry import (
     ADAPTER_FILE,
     BEATS_NAIVE_BASELINE,
-    EMBEDDING_MODEL,
     EVALUATION,
     HELD_OUT_FILE,
     MEETS_THRESHOLDS,
@@ -28,10 +27,10 @@ from llmops_dagster.assets.model_registry import (
     SIGNATURE_VALID,
     challenger_version,
     index_table,
-    latest_metadata,
     metric_name,
     mlflow_metrics,
     record_verdict,
+    training_done,
 )
 from llmops_dagster.core import registry as model_registry
 from llmops_dagster.core import store
@@ -96,9 +95,9 @@ def signature_valid(context: dg.AssetCheckExecutionContext, registry: RegistryRe
     return record_verdict(context, registry, SIGNATURE_VALID, verdict)
 
 
-def trained_here(context: dg.AssetExecutionContext, training: TrainingResource) -> dict[str, Any] | None:
-    """This environment's embedding_model materialization, if it trains at all."""
-    return latest_metadata(context, EMBEDDING_MODEL) if training.trains else None
+def trained_here(registry: RegistryResource, training: TrainingResource, mlflow: Any) -> dict[str, Any] | None:
+    """This environment's trained embedding model, if it trains at all."""
+    return training_done(registry, mlflow) if training.trains else None
 
 
 def mined_here(lancedb: LanceDBResource, training: TrainingResource) -> list:
@@ -115,6 +114,7 @@ def evaluation_items(
     context: dg.AssetExecutionContext,
     lancedb: LanceDBResource,
     landing: LandingZoneResource,
+    registry: RegistryResource,
     training: TrainingResource,
     mlflow: Any,
 ) -> tuple[list, int]:
@@ -125,7 +125,7 @@ def evaluation_items(
     from llmops_dagster.core.questions import landing_questions
     from llmops_dagster.core.training import Pair
 
-    upstream = trained_here(context, training)
+    upstream = trained_here(registry, training, mlflow)
     if upstream is not None:
         held_out_text = Path(mlflow.artifacts.download_artifacts(f"{upstream['artifacts']}/{HELD_OUT_FILE}")).read_text()
         held_out = [Pair.from_json(line) for line in held_out_text.splitlines() if line.strip()]
@@ -189,8 +189,8 @@ def evaluation(
     from llmops_dagster.core.rag_model import load_version
 
     thresholds = evaluation.gate()
-    upstream = trained_here(context, training)
-    items, gold_skipped = evaluation_items(context, lancedb, landing, training, mlflow)
+    upstream = trained_here(registry, training, mlflow)
+    items, gold_skipped = evaluation_items(context, lancedb, landing, registry, training, mlflow)
     client, name, version = challenger_version(registry)
     challenger = load_version(name, version, lancedb.uri).unwrap_python_model().pipeline
     adapter = challenger.encoder.adapter

@@ -5,7 +5,6 @@ from typing import Any
 
 import dagster as dg
 
-from llmops_dagster.assets._metadata import env_key
 from llmops_dagster.core import registry as model_registry
 from llmops_dagster.core import store
 from llmops_dagster.core.checks import Verdict
@@ -29,11 +28,15 @@ HELD_OUT_FILE = "held_out.jsonl"
 TRAIN_FILE = "train.jsonl"
 
 
-def latest_metadata(context: Any, key: dg.AssetKey) -> dict[str, Any]:
-    event = context.instance.get_latest_materialization_event(env_key(context, key))
-    if event is None or event.asset_materialization is None:
-        raise dg.Failure(f"{key.to_user_string()} has not been materialized in this environment yet")
-    return {name: value.value for name, value in event.asset_materialization.metadata.items()}
+def training_done(registry: RegistryResource, mlflow: Any) -> dict[str, Any]:
+    """The embedding model this environment trained (winner, adapter, artifacts), read from MLflow:
+    this run's own training when it trained, else the newest. Not the latest materialization event,
+    which may belong to another run."""
+    active = mlflow.active_run()
+    record = model_registry.training_record(registry.client(), registry.experiment, active.info.run_id if active else None)
+    if record is None:
+        raise dg.Failure(f"nothing was trained in {registry.experiment} yet; materialize embedding_model first")
+    return record
 
 
 def mlflow_metrics(prefix: str, report: dict[str, float]) -> dict[str, float]:

@@ -17,12 +17,13 @@ from llmops_dagster.assets.model_registry import (
     RAG_MODEL,
     TRAIN_FILE,
     index_table,
-    latest_metadata,
     mlflow_metrics,
+    training_done,
 )
 from llmops_dagster.core import registry as model_registry
 from llmops_dagster.core import store
 from llmops_dagster.core.metrics import RETRIEVAL_METRICS
+from llmops_dagster.core.registry import TRAINING_ADAPTER_TAG, TRAINING_WINNER_TAG
 from llmops_dagster.resources import (
     ChunkerResource,
     EmbedderResource,
@@ -88,7 +89,7 @@ def embedding_model(
             mlflow.log_artifact(str(path), "embedding_model")
         if report.result.model_dir is not None:
             mlflow.log_artifacts(str(report.result.model_dir), "embedding_model/model")
-    mlflow.set_tag("llmops.embedding_model.winner", report.winner)
+    mlflow.set_tags({TRAINING_WINNER_TAG: report.winner, TRAINING_ADAPTER_TAG: str(report.result.weight is not None).lower()})
     artifact_root = f"runs:/{run.info.run_id}/embedding_model"
     comparison = markdown_table(
         ["model", "recall@1", "recall@5", "recall@10", "MRR@10", "nDCG@10"],
@@ -144,7 +145,7 @@ def rag_model(
     from llmops_dagster.core.rag import QueryEncoder, index_models, index_problem
     from llmops_dagster.core.rag_model import register_challenger
 
-    upstream = latest_metadata(context, EMBEDDING_MODEL)
+    upstream = training_done(registry, mlflow)
     model = embedder.load()
     table = index_table(lancedb)
     index_fingerprint = chunker.index_fingerprint(model.fingerprint)
@@ -163,7 +164,9 @@ def rag_model(
         )
     config, chosen = rag.config(), None
     if config.select_by_evaluation:
-        chosen = select_retrieval(context, config, QueryEncoder(model, adapter), table, vector_index.params(), lancedb, landing, training, mlflow)
+        chosen = select_retrieval(
+            context, config, QueryEncoder(model, adapter), table, vector_index.params(), lancedb, landing, registry, training, mlflow
+        )
         context.log.info(chosen.summary())
         config = chosen.winner
     spec = ModelSpec(
@@ -222,6 +225,7 @@ def select_retrieval(
     params: Any,
     lancedb: LanceDBResource,
     landing: LandingZoneResource,
+    registry: RegistryResource,
     training: TrainingResource,
     mlflow: Any,
 ) -> Any:
@@ -233,7 +237,7 @@ def select_retrieval(
     from llmops_dagster.core.evaluation import evaluate, with_cached_queries
     from llmops_dagster.core.rag import RagPipeline
 
-    items, _ = evaluation_items(context, lancedb, landing, training, mlflow)
+    items, _ = evaluation_items(context, lancedb, landing, registry, training, mlflow)
     halves = selection.split(items)
     pipeline = with_cached_queries(RagPipeline(encoder, table, params, configured), (item.query for item in items))
     reports: dict[Any, dict[str, dict[str, float]]] = {}

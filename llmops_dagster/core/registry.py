@@ -9,7 +9,7 @@ has to trust a run's status, because a failed check does not fail a run.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -134,3 +134,27 @@ def error_line(error: Exception) -> str:
         return (error.message.splitlines() or [type(error).__name__])[0]
     first_line = (str(error).splitlines() or [""])[0][:300]
     return f"{type(error).__name__}: {first_line}"
+
+
+TRAINING_WINNER_TAG = "llmops.embedding_model.winner"  # on the MLflow run that trained: base | trained
+TRAINING_ADAPTER_TAG = "llmops.embedding_model.has_adapter"  # ... and whether it logged adapter.npy
+
+
+def training_record(client: MlflowClient, experiment: str, active_run_id: str | None) -> dict[str, Any] | None:
+    """What the embedding model's training left in MLflow: this Dagster run's own MLflow run when it
+    trained, else the newest run of the experiment that did. None when nothing was trained yet."""
+    run = client.get_run(active_run_id) if active_run_id else None
+    if run is None or TRAINING_WINNER_TAG not in run.data.tags:
+        found = client.get_experiment_by_name(experiment)
+        runs = client.search_runs(
+            [found.experiment_id], filter_string=f"tags.`{TRAINING_WINNER_TAG}` LIKE '%'", order_by=["attributes.start_time DESC"], max_results=1
+        ) if found else []
+        run = runs[0] if runs else None
+    if run is None:
+        return None
+    return {
+        "winner": run.data.tags[TRAINING_WINNER_TAG],
+        "has_adapter": run.data.tags.get(TRAINING_ADAPTER_TAG) == "true",
+        "artifacts": f"runs:/{run.info.run_id}/embedding_model",
+        "mlflow_run_id": run.info.run_id,
+    }
