@@ -74,7 +74,7 @@ def compare_systems(
     gold_top = [p.text for item in items if item.query_set == "gold" for p in challenger.retrieve(item.query, 5)]
     return Comparison(
         systems=systems,
-        gate=evaluate(challenger, report_items, mode),
+        gate=candidates[challenger.config],  # the challenger's own retrieval is the first candidate
         candidates=candidates,
         champion=champion_metrics,
         baseline=baseline,
