@@ -1,17 +1,12 @@
 """Every environment's definitions load and hold the expected assets, checks and jobs."""
 
-import dataclasses
-
 import dagster as dg
 import pytest
 
-from llmops_dagster.core.evaluation import GateSettings
-from llmops_dagster.core.rag import RagConfig
-from llmops_dagster.core.training import TrainingConfig
 from llmops_dagster.definitions import INGEST_JOB, build_defs
-from llmops_dagster.resources import EvaluationResource, RagResource, TrainingResource
+from llmops_dagster.resources import build_resources
 from llmops_dagster.sensors import CHAMPION_SENSOR, NEW_DOCUMENTS, UPSTREAM_SENSOR
-from llmops_dagster.settings import ENVIRONMENTS
+from llmops_dagster.settings import ENVIRONMENTS, load_settings
 
 ASSETS = {
     "documents", "quarantine", "chunks", "embeddings", "vector_index",
@@ -70,7 +65,7 @@ def test_definitions_per_environment(env: str, llmops_home) -> None:
     assert str(llmops_home) in resources["lancedb"].uri and env in resources["lancedb"].uri
     assert resources["landing"].path.endswith(f"landing/{env}")
     assert resources["registry"].registered_model == f"{env}.llmops.rag_model"
-    assert resources["registry"].tracking_uri == f"sqlite:///{llmops_home}/mlflow.db"
+    assert resources["registry"].settings().tracking_uri == f"sqlite:///{llmops_home}/mlflow.db"
     assert graph.get(dg.AssetKey([env, "evaluation"])).parent_keys == {dg.AssetKey([env, "rag_model"])}
 
 
@@ -84,12 +79,29 @@ def test_settings_are_read_when_definitions_load_not_at_import(tmp_path, monkeyp
     assert first != second and str(tmp_path / "b") in second
 
 
-@pytest.mark.parametrize(
-    ("resource", "config"),
-    [(TrainingResource, TrainingConfig), (RagResource, RagConfig), (EvaluationResource, GateSettings)],
-)
-def test_settings_resources_mirror_their_dataclass(resource: type, config: type) -> None:
-    """The resources repeat a core dataclass's fields so the UI shows typed config; they must not drift."""
-    expected = {field.name: field.default for field in dataclasses.fields(config)}
-    mirrored = {name: info.default for name, info in resource.model_fields.items() if name != "trains"}
-    assert mirrored == expected
+def test_resources_carry_every_setting_of_a_custom_declaration(tmp_path, llmops_home) -> None:
+    """Each setting is named once, by its dataclass; the resources hand back exactly what was declared."""
+    declaration = tmp_path / "environments.yaml"
+    declaration.write_text(
+        "environments:\n  test:\n"
+        "    ingestion: {max_file_mb: 3}\n"
+        "    embedding: {batch_size: 8, precision: fp32}\n"
+        "    chunking: {chunk_tokens: 120, context_template: '{title}'}\n"
+        "    index: {ann_min_rows: 10, nprobes: 4}\n"
+        "    training: {epochs: 2, seed: 7}\n"
+        "    rag: {k: 3, mode: text, generator_model: null}\n"
+        "    evaluation: {min_recall_at_5: 0.7}\n"
+        "    mlflow: {experiment: 'custom-{env}'}\n"
+    )
+    settings = load_settings("test", declaration)
+    resources = build_resources(settings)
+    assert resources["landing"].max_file_bytes == 3 * 1024 * 1024
+    assert resources["embedder"].config() == settings.embedding and settings.embedding.batch_size == 8
+    assert resources["engine"].embedder.config() == settings.embedding, "the engine nests the same embedder"
+    assert resources["chunker"].config() == settings.chunking and settings.chunking.chunk_tokens == 120
+    assert resources["chunker"].embedder.config() == settings.embedding, "the chunker nests the same embedder"
+    assert resources["vector_index"].settings() == settings.index and settings.index.nprobes == 4
+    assert resources["training"].config() == settings.training and settings.training.seed == 7
+    assert resources["rag"].config() == settings.rag and settings.rag.mode == "text"
+    assert resources["evaluation"].gate() == settings.evaluation and settings.evaluation.min_recall_at_5 == 0.7
+    assert resources["registry"].settings() == settings.mlflow and resources["registry"].experiment == "custom-test"

@@ -17,9 +17,10 @@ import pytest
 
 from llmops_dagster.core import promotion, registry
 from llmops_dagster.core import store as lancedb_store
-from llmops_dagster.resources import LanceDBResource, RegistryResource, UpstreamRegistryResource
+from llmops_dagster.resources import LanceDBResource, RegistryResource, SettingsSection, UpstreamRegistryResource
 from llmops_dagster.sensors import build_champion_sensor, build_upstream_sensor
 from llmops_dagster.sensors.promotion import RegistryUnavailableError
+from llmops_dagster.settings import MlflowSettings
 
 from processes import free_port, stop_group
 
@@ -32,7 +33,8 @@ def store(tmp_path: Path) -> str:
 
 
 def resource(uri: str, name: str = TEST_MODEL) -> RegistryResource:
-    return RegistryResource(tracking_uri=uri, experiment="promotion-tests", registered_model=name, artifact_location=None)
+    mlflow = MlflowSettings(tracking_uri=uri, experiment="promotion-tests", registered_model=name, artifact_location=None)
+    return RegistryResource(mlflow=SettingsSection.of(mlflow))
 
 
 def register(client, name: str, status: str, tmp_path: Path, failed: tuple[str, ...] = ()) -> str:

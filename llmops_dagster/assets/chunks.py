@@ -44,7 +44,7 @@ def chunks_well_formed(lancedb: LanceDBResource, chunker: ChunkerResource) -> dg
     splitter, _ = chunker.load()
     # Count again with the tokenizer rather than trusting the stored n_tokens.
     texts = table.column("text").to_pylist()
-    return check_result(checks.chunks_well_formed(texts, splitter.count_tokens(texts), chunker.chunk_tokens))
+    return check_result(checks.chunks_well_formed(texts, splitter.count_tokens(texts), chunker.config().chunk_tokens))
 
 
 @dg.asset_check(asset=CHUNKS, blocking=True, description="every document has chunks and no chunk outlives its document")

@@ -33,13 +33,12 @@ def embeddings(
     """
     lance = lancedb.store()
     model = embedder.load()
-    fingerprint = chunker.index_fingerprint(model.fingerprint)
-    where = (engine.spark_remote or engine.spark_master) if engine.engine == "spark" else "in process"
-    context.log.info(f"embedding for {fingerprint} ({model.precision}), engine {engine.engine}: {where}")
-    result = embed_chunks(lance, model, fingerprint, log=context.log.info, encode=engine.encoder(embedder.config()))
+    fingerprint = chunker.index_fingerprint()
+    context.log.info(f"embedding for {fingerprint} ({model.precision}), engine {engine.engine}: {engine.location}")
+    result = embed_chunks(lance, model, fingerprint, log=context.log.info, encode=engine.encoder())
     summary = (
         f"**{result.rows}** vectors from `{model.fingerprint}` ({model.dimension} dims, {model.device}, "
-        f"{model.precision}), context template `{chunker.context_template!r}`; **{result.embedded}** embedded "
+        f"{model.precision}), context template `{chunker.config().context_template!r}`; **{result.embedded}** embedded "
         f"this run, {result.reused} reused, {result.write.deleted} removed"
         + (" — full rebuild after a model or template change" if result.rebuilt else "")
     )
@@ -77,7 +76,7 @@ def index_matches_chunks(lancedb: LanceDBResource, embedder: EmbedderResource, c
     chunk_ids = set(lance.read(store.CHUNKS, store.CHUNKS_SCHEMA, ["id"]).column("id").to_pylist())
     stored = lance.read(store.EMBEDDINGS, store.embeddings_schema(model.dimension), ["id", "embedding_model"])
     models = set(stored.column("embedding_model").to_pylist())
-    expected = chunker.index_fingerprint(model.fingerprint)
+    expected = chunker.index_fingerprint()
     return check_result(checks.index_matches_chunks(chunk_ids, set(stored.column("id").to_pylist()), models, expected))
 
 
@@ -91,12 +90,13 @@ def vector_index(context: dg.AssetExecutionContext, lancedb: LanceDBResource, ve
     table = lancedb.store().open(store.EMBEDDINGS)
     if table is None:
         raise dg.Failure("the embeddings table does not exist yet; materialize embeddings first")
-    state = index.ensure_indexes(table, vector_index.params())
+    settings = vector_index.settings()
+    state = index.ensure_indexes(table, settings.ann_params())
     for action in state.actions:
         context.log.info(action)
     summary = markdown_table(
         ["rows", "full-text index", "ANN index", "unindexed rows", "changes"],
-        [[state.rows, "yes" if state.fts_index else "no", state.ann_index or f"none (exact below {vector_index.ann_min_rows})",
+        [[state.rows, "yes" if state.fts_index else "no", state.ann_index or f"none (exact below {settings.ann_min_rows})",
           state.unindexed_rows, "; ".join(state.actions) or "none"]],
     )
     return dg.MaterializeResult(
@@ -113,12 +113,12 @@ def vector_index(context: dg.AssetExecutionContext, lancedb: LanceDBResource, ve
 
 @dg.asset_check(asset=VECTOR_INDEX, blocking=True, description="ANN recall@10 against exact search on a sample")
 def ann_recall(lancedb: LanceDBResource, vector_index: VectorIndexResource) -> dg.AssetCheckResult:
-    table = lancedb.store().open(store.EMBEDDINGS)
+    table, settings = lancedb.store().open(store.EMBEDDINGS), vector_index.settings()
     ann_index = index.describe(table).ann_index if table is not None else None
     if ann_index is None:
-        return check_result(checks.ann_recall_ok(None, vector_index.ann_min_recall, 0, None))
-    report = index.measure_recall(table, vector_index.params(), sample=vector_index.recall_sample)
-    verdict = checks.ann_recall_ok(report.recall_at_k, vector_index.ann_min_recall, report.queries, ann_index)
+        return check_result(checks.ann_recall_ok(None, settings.ann_min_recall, 0, None))
+    report = index.measure_recall(table, settings.ann_params(), sample=settings.recall_sample)
+    verdict = checks.ann_recall_ok(report.recall_at_k, settings.ann_min_recall, report.queries, ann_index)
     verdict.metadata.update({"ann_p50_ms": round(report.ann_p50_ms, 2), "exact_p50_ms": round(report.exact_p50_ms, 2)})
     return check_result(verdict)
 

@@ -148,7 +148,7 @@ def rag_model(
     upstream = training_done(registry, mlflow)
     model = embedder.load()
     table = index_table(lancedb)
-    index_fingerprint = chunker.index_fingerprint(model.fingerprint)
+    index_fingerprint = chunker.index_fingerprint()
     problem = index_problem(index_models(table), index_fingerprint)
     if problem:
         raise dg.Failure(f"{problem}; materialize embeddings first")
@@ -176,7 +176,7 @@ def rag_model(
         rag=config,
         ann=vector_index.params(),
         embedder_variant=variant,
-        device=embedder.device,
+        device=embedder.config().device,
         index_version=table.version,
         registered_index=lancedb.uri,
     )

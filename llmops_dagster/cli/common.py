@@ -1,4 +1,4 @@
-"""What every command shares: the one-line user error, settings for --env, the registry client, the acting user."""
+"""What every command shares: the one-line user error, settings and resources for --env, the registry client, the acting user."""
 
 from __future__ import annotations
 
@@ -29,10 +29,16 @@ def settings_for(args: argparse.Namespace) -> EnvSettings:
     return settings
 
 
-def registry_client(settings: EnvSettings):
-    from llmops_dagster.core import registry
+def resources_for(settings: EnvSettings) -> dict:
+    """The environment's resources, as the Dagster definitions build them: the one path from
+    settings to core objects."""
+    from llmops_dagster.resources import settings_resources
 
-    return registry.configure(settings.mlflow.tracking_uri, settings.mlflow.registry_uri)
+    return settings_resources(settings)
+
+
+def registry_client(settings: EnvSettings):
+    return resources_for(settings)["registry"].client()
 
 
 def actor() -> str:

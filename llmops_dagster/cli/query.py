@@ -7,35 +7,31 @@ import json
 import sys
 from pathlib import Path
 
-from llmops_dagster.cli.common import UserError, registry_client, settings_for
+from llmops_dagster.cli.common import UserError, registry_client, resources_for, settings_for
 from llmops_dagster.settings import EnvSettings
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     from llmops_dagster.core import store
-    from llmops_dagster.core.chunking import index_fingerprint
-    from llmops_dagster.core.embedding import load_embedder
     from llmops_dagster.core.index import search
-    from llmops_dagster.core.rag import index_problem
+    from llmops_dagster.core.rag import index_models, index_problem
 
     settings = settings_for(args)
     if not args.query.strip():
         raise UserError("the query is empty")
+    resources = resources_for(settings)
     local = "://" not in settings.lancedb_uri
-    if local and not Path(settings.lancedb_uri).is_dir():
-        table = None
-    else:
-        table = store.LanceStore(settings.lancedb_uri).open(store.EMBEDDINGS)
+    table = None if local and not Path(settings.lancedb_uri).is_dir() else resources["lancedb"].store().open(store.EMBEDDINGS)
     if table is None or table.count_rows() == 0:
         raise UserError(f"no index for environment '{settings.name}' at {settings.lancedb_uri}; run `llmops run --env {settings.name}` first")
     embedder = None
     if args.mode != "text":
-        embedder = load_embedder(settings.embedding)
-        models = set(table.search().select(["embedding_model"]).limit(1).to_arrow().column("embedding_model").to_pylist())
-        problem = index_problem(models, index_fingerprint(embedder.fingerprint, settings.chunking))
+        problem = index_problem(index_models(table), resources["chunker"].index_fingerprint())
         if problem:
             raise UserError(f"{problem}, as '{settings.name}' is configured; run `llmops run --env {settings.name}` to re-embed")
-    passages = search(table, args.query, args.k, args.mode, settings.index.ann_params(), embedder, settings.rag.fusion_config())
+        embedder = resources["embedder"].load()
+    fusion = resources["rag"].config().fusion_config()
+    passages = search(table, args.query, args.k, args.mode, resources["vector_index"].params(), embedder, fusion)
     if args.json:
         payload = {
             "query": args.query,

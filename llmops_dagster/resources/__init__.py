@@ -1,7 +1,8 @@
 """Typed Dagster resources, split by what they hold: ``storage`` (landing zone, LanceDB),
 ``indexing`` (embedder, chunker, compute engine, ANN settings), ``model_settings`` (training, RAG,
-evaluation) and ``registry`` (MLflow registry, upstream environment, MLflow run). ``build_resources``
-derives one environment's set from its settings."""
+evaluation) and ``registry`` (MLflow registry, upstream environment, MLflow run). Each carries its
+section of the settings (``section``). ``build_resources`` derives one environment's set from its
+settings; the CLI uses the same resources."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from llmops_dagster.resources.indexing import ChunkerResource, ComputeEngineResource, EmbedderResource, VectorIndexResource
 from llmops_dagster.resources.model_settings import EvaluationResource, RagResource, TrainingResource
 from llmops_dagster.resources.registry import RegistryResource, UpstreamRegistryResource, mlflow_run_resource
+from llmops_dagster.resources.section import SettingsSection
 from llmops_dagster.resources.storage import LanceDBResource, LandingZoneResource
 from llmops_dagster.settings import EnvSettings
 
@@ -22,49 +24,43 @@ __all__ = [
     "LandingZoneResource",
     "RagResource",
     "RegistryResource",
+    "SettingsSection",
     "TrainingResource",
     "UpstreamRegistryResource",
     "VectorIndexResource",
     "build_resources",
     "mlflow_run_resource",
+    "settings_resources",
 ]
 
 
 def build_resources(settings: EnvSettings) -> dict[str, Any]:
-    """One environment's resources, all derived from its settings (no per-environment copies)."""
-    registry = RegistryResource(**vars(settings.mlflow))
+    """One environment's resources, all derived from its settings, with the MLflow run of each Dagster run."""
+    resources = settings_resources(settings)
+    return {**resources, "mlflow": mlflow_run_resource(resources["registry"], settings.name)}
+
+
+def settings_resources(settings: EnvSettings) -> dict[str, Any]:
+    """The one path from settings to core objects: the Dagster definitions and the CLI both take it.
+
+    Each resource carries its section of the settings and builds the core objects from it; the
+    chunker and the compute engine nest the embedder.
+    """
+    section = SettingsSection.of
+    embedder = EmbedderResource(embedding=section(settings.embedding))
     resources: dict[str, Any] = {
-        "landing": LandingZoneResource(path=str(settings.landing), max_file_mb=settings.ingestion.max_file_mb),
+        "landing": LandingZoneResource(path=str(settings.landing), ingestion=section(settings.ingestion)),
         "lancedb": LanceDBResource(uri=settings.lancedb_uri),
-        "embedder": EmbedderResource(
-            model=settings.embedding.model,
-            device=settings.embedding.device,
-            precision=settings.embedding.precision,
-            batch_size=settings.embedding.batch_size,
-        ),
+        "embedder": embedder,
         "engine": ComputeEngineResource(
-            engine=settings.engine, spark_master=settings.spark_master, spark_remote=settings.spark_remote
+            engine=settings.engine, spark_master=settings.spark_master, spark_remote=settings.spark_remote, embedder=embedder
         ),
-        "chunker": ChunkerResource(
-            model=settings.embedding.model,
-            chunk_tokens=settings.chunking.chunk_tokens,
-            overlap_tokens=settings.chunking.overlap_tokens,
-            context_template=settings.chunking.context_template,
-            context_tokens=settings.chunking.context_tokens,
-        ),
-        "vector_index": VectorIndexResource(
-            ann_min_rows=settings.index.ann_min_rows,
-            ann_min_recall=settings.index.ann_min_recall,
-            recall_sample=settings.index.recall_sample,
-            nprobes=settings.index.nprobes,
-            refine_factor=settings.index.refine_factor,
-            ann_index_type=settings.index.ann_index_type,
-        ),
-        "training": TrainingResource(trains=settings.promotion.source is None, **vars(settings.training)),
-        "rag": RagResource(**vars(settings.rag)),
-        "evaluation": EvaluationResource(**vars(settings.evaluation)),
-        "registry": registry,
-        "mlflow": mlflow_run_resource(registry, settings.name),
+        "chunker": ChunkerResource(chunking=section(settings.chunking), embedder=embedder),
+        "vector_index": VectorIndexResource(index=section(settings.index)),
+        "training": TrainingResource(trains=settings.promotion.source is None, training=section(settings.training)),
+        "rag": RagResource(rag=section(settings.rag)),
+        "evaluation": EvaluationResource(evaluation=section(settings.evaluation)),
+        "registry": RegistryResource(mlflow=section(settings.mlflow)),
     }
     if settings.promotion.source and settings.upstream_model:
         resources["upstream"] = UpstreamRegistryResource(env=settings.promotion.source, registered_model=settings.upstream_model)

