@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from llmops_dagster.core.checks import Verdict
-from llmops_dagster.core.metrics import retrieval_report, token_f1
+from llmops_dagster.core.metrics import metric_name, retrieval_report, token_f1
 from llmops_dagster.core.questions import Question
 from llmops_dagster.core.rag import QueryEncoder, RagConfig, RagPipeline
 from llmops_dagster.core.training import Pair
@@ -224,8 +224,8 @@ def beats_baseline(challenger: dict[str, float], baseline: dict[str, float], tol
     behind = []
     for name in GATE_METRICS:
         ours, theirs = challenger.get(name, 0.0), baseline.get(name, 0.0)
-        metadata[f"challenger_{name.replace('@', '_at_')}"] = round(ours, 4)
-        metadata[f"baseline_{name.replace('@', '_at_')}"] = round(theirs, 4)
+        metadata[f"challenger_{metric_name(name)}"] = round(ours, 4)
+        metadata[f"baseline_{metric_name(name)}"] = round(theirs, 4)
         if ours < theirs - tolerance:
             behind.append(f"{name} {ours:.3f} vs {theirs:.3f}")
     if behind:
