@@ -9,7 +9,9 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 PYTEST_ARGS ?=
 
-.PHONY: demo lint test test-fast ui mlflow-ui bench clean
+ENV ?= test
+
+.PHONY: demo lint test test-fast ui serve mlflow-ui bench clean
 
 # torch's CPU wheel goes in first, so that nothing below pulls a CUDA build of torch.
 $(STAMP): pyproject.toml
@@ -47,6 +49,7 @@ demo: $(STAMP)
 	@echo; $(BIN)/llmops status
 	@echo; echo "State is in $(LLMOPS_HOME); MLflow store: $(LLMOPS_HOME)/mlflow.db."
 	@echo "Dagster UI: make ui (http://127.0.0.1:3000). MLflow UI: make mlflow-ui (http://127.0.0.1:5000)."
+	@echo "Serve test's champion: make serve (http://127.0.0.1:8000; ENV=staging on 8001, ENV=prod on 8002)."
 
 # The browser test drives Debian's chromium (Playwright's own browser download is not reachable).
 CHROMIUM := /usr/bin/chromium
@@ -68,6 +71,10 @@ test-fast: lint
 ui: $(STAMP)
 	@$(BIN)/python -c "from llmops_dagster.cli import ensure_dagster_home; ensure_dagster_home()"
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# The environment's champion over HTTP (MLflow /invocations, OpenAI /v1/chat/completions); make serve ENV=prod
+serve: $(STAMP)
+	$(BIN)/llmops serve --env $(ENV)
 
 mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(LLMOPS_HOME)/mlflow.db --host 127.0.0.1 --port 5000

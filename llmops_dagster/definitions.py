@@ -10,7 +10,7 @@ from llmops_dagster.assets import stage_modules
 from llmops_dagster.core.runtime import offline
 from llmops_dagster.jobs import operator_jobs
 from llmops_dagster.resources import build_resources
-from llmops_dagster.sensors import build_champion_sensor, build_new_documents_sensor, build_upstream_sensor
+from llmops_dagster.sensors import build_champion_sensor, build_inference_log_sensor, build_new_documents_sensor, build_upstream_sensor
 from llmops_dagster.settings import EnvSettings, load_settings
 from llmops_dagster.tags import ENV_TAG
 
@@ -22,7 +22,7 @@ def environment_assets(env: str | EnvSettings) -> list[dg.AssetsDefinition]:
     """The stage assets and their checks, keys prefixed with the environment name."""
     settings = env if isinstance(env, EnvSettings) else load_settings(env)
     modules = stage_modules(trains=settings.promotion.source is None)
-    assets = dg.load_assets_from_modules(modules, key_prefix=settings.name)
+    assets = dg.load_assets_from_modules(modules, key_prefix=settings.name, source_key_prefix=settings.name)
     checks = dg.load_asset_checks_from_modules(modules, asset_key_prefix=settings.name)
     return [*assets, *checks]
 
@@ -52,6 +52,7 @@ def build_defs(env: str | EnvSettings) -> dg.Definitions:
     sensors = [
         build_new_documents_sensor(INGEST_JOB, interval),
         build_champion_sensor(settings.name, settings.promotion.requires_approval, interval),
+        build_inference_log_sensor(settings.name, interval),
     ]
     if settings.promotion.source:
         adopt_job = dg.define_asset_job(

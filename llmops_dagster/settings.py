@@ -67,6 +67,39 @@ class MlflowSettings:
 
 
 @dataclass(frozen=True)
+class ServingSettings:
+    """``llmops serve``: where it listens, how it follows the champion, guards access and logs requests."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token_env: str = "LLMOPS_SERVE_TOKEN"  # the NAME of the variable that holds the bearer token, never the token
+    poll_seconds: float = 5.0  # how often the champion alias is read
+    batch_window_ms: float = 5.0  # concurrent requests' texts are embedded together within this window
+    max_batch: int = 64
+    max_body_kb: int = 256
+    max_question_chars: int = 2000
+    max_k: int = 50
+    log_flush_rows: int = 256  # the inference log is written every this many rows...
+    log_flush_seconds: float = 2.0  # ...or this often, and on shutdown
+    log_queue_rows: int = 10000  # rows waiting beyond this are dropped and counted, never block a request
+    log_field_chars: int = 16000  # request and response JSON kept per row; longer is truncated and flagged
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be within 1-65535, got {self.port}")
+        if not self.token_env or not self.token_env.replace("_", "").isalnum():
+            raise ValueError(f"token_env must name an environment variable, got {self.token_env!r}")
+        for name in ("poll_seconds", "log_flush_seconds"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        for name in ("max_batch", "max_body_kb", "max_question_chars", "max_k", "log_flush_rows", "log_queue_rows", "log_field_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.batch_window_ms < 0:
+            raise ValueError("batch_window_ms cannot be negative")
+
+
+@dataclass(frozen=True)
 class PromotionSettings:
     requires_approval: bool = False
     source: str | None = None  # the environment whose champion this one adopts; None: it trains its own
@@ -96,6 +129,7 @@ class EnvSettings:
     rag: RagConfig
     evaluation: GateSettings
     promotion: PromotionSettings
+    serving: ServingSettings
     upstream_model: str | None = None  # the registered model of promotion.source, from the same declaration
 
     def with_landing(self, landing: Path) -> EnvSettings:
@@ -179,6 +213,7 @@ def load_settings(env: str, declaration: Path | None = None, _adopting: tuple[st
         "rag": RagConfig,
         "evaluation": GateSettings,
         "promotion": PromotionSettings,
+        "serving": ServingSettings,
     }
     parsed = {name: _section(cls, raw.pop(name, {}) or {}, env, name) for name, cls in sections.items()}
     if parsed["promotion"].source == env:

@@ -5,12 +5,12 @@ import pytest
 
 from llmops_dagster.definitions import INGEST_JOB, build_defs
 from llmops_dagster.resources import build_resources
-from llmops_dagster.sensors import CHAMPION_SENSOR, NEW_DOCUMENTS, UPSTREAM_SENSOR
+from llmops_dagster.sensors import CHAMPION_SENSOR, INFERENCE_LOG_SENSOR, NEW_DOCUMENTS, UPSTREAM_SENSOR
 from llmops_dagster.settings import ENVIRONMENTS, load_settings
 
 ASSETS = {
     "documents", "quarantine", "chunks", "embeddings", "vector_index",
-    "embedding_model", "rag_model", "evaluation", "batch_predictions",
+    "embedding_model", "rag_model", "evaluation", "batch_predictions", "inference_log",
 }
 CHECKS = {
     ("documents", "no_files_lost"),
@@ -57,7 +57,8 @@ def test_definitions_per_environment(env: str, llmops_home) -> None:
     jobs = {job.name for job in defs.jobs}
     sensors = {sensor.name for sensor in defs.sensors}
     assert jobs == {"ingest", "rollback"} | ({"adopt"} if not trains else set()) | ({"approve"} if env == "prod" else set())
-    assert sensors == {NEW_DOCUMENTS, CHAMPION_SENSOR} | ({UPSTREAM_SENSOR} if not trains else set())
+    assert sensors == {NEW_DOCUMENTS, CHAMPION_SENSOR, INFERENCE_LOG_SENSOR} | ({UPSTREAM_SENSOR} if not trains else set())
+    assert "inference_log" not in {key.path[-1] for key in ingest.asset_layer.executable_asset_keys}, "the server writes it, Dagster observes it"
     if not trains:
         assert defs.resolve_sensor_def(UPSTREAM_SENSOR).job_name == "adopt"
         assert resources["upstream"].registered_model == {"staging": "test", "prod": "staging"}[env] + ".llmops.rag_model"

@@ -52,7 +52,7 @@ def model_loads_and_answers(
     from llmops_dagster.core.rag_model import load_version
 
     _, name, version = challenger_version(registry)
-    question = evaluation.smoke_question
+    question = evaluation.gate().smoke_question
     try:
         started = time.perf_counter()
         model = load_version(name, version, lancedb.uri)

@@ -11,6 +11,7 @@ from llmops_dagster.cli.common import EXIT_USAGE, UserError, positive
 from llmops_dagster.cli.promotion import cmd_approve, cmd_rollback
 from llmops_dagster.cli.query import cmd_ask, cmd_predict, cmd_search
 from llmops_dagster.cli.run import cmd_run, cmd_tick
+from llmops_dagster.cli.serve import cmd_serve
 from llmops_dagster.cli.status import cmd_status
 from llmops_dagster.core.runtime import offline
 from llmops_dagster.settings import ENVIRONMENTS
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     find.add_argument("--k", type=positive, default=5, help="passages to return (default 5)")
     find.add_argument("--mode", choices=SEARCH_MODES, default="hybrid")
     find.add_argument("--json", action="store_true", help='print {"query", "passages": [...]} as JSON')
+    find.add_argument("--local", action="store_true", help="search in this process even when the environment's server is up")
     find.add_argument("query")
     find.set_defaults(handler=cmd_search)
 
@@ -44,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--env", required=True, choices=ENVIRONMENTS)
     ask.add_argument("--k", type=positive, help="passages to retrieve (default: the model's setting)")
     ask.add_argument("--json", action="store_true", help="print the answer, passages and sources as JSON")
+    ask.add_argument("--local", action="store_true", help="load the model in this process even when the environment's server is up")
     ask.add_argument("question")
     ask.set_defaults(handler=cmd_ask)
 
@@ -52,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--questions", required=True, help='input: one {"question": ...} per line')
     predict.add_argument("--out", required=True, help="output: one answer object per question, same order")
     predict.set_defaults(handler=cmd_predict)
+
+    serve = commands.add_parser("serve", help="serve the champion over HTTP (MLflow /invocations, OpenAI /v1/chat/completions)")
+    serve.add_argument("--env", required=True, choices=ENVIRONMENTS)
+    serve.add_argument("--host", help="address to listen on (default: serving.host, 127.0.0.1)")
+    serve.add_argument("--port", type=positive, help="port (default: serving.port of the environment)")
+    serve.set_defaults(handler=cmd_serve)
 
     tick = commands.add_parser("tick", help="evaluate the environment's promotion sensors once, as the daemon would")
     tick.add_argument("--env", required=True, choices=ENVIRONMENTS)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from llmops_dagster.cli.common import UserError, registry_client, resources_for, settings_for
+from llmops_dagster.serving.client import ServerError, running_server
 from llmops_dagster.settings import EnvSettings
 
 
@@ -19,6 +20,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     settings = settings_for(args)
     if not args.query.strip():
         raise UserError("the query is empty")
+    server = None if args.local else running_server(settings)
+    if server is not None:
+        try:
+            found = server.search(args.query, args.k, args.mode)
+        except ServerError as error:
+            raise UserError(str(error)) from None
+        print(f"ranked by {server.base_url} (the champion's query encoder)", file=sys.stderr)
+        return show_passages(args, found["passages"])
     resources = resources_for(settings)
     local = "://" not in settings.lancedb_uri
     table = None if local and not Path(settings.lancedb_uri).is_dir() else resources["lancedb"].store().open(store.EMBEDDINGS)
@@ -32,23 +41,24 @@ def cmd_search(args: argparse.Namespace) -> int:
         embedder = resources["embedder"].load()
     fusion = resources["rag"].config().fusion_config()
     passages = search(table, args.query, args.k, args.mode, resources["vector_index"].params(), embedder, fusion)
+    found = [
+        {"text": p.text, "source": p.source, "page": p.page, "heading": p.heading, "score": round(p.score, 6), "chunk_id": p.id}
+        for p in passages
+    ]
+    return show_passages(args, found)
+
+
+def show_passages(args: argparse.Namespace, passages: list[dict]) -> int:
     if args.json:
-        payload = {
-            "query": args.query,
-            "mode": args.mode,
-            "passages": [
-                {"text": p.text, "source": p.source, "page": p.page, "heading": p.heading, "score": round(p.score, 6), "chunk_id": p.id}
-                for p in passages
-            ],
-        }
-        print(json.dumps(payload, ensure_ascii=False, indent=2))
+        print(json.dumps({"query": args.query, "mode": args.mode, "passages": passages}, ensure_ascii=False, indent=2))
         return 0
     if not passages:
         print("no passages found")
     for rank, p in enumerate(passages, 1):
-        where = p.source + (f", page {p.page}" if p.page else "") + (f" — {p.heading}" if p.heading else "")
-        text = p.text if len(p.text) <= 400 else p.text[:400] + "…"
-        print(f"{rank}. [{p.score:.3f}] {where}\n   {text}\n")
+        where = p["source"] + (f", page {p['page']}" if p["page"] else "")
+        where += f" — {p['heading']}" if p["heading"] else ""
+        text = p["text"] if len(p["text"]) <= 400 else p["text"][:400] + "…"
+        print(f"{rank}. [{p['score']:.3f}] {where}\n   {text}\n")
     return 0
 
 
@@ -76,9 +86,18 @@ def cmd_ask(args: argparse.Namespace) -> int:
     settings = settings_for(args)
     if not args.question.strip():
         raise UserError("the question is empty")
-    alias, version, model = serving_model(settings)
-    params = {"k": args.k} if args.k else None
-    row = model.predict(pd.DataFrame({"question": [args.question]}), params=params).iloc[0]
+    server = None if args.local else running_server(settings)
+    if server is not None:
+        alias = "champion"
+        try:
+            row, version = server.ask(args.question, args.k)
+        except ServerError as error:
+            raise UserError(str(error)) from None
+        print(f"answered by {server.base_url} ({settings.mlflow.registered_model} v{version}, {alias})", file=sys.stderr)
+    else:
+        alias, version, model = serving_model(settings)
+        params = {"k": args.k} if args.k else None
+        row = model.predict(pd.DataFrame({"question": [args.question]}), params=params).iloc[0]
     if args.json:
         payload = {
             "question": args.question,

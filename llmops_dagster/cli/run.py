@@ -43,9 +43,9 @@ def cmd_tick(args: argparse.Namespace) -> int:
             sensor = defs.resolve_sensor_def(name)
         except Exception:
             continue  # test has no upstream sensor
-        context = dg.build_sensor_context(instance=instance, resources=resources)
         try:
-            result = sensor.evaluate_tick(context)
+            with dg.build_sensor_context(instance=instance, resources=resources) as context:
+                result = sensor.evaluate_tick(context)
         except RegistryUnavailableError as error:
             raise UserError(f"{settings.name}/{name}: {error}") from None
         if result.skip_message:

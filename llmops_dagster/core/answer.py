@@ -9,6 +9,7 @@ than guess; the no-answer rate is something monitoring can watch.
 from __future__ import annotations
 
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,22 +44,27 @@ class Answer:
 
 class CachedEncode:
     """An encode function that remembers the vectors of texts it has seen (least recently used go
-    first), so that a passage's sentences are embedded once however many questions retrieve it."""
+    first), so that a passage's sentences are embedded once however many questions retrieve it.
+    Request threads of the server share one; the model runs outside its lock."""
 
     def __init__(self, encode: Encode, size: int = 20000) -> None:
         self._encode, self._size = encode, size
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
 
     def __call__(self, texts: list[str]) -> np.ndarray:
-        missing = list(dict.fromkeys(text for text in texts if text not in self._vectors))
+        with self._lock:
+            known = {text: self._vectors[text] for text in texts if text in self._vectors}
+        missing = list(dict.fromkeys(text for text in texts if text not in known))
         if missing:
-            self._vectors.update(zip(missing, self._encode(missing), strict=True))
-        for text in texts:
-            self._vectors.move_to_end(text)
-        rows = np.stack([self._vectors[text] for text in texts])
-        while len(self._vectors) > self._size:
-            self._vectors.popitem(last=False)
-        return rows
+            known.update(zip(missing, self._encode(missing), strict=True))
+        with self._lock:
+            for text in texts:
+                self._vectors[text] = known[text]
+                self._vectors.move_to_end(text)
+            while len(self._vectors) > self._size:
+                self._vectors.popitem(last=False)
+        return np.stack([known[text] for text in texts])
 
 
 def sentences(text: str) -> list[str]:

@@ -81,6 +81,17 @@ class QueryEncoder:
         return apply_adapter(self.adapter, self.embedder.encode(texts))
 
 
+class EncodeVia:
+    """An embedder whose ``encode`` goes through another callable (the server's micro-batcher);
+    everything else (tokenizer, model path) is the embedder's own."""
+
+    def __init__(self, embedder: Embedder, encode: Callable[[list[str]], np.ndarray]) -> None:
+        self._embedder, self.encode = embedder, encode
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._embedder, name)
+
+
 class ExtractiveGenerator:
     """The best sentences of the retrieved passages; needs no weights."""
 
@@ -202,6 +213,12 @@ class RagPipeline:
             self.table, question, k or self.config.k, mode or self.config.mode, self.params, self.encoder,  # type: ignore[arg-type]
             self.config.fusion_config(), reranker, self.memo,
         )
+
+    def with_encode(self, encode: Callable[[list[str]], np.ndarray]) -> RagPipeline:
+        """The same pipeline with every embedding call (query and answer sentences) made through ``encode``."""
+        embedder = EncodeVia(self.encoder.embedder, encode)
+        generator = None if isinstance(self.generator, ExtractiveGenerator) else self.generator
+        return RagPipeline(QueryEncoder(embedder, self.encoder.adapter), self.table, self.params, self.config, generator, self.memo)  # type: ignore[arg-type]
 
     def answer(self, question: str, k: int | None = None, mode: str | None = None) -> Prediction:
         started = time.perf_counter()

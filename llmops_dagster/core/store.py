@@ -23,6 +23,7 @@ CHUNKS = "chunks"
 EMBEDDINGS = "embeddings"
 EVALUATIONS = "evaluations"
 PREDICTIONS = "predictions"
+INFERENCE_LOG = "inference_log"
 
 _BLOCK = pa.struct([("text", pa.string()), ("page", pa.int32()), ("heading", pa.string()), ("section", pa.list_(pa.string()))])
 _DROPPED = pa.struct([("kind", pa.string()), ("lines", pa.int32())])
@@ -125,6 +126,37 @@ PREDICTIONS_SCHEMA = pa.schema(
 )
 
 
+# One row per request to `llmops serve`: the columns of a Databricks inference table, then the RAG fields.
+INFERENCE_LOG_SCHEMA = pa.schema(
+    [
+        pa.field("databricks_request_id", pa.string(), nullable=False, metadata={"description": "the server's request id"}),
+        pa.field("client_request_id", pa.string(), metadata={"description": "X-Client-Request-Id or the payload's client_request_id"}),
+        pa.field("date", pa.date32()),
+        pa.field("timestamp_ms", pa.int64(), metadata={"description": "request start, epoch milliseconds"}),
+        pa.field("status_code", pa.int32()),
+        pa.field("execution_time_ms", pa.float64()),
+        pa.field("request", pa.string(), metadata={"description": "request body as JSON, truncated to serving.log_field_chars"}),
+        pa.field("response", pa.string(), metadata={"description": "response body as JSON, truncated likewise"}),
+        pa.field("truncated", pa.bool_(), metadata={"description": "request or response was cut to fit"}),
+        pa.field("served_model_name", pa.string()),
+        pa.field("served_model_version", pa.string()),
+        pa.field("endpoint", pa.string(), metadata={"description": "/invocations or /v1/chat/completions"}),
+        pa.field("error", pa.string(), metadata={"description": "why the request failed, when it did"}),
+        pa.field("question", pa.string()),
+        pa.field("answer", pa.string()),
+        pa.field("found", pa.bool_(), metadata={"description": "false when the model said it found no answer"}),
+        pa.field("chunk_ids", pa.list_(pa.string()), metadata={"description": "retrieved chunks, best first"}),
+        pa.field("sources", pa.list_(pa.string())),
+        pa.field("scores", pa.list_(pa.float64())),
+        pa.field("mode", pa.string(), metadata={"description": "retrieval mode: hybrid, vector or text"}),
+        pa.field("k", pa.int32()),
+        pa.field("question_tokens", pa.int32(), metadata={"description": "the embedding model's tokenizer"}),
+        pa.field("answer_tokens", pa.int32()),
+        pa.field("generator", pa.string(), metadata={"description": "what wrote the answer: extractive, transformers:<model>, ..."}),
+    ]
+)
+
+
 def row_id(*parts: str) -> str:
     """A stable key for a row that one run writes (run id plus what identifies the row within it), so
     writing the same run's rows again replaces them instead of adding duplicates."""
@@ -223,6 +255,14 @@ class LanceStore:
             upserts = upserts.select(schema.names).cast(schema)
             table.merge_insert(key).when_matched_update_all().when_not_matched_insert_all().execute(upserts)
         return WriteResult(upserted=upserts.num_rows, deleted=deleted, version=table.version)
+
+    def append(self, name: str, schema: pa.Schema, rows: pa.Table) -> WriteResult:
+        """Add rows in one commit, with no key lookup: for logs, whose rows are written exactly once."""
+        if not rows.num_rows:
+            return WriteResult(version=self.version(name))
+        table = self._ensure(name, schema)
+        table.add(rows.select(schema.names).cast(schema))
+        return WriteResult(upserted=rows.num_rows, version=table.version)
 
     def replace(self, name: str, schema: pa.Schema, data: pa.Table) -> WriteResult:
         """Overwrite a table in one commit (used when the embedding model changes)."""

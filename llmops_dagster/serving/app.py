@@ -1,0 +1,316 @@
+"""The FastAPI application: the champion behind the protocols clients already speak.
+
+``POST /invocations`` (MLflow scoring), ``POST /v1/chat/completions`` (OpenAI, with streaming),
+``POST /search`` (ranked passages, for ``llmops search``), ``GET /ping``, ``/health``, ``/version``
+and ``/metrics`` (Prometheus). Every request to the first three becomes one ``inference_log`` row,
+success or failure. ``/ping`` and ``/health`` answer without a token, for load balancers; the rest
+needs it when one is configured.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from llmops_dagster.core.rag import Prediction, source_label
+from llmops_dagster.serving import protocol
+from llmops_dagster.serving.inference_log import InferenceLog, clip
+from llmops_dagster.serving.metrics import Metrics
+from llmops_dagster.serving.models import ChampionFollower, ServedModel
+from llmops_dagster.serving.protocol import BadRequest, Limits, Query
+
+OPEN_PATHS = ("/ping", "/health")
+CHAT = "/v1/chat/completions"
+INVOCATIONS = "/invocations"
+SEARCH = "/search"
+STREAM_PIECE_WORDS = 4  # words per streamed chunk
+
+
+@dataclass
+class ServerState:
+    follower: ChampionFollower
+    log: InferenceLog
+    metrics: Metrics
+    limits: Limits
+    token: str | None
+    max_body_bytes: int
+    field_chars: int
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Exchange:
+    """One inference request as it is answered and logged."""
+
+    endpoint: str
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    client_request_id: str | None = None
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    started: float = field(default_factory=time.perf_counter)
+    body: bytes = b""
+    served: ServedModel | None = None
+    query: Query | None = None
+    predictions: list[Prediction] = field(default_factory=list)
+    error: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        headers = {"X-Request-Id": self.request_id}
+        if self.served is not None:
+            headers["X-Model-Version"] = self.served.version
+        return headers
+
+
+def error_body(endpoint: str, status: int, message: str, request_id: str) -> dict[str, Any]:
+    """MLflow's error shape on /invocations, OpenAI's elsewhere; both carry the request id."""
+    if endpoint == INVOCATIONS:
+        code = "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR"
+        return {"error_code": code, "message": message, "request_id": request_id}
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    if status == 401:
+        kind = "authentication_error"
+    return {"error": {"message": message, "type": kind, "code": status, "request_id": request_id}}
+
+
+def passages_of(prediction: Prediction) -> list[dict[str, Any]]:
+    return [
+        {"text": p.text, "source": p.source, "page": p.page, "heading": p.heading, "score": round(p.score, 6), "chunk_id": p.id}
+        for p in prediction.passages
+    ]
+
+
+def create_app(state: ServerState, on_shutdown: Callable[[], None] = lambda: None) -> FastAPI:
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # noqa: ANN202, ARG001
+        yield
+        on_shutdown()
+
+    app = FastAPI(title="llmops serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+
+    def authorized(request: Request) -> bool:
+        if state.token is None:
+            return True
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), state.token.encode())
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):  # noqa: ANN001, ANN202
+        if request.url.path in OPEN_PATHS or authorized(request):
+            return await call_next(request)
+        exchange = Exchange(request.url.path, client_request_id=request.headers.get("x-client-request-id"))
+        exchange.served = state.follower.current
+        message = "missing or wrong bearer token"
+        if request.url.path in (INVOCATIONS, CHAT, SEARCH):
+            finish(exchange, 401, error_body(exchange.endpoint, 401, message, exchange.request_id))
+        return JSONResponse(error_body(request.url.path, 401, message, exchange.request_id), 401,
+                            headers={**exchange.headers(), "WWW-Authenticate": "Bearer"})
+
+    async def read_body(request: Request, exchange: Exchange) -> None:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > state.max_body_bytes:
+            raise BadRequest(f"the body has {declared} bytes; the limit is {state.max_body_bytes}", 413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > state.max_body_bytes:
+                raise BadRequest(f"the body is over the limit of {state.max_body_bytes} bytes", 413)
+            chunks.append(chunk)
+        exchange.body = b"".join(chunks)
+
+    def finish(exchange: Exchange, status: int, response: Any) -> None:
+        """Count the request and queue its inference_log row."""
+        elapsed = time.perf_counter() - exchange.started
+        state.metrics.observe(exchange.endpoint, status, elapsed)
+        state.log.record(log_row(exchange, status, response, elapsed * 1000, state.field_chars))
+
+    async def answer(request: Request, endpoint: str, parse: Callable[[dict, ServedModel], Query], respond: Callable[[Exchange], Any]):
+        exchange = Exchange(endpoint, client_request_id=request.headers.get("x-client-request-id"))
+        exchange.served = state.follower.current  # this request finishes on this version, whatever swaps meanwhile
+        try:
+            await read_body(request, exchange)
+            payload = protocol.decode(exchange.body)
+            exchange.client_request_id = exchange.client_request_id or str(payload.get("client_request_id") or "") or None
+            if exchange.served is None:
+                raise BadRequest("no model is loaded yet", 503)
+            exchange.query = parse(payload, exchange.served)
+        except BadRequest as problem:
+            body = error_body(endpoint, problem.status, str(problem), exchange.request_id)
+            exchange.error = str(problem)
+            finish(exchange, problem.status, body)
+            return JSONResponse(body, problem.status, headers=exchange.headers())
+        try:
+            exchange.predictions = await run_in_threadpool(predict, exchange.served, exchange.query, endpoint != SEARCH)
+        except Exception as error:  # the model failed: 500 with the request id, and logged
+            exchange.error = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:500]}"
+            body = error_body(endpoint, 500, f"the model failed on this request: {exchange.error}", exchange.request_id)
+            finish(exchange, 500, body)
+            return JSONResponse(body, 500, headers=exchange.headers())
+        result = respond(exchange)
+        if isinstance(result, StreamingResponse):
+            return result
+        finish(exchange, 200, result)
+        return JSONResponse(result, 200, headers=exchange.headers())
+
+    @app.post(INVOCATIONS)
+    async def invocations(request: Request) -> Response:
+        def parse(payload: dict, served: ServedModel) -> Query:
+            return protocol.invocations(payload, served.input_schema, state.limits)
+
+        return await answer(request, INVOCATIONS, parse, lambda exchange: {"predictions": [p.row() for p in exchange.predictions]})
+
+    @app.post(SEARCH)
+    async def search(request: Request) -> Response:
+        def respond(exchange: Exchange) -> dict[str, Any]:
+            return {"query": exchange.query.questions[0], "mode": effective(exchange)[1],
+                    "passages": passages_of(exchange.predictions[0])}
+
+        return await answer(request, SEARCH, lambda payload, served: protocol.search(payload, state.limits), respond)
+
+    @app.post(CHAT)
+    async def chat(request: Request) -> Response:
+        wants_stream = {}
+
+        def parse(payload: dict, served: ServedModel) -> Query:
+            query, wants_stream["stream"] = protocol.chat(payload, state.limits)
+            return query
+
+        def respond(exchange: Exchange) -> Any:
+            completion = chat_completion(exchange)
+            if not wants_stream.get("stream"):
+                return completion
+            finish(exchange, 200, completion)
+            return StreamingResponse(stream_chunks(completion), media_type="text/event-stream", headers=exchange.headers())
+
+        return await answer(request, CHAT, parse, respond)
+
+    @app.get("/ping")
+    async def ping() -> Response:
+        return PlainTextResponse("\n")
+
+    @app.get("/health")
+    async def health() -> Response:
+        served = state.follower.current
+        body = {
+            "status": "ready" if served is not None else "loading",
+            "model": served.name if served else None,
+            "version": served.version if served else None,
+            "uptime_s": round(time.monotonic() - state.started, 1),
+            "model_load_failures": state.follower.failed_loads,
+            "inference_log": state.log.snapshot().as_dict(),
+        }
+        return JSONResponse(body, 200 if served is not None else 503)
+
+    @app.get("/version")
+    async def version() -> Response:
+        served = state.follower.current
+        if served is None:
+            return JSONResponse({"status": "loading"}, 503)
+        return JSONResponse(served.describe())
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        body, content_type = state.metrics.render()
+        return Response(body, media_type=content_type)
+
+    return app
+
+
+def effective(exchange: Exchange) -> tuple[int, str]:
+    """The k and mode the request was answered with: its own, else the model's."""
+    config = exchange.served.pipeline.config
+    return exchange.query.k or config.k, exchange.query.mode or config.mode
+
+
+def predict(served: ServedModel, query: Query, answers: bool = True) -> list[Prediction]:
+    """Each question's prediction; with ``answers`` off, only the ranked passages (for /search)."""
+    pipeline = served.pipeline
+    if answers:
+        return [pipeline.answer(question, query.k, query.mode) for question in query.questions]
+    return [Prediction(question, "", False, pipeline.retrieve(question, query.k, query.mode)) for question in query.questions]
+
+
+def chat_completion(exchange: Exchange) -> dict[str, Any]:
+    """An OpenAI ``chat.completion``; sources and passages ride in the ``llmops`` field."""
+    served, prediction = exchange.served, exchange.predictions[0]
+    prompt_tokens, completion_tokens = served.count_tokens(prediction.question), served.count_tokens(prediction.answer)
+    k, mode = effective(exchange)
+    return {
+        "id": f"chatcmpl-{exchange.request_id}",
+        "object": "chat.completion",
+        "created": int(exchange.started_at.timestamp()),
+        "model": f"{served.name}/{served.version}",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": prediction.answer}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
+        "llmops": {
+            "request_id": exchange.request_id,
+            "model_version": served.version,
+            "found": prediction.found,
+            "k": k,
+            "mode": mode,
+            "passages": passages_of(prediction),
+        },
+    }
+
+
+def stream_chunks(completion: dict[str, Any]) -> Iterator[str]:
+    """The completion as server-sent ``chat.completion.chunk`` events: the role, the answer a few
+    words at a time, then the finish reason with usage and the ``llmops`` field, then ``[DONE]``."""
+    base = {"id": completion["id"], "object": "chat.completion.chunk", "created": completion["created"], "model": completion["model"]}
+    text = completion["choices"][0]["message"]["content"]
+    words = text.split(" ")
+    pieces = [" ".join(words[i : i + STREAM_PIECE_WORDS]) + (" " if i + STREAM_PIECE_WORDS < len(words) else "")
+              for i in range(0, len(words), STREAM_PIECE_WORDS)]
+    deltas = [{"role": "assistant", "content": ""}, *({"content": piece} for piece in pieces)]
+    for delta in deltas:
+        yield "data: " + json.dumps({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}, ensure_ascii=False) + "\n\n"
+    last = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": completion["usage"], "llmops": completion["llmops"]}
+    yield "data: " + json.dumps(last, ensure_ascii=False) + "\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def log_row(exchange: Exchange, status: int, response: Any, elapsed_ms: float, field_chars: int) -> dict[str, Any]:
+    """The inference_log row of one request (the first question's RAG fields when it held several)."""
+    request_text, request_cut = clip(exchange.body.decode("utf-8", "replace") if status != 401 else "", field_chars)
+    response_text, response_cut = clip(response, field_chars)
+    served = exchange.served
+    row: dict[str, Any] = {
+        "databricks_request_id": exchange.request_id,
+        "client_request_id": exchange.client_request_id,
+        "date": exchange.started_at.date(),
+        "timestamp_ms": int(exchange.started_at.timestamp() * 1000),
+        "status_code": status,
+        "execution_time_ms": round(elapsed_ms, 3),
+        "request": request_text,
+        "response": response_text,
+        "truncated": request_cut or response_cut,
+        "served_model_name": served.name if served else None,
+        "served_model_version": served.version if served else None,
+        "endpoint": exchange.endpoint,
+        "error": exchange.error,
+    }
+    if exchange.query is not None:
+        k, mode = effective(exchange)
+        row.update({"question": exchange.query.questions[0], "k": k, "mode": mode, "generator": served.generator,
+                    "question_tokens": served.count_tokens(exchange.query.questions[0])})
+    if exchange.predictions:
+        first = exchange.predictions[0]
+        row.update({
+            "answer": first.answer if exchange.endpoint != SEARCH else None,
+            "found": first.found if exchange.endpoint != SEARCH else None,
+            "chunk_ids": [p.id for p in first.passages],
+            "sources": [source_label(p) for p in first.passages],
+            "scores": [round(p.score, 6) for p in first.passages],
+            "answer_tokens": served.count_tokens(first.answer) if exchange.endpoint != SEARCH else None,
+        })
+    return row

@@ -1,0 +1,149 @@
+"""The payloads the server accepts, and one clear message for each way a payload can be wrong.
+
+- ``/invocations``: the MLflow scoring protocol (``dataframe_split``, ``dataframe_records``,
+  ``instances``, ``inputs``, with ``params``), parsed by MLflow's own scoring-server functions, so
+  what ``mlflow models serve`` and Databricks Model Serving accept is accepted here.
+- ``/v1/chat/completions``: the OpenAI chat request; the question is the last user message.
+- ``/search``: ``{"query", "k", "mode"}``, what ``llmops search`` sends.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from llmops_dagster.core.index import SEARCH_MODES
+from llmops_dagster.core.rag import QUESTION_COLUMN
+
+PARAMS = ("k", "mode")
+
+
+class BadRequest(Exception):
+    """A client error: the status code and one line that says what to change."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_question_chars: int
+    max_k: int
+    max_questions: int
+
+
+@dataclass(frozen=True)
+class Query:
+    questions: list[str]
+    k: int | None
+    mode: str | None
+
+
+def decode(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BadRequest(f"the body is not valid JSON: {error}") from None
+    if not isinstance(payload, dict):
+        raise BadRequest(f"the body must be a JSON object, got {type(payload).__name__}")
+    return payload
+
+
+def question(value: Any, limits: Limits, what: str = "question") -> str:
+    if not isinstance(value, str):
+        raise BadRequest(f"{what} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise BadRequest(f"{what} is empty")
+    if len(value) > limits.max_question_chars:
+        raise BadRequest(f"{what} has {len(value)} characters; the limit is {limits.max_question_chars}")
+    return value
+
+
+def retrieval_params(params: Any, limits: Limits) -> tuple[int | None, str | None]:
+    """``k`` and ``mode``, checked; None where the model's own setting applies."""
+    if params is None:
+        return None, None
+    if not isinstance(params, dict):
+        raise BadRequest(f"params must be an object, got {type(params).__name__}")
+    unknown = sorted(set(params) - set(PARAMS))
+    if unknown:
+        raise BadRequest(f"unknown param(s) {unknown}; this model takes {list(PARAMS)}")
+    k, mode = params.get("k"), params.get("mode")
+    if k is not None:
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise BadRequest(f"k must be a whole number, got {k!r}")
+        if not 1 <= k <= limits.max_k:
+            raise BadRequest(f"k must be within 1-{limits.max_k}, got {k}")
+    if mode is not None and mode not in SEARCH_MODES:
+        raise BadRequest(f"unknown mode {mode!r}; choose one of {list(SEARCH_MODES)}")
+    return k, mode
+
+
+def invocations(payload: dict[str, Any], input_schema: Any, limits: Limits) -> Query:
+    """An MLflow scoring request: its questions and params."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc.scoring_server import SUPPORTED_FORMATS, infer_and_parse_data
+
+    data = {key: value for key, value in payload.items() if key in SUPPORTED_FORMATS}
+    extra = sorted(set(payload) - set(SUPPORTED_FORMATS) - {"params", "client_request_id"})
+    if extra:
+        raise BadRequest(f"unknown field(s) {extra}; send one of {sorted(SUPPORTED_FORMATS)} and optionally params")
+    if len(data) != 1:
+        raise BadRequest(f"send exactly one of {sorted(SUPPORTED_FORMATS)}, got {sorted(data) or 'none'}")
+    try:
+        frame = as_frame(infer_and_parse_data(data, input_schema))
+    except MlflowException as error:
+        raise BadRequest(error.message.splitlines()[0]) from None
+    except Exception as error:  # pandas' own complaint about the shape
+        raise BadRequest(f"the input is not a table of questions: {type(error).__name__}: {str(error).splitlines()[0]}") from None
+    if QUESTION_COLUMN not in frame.columns:
+        raise BadRequest(f"the input needs a '{QUESTION_COLUMN}' column, got {list(frame.columns)}")
+    questions = list(frame[QUESTION_COLUMN])
+    if not questions:
+        raise BadRequest("the input holds no questions")
+    if len(questions) > limits.max_questions:
+        raise BadRequest(f"{len(questions)} questions in one request; the limit is {limits.max_questions}")
+    checked = [question(value, limits, f"question {position + 1}") for position, value in enumerate(questions)]
+    return Query(checked, *retrieval_params(payload.get("params"), limits))
+
+
+def as_frame(parsed: Any) -> Any:
+    """What MLflow's parser returns (a DataFrame, a dict of columns, or a list of records) as a DataFrame."""
+    import numpy as np
+    import pandas as pd
+
+    if isinstance(parsed, pd.DataFrame):
+        return parsed
+    if isinstance(parsed, dict):
+        return pd.DataFrame({key: np.atleast_1d(value) for key, value in parsed.items()})
+    if isinstance(parsed, list) and all(isinstance(row, dict) for row in parsed):
+        return pd.DataFrame(parsed)
+    raise BadRequest(f"the input must be named columns or records with a '{QUESTION_COLUMN}' field")
+
+
+def chat(payload: dict[str, Any], limits: Limits) -> tuple[Query, bool]:
+    """An OpenAI chat request: the last user message as the question; and whether to stream."""
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages must be a non-empty list of {role, content} objects")
+    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    if not users:
+        raise BadRequest("messages hold no user message to answer")
+    content = users[-1].get("content")
+    if isinstance(content, list):  # content parts: keep the text ones
+        content = "\n".join(part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text")
+    stream = payload.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest(f"stream must be true or false, got {stream!r}")
+    params = {name: payload[name] for name in PARAMS if name in payload}
+    return Query([question(content, limits, "the last user message")], *retrieval_params(params or None, limits)), stream
+
+
+def search(payload: dict[str, Any], limits: Limits) -> Query:
+    params = {name: payload[name] for name in PARAMS if name in payload}
+    extra = sorted(set(payload) - {"query", *PARAMS})
+    if extra:
+        raise BadRequest(f"unknown field(s) {extra}; send query, k and mode")
+    return Query([question(payload.get("query"), limits, "query")], *retrieval_params(params or None, limits))
