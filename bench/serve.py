@@ -118,7 +118,8 @@ def main() -> None:
     from llmops_dagster.core.questions import read_questions
 
     home = args.home or Path(tempfile.mkdtemp(prefix="llmops-bench-serve-"))
-    env = {**os.environ, "LLMOPS_HOME": str(home), "HF_HUB_OFFLINE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db"}
+    env = {**os.environ, "LLMOPS_HOME": str(home), "HF_HUB_OFFLINE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db",
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # mlflow models serve runs `uvicorn` from PATH
     if args.home is None:
         build_home(home, env)
     version = champion(home)

@@ -74,7 +74,7 @@ class ServingSettings:
     port: int = 8000
     token_env: str = "LLMOPS_SERVE_TOKEN"  # the NAME of the variable that holds the bearer token, never the token
     poll_seconds: float = 5.0  # how often the champion alias is read
-    batch_window_ms: float = 5.0  # concurrent requests' texts are embedded together within this window
+    batch_window_ms: float = 0.0  # 0: batch what waits while the model is busy; more: also wait this long for others
     max_batch: int = 64
     max_body_kb: int = 256
     max_question_chars: int = 2000

@@ -202,23 +202,30 @@ class RagPipeline:
         config: RagConfig,
         generator: Callable[[str, Sequence[str]], tuple[str, bool]] | None = None,
         memo: dict | None = None,
+        reranker: Any = None,
     ) -> None:
         self.encoder, self.table, self.params, self.config = encoder, table, params, config
         self.memo = memo  # candidate lists per query, shared by pipelines that differ only in fusion (evaluation)
         self.generator = generator or ExtractiveGenerator(encoder.embedder.encode, config.answer_config())
+        self.reranker = reranker
 
     def retrieve(self, question: str, k: int | None = None, mode: str | None = None) -> list[Passage]:
-        reranker = load_reranker(str(self.encoder.embedder.model_path)) if self.config.rerank != "none" else None
+        reranker = self.reranker
+        if reranker is None and self.config.rerank != "none":
+            reranker = load_reranker(str(self.encoder.embedder.model_path))
         return search(
             self.table, question, k or self.config.k, mode or self.config.mode, self.params, self.encoder,  # type: ignore[arg-type]
             self.config.fusion_config(), reranker, self.memo,
         )
 
-    def with_encode(self, encode: Callable[[list[str]], np.ndarray]) -> RagPipeline:
-        """The same pipeline with every embedding call (query and answer sentences) made through ``encode``."""
-        embedder = EncodeVia(self.encoder.embedder, encode)
+    def routed(self, route: Callable[[Callable], Callable]) -> RagPipeline:
+        """The same pipeline with every call into the embedding model (query, answer sentences, rerank
+        tokens) made through ``route``: the server runs them all on one thread, in batches."""
+        embedder = EncodeVia(self.encoder.embedder, route(self.encoder.embedder.encode))
         generator = None if isinstance(self.generator, ExtractiveGenerator) else self.generator
-        return RagPipeline(QueryEncoder(embedder, self.encoder.adapter), self.table, self.params, self.config, generator, self.memo)  # type: ignore[arg-type]
+        reranker = load_reranker(str(self.encoder.embedder.model_path)).through(route) if self.config.rerank != "none" else None
+        encoder = QueryEncoder(embedder, self.encoder.adapter)  # type: ignore[arg-type]
+        return RagPipeline(encoder, self.table, self.params, self.config, generator, self.memo, reranker)
 
     def answer(self, question: str, k: int | None = None, mode: str | None = None) -> Prediction:
         started = time.perf_counter()

@@ -10,8 +10,10 @@ several queries is encoded once.
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 
 import numpy as np
@@ -30,6 +32,15 @@ class MaxSimReranker:
         self._passage_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
+        self._lock = threading.Lock()
+        self.tokens: Callable[[list[str]], list[np.ndarray]] = self._tokens
+
+    def through(self, route: Callable) -> MaxSimReranker:
+        """This reranker with its model calls made through ``route`` (the server runs every model call
+        on one thread); model and caches are shared."""
+        routed = copy.copy(self)
+        routed.tokens = route(self._tokens)
+        return routed
 
     def _tokens(self, texts: list[str]) -> list[np.ndarray]:
         """Unit-norm contextual vectors of each text's tokens, without [CLS], [SEP] and padding."""
@@ -42,18 +53,21 @@ class MaxSimReranker:
         return [hidden[i, 1 : int(length) - 1].numpy() for i, length in enumerate(lengths)]
 
     def _cached(self, cache: OrderedDict[str, np.ndarray], keyed: Sequence[tuple[str, str]]) -> list[np.ndarray]:
-        """Token vectors of (key, text) pairs, encoding in batches only the keys the cache lacks."""
-        missing = [(key, text) for key, text in dict(keyed).items() if key not in cache]
+        """Token vectors of (key, text) pairs, encoding in batches only the keys the cache lacks.
+        Safe across threads; the model runs outside the lock."""
+        with self._lock:
+            known = {key: cache[key] for key, _ in keyed if key in cache}
+        missing = [(key, text) for key, text in dict(keyed).items() if key not in known]
         for start in range(0, len(missing), 16):
             part = missing[start : start + 16]
-            for (key, _), vectors in zip(part, self._tokens([text for _, text in part]), strict=True):
-                cache[key] = vectors
-        for key, _ in keyed:
-            cache.move_to_end(key)
-        rows = [cache[key] for key, _ in keyed]
-        while len(cache) > self._cache_size:
-            cache.popitem(last=False)
-        return rows
+            known.update(zip((key for key, _ in part), self.tokens([text for _, text in part]), strict=True))
+        with self._lock:
+            for key, _ in keyed:
+                cache[key] = known[key]
+                cache.move_to_end(key)
+            while len(cache) > self._cache_size:
+                cache.popitem(last=False)
+        return [known[key] for key, _ in keyed]
 
     def prepare(self, queries: Sequence[str]) -> None:
         """Encode many queries' tokens in batches up front (an evaluation), rather than one by one."""

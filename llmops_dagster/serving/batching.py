@@ -1,9 +1,11 @@
-"""Micro-batching: the texts of concurrent requests are embedded in one model call.
+"""Micro-batching: the texts of concurrent requests go through the model in one call.
 
-On two cores a model call on one text costs nearly as much as on sixteen, and concurrent calls from
-request threads would fight torch's own threads for the cores. So request threads never run the
-model: they hand their texts to one worker thread, which waits ``window`` seconds for others to
-arrive, embeds the union (each distinct text once) and hands every caller its rows.
+Request threads never run the model. torch's CPU kernels run on an OpenMP thread team per calling
+thread; two request threads calling the model at once start two teams that spin against each other
+on the same cores, and on two cores each request then took about ten times longer. So request
+threads hand their texts to one worker thread, which takes every job already waiting (and, with a
+``window``, those arriving within it), runs the model once on the union (each distinct text once)
+and hands every caller its rows. Batches form by themselves while the model is busy.
 """
 
 from __future__ import annotations
@@ -92,4 +94,5 @@ class MicroBatcher:
             self.on_batch(len(distinct))
         row = {text: position for position, text in enumerate(distinct)}
         for job in jobs:
-            job.result.set_result(vectors[[row[text] for text in job.texts]])
+            picked = [row[text] for text in job.texts]
+            job.result.set_result(vectors[picked] if isinstance(vectors, np.ndarray) else [vectors[i] for i in picked])

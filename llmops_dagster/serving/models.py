@@ -67,7 +67,7 @@ def load_served(client: Any, name: str, version: str, lancedb_uri: str, route: C
 
     pyfunc = load_version(name, version, lancedb_uri)
     rag = pyfunc.unwrap_python_model()
-    pipeline = rag.pipeline.with_encode(route(rag.pipeline.encoder.embedder.encode))
+    pipeline = rag.pipeline.routed(route)
     pipeline.answer(WARM_UP_QUESTION)
     return ServedModel(
         name=name,

@@ -85,6 +85,7 @@ def build_state(settings: EnvSettings, client, warn: Callable[[str], None]):  # 
 
 def serve(settings: EnvSettings, client, host: str | None = None, port: int | None = None) -> int:  # noqa: ANN001
     import uvicorn
+    from threadpoolctl import threadpool_limits
 
     from llmops_dagster.serving.app import create_app
 
@@ -96,6 +97,10 @@ def serve(settings: EnvSettings, client, host: str | None = None, port: int | No
     if not os.environ.get(serving.token_env) and not is_loopback(host):
         raise ServeError(f"refusing to listen on {host} without a token: set {serving.token_env}, or listen on 127.0.0.1")
     check_port(host, port)
+    # Request threads do small NumPy products (MaxSim, fusion) side by side while the model thread
+    # runs torch; OpenBLAS's own threads would spin against both on the same cores (on 2 cores a
+    # warm request went from ~50 ms to ~1 s). One BLAS thread per caller is faster at these sizes.
+    threadpool_limits(limits=1, user_api="blas")
     state, batcher = build_state(settings, client, say)
 
     def shutdown() -> None:
