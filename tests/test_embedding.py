@@ -1,6 +1,6 @@
 """Embedder: unit vectors of the right size, deterministic, batch-independent, precision-tolerant.
 
-Covers fp32, bf16, int8 (ONNX Runtime, static scales) and "auto" (bf16 on CUDA; on the CPU int8
+Covers fp32, bf16, int8 (ONNX Runtime, row-wise scales) and "auto" (bf16 on CUDA; on the CPU int8
 where its gate passes on this machine, else bf16 with native bf16, else fp32). Each Embedder is
 loaded once per module; all run on the CPU so results do not depend on a GPU. The int8 graph and
 its gate verdict are cached per model and machine (``quantization.cache_root()``), so only the
@@ -105,7 +105,7 @@ def test_encoding_is_deterministic(embedders, vectors, precision: str) -> None:
 
 @pytest.mark.parametrize("precision", PRECISION_IDS)
 def test_rows_do_not_depend_on_batch_company_or_order(embedders, precision: str) -> None:
-    # int8 included: its activation scales are fixed by calibration, not taken from the batch.
+    # int8 included: each token row is scaled by its own range, never by the batch's.
     model = get(embedders, precision)
     short = ["How do I roll back a release in prod?", "Cosine similarity compares the direction of two vectors."]
     alone = np.stack([model.encode([text])[0] for text in short])
@@ -149,7 +149,7 @@ def test_int8_keeps_the_ranking_of_fp32(embedders, vectors) -> None:
 
 
 def test_int8_vectors_are_the_same_in_any_batch_size(embedders, vectors) -> None:
-    # Static scales and integer matmuls: one text per batch or all in one, the rows agree.
+    # Row-wise scales and integer matmuls: one text per batch or all in one, the rows agree.
     small = Embedder(EmbedderConfig(precision="int8", device="cpu", batch_size=1))
     assert cosine(small.encode(TEXTS), vectors["int8"]).min() > 0.9999
 
@@ -274,3 +274,13 @@ def test_cuda_without_a_gpu_is_refused() -> None:
         pytest.skip("a CUDA device is present")
     with pytest.raises(RuntimeError, match="cuda"):
         Embedder(EmbedderConfig(device="cuda"))
+
+
+def test_int8_weights_cannot_saturate_the_u8s8_kernel() -> None:
+    # Without VNNI, ORT adds two uint8 x int8 products in a saturating int16.
+    from llmops_dagster.core import quantization
+
+    quantized, scales = quantization.quantize_weight(np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32))
+    assert quantized.dtype == np.int8 and scales.shape == (8,)
+    assert np.abs(quantized.astype(np.int32)).max() == quantization.WEIGHT_LEVELS
+    assert 2 * 255 * quantization.WEIGHT_LEVELS < 2**15

@@ -151,7 +151,7 @@ class Embedder:
 
         if asked != "auto":
             if asked == "int8" and self.device == "cuda":
-                raise ValueError("int8 (ONNX Runtime static quantisation) runs on the CPU only; use bf16 on CUDA")
+                raise ValueError("int8 (ONNX Runtime row-wise quantisation) runs on the CPU only; use bf16 on CUDA")
             return asked
         if self.device == "cuda":
             return "bf16"
