@@ -9,6 +9,7 @@ needs it when one is configured.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
@@ -45,6 +46,7 @@ class ServerState:
     token: str | None
     max_body_bytes: int
     field_chars: int
+    max_concurrent: int
     started: float = field(default_factory=time.monotonic)
 
 
@@ -97,6 +99,7 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] = lambda: Non
         on_shutdown()
 
     app = FastAPI(title="llmops serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    running = asyncio.Semaphore(state.max_concurrent)  # predictions at once: more only contend for the cores
 
     def authorized(request: Request) -> bool:
         if state.token is None:
@@ -150,7 +153,8 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] = lambda: Non
             finish(exchange, problem.status, body)
             return JSONResponse(body, problem.status, headers=exchange.headers())
         try:
-            exchange.predictions = await run_in_threadpool(predict, exchange.served, exchange.query, endpoint != SEARCH)
+            async with running:  # the rest wait here, in the event loop, without a thread
+                exchange.predictions = await run_in_threadpool(predict, exchange.served, exchange.query, endpoint != SEARCH)
         except Exception as error:  # the model failed: 500 with the request id, and logged
             exchange.error = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:500]}"
             body = error_body(endpoint, 500, f"the model failed on this request: {exchange.error}", exchange.request_id)

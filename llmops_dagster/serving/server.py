@@ -79,7 +79,7 @@ def build_state(settings: EnvSettings, client, warn: Callable[[str], None]):  # 
     metrics.watch(name, lambda: log.snapshot().pending, lambda: follower.failed_loads)
     token = os.environ.get(serving.token_env) or None
     limits = Limits(serving.max_question_chars, serving.max_k, serving.max_batch)
-    state = ServerState(follower, log, metrics, limits, token, serving.max_body_kb * 1024, serving.log_field_chars)
+    state = ServerState(follower, log, metrics, limits, token, serving.max_body_kb * 1024, serving.log_field_chars, serving.max_concurrent)
     return state, batcher
 
 
