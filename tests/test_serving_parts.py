@@ -117,8 +117,8 @@ def test_chat_takes_the_last_user_message_and_text_parts() -> None:
         {"role": "assistant", "content": "reply"},
         {"role": "user", "content": [{"type": "text", "text": "second"}, {"type": "image_url", "image_url": {"url": "x"}}]},
     ]
-    query, stream = protocol.chat({"messages": messages, "stream": True, "k": 2}, LIMITS)
-    assert query.questions == ["second"] and query.k == 2 and stream
+    query = protocol.chat({"messages": messages, "stream": True, "k": 2}, LIMITS)
+    assert query.questions == ["second"] and query.k == 2 and query.stream
 
 
 def test_too_many_questions_in_one_request_are_refused() -> None:

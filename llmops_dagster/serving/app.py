@@ -183,20 +183,14 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] = lambda: Non
 
     @app.post(CHAT)
     async def chat(request: Request) -> Response:
-        wants_stream = {}
-
-        def parse(payload: dict, served: ServedModel) -> Query:
-            query, wants_stream["stream"] = protocol.chat(payload, state.limits)
-            return query
-
         def respond(exchange: Exchange) -> Any:
             completion = chat_completion(exchange)
-            if not wants_stream.get("stream"):
+            if not exchange.query.stream:
                 return completion
             finish(exchange, 200, completion)
             return StreamingResponse(stream_chunks(completion), media_type="text/event-stream", headers=exchange.headers())
 
-        return await answer(request, CHAT, parse, respond)
+        return await answer(request, CHAT, lambda payload, served: protocol.chat(payload, state.limits), respond)
 
     @app.get("/ping")
     async def ping() -> Response:

@@ -39,6 +39,7 @@ class Query:
     questions: list[str]
     k: int | None
     mode: str | None
+    stream: bool = False  # chat only: answer as server-sent events
 
 
 def decode(body: bytes) -> dict[str, Any]:
@@ -123,8 +124,8 @@ def as_frame(parsed: Any) -> Any:
     raise BadRequest(f"the input must be named columns or records with a '{QUESTION_COLUMN}' field")
 
 
-def chat(payload: dict[str, Any], limits: Limits) -> tuple[Query, bool]:
-    """An OpenAI chat request: the last user message as the question; and whether to stream."""
+def chat(payload: dict[str, Any], limits: Limits) -> Query:
+    """An OpenAI chat request: the last user message is the question."""
     messages = payload.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages must be a non-empty list of {role, content} objects")
@@ -138,7 +139,7 @@ def chat(payload: dict[str, Any], limits: Limits) -> tuple[Query, bool]:
     if not isinstance(stream, bool):
         raise BadRequest(f"stream must be true or false, got {stream!r}")
     params = {name: payload[name] for name in PARAMS if name in payload}
-    return Query([question(content, limits, "the last user message")], *retrieval_params(params or None, limits)), stream
+    return Query([question(content, limits, "the last user message")], *retrieval_params(params or None, limits), stream=stream)
 
 
 def search(payload: dict[str, Any], limits: Limits) -> Query:
