@@ -128,13 +128,12 @@ def without_latency(rows: list[dict]) -> list[dict]:
 
 
 def test_every_protocol_answers_as_the_pyfunc_does(served: Server) -> None:
-    import mlflow
     import pandas as pd
     from openai import OpenAI
 
     from llmops_dagster.core.rag_model import load_version
 
-    mlflow.set_tracking_uri(f"sqlite:///{served.home}/mlflow.db")
+    served.registry()  # this store for tracking and registry alike, whatever an earlier test pointed MLflow at
     pyfunc = load_version(NAME, "1", str(served.home / "test" / "lancedb"))
     expected = without_latency(pyfunc.predict(pd.DataFrame({"question": QUESTIONS}), params={"k": 3}).to_dict("records"))
     expected = json.loads(json.dumps(expected))  # numpy arrays and bools as JSON has them
