@@ -2,7 +2,7 @@
 configuration that evaluation selects, side by side in one run.
 
     .venv/bin/python bench/quality.py [--landing DIR ...]
-    # real documents nobody on the project wrote: python bench/realdocs.py --out .llmops/realdocs, then
+    # real documents nobody on the project wrote: python scripts/realdocs.py --out .llmops/realdocs, then
     .venv/bin/python bench/quality.py --landing .llmops/realdocs/debian-faq-pdf --landing .llmops/realdocs/python-faq-html
 
 For each landing folder (default: the sample corpus) the documents are indexed twice in scratch

@@ -1,7 +1,7 @@
 """Builds the real-document evaluation sets: documents nobody on the project wrote, with questions
 whose answers are known, taken from Debian's packages (no other network is needed).
 
-    python bench/realdocs.py [--out DIR]     # default: .llmops/realdocs
+    python scripts/realdocs.py [--out DIR]     # default: .llmops/realdocs
 
 - ``debian-faq-pdf/``: The Debian GNU/Linux FAQ as the 73-page PDF of the ``debian-faq`` package.
   Its questions are the FAQ's own question headings (the PDF outline's entries that end in "?");
@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / ".llmops" / "realdocs")
     args = parser.parse_args()
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        sys.exit("bench/realdocs.py needs apt-get and dpkg-deb (a Debian or Ubuntu machine)")
+        sys.exit("scripts/realdocs.py needs apt-get and dpkg-deb (a Debian or Ubuntu machine)")
     with tempfile.TemporaryDirectory(prefix="llmops-realdocs-") as scratch:
         counts = {
             "debian-faq-pdf": debian_faq(fetch("debian-faq", Path(scratch)), args.out),
