@@ -41,11 +41,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         embedder = resources["embedder"].load()
     fusion = resources["rag"].config().fusion_config()
     passages = search(table, args.query, args.k, args.mode, resources["vector_index"].params(), embedder, fusion)
-    found = [
-        {"text": p.text, "source": p.source, "page": p.page, "heading": p.heading, "score": round(p.score, 6), "chunk_id": p.id}
-        for p in passages
-    ]
-    return show_passages(args, found)
+    return show_passages(args, [passage.as_json() for passage in passages])
 
 
 def show_passages(args: argparse.Namespace, passages: list[dict]) -> int:

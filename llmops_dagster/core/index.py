@@ -18,7 +18,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -171,6 +171,11 @@ class Passage:
     heading: str
     score: float
     page_end: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """What ``llmops search --json`` prints and the server's /search and chat return for a passage."""
+        return {"text": self.text, "source": self.source, "page": self.page, "heading": self.heading, "score": round(self.score, 6),
+                "chunk_id": self.id}
 
 
 class Reranker(Protocol):

@@ -84,10 +84,7 @@ def error_body(endpoint: str, status: int, message: str, request_id: str) -> dic
 
 
 def passages_of(prediction: Prediction) -> list[dict[str, Any]]:
-    return [
-        {"text": p.text, "source": p.source, "page": p.page, "heading": p.heading, "score": round(p.score, 6), "chunk_id": p.id}
-        for p in prediction.passages
-    ]
+    return [passage.as_json() for passage in prediction.passages]
 
 
 def create_app(state: ServerState, on_shutdown: Callable[[], None] = lambda: None) -> FastAPI:
