@@ -77,6 +77,7 @@ class ServingSettings:
     batch_window_ms: float = 0.0  # 0: batch what waits while the model is busy; more: also wait this long for others
     max_batch: int = 64
     max_concurrent: int = 4  # predictions running at once; the others wait in the event loop
+    model_threads: int = 1  # torch threads of the model thread; the other cores serve retrieval and HTTP
     max_body_kb: int = 256
     max_question_chars: int = 2000
     max_k: int = 50
@@ -93,7 +94,7 @@ class ServingSettings:
         for name in ("poll_seconds", "log_flush_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        counts = ("max_batch", "max_concurrent", "max_body_kb", "max_question_chars", "max_k", "log_flush_rows", "log_queue_rows", "log_field_chars")
+        counts = ("max_batch", "max_concurrent", "model_threads", "max_body_kb", "max_question_chars", "max_k", "log_flush_rows", "log_queue_rows", "log_field_chars")
         for name in counts:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
