@@ -19,6 +19,7 @@ from llmops_dagster.core.chunking import ChunkConfig
 from llmops_dagster.core.embedding import EmbedderConfig
 from llmops_dagster.core.evaluation import GateSettings
 from llmops_dagster.core.index import AnnParams
+from llmops_dagster.core.monitoring import MonitoringConfig
 from llmops_dagster.core.rag import RagConfig
 from llmops_dagster.core.training import TrainingConfig
 
@@ -133,6 +134,7 @@ class EnvSettings:
     evaluation: GateSettings
     promotion: PromotionSettings
     serving: ServingSettings
+    monitoring: MonitoringConfig = MonitoringConfig()
     upstream_model: str | None = None  # the registered model of promotion.source, from the same declaration
 
     def with_landing(self, landing: Path) -> EnvSettings:
@@ -219,6 +221,10 @@ def load_settings(env: str, declaration: Path | None = None, _adopting: tuple[st
         "serving": ServingSettings,
     }
     parsed = {name: _section(cls, raw.pop(name, {}) or {}, env, name) for name, cls in sections.items()}
+    try:
+        parsed["monitoring"] = MonitoringConfig.from_mapping(raw.pop("monitoring", {}) or {})
+    except ValueError as error:  # its messages name the setting (monitoring.window, ...)
+        raise SettingsError(f"environment '{env}': {error}") from None
     if parsed["promotion"].source == env:
         raise SettingsError(f"environment '{env}': promotion.source cannot be the environment itself")
     parsed["mlflow"] = replace(
