@@ -95,7 +95,10 @@ class ServingSettings:
         for name in ("poll_seconds", "log_flush_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        counts = ("max_batch", "max_concurrent", "model_threads", "max_body_kb", "max_question_chars", "max_k", "log_flush_rows", "log_queue_rows", "log_field_chars")
+        counts = (
+            "max_batch", "max_concurrent", "model_threads", "max_body_kb", "max_question_chars", "max_k",
+            "log_flush_rows", "log_queue_rows", "log_field_chars",
+        )
         for name in counts:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
