@@ -435,8 +435,8 @@ def gguf_cache_root() -> Path:
 
 def converted_gguf(gguf: Path, cache_dir: Path | None = None, digest: str | None = None) -> Path:
     """A transformers folder holding the GGUF file's model, converted once and kept under
-    ``cache_dir/<sha256 of the file>``: transformers reads a GGUF's metadata in pure Python (about
-    25 s for SmolLM2-135M on 2 cores), a saved folder loads in under a second."""
+    ``cache_dir/<sha256 of the file>``: transformers parses a GGUF in pure Python (28-40 s for
+    SmolLM2-135M on 2 cores), while the saved folder loads in about 0.5 s with the same logits."""
     digest = digest or file_sha256(gguf)
     target = (cache_dir or gguf_cache_root()) / digest
     if target.is_dir():
