@@ -1,4 +1,4 @@
-"""The transformers generator, with a tiny randomly initialised local model (no hub, no download)."""
+"""The local generator with a transformers folder: a tiny randomly initialised decoder (no hub, no download)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from llmops_dagster.core.embedding import default_model_path
-from llmops_dagster.core.rag import TransformersGenerator
+from llmops_dagster.core.generation import NO_ANSWER, GeneratorConfig, LocalGenerator, PromptTemplate
 
 
 @pytest.fixture(scope="module")
@@ -25,16 +25,21 @@ def tiny_decoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def local(folder: Path, new_tokens: int = 8) -> LocalGenerator:
+    return LocalGenerator(GeneratorConfig(kind="local", path=str(folder), template=PromptTemplate(max_new_tokens=new_tokens)))
+
+
 def test_generates_from_passages_within_the_model_window(tiny_decoder: Path) -> None:
-    generator = TransformersGenerator(str(tiny_decoder), max_new_tokens=8)
+    generator = local(tiny_decoder)
     long_passage = "The champion alias moves only after every blocking check has passed. " * 40  # > 128 tokens
-    prompt = generator._prompt("When does the champion move?", [long_passage, "second passage"])
-    assert len(generator.pipeline.tokenizer(prompt)["input_ids"]) <= 128 - 8
-    text, found = generator("When does the champion move?", [long_passage, "second passage"])
-    assert found and text
-    assert generator("anything", []) == ("No answer found in the indexed documents.", False)
+    generation = generator.generate("When does the champion move?", [long_passage, "second passage"])
+    assert generation.error is None
+    assert generation.usage.prompt_tokens + generation.usage.completion_tokens <= 128
+    assert 0 < generation.usage.completion_tokens <= 8
+    assert generator.identity["kind"] == "local" and generator.identity["model"] == tiny_decoder.name
+    assert generator("anything", []) == (NO_ANSWER, False)
 
 
 def test_a_generator_path_that_is_not_a_model_folder_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="not a local model folder"):
-        TransformersGenerator(str(tmp_path), max_new_tokens=8)
+    with pytest.raises(ValueError, match="rag.generator.path"):
+        local(tmp_path)

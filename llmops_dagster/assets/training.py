@@ -1,5 +1,6 @@
 """embedding_model and rag_model in the training environment: train on the corpus, register a challenger."""
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -180,7 +181,9 @@ def rag_model(
         index_version=table.version,
         registered_index=lancedb.uri,
     )
-    generator = Path(config.generator_model).expanduser() if config.generator_model else None
+    generator = local_generator_weights(config)
+    identity = config.generator.identity()
+    mlflow.log_params({f"generator.{key}": value for key, value in generator_params(identity).items()})
     name = registry.registered_model
     version, reused = register_challenger(
         registry.client(),
@@ -195,6 +198,7 @@ def rag_model(
             "index_embedding_model": index_fingerprint,
             "retrieval": config.retrieval_label(),
             "training_run_id": str(upstream["mlflow_run_id"]),
+            "generator": json.dumps(identity, sort_keys=True),
         },
     )
     if reused:
@@ -211,10 +215,30 @@ def rag_model(
             "retrieval": f"k={config.k}, {config.retrieval_label()}",
             "retrieval_selection": chosen.summary() if chosen else "off (rag.select_by_evaluation is false)",
             **({"retrieval_candidates": dg.MetadataValue.md(candidates_table(chosen))} if chosen else {}),
-            "generator": f"transformers: {generator}" if generator else "extractive",
+            "generator": json.dumps(identity, sort_keys=True),
+            "prompt_template_digest": identity["template"] or "none (extractive)",
             "mlflow_run_id": run.info.run_id if run else "",
         }
     )
+
+
+def local_generator_weights(config: Any) -> Path | None:
+    """The weights of a local generator (a GGUF file or a model folder), which the registered
+    version carries; None for the extractive generator and for an endpoint."""
+    generator = config.generator
+    if generator.kind != "local":
+        return None
+    path = Path(generator.path).expanduser()
+    if not path.exists():
+        raise dg.Failure(f"rag.generator.path '{generator.path}' does not exist (a transformers model folder or a .gguf file)")
+    return path
+
+
+def generator_params(identity: dict[str, Any]) -> dict[str, str]:
+    """The generator's identity as flat MLflow params: kind, model, template digest, parameters."""
+    flat = {"kind": identity["kind"], "model": identity["model"] or "", "template": identity["template"] or ""}
+    flat.update({key: str(value) for key, value in identity["parameters"].items()})
+    return flat
 
 
 def select_retrieval(

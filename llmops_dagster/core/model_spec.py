@@ -8,7 +8,7 @@ loading MLflow; ``rag_model`` wraps these as the pyfunc and registers it.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,7 +21,6 @@ from llmops_dagster.core.rag import (
     QueryEncoder,
     RagConfig,
     RagPipeline,
-    TransformersGenerator,
     index_models,
 )
 
@@ -66,13 +65,24 @@ class ModelSpec:
             lancedb_uri=config["lancedb_uri"],
             table=config["table"],
             index_embedding_model=config["index_embedding_model"],
-            rag=RagConfig(**json.loads(config["rag"])),
+            rag=rag_config(json.loads(config["rag"])),
             ann=AnnParams(**json.loads(config["ann"])),
             embedder_variant=config["embedder_variant"],
             device=config.get("device", "auto"),
             index_version=config.get("index_version"),
             registered_index=config.get("registered_index"),
         )
+
+
+def rag_config(stored: dict[str, Any]) -> RagConfig:
+    """A version's RagConfig from its stored JSON. Versions registered before generators were
+    configurable stored ``generator_model`` (a transformers folder, or null for extractive) and
+    ``max_new_tokens``; they load as the same generator."""
+    stored = dict(stored)
+    if "generator" not in stored:
+        folder, new_tokens = stored.pop("generator_model", None), stored.pop("max_new_tokens", 96)
+        stored["generator"] = {"kind": "local", "path": folder, "max_new_tokens": new_tokens} if folder else {}
+    return RagConfig(**stored)
 
 
 def _matching_version(table: Table, spec: ModelSpec, found: set[str]) -> Table:
@@ -94,8 +104,9 @@ def _matching_version(table: Table, spec: ModelSpec, found: set[str]) -> Table:
     return table
 
 
-def open_pipeline(spec: ModelSpec, embedder_dir: str, adapter_path: str | None, generator_dir: str | None) -> RagPipeline:
-    """Build the pipeline a model version describes, refusing an index of another embedding model."""
+def open_pipeline(spec: ModelSpec, embedder_dir: str, adapter_path: str | None, generator_path: str | None) -> RagPipeline:
+    """Build the pipeline a model version describes, refusing an index of another embedding model.
+    ``generator_path`` is the version's own copy of a local generator (folder or GGUF file)."""
     from llmops_dagster.core.embedding import EmbedderConfig, load_embedder
     from llmops_dagster.core.store import LanceStore
 
@@ -107,8 +118,10 @@ def open_pipeline(spec: ModelSpec, embedder_dir: str, adapter_path: str | None, 
         table = _matching_version(table, spec, found)
     embedder = load_embedder(EmbedderConfig(model=embedder_dir, device=spec.device))
     adapter = np.load(adapter_path) if adapter_path else None
-    generator = TransformersGenerator(generator_dir, spec.rag.max_new_tokens) if generator_dir else None
-    return RagPipeline(QueryEncoder(embedder, adapter), table, spec.ann, spec.rag, generator)
+    rag = spec.rag
+    if generator_path and rag.generator.kind == "local":
+        rag = replace(rag, generator=replace(rag.generator, path=generator_path))
+    return RagPipeline(QueryEncoder(embedder, adapter), table, spec.ann, rag)
 
 
 def signature_problems(signature: dict[str, str] | None, has_input_example: bool) -> list[str]:

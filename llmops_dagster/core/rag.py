@@ -9,15 +9,23 @@ generator, and points at the environment's index by URI (``model_config``, which
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from llmops_dagster.core.answer import NO_ANSWER, AnswerConfig, CachedEncode, extractive_answer
+from llmops_dagster.core.answer import AnswerConfig
+from llmops_dagster.core.generation import (
+    ExtractiveGenerator,
+    Generation,
+    GenerationStream,
+    Generator,
+    GeneratorConfig,
+    build_generator,
+)
 from llmops_dagster.core.index import SEARCH_MODES, AnnParams, Fusion, Passage, search
 from llmops_dagster.core.rerank import RERANKERS, load_reranker
 from llmops_dagster.core.training import apply_adapter
@@ -28,7 +36,10 @@ if TYPE_CHECKING:
     from llmops_dagster.core.embedding import Embedder
 
 QUESTION_COLUMN = "question"
-OUTPUT_COLUMNS = ("answer", "found", "passages", "sources", "scores", "latency_ms")
+OUTPUT_COLUMNS = (
+    "answer", "found", "passages", "sources", "scores", "latency_ms",
+    "cited", "prompt_tokens", "completion_tokens", "generator", "error",
+)
 
 
 class IndexMismatchError(RuntimeError):
@@ -45,16 +56,19 @@ class RagConfig:
     rerank: str = "none"  # none | maxsim: order the first rerank_depth candidates again (core.rerank)
     rerank_depth: int = 20
     select_by_evaluation: bool = True  # register the retrieval candidate that evaluated best, not these
-    generator_model: str | None = None  # local transformers model folder; None: extractive
-    max_new_tokens: int = 96
+    # What writes the answer (core.generation): extractive, a local model or an OpenAI-compatible
+    # endpoint, with the prompt template; a mapping from the settings becomes a GeneratorConfig.
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     max_sentences: int = 1  # token F1 on the sample gold questions: 0.34 with 1, 0.26 with 2, 0.20 with 3
     min_score: float = 0.3
 
     def __post_init__(self) -> None:
         if self.mode not in SEARCH_MODES:
             raise ValueError(f"mode must be one of {SEARCH_MODES}, got '{self.mode}'")
-        if self.k < 1 or self.max_new_tokens < 1:
-            raise ValueError("k and max_new_tokens must be at least 1")
+        if self.k < 1:
+            raise ValueError("k must be at least 1")
+        if not isinstance(self.generator, GeneratorConfig):
+            object.__setattr__(self, "generator", GeneratorConfig.from_settings(self.generator))
         self.fusion_config()  # validates fusion, text_weight and depth
         if self.rerank not in RERANKERS:
             raise ValueError(f"rerank must be one of {RERANKERS}, got '{self.rerank}'")
@@ -92,70 +106,6 @@ class EncodeVia:
         return getattr(self._embedder, name)
 
 
-class ExtractiveGenerator:
-    """The best sentences of the retrieved passages; needs no weights."""
-
-    name = "extractive"
-
-    def __init__(self, encode: Callable[[list[str]], np.ndarray], config: AnswerConfig) -> None:
-        self.encode, self.config = CachedEncode(encode), config
-
-    def __call__(self, question: str, passages: Sequence[str]) -> tuple[str, bool]:
-        answer = extractive_answer(question, passages, self.encode, self.config)
-        return answer.text, answer.found
-
-
-class TransformersGenerator:
-    """A local transformers generation model, prompted with the question and as many passages as fit."""
-
-    def __init__(self, model_path: str, max_new_tokens: int, max_passages: int = 3) -> None:
-
-        from transformers import AutoConfig, pipeline
-
-        path = Path(model_path).expanduser()
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"generator model '{model_path}' is not a local model folder with a config.json")
-        config = AutoConfig.from_pretrained(str(path))
-        task = "text2text-generation" if config.is_encoder_decoder else "text-generation"
-        self.name = f"transformers:{path.name}"
-        self.pipeline = pipeline(task, model=str(path), tokenizer=str(path), device="cpu")
-        self.task, self.max_new_tokens, self.max_passages = task, max_new_tokens, max_passages
-        window = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 1024
-        # A decoder's window holds the prompt and the answer; an encoder-decoder's input is separate.
-        self.prompt_tokens = window if config.is_encoder_decoder else window - max_new_tokens
-
-    def _prompt(self, question: str, passages: Sequence[str]) -> str:
-        """The prompt with the best passages that fit the model's window (at least the first, cut)."""
-        tokenizer = self.pipeline.tokenizer
-
-        def build(context: list[str]) -> str:
-            joined = "\n\n".join(context)
-            return f"Answer the question from the context.\n\nContext:\n{joined}\n\nQuestion: {question}\nAnswer:"
-
-        def size(text: str) -> int:
-            return len(tokenizer(text, add_special_tokens=True)["input_ids"])
-
-        chosen: list[str] = []
-        for passage in passages[: self.max_passages]:
-            if size(build([*chosen, passage])) > self.prompt_tokens:
-                break
-            chosen.append(passage)
-        if not chosen:
-            budget = max(16, self.prompt_tokens - size(build([])))
-            ids = tokenizer(passages[0], add_special_tokens=False)["input_ids"][:budget]
-            chosen = [tokenizer.decode(ids)]
-        return build(chosen)
-
-    def __call__(self, question: str, passages: Sequence[str]) -> tuple[str, bool]:
-        if not passages:
-            return NO_ANSWER, False
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": False}
-        if self.task == "text-generation":
-            kwargs["return_full_text"] = False
-        text = self.pipeline(self._prompt(question, passages), **kwargs)[0]["generated_text"].strip()
-        return (text, True) if text else (NO_ANSWER, False)
-
-
 def source_label(passage: Passage) -> str:
     """``file`` or ``file#page=N``: where a passage came from, in a form a PDF viewer understands."""
     return f"{passage.source}#page={passage.page}" if passage.page else passage.source
@@ -168,8 +118,10 @@ class Prediction:
     found: bool
     passages: list[Passage] = field(default_factory=list)
     latency_ms: float = 0.0
+    generation: Generation | None = None  # who wrote the answer, what it cited and cost, or why it failed
 
     def row(self) -> dict[str, Any]:
+        generation = self.generation
         return {
             "answer": self.answer,
             "found": self.found,
@@ -177,6 +129,11 @@ class Prediction:
             "sources": [source_label(p) for p in self.passages],
             "scores": [round(p.score, 6) for p in self.passages],
             "latency_ms": round(self.latency_ms, 2),
+            "cited": list(generation.cited) if generation else [],
+            "prompt_tokens": generation.usage.prompt_tokens if generation else 0,
+            "completion_tokens": generation.usage.completion_tokens if generation else 0,
+            "generator": json.dumps(generation.identity, sort_keys=True) if generation else "",
+            "error": (generation.error or "") if generation else "",
         }
 
 
@@ -200,14 +157,30 @@ class RagPipeline:
         table: Table,
         params: AnnParams,
         config: RagConfig,
-        generator: Callable[[str, Sequence[str]], tuple[str, bool]] | None = None,
+        generator: Generator | None = None,
         memo: dict | None = None,
         reranker: Any = None,
     ) -> None:
         self.encoder, self.table, self.params, self.config = encoder, table, params, config
         self.memo = memo  # candidate lists per query, shared by pipelines that differ only in fusion (evaluation)
-        self.generator = generator or ExtractiveGenerator(encoder.embedder.encode, config.answer_config())
+        self._generator = generator
         self.reranker = reranker
+
+    @property
+    def generator(self) -> Generator:
+        """The configured generator, built when first needed: retrieval-only uses (selection, search)
+        never load a local model or reach an endpoint."""
+        if self._generator is None:
+            embedder = self.encoder.embedder
+            self._generator = build_generator(self.config.generator, embedder.encode, embedder.tokenizer, self.config.answer_config())
+        return self._generator
+
+    def variant(self, encoder: Any = None, config: RagConfig | None = None, memo: dict | None = None) -> RagPipeline:
+        """This pipeline with another query encoder, config or candidate memo. The generator (built
+        or not yet) is shared while the generator settings stay the same."""
+        config = config or self.config
+        generator = self._generator if config.generator == self.config.generator else None
+        return RagPipeline(encoder or self.encoder, self.table, self.params, config, generator, self.memo if memo is None else memo)
 
     def retrieve(self, question: str, k: int | None = None, mode: str | None = None) -> list[Passage]:
         reranker = self.reranker
@@ -222,13 +195,26 @@ class RagPipeline:
         """The same pipeline with every call into the embedding model (query, answer sentences, rerank
         tokens) made through ``route``: the server runs them all on one thread, in batches."""
         embedder = EncodeVia(self.encoder.embedder, route(self.encoder.embedder.encode))
-        generator = None if isinstance(self.generator, ExtractiveGenerator) else self.generator
+        generator = None if self._generator is None or isinstance(self._generator, ExtractiveGenerator) else self._generator
         reranker = load_reranker(str(self.encoder.embedder.model_path)).through(route) if self.config.rerank != "none" else None
         encoder = QueryEncoder(embedder, self.encoder.adapter)  # type: ignore[arg-type]
         return RagPipeline(encoder, self.table, self.params, self.config, generator, self.memo, reranker)
 
     def answer(self, question: str, k: int | None = None, mode: str | None = None) -> Prediction:
+        """Retrieve, then generate. A generator that fails (an endpoint down after its retries) gives a
+        prediction with ``generation.error`` set and no answer; it never raises for one question."""
         started = time.perf_counter()
         passages = self.retrieve(question, k, mode)
-        text, found = self.generator(question, [p.text for p in passages])
-        return Prediction(question, text, found, passages, 1000 * (time.perf_counter() - started))
+        generation = self.generator.generate(question, passages)
+        return self.prediction(question, passages, generation, started)
+
+    def stream_answer(self, question: str, k: int | None = None, mode: str | None = None) -> tuple[list[Passage], GenerationStream]:
+        """The passages, and the answer as a stream of text pieces; the stream's ``result`` is the
+        Generation once it is used up (``prediction`` then makes the row)."""
+        passages = self.retrieve(question, k, mode)
+        return passages, self.generator.stream(question, passages)
+
+    @staticmethod
+    def prediction(question: str, passages: list[Passage], generation: Generation, started: float) -> Prediction:
+        text = generation.text if generation.error is None else f"Generation failed: {generation.error}"
+        return Prediction(question, text, generation.found, passages, 1000 * (time.perf_counter() - started), generation)

@@ -62,28 +62,56 @@ def signature_and_example(spec: ModelSpec) -> tuple[Any, pd.DataFrame]:
     """Inputs (``question``), outputs (answer, passages, sources, scores…) and the ``k``/``mode`` params."""
     example = pd.DataFrame({QUESTION_COLUMN: ["What must pass before a release?"]})
     output = pd.DataFrame(
-        [{"answer": "text", "found": True, "passages": ["passage"], "sources": ["file.pdf#page=1"], "scores": [0.5], "latency_ms": 1.0}],
+        [{"answer": "text [1]", "found": True, "passages": ["passage"], "sources": ["file.pdf#page=1"], "scores": [0.5], "latency_ms": 1.0,
+          "cited": [1], "prompt_tokens": 1, "completion_tokens": 1, "generator": "{}", "error": ""}],
         columns=list(OUTPUT_COLUMNS),
     )
     return infer_signature(example, output, params={"k": spec.rag.k, "mode": spec.rag.mode}), example
 
 
-def content_digest(spec: ModelSpec, embedder_fingerprint: str, adapter: np.ndarray | None, generator: str | None) -> str:
-    """Equal digests mean equal behaviour on the same index: a re-run with no change registers nothing new."""
+def weights_digest(path: Path) -> str:
+    """sha256 of a local generator's weights: a GGUF file, or every file of a model folder."""
+    from llmops_dagster.core.generation import file_sha256
+
+    if path.is_file():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(item.relative_to(path)).encode())
+        digest.update(file_sha256(item).encode())
+    return digest.hexdigest()
+
+
+def content_digest(spec: ModelSpec, embedder_fingerprint: str, adapter: np.ndarray | None, generator: Path | None) -> str:
+    """Equal digests mean equal behaviour on the same index: a re-run with no change registers nothing
+    new. The generator counts by its identity (kind, model, parameters, prompt template digest) and
+    a local one by its weights, not by where its file happens to lie."""
     config = {key: value for key, value in spec.to_config().items() if key != "index_version"}  # data, not model
+    rag = json.loads(config["rag"])
+    rag["generator"].pop("path", None)
+    config["rag"] = rag
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     digest.update(embedder_fingerprint.encode())
     if adapter is not None:
         digest.update(np.ascontiguousarray(adapter, dtype=np.float32).tobytes())
-    digest.update((generator or "extractive").encode())
+    digest.update(json.dumps(spec.rag.generator.identity(), sort_keys=True).encode())
+    if generator is not None:
+        digest.update(weights_digest(generator).encode())
     return digest.hexdigest()[:20]
+
+
+def pip_requirements(spec: ModelSpec) -> list[str]:
+    """What the pyfunc imports at load time, with what its generator needs."""
+    kind = spec.rag.generator.kind
+    extra = {"openai": ["openai>=1.50"], "local": ["gguf>=0.10", "accelerate>=1.0"]}.get(kind, [])
+    return [*PIP_REQUIREMENTS, *extra]
 
 
 def log_rag_model(
     spec: ModelSpec,
     embedder_dir: Path,
     adapter: np.ndarray | None,
-    generator_dir: Path | None,
+    generator: Path | None,
     registered_name: str,
     tags: dict[str, str],
 ) -> str:
@@ -95,8 +123,8 @@ def log_rag_model(
             adapter_path = Path(scratch) / "adapter.npy"
             np.save(adapter_path, adapter.astype(np.float32))
             artifacts[ADAPTER_ARTIFACT] = str(adapter_path)
-        if generator_dir is not None:
-            artifacts[GENERATOR_ARTIFACT] = str(generator_dir)
+        if generator is not None:  # the weights travel with the version: a GGUF file or a model folder
+            artifacts[GENERATOR_ARTIFACT] = str(generator)
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME_IN_RUN,
             python_model=str(MODEL_SCRIPT),
@@ -105,7 +133,7 @@ def log_rag_model(
             signature=signature,
             input_example=example,
             code_paths=[str(PACKAGE_DIR)],
-            pip_requirements=PIP_REQUIREMENTS,
+            pip_requirements=pip_requirements(spec),
             registered_model_name=registered_name,
             tags=tags,
         )
@@ -126,7 +154,7 @@ def register_challenger(
     digest; the gate's checks move it to PASSED or FAILED."""
     from llmops_dagster.core import registry
 
-    digest = content_digest(spec, spec.index_embedding_model, adapter, str(generator) if generator else None)
+    digest = content_digest(spec, spec.index_embedding_model, adapter, generator)
     existing = registry.find_version(client, name, CONTENT_TAG, digest)
     if existing is not None:
         version = str(existing.version)
@@ -150,7 +178,8 @@ def load_version(registered_name: str, version: str, lancedb_uri: str | None = N
 
 
 SPARK_RESULT_TYPE = (
-    "answer string, found boolean, passages array<string>, sources array<string>, scores array<double>, latency_ms double"
+    "answer string, found boolean, passages array<string>, sources array<string>, scores array<double>, latency_ms double, "
+    "cited array<bigint>, prompt_tokens bigint, completion_tokens bigint, generator string, error string"
 )
 
 
