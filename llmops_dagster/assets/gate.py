@@ -16,6 +16,7 @@ import pyarrow as pa
 from llmops_dagster.assets._metadata import column_schema, markdown_table
 from llmops_dagster.assets.model_registry import (
     ADAPTER_FILE,
+    ANSWERS_GROUNDED,
     BEATS_NAIVE_BASELINE,
     EVALUATION,
     HELD_OUT_FILE,
@@ -35,6 +36,7 @@ from llmops_dagster.assets.model_registry import (
 from llmops_dagster.core import registry as model_registry
 from llmops_dagster.core import store
 from llmops_dagster.core.checks import Verdict
+from llmops_dagster.core.comparison import ANSWER_METRICS
 from llmops_dagster.core.metrics import RETRIEVAL_METRICS
 from llmops_dagster.resources import (
     EvaluationResource,
@@ -49,6 +51,7 @@ from llmops_dagster.resources import (
 def model_loads_and_answers(
     context: dg.AssetCheckExecutionContext, registry: RegistryResource, evaluation: EvaluationResource, lancedb: LanceDBResource
 ) -> dg.AssetCheckResult:
+    from llmops_dagster.core.generation import GeneratorUnavailableError
     from llmops_dagster.core.rag_model import load_version
 
     _, name, version = challenger_version(registry)
@@ -56,18 +59,25 @@ def model_loads_and_answers(
     try:
         started = time.perf_counter()
         model = load_version(name, version, lancedb.uri)
+        model.unwrap_python_model().pipeline.generator.check()  # an endpoint that cannot be reached fails here, by URL
         answer = model.predict(_frame(question)).iloc[0]
         seconds = time.perf_counter() - started
+    except GeneratorUnavailableError as error:
+        verdict = Verdict(False, f"v{version}'s generator cannot answer: {error}")
     except Exception as error:  # the verdict is the point: any failure to load or answer fails the gate
         verdict = Verdict(False, f"v{version} did not load or answer: {type(error).__name__}: {error}")
     else:
-        passed = bool(answer["answer"]) and len(answer["passages"]) > 0
+        problem = answer.get("error") or ("" if len(answer["passages"]) else "returned no passages")
         verdict = Verdict(
-            passed,
-            f"v{version} answered '{question}' with {len(answer['passages'])} passage(s)" if passed else f"v{version} returned no passages",
-            {"load_and_answer_seconds": round(seconds, 2), "smoke_answer": str(answer["answer"])[:300]},
+            not problem and bool(answer["answer"]),
+            f"v{version}: {problem}" if problem else f"v{version} answered '{question}' with {len(answer['passages'])} passage(s)",
+            {"load_and_answer_seconds": round(seconds, 2), "smoke_answer": str(answer["answer"])[:300],
+             "generator": str(answer.get("generator") or "")},
         )
     return record_verdict(context, registry, MODEL_LOADS_AND_ANSWERS, verdict)
+
+
+ANSWER_REPORT = (*ANSWER_METRICS, "answered", "generation_errors", "answer_latency_ms", "prompt_tokens", "completion_tokens")
 
 
 def _frame(question: str):
@@ -156,6 +166,12 @@ def evaluation_items(
             description="challenger trails naive fixed windows searched by BM25 by no more than the tolerance",
         ),
         dg.AssetCheckSpec(
+            ANSWERS_GROUNDED,
+            asset=EVALUATION,
+            blocking=True,
+            description="the challenger's answers to the gold questions are grounded in their passages (evaluation.min_groundedness)",
+        ),
+        dg.AssetCheckSpec(
             NO_NAVIGATION_IN_TOP_RESULTS,
             asset=EVALUATION,
             description="no table of contents or index page among the top 5 results of the gold questions",
@@ -184,7 +200,7 @@ def evaluation(
     """
     from llmops_dagster.core import selection
     from llmops_dagster.core.comparison import compare_systems, comparison_rows, evaluation_rows
-    from llmops_dagster.core.evaluation import beats_baseline, meets_thresholds, no_worse_than_champion
+    from llmops_dagster.core.evaluation import answers_grounded, beats_baseline, meets_thresholds, no_worse_than_champion
     from llmops_dagster.core.rag import IndexMismatchError
     from llmops_dagster.core.rag_model import load_version
 
@@ -223,12 +239,18 @@ def evaluation(
     threshold_verdict = meets_thresholds(gate_metrics, thresholds)
     champion_verdict = no_worse_than_champion(gate_metrics, result.champion, thresholds.champion_tolerance, champion_label, not_comparable)
     baseline_verdict = beats_baseline(result.challenger_located, result.baseline, thresholds.baseline_tolerance, "naive BM25 baseline")
+    answers = {k: v for k, v in result.systems[("challenger", mode)].get("gold", {}).items() if k in ANSWER_REPORT}
     recorded = {metric_name(k): v for k, v in gate_metrics.items() if k != "queries"}
-    if "answer_f1" in result.systems[("challenger", mode)].get("gold", {}):
-        recorded["answer_f1"] = result.systems[("challenger", mode)]["gold"]["answer_f1"]
+    recorded.update({k: answers[k] for k in ANSWER_METRICS if k in answers})
+    mlflow.log_metrics({f"evaluation.challenger_v{version}.{k}": v for k, v in answers.items()})
+    grounded_verdict = answers_grounded(answers, thresholds.min_groundedness, challenger.generator.name)
+
+    def answer_cells(report: dict) -> list[str]:
+        gold = report.get("gold", {})
+        return [f"{gold[m]:.3f}" if m in gold else "–" for m in ANSWER_METRICS]
+
     table_rows = [
-        [system, search_mode, *(f"{r['all'][m]:.3f}" for m in RETRIEVAL_METRICS),
-         f"{r['gold']['answer_f1']:.3f}" if "answer_f1" in r.get("gold", {}) else "–"]
+        [system, search_mode, *(f"{r['all'][m]:.3f}" if "all" in r else "–" for m in RETRIEVAL_METRICS), *answer_cells(r)]
         for (system, search_mode), r in result.systems.items()
     ]
     candidate_rows = [
@@ -241,7 +263,9 @@ def evaluation(
         f"({sum(1 for i in items if i.query_set == 'held_out')} held-out pairs, {sum(1 for i in items if i.query_set == 'gold')} gold questions)"
         + (f", against {champion_label}" if champion_label else ", no champion yet")
         + ".\n\n**Every question**\n\n"
-        + markdown_table(["system", "mode", "recall@1", "recall@5", "recall@10", "MRR@10", "nDCG@10", "answer F1"], table_rows)
+        + markdown_table(["system", "mode", "recall@1", "recall@5", "recall@10", "MRR@10", "nDCG@10", "answer F1", "grounded",
+                          "citations valid", "no answer"], table_rows)
+        + f"\n\nAnswers by **{challenger.generator.name}** (template {challenger.generator.identity.get('template') or 'none'})."
         + "\n\n**Retrieval candidates, report half** (selection used the other half)\n\n"
         + markdown_table(["retrieval", "recall@5", "MRR@10"], candidate_rows)
         + f"\n\n**Naive baseline** (report half, by page or section): BM25 over 200-word windows recall@5 "
@@ -265,6 +289,7 @@ def evaluation(
     yield record_verdict(context, registry, MEETS_THRESHOLDS, threshold_verdict, recorded)
     yield record_verdict(context, registry, NO_WORSE_THAN_CHAMPION, champion_verdict)
     yield record_verdict(context, registry, BEATS_NAIVE_BASELINE, baseline_verdict)
+    yield record_verdict(context, registry, ANSWERS_GROUNDED, grounded_verdict)
     hits, passages = result.navigation_hits, result.gold_passages
     yield dg.AssetCheckResult(
         check_name=NO_NAVIGATION_IN_TOP_RESULTS,

@@ -9,7 +9,7 @@ calls ``compare_systems``, and presents the result.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -17,6 +17,7 @@ import numpy as np
 from llmops_dagster.core import navigation, selection
 from llmops_dagster.core.baseline import Bm25Baseline, windows
 from llmops_dagster.core.evaluation import EvalItem, as_locations, evaluate, evaluate_retriever, with_cached_queries
+from llmops_dagster.core.generation import GeneratorConfig
 from llmops_dagster.core.index import SEARCH_MODES, Passage
 from llmops_dagster.core.metrics import RETRIEVAL_METRICS, metric_name
 from llmops_dagster.core.rag import QueryEncoder, RagConfig, RagPipeline
@@ -24,6 +25,7 @@ from llmops_dagster.core.store import row_id
 
 Report = dict[str, dict[str, float]]
 BASELINE_LABEL = "200-word windows, BM25"
+ANSWER_METRICS = ("answer_f1", "groundedness", "citation_validity", "no_answer_rate")
 
 
 @dataclass
@@ -59,6 +61,9 @@ def compare_systems(
         systems[("trained", mode)] = evaluate(trained, items, mode)
     for search_mode in SEARCH_MODES:
         systems[("challenger", search_mode)] = evaluate(challenger, items, search_mode, answers=search_mode == mode)
+    if challenger.config.generator.kind != "extractive":  # the configured generator against the weight-free one
+        extractive = challenger.variant(config=replace(challenger.config, generator=GeneratorConfig()))
+        systems[("extractive answers", mode)] = evaluate(extractive, items, mode, answers=True)
     candidates = {
         candidate: evaluate(with_cached_queries(challenger, [], candidate), report_items, candidate.mode)
         for candidate in selection.candidates(challenger.config)
@@ -124,7 +129,7 @@ def evaluation_rows(run_id: str, model_name: str, rows: Sequence[tuple]) -> list
                     "retrieval": retrieval,
                     "queries": int(metrics.get("queries", 0)),
                     **{metric_name(name): metrics.get(name) for name in RETRIEVAL_METRICS},
-                    "answer_f1": metrics.get("answer_f1"),
+                    **{name: metrics.get(name) for name in ANSWER_METRICS},
                 }
             )
     return table

@@ -37,12 +37,15 @@ class GateSettings:
     min_mrr_at_10: float = 0.5
     champion_tolerance: float = 0.02  # the challenger may trail the champion by this much on each gate metric
     baseline_tolerance: float = 0.02  # ... and the naive BM25 baseline by this much
+    min_groundedness: float | None = None  # answers' share supported by their passages; None: reported, not gated
     smoke_question: str = "What do these documents describe?"
 
     def __post_init__(self) -> None:
         for name in ("min_recall_at_5", "min_mrr_at_10", "champion_tolerance", "baseline_tolerance"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be between 0 and 1")
+        if self.min_groundedness is not None and not 0 <= self.min_groundedness <= 1:
+            raise ValueError("min_groundedness must be between 0 and 1, or null")
 
     def minimums(self) -> dict[str, float]:
         return {"recall@5": self.min_recall_at_5, "mrr@10": self.min_mrr_at_10}
@@ -168,7 +171,7 @@ def with_cached_queries(pipeline: RagPipeline, queries: Iterable[str], config: R
         encoder, memo = pipeline.encoder, pipeline.memo
     else:
         encoder, memo = _Precomputed(pipeline.encoder, list(dict.fromkeys(queries))), {}
-    return RagPipeline(encoder, pipeline.table, pipeline.params, config or pipeline.config, pipeline.generator, memo)  # type: ignore[arg-type]
+    return pipeline.variant(encoder, config, memo)
 
 
 def evaluate(pipeline: RagPipeline, items: Sequence[EvalItem], mode: str, answers: bool = False) -> dict[str, dict[str, float]]:
@@ -181,12 +184,79 @@ def evaluate(pipeline: RagPipeline, items: Sequence[EvalItem], mode: str, answer
         load_reranker(str(pipeline.encoder.embedder.model_path)).prepare([item.query for item in items])
     scored = [item for item in items if item.relevant]
     report = score_rankings([ranking(pipeline.retrieve(item.query, EVAL_DEPTH, mode), item) for item in scored], scored)
-    with_answers = [item for item in items if item.answer]
-    if answers and with_answers:
-        f1 = [token_f1(pipeline.answer(item.query, mode=mode).answer, item.answer or "") for item in with_answers]
-        report.setdefault("gold", {})["answer_f1"] = sum(f1) / len(f1)
-        report["gold"]["answered"] = float(len(f1))
+    gold = [item for item in items if item.query_set == "gold"]
+    if answers and gold:
+        report.setdefault("gold", {}).update(answer_report(pipeline, gold, mode))
     return report
+
+
+def answer_report(pipeline: RagPipeline, items: Sequence[EvalItem], mode: str) -> dict[str, float]:
+    """How the pipeline's generator answers these questions:
+    - ``answer_f1``: token F1 against the gold answers, where given (``answered`` of them);
+    - ``groundedness``: the share of an answer's content found in the passages it cites (all of
+      them when it cites none), over the answers given;
+    - ``citation_validity``: the share of citations naming a passage that supports the sentence,
+      over answers that cite by number (extractive answers quote, so they have none);
+    - ``no_answer_rate``, ``generation_errors`` (failed after retries), and per answer the mean
+      ``answer_latency_ms``, ``prompt_tokens`` and ``completion_tokens``."""
+    from llmops_dagster.core.answer_quality import citation_validity, groundedness
+    from llmops_dagster.core.generation import strip_citations
+
+    f1, grounded, valid, latency, prompt, completion = [], [], [], [], [], []
+    no_answer = errors = 0
+    for item in items:
+        prediction = pipeline.answer(item.query, mode=mode)
+        generation = prediction.generation
+        texts = [p.text for p in prediction.passages]
+        latency.append(prediction.latency_ms)
+        if generation is not None:
+            prompt.append(generation.usage.prompt_tokens)
+            completion.append(generation.usage.completion_tokens)
+            errors += generation.error is not None
+        if item.answer:  # [n] markers are not words of the answer
+            f1.append(token_f1(strip_citations(prediction.answer) if prediction.found else "", item.answer))
+        if not prediction.found:
+            no_answer += 1
+            continue
+        cited = [texts[n - 1] for n in (generation.cited if generation else ()) if 0 < n <= len(texts)]
+        score = groundedness(prediction.answer, cited or texts)
+        if score is not None:
+            grounded.append(score)
+        validity = citation_validity(prediction.answer, texts)
+        if validity is not None:
+            valid.append(validity)
+
+    def mean(values: list[float]) -> float | None:
+        return float(np.mean(values)) if values else None
+
+    report = {
+        "answer_f1": mean(f1),
+        "answered": float(len(f1)),
+        "groundedness": mean(grounded),
+        "citation_validity": mean(valid),
+        "no_answer_rate": no_answer / len(items),
+        "generation_errors": float(errors),
+        "answer_latency_ms": mean(latency),
+        "prompt_tokens": mean(prompt),
+        "completion_tokens": mean(completion),
+    }
+    return {name: value for name, value in report.items() if value is not None}
+
+
+def answers_grounded(answers: dict[str, float], minimum: float | None, label: str) -> Verdict:
+    """The challenger's answers on the gold questions are grounded in their passages at least
+    ``minimum`` (``evaluation.min_groundedness``; None: reported, not gated)."""
+    value = answers.get("groundedness")
+    metadata: dict[str, float | str] = {"generator": label, **{k: round(v, 4) for k, v in answers.items()}}
+    if minimum is None:
+        shown = f"{value:.3f}" if value is not None else "n/a (no answers)"
+        return Verdict(True, f"groundedness {shown} ({label}); not gated: evaluation.min_groundedness is unset", metadata)
+    metadata["min_groundedness"] = minimum
+    if value is None:
+        return Verdict(False, f"{label} gave no answer to any gold question, so groundedness cannot reach {minimum}", metadata)
+    if value < minimum:
+        return Verdict(False, f"groundedness {value:.3f} < {minimum} ({label})", metadata)
+    return Verdict(True, f"groundedness {value:.3f} ≥ {minimum} ({label})", metadata)
 
 
 def meets_thresholds(metrics: dict[str, float], thresholds: GateSettings) -> Verdict:

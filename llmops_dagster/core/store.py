@@ -103,6 +103,9 @@ EVALUATIONS_SCHEMA = pa.schema(
         pa.field("mrr_at_10", pa.float64()),
         pa.field("ndcg_at_10", pa.float64()),
         pa.field("answer_f1", pa.float64(), metadata={"description": "token F1 against gold answers, where given"}),
+        pa.field("groundedness", pa.float64(), metadata={"description": "share of answers' content found in the passages they cite"}),
+        pa.field("citation_validity", pa.float64(), metadata={"description": "share of [n] citations naming a supporting passage"}),
+        pa.field("no_answer_rate", pa.float64()),
     ]
 )
 
@@ -122,6 +125,11 @@ PREDICTIONS_SCHEMA = pa.schema(
         pa.field("model_alias", pa.string(), metadata={"description": "champion, or challenger when there was none"}),
         pa.field("latency_ms", pa.float64()),
         pa.field("predicted_at", _UTC),
+        pa.field("cited", pa.list_(pa.int32()), metadata={"description": "passage numbers (1-based) the answer cites"}),
+        pa.field("prompt_tokens", pa.int32(), metadata={"description": "the generator's usage, from the endpoint or counted"}),
+        pa.field("completion_tokens", pa.int32()),
+        pa.field("generator", pa.string(), metadata={"description": "JSON: kind, model, parameters, prompt template digest"}),
+        pa.field("error", pa.string(), metadata={"description": "why generation failed, when it did (the question is kept)"}),
     ]
 )
 
@@ -152,7 +160,11 @@ INFERENCE_LOG_SCHEMA = pa.schema(
         pa.field("k", pa.int32()),
         pa.field("question_tokens", pa.int32(), metadata={"description": "the embedding model's tokenizer"}),
         pa.field("answer_tokens", pa.int32()),
-        pa.field("generator", pa.string(), metadata={"description": "what wrote the answer: extractive, transformers:<model>, ..."}),
+        pa.field("generator", pa.string(), metadata={"description": "JSON: kind, model, parameters, prompt template digest"}),
+        pa.field("cited", pa.list_(pa.int32()), metadata={"description": "passage numbers (1-based) the answer cites"}),
+        pa.field("prompt_tokens", pa.int32(), metadata={"description": "the generator's usage, from the endpoint or counted"}),
+        pa.field("completion_tokens", pa.int32()),
+        pa.field("usage_source", pa.string(), metadata={"description": "endpoint: reported by it; counted: counted here"}),
     ]
 )
 
