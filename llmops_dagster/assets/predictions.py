@@ -77,14 +77,24 @@ def batch_predictions(
                 "model_alias": alias,
                 "latency_ms": float(answer["latency_ms"]),
                 "predicted_at": now,
+                # Versions registered before generators were configurable return none of these.
+                "cited": [int(n) for n in answer.get("cited", [])],
+                "prompt_tokens": int(answer.get("prompt_tokens", 0)),
+                "completion_tokens": int(answer.get("completion_tokens", 0)),
+                "generator": answer.get("generator") or "",
+                "error": answer.get("error") or "",
             }
         )
     lance = lancedb.store()
     write = lance.apply(store.PREDICTIONS, store.PREDICTIONS_SCHEMA, "id", pa.Table.from_pylist(rows, store.PREDICTIONS_SCHEMA), [])
     found = sum(1 for row in rows if row["found"])
+    failed = [row for row in rows if row["error"]]
+    for row in failed[:5]:
+        context.log.warning(f"{row['origin']}: {row['error']}")
     summary = (
         f"**{len(rows)}** question(s) answered by **{alias} v{version}** ({status}) on the {engine.engine} engine; "
-        f"{found} with an answer, {len(rows) - found} without; {len(rejected)} line(s) rejected."
+        f"{found} with an answer, {len(rows) - found} without ({len(failed)} of them because generation failed); "
+        f"{len(rejected)} line(s) rejected."
     )
     return dg.MaterializeResult(
         metadata={
@@ -95,6 +105,9 @@ def batch_predictions(
             "model_version": version,
             "validation_status": status,
             "engine": engine.engine,
+            "generation_failures": len(failed),
+            "prompt_tokens": sum(row["prompt_tokens"] for row in rows),
+            "completion_tokens": sum(row["completion_tokens"] for row in rows),
         }
     )
 

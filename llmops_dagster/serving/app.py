@@ -23,7 +23,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from llmops_dagster.core.rag import Prediction, source_label
+from llmops_dagster.core.generation import GenerationStream
+from llmops_dagster.core.index import Passage
+from llmops_dagster.core.rag import Prediction, RagPipeline, source_label
 from llmops_dagster.serving import protocol
 from llmops_dagster.serving.inference_log import InferenceLog, clip
 from llmops_dagster.serving.metrics import Metrics
@@ -34,7 +36,6 @@ OPEN_PATHS = ("/ping", "/health")
 CHAT = "/v1/chat/completions"
 INVOCATIONS = "/invocations"
 SEARCH = "/search"
-STREAM_PIECE_WORDS = 4  # words per streamed chunk
 
 
 @dataclass
@@ -63,6 +64,7 @@ class Exchange:
     served: ServedModel | None = None
     query: Query | None = None
     predictions: list[Prediction] = field(default_factory=list)
+    streaming: tuple[list[Passage], GenerationStream] | None = None  # a streamed chat answer, as it is generated
     error: str | None = None
 
     def headers(self) -> dict[str, str]:
@@ -151,7 +153,10 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] = lambda: Non
             return JSONResponse(body, problem.status, headers=exchange.headers())
         try:
             async with running:  # the rest wait here, in the event loop, without a thread
-                exchange.predictions = await run_in_threadpool(predict, exchange.served, exchange.query, endpoint != SEARCH)
+                if endpoint == CHAT and exchange.query.stream:  # retrieve now; the answer streams as it is generated
+                    exchange.streaming = await run_in_threadpool(start_stream, exchange.served, exchange.query)
+                else:
+                    exchange.predictions = await run_in_threadpool(predict, exchange.served, exchange.query, endpoint != SEARCH)
         except Exception as error:  # the model failed: 500 with the request id, and logged
             exchange.error = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:500]}"
             body = error_body(endpoint, 500, f"the model failed on this request: {exchange.error}", exchange.request_id)
@@ -181,11 +186,9 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] = lambda: Non
     @app.post(CHAT)
     async def chat(request: Request) -> Response:
         def respond(exchange: Exchange) -> Any:
-            completion = chat_completion(exchange)
-            if not exchange.query.stream:
-                return completion
-            finish(exchange, 200, completion)
-            return StreamingResponse(stream_chunks(completion), media_type="text/event-stream", headers=exchange.headers())
+            if exchange.streaming is None:
+                return chat_completion(exchange)
+            return StreamingResponse(live_chunks(exchange, finish), media_type="text/event-stream", headers=exchange.headers())
 
         return await answer(request, CHAT, lambda payload, served: protocol.chat(payload, state.limits), respond)
 
@@ -235,10 +238,18 @@ def predict(served: ServedModel, query: Query, answers: bool = True) -> list[Pre
     return [Prediction(question, "", False, pipeline.retrieve(question, query.k, query.mode)) for question in query.questions]
 
 
+def start_stream(served: ServedModel, query: Query) -> tuple[list[Passage], GenerationStream]:
+    return served.pipeline.stream_answer(query.questions[0], query.k, query.mode)
+
+
 def chat_completion(exchange: Exchange) -> dict[str, Any]:
-    """An OpenAI ``chat.completion``; sources and passages ride in the ``llmops`` field."""
+    """An OpenAI ``chat.completion``; sources and passages ride in the ``llmops`` field. ``usage`` is
+    the generator's (an endpoint's own figures, else counted with its tokenizer)."""
     served, prediction = exchange.served, exchange.predictions[0]
-    prompt_tokens, completion_tokens = served.count_tokens(prediction.question), served.count_tokens(prediction.answer)
+    if prediction.generation is not None:
+        prompt_tokens, completion_tokens = prediction.generation.usage.prompt_tokens, prediction.generation.usage.completion_tokens
+    else:
+        prompt_tokens, completion_tokens = served.count_tokens(prediction.question), served.count_tokens(prediction.answer)
     k, mode = effective(exchange)
     return {
         "id": f"chatcmpl-{exchange.request_id}",
@@ -251,6 +262,9 @@ def chat_completion(exchange: Exchange) -> dict[str, Any]:
             "request_id": exchange.request_id,
             "model_version": served.version,
             "found": prediction.found,
+            "cited": list(prediction.generation.cited) if prediction.generation else [],
+            "generator": prediction.generation.identity if prediction.generation else None,
+            "error": prediction.generation.error if prediction.generation else None,
             "k": k,
             "mode": mode,
             "passages": passages_of(prediction),
@@ -258,20 +272,38 @@ def chat_completion(exchange: Exchange) -> dict[str, Any]:
     }
 
 
-def stream_chunks(completion: dict[str, Any]) -> Iterator[str]:
-    """The completion as server-sent ``chat.completion.chunk`` events: the role, the answer a few
-    words at a time, then the finish reason with usage and the ``llmops`` field, then ``[DONE]``."""
-    base = {"id": completion["id"], "object": "chat.completion.chunk", "created": completion["created"], "model": completion["model"]}
-    text = completion["choices"][0]["message"]["content"]
-    words = text.split(" ")
-    pieces = [" ".join(words[i : i + STREAM_PIECE_WORDS]) + (" " if i + STREAM_PIECE_WORDS < len(words) else "")
-              for i in range(0, len(words), STREAM_PIECE_WORDS)]
-    deltas = [{"role": "assistant", "content": ""}, *({"content": piece} for piece in pieces)]
-    for delta in deltas:
-        yield "data: " + json.dumps({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}, ensure_ascii=False) + "\n\n"
-    last = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": completion["usage"], "llmops": completion["llmops"]}
-    yield "data: " + json.dumps(last, ensure_ascii=False) + "\n\n"
+def live_chunks(exchange: Exchange, finish: Callable[[Exchange, int, Any], None]) -> Iterator[str]:
+    """Server-sent ``chat.completion.chunk`` events as the generator writes: the role, each piece of
+    text, then the finish reason with usage and the ``llmops`` field, then ``[DONE]``. The request is
+    logged when the answer is complete, or when the client leaves before that."""
+    served, question = exchange.served, exchange.query.questions[0]
+    passages, stream = exchange.streaming
+    base = {"id": f"chatcmpl-{exchange.request_id}", "object": "chat.completion.chunk",
+            "created": int(exchange.started_at.timestamp()), "model": f"{served.name}/{served.version}"}
+
+    def event(delta: dict[str, Any], **extra: Any) -> str:
+        chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": extra.pop("finish_reason", None)}], **extra}
+        return "data: " + json.dumps(chunk, ensure_ascii=False) + "\n\n"
+
+    complete = False
+    try:
+        yield event({"role": "assistant", "content": ""})
+        for piece in stream:
+            yield event({"content": piece})
+        complete = True
+    finally:
+        if not complete:  # the client went away: stop generating, and log what there was
+            stream.close()
+            exchange.error = "the client closed the stream before the answer was complete"
+            exchange.predictions = [RagPipeline.prediction(question, passages, stream.result, exchange.started)]
+            finish(exchange, 499, None)
+    exchange.predictions = [RagPipeline.prediction(question, passages, stream.result, exchange.started)]
+    completion = chat_completion(exchange)
+    if stream.result.error:  # the text so far was streamed; the failure rides in llmops.error
+        exchange.error = stream.result.error
+    yield event({}, finish_reason="stop", usage=completion["usage"], llmops=completion["llmops"])
     yield "data: [DONE]\n\n"
+    finish(exchange, 200, completion)
 
 
 def log_row(exchange: Exchange, status: int, response: Any, elapsed_ms: float, field_chars: int) -> dict[str, Any]:
@@ -296,7 +328,7 @@ def log_row(exchange: Exchange, status: int, response: Any, elapsed_ms: float, f
     }
     if exchange.query is not None:
         k, mode = effective(exchange)
-        row.update({"question": exchange.query.questions[0], "k": k, "mode": mode, "generator": served.generator,
+        row.update({"question": exchange.query.questions[0], "k": k, "mode": mode,
                     "question_tokens": served.count_tokens(exchange.query.questions[0])})
     if exchange.predictions:
         first = exchange.predictions[0]
@@ -308,4 +340,13 @@ def log_row(exchange: Exchange, status: int, response: Any, elapsed_ms: float, f
             "scores": [round(p.score, 6) for p in first.passages],
             "answer_tokens": served.count_tokens(first.answer) if exchange.endpoint != SEARCH else None,
         })
+        generation = first.generation
+        if generation is not None and exchange.endpoint != SEARCH:
+            row.update({
+                "generator": json.dumps(generation.identity, sort_keys=True),
+                "cited": list(generation.cited),
+                "prompt_tokens": generation.usage.prompt_tokens,
+                "completion_tokens": generation.usage.completion_tokens,
+                "usage_source": generation.usage.source,
+            })
     return row

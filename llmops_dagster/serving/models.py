@@ -39,8 +39,9 @@ class ServedModel:
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property
-    def generator(self) -> str:
-        return getattr(self.pipeline.generator, "name", type(self.pipeline.generator).__name__)
+    def generator(self) -> dict[str, Any]:
+        """What writes the answers: kind, model, parameters and prompt template digest."""
+        return dict(self.pipeline.generator.identity)
 
     def count_tokens(self, text: str) -> int:
         return len(self.pipeline.encoder.embedder.tokenizer(text, add_special_tokens=False)["input_ids"])
