@@ -32,6 +32,7 @@ from llmops_dagster.core.generation import (
     build_generator,
     cited_numbers,
     file_sha256,
+    gguf_cache_root,
     rough_token_count,
     strip_citations,
 )
@@ -151,9 +152,11 @@ print(json.dumps({**generation.as_json(), "load_s": loaded - started, "generate_
 
 
 @pytest.fixture(scope="module")
-def gguf_answer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    """The GGUF model's answer from a fresh process that converts the file into an empty cache."""
-    cache = tmp_path_factory.mktemp("gguf-cache")
+def gguf_answer() -> tuple[Path, dict[str, Any]]:
+    """The GGUF model's answer from a fresh process, through the machine's conversion cache: the
+    first run on a machine converts the file (a fresh CI machine always does), later ones reuse it,
+    as the server's tests do."""
+    cache = gguf_cache_root()
     command = [sys.executable, "-c", ANSWER_SCRIPT, str(GGUF), str(cache), QUESTION, json.dumps(PASSAGES)]
     run = subprocess.run(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -177,7 +180,7 @@ def test_the_gguf_model_answers_in_a_fresh_process_citing_a_passage(gguf_answer:
         "sha256": digest,
     }
     assert answer["usage_source"] == "counted" and answer["prompt_tokens"] > 100 and 0 < answer["completion_tokens"] <= 48
-    assert [entry.name for entry in cache.iterdir()] == [digest]  # converted once, no scratch folder left
+    assert not [entry for entry in cache.iterdir() if entry.name.startswith(f".{digest[:12]}-")]  # no scratch folder left
     assert (cache / digest / "config.json").is_file() and (cache / digest / "model.safetensors").is_file()
 
 
