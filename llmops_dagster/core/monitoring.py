@@ -135,6 +135,8 @@ class MonitoringConfig:
     drift_bins: int = 10
     drift_min_count: int = 20  # fewer values on either side: drift statistics are null, not noise
     unanswered_distance: float = 0.3  # cosine distance under which unanswered questions group
+    start: date = date(2026, 1, 1)  # the first window a backfill can pick (Dagster partitions need a start)
+    retrain_on_drift: bool = False  # drift at ERROR here starts the training environment's ingest job, once per episode
 
     def __post_init__(self) -> None:
         parse_window(self.window)
@@ -169,7 +171,18 @@ class MonitoringConfig:
         """The settings' ``monitoring:`` section. ``thresholds`` override the defaults metric by metric;
         a metric set to null drops its default. Bad values raise ValueError naming the setting."""
         raw = dict(raw or {})
-        known = {"window", "reference", "out_of_corpus_floor", "thresholds", "plot_windows", "drift_bins", "drift_min_count", "unanswered_distance"}
+        known = {
+            "window",
+            "reference",
+            "out_of_corpus_floor",
+            "thresholds",
+            "plot_windows",
+            "drift_bins",
+            "drift_min_count",
+            "unanswered_distance",
+            "start",
+            "retrain_on_drift",
+        }
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f"monitoring: unknown setting(s) {unknown}; known: {sorted(known)}")
@@ -189,7 +202,32 @@ class MonitoringConfig:
                 values[name] = _number(raw[name], f"monitoring.{name}", kind)
         if "thresholds" in raw:
             values["thresholds"] = _parse_thresholds(raw["thresholds"])
+        if "start" in raw:
+            values["start"] = as_utc(raw["start"], "monitoring.start").date()
+        if "retrain_on_drift" in raw:
+            if not isinstance(raw["retrain_on_drift"], bool):
+                raise ValueError(f"monitoring.retrain_on_drift: true or false, got {raw['retrain_on_drift']!r}")
+            values["retrain_on_drift"] = raw["retrain_on_drift"]
         return cls(**values)
+
+
+def partition_schedule(window: str | timedelta) -> tuple[str, str]:
+    """(cron schedule, partition key format) of the Dagster time partitions whose boundaries are the
+    epoch-aligned windows: minutes dividing an hour, hours dividing a day, a day, or a week (the
+    epoch began on a Thursday, so weeks start on Thursdays). Other lengths have no cron schedule."""
+    length = parse_window(window) if isinstance(window, str) else window
+    minutes = int(length.total_seconds() // 60)
+    if minutes < 60 and 60 % minutes == 0:
+        return ("* * * * *" if minutes == 1 else f"*/{minutes} * * * *"), "%Y-%m-%d-%H:%M"
+    if minutes % 60 == 0 and minutes < 1440 and 1440 % minutes == 0:
+        return ("0 * * * *" if minutes == 60 else f"0 */{minutes // 60} * * *"), "%Y-%m-%d-%H:%M"
+    if minutes == 1440:
+        return "0 0 * * *", "%Y-%m-%d"
+    if minutes == 10080:
+        return "0 0 * * 4", "%Y-%m-%d"
+    raise ValueError(
+        f"monitoring.window: {window!r} cannot be a partition schedule; use minutes that divide an hour, hours that divide a day, 1d or 1w"
+    )
 
 
 def parse_window(window: str) -> timedelta:
@@ -900,6 +938,20 @@ class CheckOutcome(NamedTuple):
 def check_names(config: MonitoringConfig) -> list[str]:
     """The names ``evaluate_thresholds`` reports, known before any data: what the asset declares."""
     return [name for name, _, _ in _bound_thresholds(config)]
+
+
+def check_thresholds(config: MonitoringConfig) -> dict[str, Threshold]:
+    """Check name (as ``check_names`` gives it) → the threshold it judges."""
+    return {name: threshold for name, threshold, _ in _bound_thresholds(config)}
+
+
+RETRIEVAL_DRIFT_METRICS = ("out_of_corpus_rate", "query_drift")
+
+
+def is_drift_check(name: str) -> bool:
+    """Whether a check of ``check_names`` judges drift: a drift statistic of a column, the
+    out-of-corpus rate or the query drift (the rest judge quality and errors)."""
+    return name in RETRIEVAL_DRIFT_METRICS or name.endswith(DRIFT_STATISTICS)
 
 
 def _bound_thresholds(config: MonitoringConfig) -> list[tuple[str, Threshold, tuple[str, str] | None]]:
