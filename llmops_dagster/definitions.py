@@ -7,10 +7,13 @@ import warnings
 import dagster as dg
 
 from llmops_dagster.assets import stage_modules
+from llmops_dagster.assets.monitoring import build_monitor_job, build_monitoring_assets, monitoring_partitions
 from llmops_dagster.core.runtime import offline
 from llmops_dagster.jobs import operator_jobs
 from llmops_dagster.resources import build_resources
+from llmops_dagster.resources.monitoring import drift_watch_for
 from llmops_dagster.sensors import build_champion_sensor, build_inference_log_sensor, build_new_documents_sensor, build_upstream_sensor
+from llmops_dagster.sensors.monitoring import build_new_requests_sensor, build_retrain_sensor
 from llmops_dagster.settings import EnvSettings, load_settings
 from llmops_dagster.tags import ENV_TAG
 
@@ -34,12 +37,15 @@ def build_defs(env: str | EnvSettings) -> dg.Definitions:
     definitions = environment_assets(settings)
     assets = [d for d in definitions if not isinstance(d, dg.AssetChecksDefinition)]
     checks = [d for d in definitions if isinstance(d, dg.AssetChecksDefinition)]
+    # Partitioned by window and built from the monitoring settings: outside the ingest and adopt jobs.
+    monitoring = build_monitoring_assets(settings.name, settings.monitoring)
+    monitored = dg.AssetSelection.assets(*monitoring)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dagster-mlflow's hook is marked beta
         from dagster_mlflow import end_mlflow_on_run_finished
     ingest_job = dg.define_asset_job(
         INGEST_JOB,
-        selection=dg.AssetSelection.all(),
+        selection=dg.AssetSelection.all() - monitored,
         description=(
             f"Landing zone → documents → chunks → embeddings → vector index → trained embedding model → "
             f"RAG model (challenger) → evaluation → batch predictions ({settings.name})"
@@ -47,17 +53,24 @@ def build_defs(env: str | EnvSettings) -> dg.Definitions:
         tags={ENV_TAG: settings.name},
         hooks={end_mlflow_on_run_finished},
     )
-    jobs = [ingest_job, *operator_jobs(settings.name, settings.promotion.requires_approval)]
+    monitor_job = build_monitor_job(settings.name, settings.monitoring)
+    jobs = [ingest_job, monitor_job, *operator_jobs(settings.name, settings.promotion.requires_approval)]
     interval = settings.sensor_interval_seconds
     sensors = [
         build_new_documents_sensor(INGEST_JOB, interval),
         build_champion_sensor(settings.name, settings.promotion.requires_approval, interval),
         build_inference_log_sensor(settings.name, interval),
+        build_new_requests_sensor(settings.name, monitor_job.name, monitoring_partitions(settings.monitoring), interval),
     ]
+    resources = build_resources(settings)
+    if settings.promotion.source is None:
+        drift_watch = drift_watch_for(settings.name)
+        resources["drift_watch"] = drift_watch
+        sensors.append(build_retrain_sensor(INGEST_JOB, sorted(drift_watch.environments), interval))
     if settings.promotion.source:
         adopt_job = dg.define_asset_job(
             ADOPT_JOB,
-            selection=dg.AssetSelection.assets(dg.AssetKey([settings.name, "rag_model"])).downstream(),
+            selection=dg.AssetSelection.assets(dg.AssetKey([settings.name, "rag_model"])).downstream() - monitored,
             description=f"Copy {settings.promotion.source}'s champion here and evaluate it on {settings.name}'s data",
             tags={ENV_TAG: settings.name},
             hooks={end_mlflow_on_run_finished},
@@ -65,11 +78,11 @@ def build_defs(env: str | EnvSettings) -> dg.Definitions:
         jobs.append(adopt_job)
         sensors.append(build_upstream_sensor(ADOPT_JOB, interval))
     return dg.Definitions(
-        assets=assets,
+        assets=[*assets, *monitoring],
         asset_checks=checks,
         jobs=jobs,
         sensors=sensors,
-        resources=build_resources(settings),
+        resources=resources,
         # One process: the embedding model and torch are loaded once per run, not once per step.
         executor=dg.in_process_executor,
         metadata={
