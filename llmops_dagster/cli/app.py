@@ -8,6 +8,7 @@ import sys
 from typing import NoReturn
 
 from llmops_dagster.cli.common import EXIT_USAGE, UserError, positive
+from llmops_dagster.cli.monitor import cmd_monitor, window_span
 from llmops_dagster.cli.promotion import cmd_approve, cmd_rollback
 from llmops_dagster.cli.query import cmd_ask, cmd_predict, cmd_search
 from llmops_dagster.cli.run import cmd_run, cmd_tick
@@ -75,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--env", required=True, choices=ENVIRONMENTS)
     rollback.add_argument("--to", type=positive, help="a version that was champion before")
     rollback.set_defaults(handler=cmd_rollback)
+
+    monitor = commands.add_parser("monitor", help="the monitoring summary of the latest windows: metrics, drift, failing checks")
+    monitor.add_argument("--env", required=True, choices=ENVIRONMENTS)
+    monitor.add_argument("--window", type=window_span, help="how far back, e.g. 7d (default: one monitoring window)")
+    monitor.add_argument("--json", action="store_true")
+    monitor.set_defaults(handler=cmd_monitor)
 
     status = commands.add_parser("status", help="champion and challenger of each environment, their checks and what is pending")
     status.add_argument("--env", choices=ENVIRONMENTS)

@@ -18,12 +18,23 @@ def describe(client, settings: EnvSettings) -> dict:
             "adopts_from": settings.promotion.source, **state}
 
 
+def monitoring_state(settings: EnvSettings) -> dict:
+    """The drift state and failing checks of the environment's latest monitored window with requests."""
+    from llmops_dagster.core import monitoring_table
+
+    try:
+        lance = monitoring_table.open_existing(settings.lancedb_uri)
+        return monitoring_table.drift_state(monitoring_table.read_rows(lance) if lance else [])
+    except Exception as error:  # the table is unreadable: say so, the rest of the status still shows
+        return {"state": "unreadable", "error": (str(error).splitlines() or [""])[0], "failing": []}
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     envs = [args.env] if args.env else list(ENVIRONMENTS)
     states = []
     for env in envs:
         settings = settings_for(argparse.Namespace(env=env))
-        states.append(promotion_call(describe, registry_client(settings), settings))
+        states.append({**promotion_call(describe, registry_client(settings), settings), "monitoring": monitoring_state(settings)})
     if args.json:
         print(json.dumps(states, indent=2))
         return 0
@@ -43,6 +54,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  {alias:<10} v{info['version']} {info['validation_status']}" + (f" ({metrics})" if metrics else "")
                   + "".join(f"; {e}" for e in extra if e))
         print(f"  pending    {state['pending']}")
+        watch = state["monitoring"]
+        if watch.get("window_start"):
+            print(f"  drift      {watch['state']} in {watch['window_start']} ({watch['requests']} requests)")
+            for failing in watch["failing"]:
+                print(f"  failing    {failing}")
+        else:
+            print(f"  drift      {'no monitored window with requests yet' if watch['state'] == 'NO_DATA' else watch.get('error', watch['state'])}")
         for entry in state.get("history", [])[-3:]:
             print(f"  history    {entry['at']} {entry['action']} v{entry['previous'] or '-'} → v{entry['version']} by {entry['actor']}")
     return 0
