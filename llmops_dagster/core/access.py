@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,13 @@ READ, MANAGE = "READ", "MANAGE"
 EXPERIMENT, REGISTERED_MODEL = "experiment", "registered_model"
 USERNAME_ENV, PASSWORD_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
 _ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# The basic-auth app's REST routes (mlflow.server.auth.routes). Called directly rather than through
+# AuthServiceClient, whose import loads the whole tracking server (Flask, FastAPI): seconds per command.
+_CREATE_USER = "/api/2.0/mlflow/users/create"
+_GET_USER = "/api/2.0/mlflow/users/get"
+_GRANT_USER_PERMISSION = "/api/3.0/mlflow/users/permissions/grant"
+_LIST_ROLE_PERMISSIONS = "/api/3.0/mlflow/roles/permissions/list"
+_UPDATE_ROLE_PERMISSION = "/api/3.0/mlflow/roles/permissions/update"
 _LIST_USER_PERMISSIONS = "/api/3.0/mlflow/users/permissions/list"
 _LIST_CURRENT_USER_PERMISSIONS = "/api/3.0/mlflow/users/current/permissions"
 _SYNTHETIC_ROLE = re.compile(r"^__user_\d+__$")  # the per-user role that grant/revoke write to
@@ -85,6 +93,65 @@ class AccessPolicy:
         return rows
 
 
+def _account(raw: Any, setting: str) -> Account:
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{setting} must be a mapping with username and password_env, got {raw!r}")
+    unknown = sorted(set(raw) - {"username", "password_env"})
+    if unknown:
+        raise ValueError(f"unknown {setting} setting(s) {unknown}")
+    username, password_env = raw.get("username"), raw.get("password_env")
+    if not isinstance(username, str) or not username.strip():
+        raise ValueError(f"{setting}.username must be a non-empty string, got {username!r}")
+    if not isinstance(password_env, str) or not _ENV_VAR.match(password_env):
+        raise ValueError(f"{setting}.password_env must name an environment variable (not hold the password), got {password_env!r}")
+    return Account(username, password_env)
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """The ``auth:`` section of an environment: the accounts of an MLflow tracking server with basic
+    authentication. The service account is the one Dagster and the CLI act as; ``admin`` is needed
+    only to apply the policy (``llmops access``)."""
+
+    service: Account
+    readers: tuple[Account, ...] = ()
+    admin: Account | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "readers", tuple(self.readers))
+        names = [self.service.username, *(reader.username for reader in self.readers)]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"auth: an account may hold one role only: {', '.join(duplicates)}")
+        if self.admin is not None and self.admin.username in names[1:]:
+            raise ValueError(f"auth: admin '{self.admin.username}' cannot be a reader; admins bypass permissions")
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any] | None) -> AuthConfig | None:
+        """Parse the section as it appears in environments.yaml (None: no authentication); errors name the setting."""
+        if raw is None:
+            return None
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"auth must be a mapping, got {raw!r}")
+        unknown = sorted(set(raw) - {"service", "readers", "admin"})
+        if unknown:
+            raise ValueError(f"unknown auth setting(s) {unknown}")
+        if raw.get("service") is None:
+            raise ValueError("auth.service is required: the account Dagster and the CLI act as")
+        readers = raw.get("readers") or []
+        if not isinstance(readers, list):
+            raise ValueError(f"auth.readers must be a list of accounts, got {readers!r}")
+        admin = raw.get("admin")
+        return cls(
+            service=_account(raw["service"], "auth.service"),
+            readers=tuple(_account(reader, f"auth.readers[{index}]") for index, reader in enumerate(readers)),
+            admin=None if admin is None else _account(admin, "auth.admin"),
+        )
+
+    def policy(self, experiment: str, registered_model: str, artifact_location: str | None = None) -> AccessPolicy:
+        return AccessPolicy(self.service, self.readers, experiment, registered_model, artifact_location)
+
+
 @dataclass
 class PolicyReport:
     """What one application of the policy changed; empty lists mean it was already in place."""
@@ -118,16 +185,22 @@ class _Rest:
         response = verify_rest_response(http_request(self.creds, endpoint, method, **kwargs), endpoint, expected_status=expected_status)
         return response.json() if response.status_code != 204 and response.content else {}
 
-    def auth_client(self) -> Any:
-        from mlflow.server.auth.client import AuthServiceClient
+    # What apply_policy needs of the admin API, with this account's credentials (not the environment's).
+    def get_user(self, username: str) -> dict[str, Any]:
+        return self.call(_GET_USER, params={"username": username})["user"]
 
-        rest = self
+    def create_user(self, username: str, password: str) -> None:
+        self.call(_CREATE_USER, "POST", json={"username": username, "password": password})
 
-        class _Client(AuthServiceClient):
-            def _request(self, endpoint: str, method: str, *, expected_status: int = 200, **kwargs: Any) -> dict[str, Any]:
-                return rest.call(endpoint, method, expected_status, **kwargs)  # the admin's credentials, not the environment's
+    def grant_user_permission(self, username: str, resource_type: str, resource_id: str, permission: str) -> None:
+        grant = {"username": username, "resource_type": resource_type, "resource_id": resource_id, "permission": permission}
+        self.call(_GRANT_USER_PERMISSION, "POST", json=grant)
 
-        return _Client(self.tracking_uri)
+    def list_role_permissions(self, role_id: int) -> list[dict[str, Any]]:
+        return self.call(_LIST_ROLE_PERMISSIONS, params={"role_id": str(role_id)})["role_permissions"]
+
+    def update_role_permission(self, role_permission_id: int, permission: str) -> None:
+        self.call(_UPDATE_ROLE_PERMISSION, "PATCH", json={"role_permission_id": role_permission_id, "permission": permission})
 
     def tracking_store(self) -> Any:
         from mlflow.store.tracking.rest_store import RestStore
@@ -144,7 +217,7 @@ def _error_code(error: BaseException) -> str | None:
     return getattr(error, "error_code", None)
 
 
-def _ensure_user(auth: Any, account: Account, reader: bool, report: PolicyReport) -> None:
+def _ensure_user(auth: _Rest, account: Account, reader: bool, report: PolicyReport) -> None:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -155,7 +228,7 @@ def _ensure_user(auth: Any, account: Account, reader: bool, report: PolicyReport
         auth.create_user(account.username, account.password())
         report.created_users.append(account.username)
         return
-    if reader and user.is_admin:
+    if reader and user.get("is_admin"):
         # An admin passes every permission check, so READ would not limit it.
         raise AccessError(f"reader '{account.username}' is an admin of the tracking server; admins bypass permissions")
 
@@ -193,7 +266,7 @@ def _direct_grants(rest: _Rest, username: str) -> dict[tuple[str, str], tuple[in
     }
 
 
-def _set_grant(auth: Any, grant: tuple[str, str, str, str], existing: dict, report: PolicyReport, label: str) -> None:
+def _set_grant(auth: _Rest, grant: tuple[str, str, str, str], existing: dict, report: PolicyReport, label: str) -> None:
     username, resource_type, resource_id, permission = grant
     current = existing.get((resource_type, resource_id))
     if current is None:
@@ -201,8 +274,9 @@ def _set_grant(auth: Any, grant: tuple[str, str, str, str], existing: dict, repo
         report.grants.append(f"granted {permission} on {label} to '{username}'")
     elif current[1] != permission:
         role_id, held = current
-        row = next(p for p in auth.list_role_permissions(role_id) if p.resource_type == resource_type and p.resource_pattern == resource_id)
-        auth.update_role_permission(row.id, permission)
+        rows = auth.list_role_permissions(role_id)
+        row = next(r for r in rows if r["resource_type"] == resource_type and r["resource_pattern"] == resource_id)
+        auth.update_role_permission(row["id"], permission)
         report.grants.append(f"changed '{username}' on {label} from {held} to {permission}")
 
 
@@ -214,11 +288,10 @@ def apply_policy(tracking_uri: str, policy: AccessPolicy, admin: Account) -> Pol
     set to exactly what the policy says (a reader that held MANAGE is brought down to READ).
     """
     rest = _Rest(tracking_uri, admin)
-    auth = rest.auth_client()
     report = PolicyReport()
-    _ensure_user(auth, policy.service, False, report)
+    _ensure_user(rest, policy.service, False, report)
     for reader in policy.readers:
-        _ensure_user(auth, reader, True, report)
+        _ensure_user(rest, reader, True, report)
     experiment_id = _ensure_experiment(rest, policy, report)
     _ensure_registered_model(rest, policy, report)
     labels = {EXPERIMENT: f"experiment '{policy.experiment}'", REGISTERED_MODEL: f"registered model '{policy.registered_model}'"}
@@ -227,7 +300,7 @@ def apply_policy(tracking_uri: str, policy: AccessPolicy, admin: Account) -> Pol
         username = grant[0]
         if username not in existing:
             existing[username] = _direct_grants(rest, username)
-        _set_grant(auth, grant, existing[username], report, labels[grant[1]])
+        _set_grant(rest, grant, existing[username], report, labels[grant[1]])
     return report
 
 
@@ -243,6 +316,7 @@ class Action:
     resource: str  # the experiment or registered model name
     account: str | None = None  # None: MLFLOW_TRACKING_USERNAME
     held: str | None = None  # the permission the account holds there, when known
+    password_env: str | None = None  # where the account's password came from; None: MLFLOW_TRACKING_PASSWORD
 
     def describe(self) -> str:
         noun = "experiment" if self.resource_type == EXPERIMENT else "model"
@@ -265,6 +339,10 @@ class Action:
         return cls(f"set tag '{tag}' on version {version} of", REGISTERED_MODEL, model, **kwargs)
 
     @classmethod
+    def approve_version(cls, model: str, version: str, **kwargs: Any) -> Action:
+        return cls(f"approve version {version} of", REGISTERED_MODEL, model, **kwargs)
+
+    @classmethod
     def read_model(cls, model: str, **kwargs: Any) -> Action:
         return cls("read", REGISTERED_MODEL, model, **kwargs)
 
@@ -284,11 +362,12 @@ def explain_denied(error: BaseException, action: Action | str) -> str:
     what = action if isinstance(action, str) else action.describe()
     held = None if isinstance(action, str) else action.held
     account = (None if isinstance(action, str) else action.account) or os.environ.get(USERNAME_ENV)
+    password_env = (None if isinstance(action, str) else action.password_env) or PASSWORD_ENV
     code = _error_code(error)
     if code == "UNAUTHENTICATED":
         if not account:
             return f"cannot {what}: the tracking server needs credentials; set {USERNAME_ENV} and {PASSWORD_ENV}"
-        return f"cannot {what}: the tracking server did not accept the password of account '{account}' (check {PASSWORD_ENV})"
+        return f"cannot {what}: the tracking server did not accept the password of account '{account}' (check {password_env})"
     if code == "PERMISSION_DENIED":
         who = f"account '{account}'" if account else "this account"
         reason = f"it has {held}" if held else "the tracking server denied it"
