@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 from copy import deepcopy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from llmops_dagster.core.access import AuthConfig
+from llmops_dagster.core.bundle import UNITY_CATALOG_REGISTRY, BundleEnvironment, DatabricksConfig, target_names
 from llmops_dagster.core.chunking import ChunkConfig
 from llmops_dagster.core.embedding import EmbedderConfig
 from llmops_dagster.core.evaluation import GateSettings
@@ -25,6 +27,7 @@ from llmops_dagster.core.training import TrainingConfig
 
 ENVIRONMENTS = ("test", "staging", "prod")
 ENGINES = ("local", "spark")
+COMPUTES = ("local", "databricks")  # where the heavy steps (Pipes entry points) run
 DEFAULT_HOME = ".llmops"
 PACKAGE_ROOT = Path(__file__).resolve().parent
 DEFAULT_DECLARATION = PACKAGE_ROOT.parent / "environments.yaml"
@@ -139,6 +142,9 @@ class EnvSettings:
     serving: ServingSettings
     monitoring: MonitoringConfig = MonitoringConfig()
     upstream_model: str | None = None  # the registered model of promotion.source, from the same declaration
+    compute: str = "local"
+    databricks: DatabricksConfig = field(default_factory=DatabricksConfig)
+    auth: AuthConfig | None = None  # the accounts of an MLflow tracking server with basic auth; None: no auth
 
     def with_landing(self, landing: Path) -> EnvSettings:
         return replace(self, landing=landing.resolve())
@@ -206,6 +212,9 @@ def load_settings(env: str, declaration: Path | None = None, _adopting: tuple[st
     engine = raw.pop("engine", "local")
     if engine not in ENGINES:
         raise SettingsError(f"environment '{env}': engine must be one of {', '.join(ENGINES)}, got '{engine}'")
+    compute = raw.pop("compute", "local")
+    if compute not in COMPUTES:
+        raise SettingsError(f"environment '{env}': compute must be one of {', '.join(COMPUTES)}, got '{compute}'")
     spark_master = raw.pop("spark_master", "local[*]")
     spark_remote = raw.pop("spark_remote", None)
     interval = raw.pop("sensor_interval_seconds", 30)
@@ -228,6 +237,11 @@ def load_settings(env: str, declaration: Path | None = None, _adopting: tuple[st
         parsed["monitoring"] = MonitoringConfig.from_mapping(raw.pop("monitoring", {}) or {})
     except ValueError as error:  # its messages name the setting (monitoring.window, ...)
         raise SettingsError(f"environment '{env}': {error}") from None
+    try:
+        databricks = DatabricksConfig.from_mapping(raw.pop("databricks", None))
+        auth = AuthConfig.from_mapping(raw.pop("auth", None))
+    except ValueError as error:  # these name the setting too (databricks.catalog, auth.service, ...)
+        raise SettingsError(f"environment '{env}': {error}") from None
     if parsed["promotion"].source == env:
         raise SettingsError(f"environment '{env}': promotion.source cannot be the environment itself")
     parsed["mlflow"] = replace(
@@ -236,6 +250,7 @@ def load_settings(env: str, declaration: Path | None = None, _adopting: tuple[st
     )
     if raw:
         raise SettingsError(f"environment '{env}': unknown setting(s) {sorted(raw)} in {path}")
+    _check_databricks_names(env, compute, parsed["mlflow"], databricks)
     source = parsed["promotion"].source
     if source in _adopting:
         raise SettingsError(f"promotion sources form a cycle: {' → '.join((*_adopting, env, source))}")
@@ -251,5 +266,20 @@ def load_settings(env: str, declaration: Path | None = None, _adopting: tuple[st
         spark_master=spark_master,
         spark_remote=spark_remote,
         sensor_interval_seconds=interval,
+        compute=compute,
+        databricks=databricks,
+        auth=auth,
         **parsed,
     )
+
+
+def _check_databricks_names(env: str, compute: str, mlflow: MlflowSettings, databricks: DatabricksConfig) -> None:
+    """Where the model lives in Unity Catalog (or the jobs run on Databricks), refuse at load the
+    names Databricks would refuse at deploy: the same check the bundle makes."""
+    if mlflow.registry_uri != UNITY_CATALOG_REGISTRY and compute != "databricks":
+        return
+    try:
+        target_names(BundleEnvironment(env, mlflow.experiment, mlflow.registered_model, mlflow.registry_uri, databricks))
+    except ValueError as error:
+        message = str(error)
+        raise SettingsError(message if message.startswith(f"environment '{env}'") else f"environment '{env}': {message}") from None

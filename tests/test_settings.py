@@ -81,3 +81,86 @@ def test_the_upstream_model_comes_from_the_same_declaration(tmp_path: Path, llmo
     cycle = declare(tmp_path, "environments:\n  test:\n    promotion:\n      source: staging\n  staging:\n    promotion:\n      source: test\n")
     with pytest.raises(SettingsError, match="cycle: test → staging → test"):
         load_settings("test", cycle)
+
+
+def test_compute_is_declared_per_environment(tmp_path: Path, llmops_home: Path) -> None:
+    declaration = declare(tmp_path, "environments:\n  test: {}\n  staging:\n    compute: databricks\n  prod:\n    compute: gpu\n")
+    assert load_settings("test", declaration).compute == "local"
+    assert load_settings("staging", declaration).compute == "databricks"
+    with pytest.raises(SettingsError, match="environment 'prod': compute must be one of local, databricks, got 'gpu'"):
+        load_settings("prod", declaration)
+    assert {load_settings(env).compute for env in ENVIRONMENTS} == {"local"}  # the repository's declaration
+
+
+def test_databricks_section_is_parsed_and_checked(tmp_path: Path, llmops_home: Path) -> None:
+    declaration = declare(
+        tmp_path,
+        "defaults:\n  databricks:\n    profile: llmops\n    cluster: {node_type_id: i3.xlarge, spark_version: 15.4.x-scala2.12}\n"
+        "environments:\n  test: {}\n  prod:\n    databricks: {volume: 'bad.volume'}\n  staging:\n    databricks: {bogus: 1}\n",
+    )
+    test = load_settings("test", declaration)
+    assert test.databricks.profile == "llmops" and not test.databricks.cluster.serverless
+    with pytest.raises(SettingsError, match=r"environment 'prod': databricks.volume must be one Unity Catalog name"):
+        load_settings("prod", declaration)
+    with pytest.raises(SettingsError, match=r"environment 'staging': unknown databricks setting\(s\) \['bogus'\]"):
+        load_settings("staging", declaration)
+
+
+def test_unity_catalog_model_names_are_refused_at_load(tmp_path: Path, llmops_home: Path) -> None:
+    unity = declare(
+        tmp_path,
+        "defaults:\n  mlflow:\n    registry_uri: databricks-uc\n    registered_model: 'rag_model_{env}'\n"
+        "environments:\n  test: {}\n  prod:\n    mlflow: {registered_model: 'ml.llmops_prod.rag_model'}\n",
+    )
+    message = "environment 'test': mlflow.registered_model 'rag_model_test' must be catalog.schema.model when mlflow.registry_uri is databricks-uc"
+    with pytest.raises(SettingsError, match=message):
+        load_settings("test", unity)
+    assert load_settings("prod", unity).mlflow.registered_model == "ml.llmops_prod.rag_model"
+    # Jobs on Databricks need Unity Catalog names too: a plain name needs databricks.catalog and schema.
+    jobs = declare(
+        tmp_path,
+        "defaults:\n  compute: databricks\n  mlflow:\n    registered_model: rag_model\n"
+        "environments:\n  test: {}\n  prod:\n    databricks: {catalog: ml, schema: llmops_prod}\n",
+    )
+    with pytest.raises(SettingsError, match="environment 'test': .* set databricks.catalog and databricks.schema"):
+        load_settings("test", jobs)
+    assert load_settings("prod", jobs).compute == "databricks"
+    # A catalog.schema.model name that contradicts databricks.catalog is refused as well.
+    mismatch = declare(tmp_path, "defaults:\n  mlflow: {registry_uri: databricks-uc}\n  databricks: {catalog: main}\nenvironments:\n  test: {}\n")
+    with pytest.raises(SettingsError, match="is in catalog 'test' but databricks.catalog is 'main'"):
+        load_settings("test", mismatch)
+
+
+def test_auth_section_names_accounts_and_password_variables(tmp_path: Path, llmops_home: Path) -> None:
+    accounts = (
+        "    service: {username: llmops-service, password_env: LLMOPS_SERVICE_PASSWORD}\n"
+        "    readers: [{username: users, password_env: LLMOPS_USERS_PASSWORD}]\n"
+        "    admin: {username: admin, password_env: MLFLOW_AUTH_ADMIN_PASSWORD}\n"
+    )
+    declaration = declare(tmp_path, f"defaults:\n  auth:\n{accounts}environments:\n  test: {{}}\n  prod:\n    auth: null\n")
+    auth = load_settings("test", declaration).auth
+    assert (auth.service.username, auth.service.password_env) == ("llmops-service", "LLMOPS_SERVICE_PASSWORD")
+    assert [reader.username for reader in auth.readers] == ["users"] and auth.admin.username == "admin"
+    policy = auth.policy("llmops-test", "test.llmops.rag_model")
+    assert policy.grants("7") == [
+        ("llmops-service", "experiment", "7", "MANAGE"),
+        ("llmops-service", "registered_model", "test.llmops.rag_model", "MANAGE"),
+        ("users", "experiment", "7", "READ"),
+        ("users", "registered_model", "test.llmops.rag_model", "READ"),
+    ]
+    assert load_settings("prod", declaration).auth is None
+    assert {load_settings(env).auth for env in ENVIRONMENTS} == {None}  # the repository declares none
+
+    service = "service: {username: s, password_env: A}"
+    refusals = {
+        "auth.service is required": "auth: {readers: []}",
+        r"unknown auth.service setting\(s\) \['password'\]": "auth: {service: {username: s, password_env: S_PASSWORD, password: hunter2}}",
+        r"auth.readers\[0\].password_env must name an environment variable": f"auth: {{{service}, readers: [{{username: r, password_env: 'a b'}}]}}",
+        "an account may hold one role only: s": f"auth: {{{service}, readers: [{{username: s, password_env: B}}]}}",
+        "admin 'r' cannot be a reader": f"auth: {{{service}, readers: [{{username: r, password_env: B}}], admin: {{username: r, password_env: C}}}}",
+        r"unknown auth setting\(s\) \['users'\]": f"auth: {{{service}, users: []}}",
+    }
+    for message, section in refusals.items():
+        refused = declare(tmp_path, f"defaults:\n  {section}\nenvironments:\n  test: {{}}\n")
+        with pytest.raises(SettingsError, match=f"environment 'test': .*{message}"):
+            load_settings("test", refused)

@@ -181,10 +181,7 @@ class BundleEnvironment:
 
     @classmethod
     def from_settings(cls, settings: EnvSettings, databricks: DatabricksConfig | None = None) -> BundleEnvironment:
-        # settings.databricks is the environment's `databricks:` section once settings.py carries it.
-        configured = databricks or getattr(settings, "databricks", None) or DatabricksConfig()
-        if isinstance(configured, Mapping):
-            configured = DatabricksConfig.from_mapping(configured)
+        configured = databricks or settings.databricks  # the environment's `databricks:` section
         return cls(settings.name, settings.mlflow.experiment, settings.mlflow.registered_model, settings.mlflow.registry_uri, configured)
 
 
