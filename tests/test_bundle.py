@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llmops_dagster.cli.app import main
 from llmops_dagster.core.bundle import (
     INFERENCE_JOB,
     MODEL_KEY,
@@ -26,7 +27,7 @@ from llmops_dagster.core.bundle import (
 )
 from llmops_dagster.settings import load_settings
 
-from helpers import REPO
+from helpers import REPO, llmops
 
 DECLARATION = REPO / "environments.yaml"
 
@@ -215,3 +216,43 @@ def test_target_resources_lay_the_target_over_the_top_level() -> None:
     assert target_resources(document, "test") == {"jobs": {"a": {"name": "top", "max_concurrent_runs": 1}}}
     with pytest.raises(ValueError, match="no target 'qa'"):
         target_resources(document, "qa")
+
+
+def test_committed_bundle_is_the_generated_one(tmp_path: Path) -> None:
+    """databricks.yml in the repository is what `llmops bundle` makes of environments.yaml: edit the
+    declaration without regenerating (or edit the bundle by hand) and this fails."""
+    check = llmops("bundle", "--check", home=tmp_path / "home", timeout=120, extra_env={"LLMOPS_ENVIRONMENTS": str(DECLARATION)})
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "databricks.yml is up to date with" in check.stdout and "(targets: test, staging, prod)" in check.stdout
+
+
+def test_bundle_command_writes_and_reports_an_edited_file(
+    tmp_path: Path, llmops_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("LLMOPS_ENVIRONMENTS", str(DECLARATION))
+    monkeypatch.chdir(tmp_path / "..")  # paths are shown relative to the working directory when under it
+    written = tmp_path / "bundle" / "databricks.yml"
+    assert main(["bundle", "--out", str(written)]) == 0
+    assert written.read_text() == (REPO / "databricks.yml").read_text()
+    assert main(["bundle", "--check", "--out", str(written)]) == 0
+    capsys.readouterr()
+
+    written.write_text(written.read_text().replace("- EXECUTE", "- ALL_PRIVILEGES", 1).replace("group_name: users", "group_name: admins", 1))
+    assert main(["bundle", "--check", "--out", str(written)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{written.relative_to(tmp_path.parent)} differs from the bundle generated from {DECLARATION}:"
+    assert out[1:] == [
+        "  targets.test.resources.experiments.rag_experiment.permissions[0].group_name: committed 'admins', generated 'users'",
+        "  targets.test.resources.registered_models.rag_model.grants[0].privileges[0]: committed 'ALL_PRIVILEGES', generated 'EXECUTE'",
+        "regenerate it with `llmops bundle` and commit it",
+    ]
+    assert main(["bundle", "--check", "--out", str(tmp_path / "missing.yml")]) == 1
+    assert "does not exist: write it with `llmops bundle`" in capsys.readouterr().out
+
+    # A declaration Databricks would refuse: one line, exit 2, and nothing written.
+    unity = _declaration(tmp_path, {"test": {}}, {"registry_uri": "databricks-uc", "registered_model": "rag_model_{env}"})
+    monkeypatch.setenv("LLMOPS_ENVIRONMENTS", str(unity))
+    assert main(["bundle"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "llmops: error: environment 'test': mlflow.registered_model 'rag_model_test' must be catalog.schema.model" in err
+    assert not (tmp_path / "databricks.yml").exists()

@@ -7,6 +7,7 @@ import os
 import sys
 from typing import NoReturn
 
+from llmops_dagster.cli.bundle import cmd_bundle
 from llmops_dagster.cli.common import EXIT_USAGE, UserError, positive
 from llmops_dagster.cli.monitor import cmd_monitor, window_span
 from llmops_dagster.cli.promotion import cmd_approve, cmd_rollback
@@ -82,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument("--window", type=window_span, help="how far back, e.g. 7d (default: one monitoring window)")
     monitor.add_argument("--json", action="store_true")
     monitor.set_defaults(handler=cmd_monitor)
+
+    bundle = commands.add_parser("bundle", help="write databricks.yml from environments.yaml (--check: compare the committed one)")
+    bundle.add_argument("--check", action="store_true", help="print how the file differs from a fresh render; exit 1 if it does")
+    bundle.add_argument("--out", help="the bundle file (default: databricks.yml beside environments.yaml)")
+    bundle.set_defaults(handler=cmd_bundle)
 
     status = commands.add_parser("status", help="champion and challenger of each environment, their checks and what is pending")
     status.add_argument("--env", choices=ENVIRONMENTS)
