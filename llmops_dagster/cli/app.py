@@ -7,6 +7,7 @@ import os
 import sys
 from typing import NoReturn
 
+from llmops_dagster.cli.access import cmd_access
 from llmops_dagster.cli.bundle import cmd_bundle
 from llmops_dagster.cli.common import EXIT_USAGE, UserError, positive
 from llmops_dagster.cli.monitor import cmd_monitor, window_span
@@ -88,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.add_argument("--check", action="store_true", help="print how the file differs from a fresh render; exit 1 if it does")
     bundle.add_argument("--out", help="the bundle file (default: databricks.yml beside environments.yaml)")
     bundle.set_defaults(handler=cmd_bundle)
+
+    access = commands.add_parser("access", help="apply the environment's auth: policy to its MLflow tracking server (basic auth)")
+    access.add_argument("--env", required=True, choices=ENVIRONMENTS)
+    access.set_defaults(handler=cmd_access)
 
     status = commands.add_parser("status", help="champion and challenger of each environment, their checks and what is pending")
     status.add_argument("--env", choices=ENVIRONMENTS)
