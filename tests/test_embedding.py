@@ -284,3 +284,35 @@ def test_int8_weights_cannot_saturate_the_u8s8_kernel() -> None:
     assert quantized.dtype == np.int8 and scales.shape == (8,)
     assert np.abs(quantized.astype(np.int32)).max() == quantization.WEIGHT_LEVELS
     assert 2 * 255 * quantization.WEIGHT_LEVELS < 2**15
+
+
+def test_tokens_are_counted_from_any_thread_while_the_model_encodes(fp32: Embedder) -> None:
+    """The server counts tokens on request threads while its model thread encodes padded batches;
+    counting on the very tokenizer the batches use failed with 'Unable to create tensor' under load."""
+    import threading
+
+    texts = [("word " * n).strip() for n in range(1, 40)]
+    expected = [fp32.count_tokens(text) for text in texts]
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def count() -> None:
+        while not stop.is_set():
+            try:
+                assert [fp32.count_tokens(text) for text in texts] == expected
+            except BaseException as error:  # noqa: BLE001 (reported below)
+                failures.append(error)
+                return
+
+    counters = [threading.Thread(target=count) for _ in range(2)]
+    for thread in counters:
+        thread.start()
+    try:
+        for _ in range(15):
+            fp32.encode(texts)
+    finally:
+        stop.set()
+        for thread in counters:
+            thread.join()
+    assert not failures, failures[0]
+    assert expected == list(range(1, 40))

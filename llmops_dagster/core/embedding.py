@@ -7,8 +7,10 @@ batches, so the same function serves the local engine and Spark's ``mapInArrow``
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import threading
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -138,6 +140,7 @@ class Embedder:
         if self.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device")
         self.tokenizer, self.max_tokens = load_tokenizer(str(self.model_path))
+        self._counter, self._counter_lock = copy.deepcopy(self.tokenizer), threading.Lock()
         self.model = AutoModel.from_pretrained(str(self.model_path)).eval().to(self.device)
         self.dimension = int(self.model.config.hidden_size)
         self.int8_session = None
@@ -145,6 +148,13 @@ class Embedder:
         self.precision = self._pick_precision(config.precision)
         if self.precision == "int8":
             self.int8_session = self._int8_session()
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` by the model's tokenizer, without special tokens; safe from any thread.
+        A batch call sets padding and truncation on the tokenizer it uses, so a count made meanwhile
+        on that same tokenizer can fail (seen as 500s under concurrent load): counts use a copy."""
+        with self._counter_lock:
+            return len(self._counter.encode(text, add_special_tokens=False))
 
     def _pick_precision(self, asked: str) -> str:
         import torch

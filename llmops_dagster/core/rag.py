@@ -172,7 +172,7 @@ class RagPipeline:
         never load a local model or reach an endpoint."""
         if self._generator is None:
             embedder = self.encoder.embedder
-            self._generator = build_generator(self.config.generator, embedder.encode, embedder.tokenizer, self.config.answer_config())
+            self._generator = build_generator(self.config.generator, embedder.encode, embedder.count_tokens, self.config.answer_config())
         return self._generator
 
     def variant(self, encoder: Any = None, config: RagConfig | None = None, memo: dict | None = None) -> RagPipeline:

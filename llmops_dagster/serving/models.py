@@ -44,7 +44,7 @@ class ServedModel:
         return dict(self.pipeline.generator.identity)
 
     def count_tokens(self, text: str) -> int:
-        return len(self.pipeline.encoder.embedder.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self.pipeline.encoder.embedder.count_tokens(text)
 
     def describe(self) -> dict[str, Any]:
         return {
