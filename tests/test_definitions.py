@@ -28,6 +28,7 @@ CHECKS = {
     ("evaluation", "meets_thresholds"),
     ("evaluation", "no_worse_than_champion"),
     ("evaluation", "beats_naive_baseline"),
+    ("evaluation", "answers_grounded"),
     ("evaluation", "no_navigation_in_top_results"),
     ("batch_predictions", "one_row_per_question"),
     *(("monitoring", name) for name in check_names(MonitoringConfig())),  # one per threshold, WARN or ERROR by severity
@@ -35,6 +36,7 @@ CHECKS = {
 BLOCKING = {
     "no_files_lost", "chunks_well_formed", "every_document_chunked", "vectors_valid", "index_matches_chunks", "ann_recall",
     "model_loads_and_answers", "signature_valid", "meets_thresholds", "no_worse_than_champion", "beats_naive_baseline",
+    "answers_grounded",
 }
 
 
@@ -107,7 +109,7 @@ def test_resources_carry_every_setting_of_a_custom_declaration(tmp_path, llmops_
         "    chunking: {chunk_tokens: 120, context_template: '{title}'}\n"
         "    index: {ann_min_rows: 10, nprobes: 4}\n"
         "    training: {epochs: 2, seed: 7}\n"
-        "    rag: {k: 3, mode: text, generator_model: null}\n"
+        "    rag: {k: 3, mode: text, generator: {kind: extractive}}\n"
         "    evaluation: {min_recall_at_5: 0.7}\n"
         "    mlflow: {experiment: 'custom-{env}'}\n"
     )
