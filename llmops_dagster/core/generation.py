@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from llmops_dagster.core.answer import NO_ANSWER, AnswerConfig, CachedEncode, Encode, extractive_answer
+from llmops_dagster.core.landing import file_sha256
 from llmops_dagster.core.metrics import normalize_answer
 
 KINDS = ("extractive", "local", "openai")
@@ -417,14 +418,6 @@ class ExtractiveGenerator(_Generator):
         vectors = self.encode(["Is the embedding model there?"])
         if len(vectors) != 1:
             raise GeneratorUnavailableError("the embedding model behind the extractive generator returned no vector")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def gguf_cache_root() -> Path:
