@@ -1,27 +1,15 @@
 """batch_predictions: answers to the landing zone's questions, by the champion (or the challenger)."""
 
-from datetime import UTC, datetime
-
 import dagster as dg
-import pyarrow as pa
 
 from llmops_dagster.assets._metadata import table_metadata
 from llmops_dagster.assets.model_registry import RAG_MODEL
-from llmops_dagster.core import registry as model_registry
 from llmops_dagster.core import store
 from llmops_dagster.resources import ComputeEngineResource, LanceDBResource, LandingZoneResource, RegistryResource
+from llmops_dagster.resources.compute import PipesComputeResource
 
 BATCH_PREDICTIONS = dg.AssetKey("batch_predictions")
 ONE_ROW_PER_QUESTION = "one_row_per_question"
-
-
-def serving_version(registry: RegistryResource) -> tuple[str, str, str]:
-    """(alias, version, validation status) of the model that should answer: champion, else challenger."""
-    serving = model_registry.serving_version(registry.client(), registry.registered_model)
-    if serving is None:
-        raise dg.Failure(f"{registry.registered_model} has neither a champion nor a challenger; materialize rag_model first")
-    alias, version = serving
-    return alias, str(version.version), version.tags.get(model_registry.VALIDATION_STATUS, model_registry.PENDING)
 
 
 @dg.asset(key=BATCH_PREDICTIONS, deps=[RAG_MODEL], group_name="predictions", kinds={"mlflow", "lancedb"})
@@ -31,83 +19,41 @@ def batch_predictions(
     lancedb: LanceDBResource,
     registry: RegistryResource,
     engine: ComputeEngineResource,
+    compute: PipesComputeResource,
 ) -> dg.MaterializeResult:
     """Answers, passages and sources for every question in the landing zone's ``questions/*.jsonl``,
     produced by the ``champion`` (or by the ``challenger`` while there is no champion).
 
-    With the Spark engine the model runs as ``mlflow.pyfunc.spark_udf``; otherwise in process.
-    Rows are appended per run and keyed by run and question, so re-running a run adds nothing twice.
+    With the Spark engine the model runs as ``mlflow.pyfunc.spark_udf``; otherwise in process. With
+    ``compute: databricks`` the step runs as a Databricks job (the ``llmops-pipes-predict`` entry
+    point, through Dagster Pipes). Rows are keyed by run and question, so re-running a run adds
+    nothing twice.
     """
-    from llmops_dagster.core.questions import landing_questions
-    from llmops_dagster.core.rag_model import predict_local, predict_spark
+    if compute.on_databricks:
+        return compute.run(context, "predict", extras={"landing": str(landing.root)}).get_materialize_result()
+    from llmops_dagster.core.batch import NoServingModel, predict_batch
 
-    questions, rejected = landing_questions(landing.root)
-    for problem in rejected:
-        context.log.warning(f"question skipped: {problem}")
-    alias, version, status = serving_version(registry)
-    name = registry.registered_model
-    uri = f"models:/{name}/{version}"
-    context.log.info(f"answering {len(questions)} question(s) with {alias} v{version} ({status}) on the {engine.engine} engine")
-    texts = [q.question for q in questions]
-    if not texts:
-        answers = None
-    elif engine.engine == "spark":
-        from llmops_dagster.core.spark import spark_session
-
-        answers = predict_spark(spark_session(engine.spark_master, engine.spark_remote), uri, texts, lancedb.uri)
-    else:
-        answers = predict_local(uri, texts, lancedb.uri)
-    now = datetime.now(UTC)
-    rows = []
-    for position, question in enumerate(questions):
-        answer = answers.iloc[position]
-        rows.append(
-            {
-                "id": store.row_id(context.run_id, question.origin),
-                "dagster_run_id": context.run_id,
-                "origin": question.origin,
-                "question": question.question,
-                "answer": answer["answer"],
-                "found": bool(answer["found"]),
-                "passages": list(answer["passages"]),
-                "sources": list(answer["sources"]),
-                "scores": [float(s) for s in answer["scores"]],
-                "model_name": name,
-                "model_version": version,
-                "model_alias": alias,
-                "latency_ms": float(answer["latency_ms"]),
-                "predicted_at": now,
-                # Versions registered before generators were configurable return none of these.
-                "cited": [int(n) for n in answer.get("cited", [])],
-                "prompt_tokens": int(answer.get("prompt_tokens", 0)),
-                "completion_tokens": int(answer.get("completion_tokens", 0)),
-                "generator": answer.get("generator") or "",
-                "error": answer.get("error") or "",
-            }
-        )
     lance = lancedb.store()
-    write = lance.apply(store.PREDICTIONS, store.PREDICTIONS_SCHEMA, "id", pa.Table.from_pylist(rows, store.PREDICTIONS_SCHEMA), [])
-    found = sum(1 for row in rows if row["found"])
-    failed = [row for row in rows if row["error"]]
-    for row in failed[:5]:
-        context.log.warning(f"{row['origin']}: {row['error']}")
-    summary = (
-        f"**{len(rows)}** question(s) answered by **{alias} v{version}** ({status}) on the {engine.engine} engine; "
-        f"{found} with an answer, {len(rows) - found} without ({len(failed)} of them because generation failed); "
-        f"{len(rejected)} line(s) rejected."
-    )
+    try:
+        result = predict_batch(
+            context.run_id,
+            landing.root,
+            lance,
+            registry.client(),
+            registry.registered_model,
+            engine=engine.engine,
+            spark_master=engine.spark_master,
+            spark_remote=engine.spark_remote,
+            log=context.log.info,
+            warn=context.log.warning,
+        )
+    except NoServingModel as error:
+        raise dg.Failure(str(error)) from None
+    metadata = result.metadata()
     return dg.MaterializeResult(
         metadata={
-            **table_metadata(store.PREDICTIONS_SCHEMA, lance.count(store.PREDICTIONS), write.version, lance.uri, store.PREDICTIONS, summary),
-            "questions_this_run": len(rows),
-            "rejected_lines": len(rejected),
-            "model_alias": alias,
-            "model_version": version,
-            "validation_status": status,
-            "engine": engine.engine,
-            "generation_failures": len(failed),
-            "prompt_tokens": sum(row["prompt_tokens"] for row in rows),
-            "completion_tokens": sum(row["completion_tokens"] for row in rows),
+            **metadata,
+            **table_metadata(store.PREDICTIONS_SCHEMA, result.total_rows, result.write.version, lance.uri, store.PREDICTIONS, result.summary()),
         }
     )
 

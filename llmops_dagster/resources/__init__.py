@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmops_dagster.resources.compute import PipesComputeResource, compute_resource
 from llmops_dagster.resources.indexing import ChunkerResource, ComputeEngineResource, EmbedderResource, VectorIndexResource
 from llmops_dagster.resources.model_settings import EvaluationResource, RagResource, TrainingResource
 from llmops_dagster.resources.registry import RegistryResource, UpstreamRegistryResource, mlflow_run_resource
@@ -22,6 +23,7 @@ __all__ = [
     "EvaluationResource",
     "LanceDBResource",
     "LandingZoneResource",
+    "PipesComputeResource",
     "RagResource",
     "RegistryResource",
     "SettingsSection",
@@ -61,6 +63,7 @@ def settings_resources(settings: EnvSettings) -> dict[str, Any]:
         "rag": RagResource(rag=section(settings.rag)),
         "evaluation": EvaluationResource(evaluation=section(settings.evaluation)),
         "registry": RegistryResource(mlflow=section(settings.mlflow)),
+        "compute": compute_resource(settings),
     }
     if settings.promotion.source and settings.upstream_model:
         resources["upstream"] = UpstreamRegistryResource(env=settings.promotion.source, registered_model=settings.upstream_model)

@@ -1,0 +1,195 @@
+"""Where the heavy steps run as Dagster Pipes processes (``compute`` setting).
+
+``local``: a subprocess (``python -m llmops_dagster.pipes.<step> --env ENV``) under
+``dg.PipesSubprocessClient``. ``databricks``: a one-off job run of the wheel's entry point
+(``llmops-pipes-<step>``) under dagster-databricks' ``PipesDatabricksServerlessClient``, or
+``PipesDatabricksClient`` when ``databricks.cluster`` describes a classic cluster. Context and
+messages go through the environment's Unity Catalog volume in both cases: some workspaces disable
+the DBFS root.
+
+Credentials come from the variables ``databricks.host_env`` / ``databricks.token_env`` name (read
+through ``dg.EnvVar``) or from a ``~/.databrickscfg`` profile. They are checked once, before
+anything is submitted, and never appear in logs, metadata or errors.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import dagster as dg
+
+from llmops_dagster.core.bundle import WHEEL_PACKAGE, pipes_entry_point, pipes_module
+
+if TYPE_CHECKING:
+    from databricks.sdk import WorkspaceClient
+
+    from llmops_dagster.settings import EnvSettings
+
+TASK_KEY_PREFIX = "llmops"
+ENVIRONMENT_KEY = "default"
+
+
+class DatabricksCredentialsError(dg.Failure):
+    """The workspace cannot be reached with the configured credentials; raised before any submission."""
+
+
+class PipesComputeResource(dg.ConfigurableResource):
+    """Runs a Pipes entry point of this package for one environment, where ``compute`` says."""
+
+    env: str
+    compute: str = "local"
+    # Databricks: the NAMES of the variables that hold the credentials, never their values.
+    host_env: str = "DATABRICKS_HOST"
+    token_env: str = "DATABRICKS_TOKEN"
+    profile: str | None = None
+    volume_path: str | None = None  # /Volumes/catalog/schema/volume: Pipes context and messages
+    wheel: str | None = None  # the wheel the task installs; default: <volume_path>/wheels/<this version's wheel>
+    environment_version: str = "2"
+    spark_version: str | None = None  # with node_type_id: a classic job cluster instead of serverless
+    node_type_id: str | None = None
+    num_workers: int = 1
+    poll_interval_seconds: float = 5.0
+    message_interval_seconds: float = 10.0
+
+    @property
+    def on_databricks(self) -> bool:
+        return self.compute == "databricks"
+
+    @property
+    def serverless(self) -> bool:
+        return self.node_type_id is None
+
+    # ---- local -------------------------------------------------------------------------------
+
+    def command(self, step: str) -> list[str]:
+        return [sys.executable, "-m", pipes_module(step), "--env", self.env]
+
+    # ---- Databricks --------------------------------------------------------------------------
+
+    def wheel_path(self) -> str:
+        if self.wheel:
+            return self.wheel
+        from importlib.metadata import version
+
+        return f"{self.volume_path}/wheels/{WHEEL_PACKAGE}-{version('llmops-dagster')}-py3-none-any.whl"
+
+    def task(self, step: str) -> dict[str, Any]:
+        """The submitted task: the wheel's entry point with ``--env``, on serverless or a new cluster."""
+        task: dict[str, Any] = {
+            "task_key": f"{TASK_KEY_PREFIX}_{step}",
+            "python_wheel_task": {"package_name": WHEEL_PACKAGE, "entry_point": pipes_entry_point(step), "parameters": ["--env", self.env]},
+        }
+        if self.serverless:
+            task["environment_key"] = ENVIRONMENT_KEY
+        else:
+            task["new_cluster"] = {"spark_version": self.spark_version, "node_type_id": self.node_type_id, "num_workers": self.num_workers}
+            task["libraries"] = [{"whl": self.wheel_path()}]
+        return task
+
+    def submit_args(self, step: str) -> dict[str, Any]:
+        args: dict[str, Any] = {"run_name": f"llmops {self.env} {step}"}
+        if self.serverless:
+            from databricks.sdk.service import compute, jobs
+
+            spec = compute.Environment(environment_version=self.environment_version, dependencies=[self.wheel_path()])
+            args["environments"] = [jobs.JobEnvironment(environment_key=ENVIRONMENT_KEY, spec=spec)]
+        return args
+
+    def workspace_client(self) -> WorkspaceClient:
+        """A client whose credentials were checked against the workspace (one call: who am I).
+
+        Every failure is one ``DatabricksCredentialsError`` that names the variables or profile to
+        fix, never their values, and nothing has been submitted when it is raised.
+        """
+        from databricks.sdk import WorkspaceClient
+
+        where = f"profile '{self.profile}'" if self.profile else f"{self.host_env} and {self.token_env}"
+        if self.profile:
+            kwargs: dict[str, Any] = {"profile": self.profile}
+        else:
+            host = dg.EnvVar(self.host_env).get_value()
+            token = dg.EnvVar(self.token_env).get_value()
+            missing = [name for name, value in ((self.host_env, host), (self.token_env, token)) if not value]
+            if missing:
+                raise DatabricksCredentialsError(
+                    f"environment '{self.env}' runs its steps on Databricks (compute: databricks), but "
+                    f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set; set {where}, "
+                    f"or databricks.profile in environments.yaml. Nothing was submitted."
+                )
+            kwargs = {"host": host, "token": token, "auth_type": "pat"}
+        try:
+            client = WorkspaceClient(**kwargs)
+            client.current_user.me()
+        except Exception as error:  # noqa: BLE001 - any failure here means: fix the credentials
+            reason = _without_secrets(f"{type(error).__name__}: {error}", kwargs)
+            raise DatabricksCredentialsError(
+                f"environment '{self.env}': the Databricks workspace refused the credentials from {where} ({reason}). "
+                f"Nothing was submitted."
+            ) from None
+        return client
+
+    def pipes_client(self, client: WorkspaceClient) -> dg.PipesClient:
+        from dagster_databricks.pipes import (
+            PipesDatabricksClient,
+            PipesDatabricksServerlessClient,
+            PipesUnityCatalogVolumesContextInjector,
+            PipesUnityCatalogVolumesMessageReader,
+        )
+
+        if not self.volume_path:
+            raise dg.Failure(f"environment '{self.env}': no Unity Catalog volume for Pipes messages (databricks.volume)")
+        injector = PipesUnityCatalogVolumesContextInjector(client=client, volume_path=self.volume_path)
+        reader = PipesUnityCatalogVolumesMessageReader(client=client, volume_path=self.volume_path, interval=self.message_interval_seconds)
+        if self.serverless:
+            return PipesDatabricksServerlessClient(
+                client, self.volume_path, context_injector=injector, message_reader=reader, poll_interval_seconds=self.poll_interval_seconds
+            )
+        return PipesDatabricksClient(client, context_injector=injector, message_reader=reader, poll_interval_seconds=self.poll_interval_seconds)
+
+    # ---- both --------------------------------------------------------------------------------
+
+    def run(
+        self, context: dg.AssetExecutionContext, step: str, extras: Mapping[str, Any] | None = None
+    ) -> dg.PipesClientCompletedInvocation:
+        """Run ``step`` for this environment and return what it reported."""
+        if not self.on_databricks:
+            context.log.info(f"running {pipes_module(step)} for {self.env} in a subprocess (Dagster Pipes)")
+            return dg.PipesSubprocessClient().run(context=context, command=self.command(step), extras=dict(extras or {}))
+        from databricks.sdk.service import jobs
+
+        client = self.workspace_client()
+        kind = "serverless" if self.serverless else f"a new {self.node_type_id} cluster"
+        context.log.info(f"submitting {pipes_entry_point(step)} for {self.env} to Databricks ({kind}), messages via {self.volume_path}")
+        return self.pipes_client(client).run(
+            context=context, extras=dict(extras or {}), task=jobs.SubmitTask.from_dict(self.task(step)), submit_args=self.submit_args(step)
+        )
+
+
+def _without_secrets(text: str, kwargs: Mapping[str, Any]) -> str:
+    token = kwargs.get("token")
+    text = text.replace(token, "***") if token else text
+    return text[:300]
+
+
+def compute_resource(settings: EnvSettings) -> PipesComputeResource:
+    """The environment's compute, from its ``compute`` and ``databricks`` settings."""
+    config = settings.databricks
+    volume_path = None
+    if settings.compute == "databricks":
+        from llmops_dagster.core.bundle import BundleEnvironment, target_names
+
+        volume_path = target_names(BundleEnvironment.from_settings(settings)).volume_path
+    return PipesComputeResource(
+        env=settings.name,
+        compute=settings.compute,
+        host_env=config.host_env,
+        token_env=config.token_env,
+        profile=config.profile,
+        volume_path=volume_path,
+        environment_version=config.cluster.environment_version,
+        spark_version=config.cluster.spark_version,
+        node_type_id=config.cluster.node_type_id,
+        num_workers=config.cluster.num_workers,
+    )
