@@ -1,0 +1,217 @@
+"""A stand-in for a Databricks workspace's REST API on 127.0.0.1, for ``WorkspaceClient(host=...)``.
+
+It answers the calls dagster-databricks' Pipes clients really make (databricks-sdk 0.60): who am I
+(the credential check), ``/api/2.2/jobs/runs/submit|get|cancel`` and the Files API on volumes
+(``/api/2.0/fs/files|directories``). A submitted run does what a real run of a Pipes entry point
+does to the volume: it reads the injected context and writes message chunks (``1.json``, ...)
+into the messages folder, then ends as the scenario says (success, failure, or running until it
+is cancelled).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+from dagster_pipes import (
+    DAGSTER_PIPES_CONTEXT_ENV_VAR,
+    DAGSTER_PIPES_MESSAGES_ENV_VAR,
+    PIPES_PROTOCOL_VERSION,
+    PIPES_PROTOCOL_VERSION_FIELD,
+    decode_param,
+)
+
+SUCCEED, FAIL, HANG = "succeed", "fail", "hang"
+FAILURE_MESSAGE = "Workload failed, see run output for details"
+REMOTE_ERROR = "RuntimeError: CUDA out of memory while answering question 7"
+
+
+def _message(method: str, params: dict[str, Any] | None) -> str:
+    return json.dumps({PIPES_PROTOCOL_VERSION_FIELD: PIPES_PROTOCOL_VERSION, "method": method, "params": params})
+
+
+@dataclass
+class Run:
+    run_id: int
+    submission: dict[str, Any]
+    scenario: str
+    polls: int = 0
+    state: str = "PENDING"
+    result: str | None = None
+    message: str = ""
+
+
+@dataclass
+class Workspace:
+    token: str
+    scenario: str = SUCCEED
+    metadata: dict[str, Any] = field(default_factory=lambda: {"dagster/row_count": 11, "table_version": 4})
+    files: dict[str, bytes] = field(default_factory=dict)
+    directories: set[str] = field(default_factory=set)
+    runs: dict[int, Run] = field(default_factory=dict)
+    cancelled: list[int] = field(default_factory=list)
+    requests: list[tuple[str, str]] = field(default_factory=list)
+    contexts: list[dict[str, Any]] = field(default_factory=list)  # what each run read from the volume
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def submissions(self) -> list[dict[str, Any]]:
+        return [run.submission for run in self.runs.values()]
+
+    # ---- what a run does ---------------------------------------------------------------------
+
+    def _bootstrap(self, submission: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        task = submission["tasks"][0]
+        if "python_wheel_task" in task and "--dagster-pipes-context" in task["python_wheel_task"].get("parameters", []):
+            args = task["python_wheel_task"]["parameters"]
+            return decode_param(args[args.index("--dagster-pipes-context") + 1]), decode_param(args[args.index("--dagster-pipes-messages") + 1])
+        env = task["new_cluster"]["spark_env_vars"]
+        return decode_param(env[DAGSTER_PIPES_CONTEXT_ENV_VAR]), decode_param(env[DAGSTER_PIPES_MESSAGES_ENV_VAR])
+
+    def _play(self, run: Run) -> None:
+        """What the entry point writes to the volume while it runs."""
+        context_params, message_params = self._bootstrap(run.submission)
+        context = json.loads(self.files[context_params["path"]])
+        self.contexts.append(context)
+        folder = message_params["path"]
+        lines = [_message("opened", {}), _message("log", {"message": "answering 11 question(s) with champion v1", "level": "INFO"})]
+        if run.scenario == SUCCEED:
+            metadata = {k: {"raw_value": v, "type": "__infer__"} for k, v in self.metadata.items()}
+            asset_key = context["asset_keys"][0] if context.get("asset_keys") else None
+            lines.append(_message("report_asset_materialization", {"asset_key": asset_key, "metadata": metadata, "data_version": None}))
+            lines.append(_message("closed", {}))
+        elif run.scenario == FAIL:
+            lines.append(_message("log", {"message": "Traceback (most recent call last): ...", "level": "ERROR"}))
+            error = {"name": "RuntimeError", "message": REMOTE_ERROR, "stack": ["  File predict.py, line 20\n"], "cause": None, "context": None}
+            lines.append(_message("closed", {"exception": error}))
+        if run.scenario != HANG:
+            self.files[f"{folder}/1.json"] = ("\n".join(lines) + "\n").encode()
+
+    def poll(self, run_id: int) -> Run:
+        with self.lock:
+            run = self.runs[run_id]
+            run.polls += 1
+            if run.state == "PENDING":
+                run.state = "RUNNING"
+                self._play(run)
+            elif run.state == "RUNNING" and run.scenario != HANG:
+                run.state, run.result = "TERMINATED", "SUCCESS" if run.scenario == SUCCEED else "FAILED"
+                run.message = "" if run.scenario == SUCCEED else FAILURE_MESSAGE
+            elif run.state == "TERMINATING":
+                run.state = "TERMINATED"
+            return run
+
+    def cancel(self, run_id: int) -> None:
+        with self.lock:
+            self.cancelled.append(run_id)
+            run = self.runs[run_id]
+            run.state, run.result, run.message = "TERMINATING", "CANCELED", "Run cancelled by the user"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    workspace: Workspace
+
+    def log_message(self, *args: Any) -> None:  # quiet
+        pass
+
+    def _reply(self, status: int, body: Any = None, raw: bytes | None = None) -> None:
+        data = raw if raw is not None else json.dumps(body if body is not None else {}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream" if raw is not None else "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, code: str, message: str) -> None:
+        self._reply(status, {"error_code": code, "message": message})
+
+    def _body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _handle(self, method: str) -> None:
+        ws = self.workspace
+        url = urlparse(self.path)
+        path, query = unquote(url.path), parse_qs(url.query)
+        ws.requests.append((method, path))
+        if self.headers.get("Authorization") != f"Bearer {ws.token}":
+            self._body()
+            return self._error(401, "UNAUTHENTICATED", "Invalid access token.")
+        if path == "/api/2.0/preview/scim/v2/Me":
+            return self._reply(200, {"userName": "dagster@example.com", "id": "1"})
+        if path == "/api/2.2/jobs/runs/submit" and method == "POST":
+            submission = json.loads(self._body())
+            with ws.lock:
+                run_id = 1000 + len(ws.runs)
+                ws.runs[run_id] = Run(run_id, submission, ws.scenario)
+            return self._reply(200, {"run_id": run_id})
+        if path == "/api/2.2/jobs/runs/get":
+            run = ws.poll(int(query["run_id"][0]))
+            state = {"life_cycle_state": run.state, "state_message": run.message}
+            if run.result:
+                state["result_state"] = run.result
+            return self._reply(200, {"run_id": run.run_id, "state": state, "run_page_url": f"http://workspace/#job/run/{run.run_id}"})
+        if path == "/api/2.2/jobs/runs/cancel" and method == "POST":
+            ws.cancel(int(json.loads(self._body())["run_id"]))
+            return self._reply(200, {})
+        if path.startswith("/api/2.0/fs/directories"):
+            folder = path.removeprefix("/api/2.0/fs/directories").rstrip("/")
+            if method == "PUT":
+                ws.directories.add(folder)
+                return self._reply(200, {})
+            if method == "DELETE":
+                ws.directories.discard(folder)
+                return self._reply(200, {})
+            if folder not in ws.directories:
+                return self._error(404, "NOT_FOUND", f"{folder} does not exist")
+            names = sorted(p.removeprefix(folder + "/") for p in ws.files if p.startswith(folder + "/"))
+            return self._reply(200, {"contents": [{"path": f"{folder}/{n}", "name": n, "is_directory": False} for n in names if "/" not in n]})
+        if path.startswith("/api/2.0/fs/files"):
+            file = path.removeprefix("/api/2.0/fs/files")
+            if method == "PUT":
+                ws.files[file] = self._body()
+                return self._reply(200, {})
+            if method == "DELETE":
+                ws.files.pop(file, None)
+                return self._reply(200, {})
+            if file not in ws.files:
+                return self._error(404, "NOT_FOUND", f"{file} does not exist")
+            return self._reply(200, raw=ws.files[file])
+        self._error(404, "ENDPOINT_NOT_FOUND", f"no such endpoint {method} {path}")
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+    def do_HEAD(self) -> None:
+        self._handle("HEAD")
+
+
+class WorkspaceServer:
+    """``with WorkspaceServer(token) as server:`` serves ``server.workspace`` at ``server.host``."""
+
+    def __init__(self, token: str, scenario: str = SUCCEED) -> None:
+        self.workspace = Workspace(token=token, scenario=scenario)
+        handler = type("Handler", (_Handler,), {"workspace": self.workspace})
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.host = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> WorkspaceServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

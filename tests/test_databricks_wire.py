@@ -1,0 +1,152 @@
+"""``compute: databricks`` up to the HTTP wire: the real batch_predictions asset, the real
+dagster-databricks Pipes clients and databricks-sdk, against a stand-in workspace on 127.0.0.1
+(tests/databricks_workspace.py). No live workspace is involved."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from databricks_workspace import FAIL, FAILURE_MESSAGE, HANG, REMOTE_ERROR, WorkspaceServer
+
+from llmops_dagster.assets.predictions import batch_predictions
+from llmops_dagster.core import store
+from llmops_dagster.resources import settings_resources
+from llmops_dagster.resources.compute import PipesComputeResource
+from llmops_dagster.settings import load_settings
+
+TOKEN = "dapi-wire-test-token-7c6b5a4d"
+VOLUME = "/Volumes/test/llmops/pipes"
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    scenario = getattr(request, "param", "succeed")
+    with WorkspaceServer(TOKEN, scenario) as running:
+        monkeypatch.setenv("DATABRICKS_HOST", running.host)
+        monkeypatch.setenv("DATABRICKS_TOKEN", TOKEN)
+        yield running
+
+
+def databricks_compute(**overrides) -> PipesComputeResource:
+    values = {"env": "test", "compute": "databricks", "volume_path": VOLUME, "poll_interval_seconds": 0.05, "message_interval_seconds": 0.05}
+    return PipesComputeResource(**{**values, **overrides})
+
+
+def materialize(llmops_home: Path, compute: PipesComputeResource, instance: dg.DagsterInstance | None = None) -> dg.ExecuteInProcessResult:
+    resources = {**settings_resources(load_settings("test")), "compute": compute}
+    return dg.materialize([batch_predictions], resources=resources, instance=instance or dg.DagsterInstance.ephemeral(), raise_on_error=False)
+
+
+def nothing_written(llmops_home: Path) -> None:
+    settings = load_settings("test")
+    assert store.LanceStore(settings.lancedb_uri).count(store.PREDICTIONS) == 0
+    from llmops_dagster.core import registry
+
+    client = registry.configure(settings.mlflow.tracking_uri, settings.mlflow.registry_uri)
+    assert client.search_registered_models() == []
+
+
+def test_serverless_run_submits_the_wheel_task_and_receives_the_materialization(llmops_home: Path, server: WorkspaceServer) -> None:
+    result = materialize(llmops_home, databricks_compute())
+    assert result.success
+    metadata = result.asset_materializations_for_node("batch_predictions")[0].metadata
+    assert metadata["dagster/row_count"].value == 11 and metadata["table_version"].value == 4
+
+    [submission] = server.workspace.submissions
+    assert submission["run_name"] == "llmops test predict"
+    [task] = submission["tasks"]
+    wheel = task["python_wheel_task"]
+    assert wheel["package_name"] == "llmops_dagster" and wheel["entry_point"] == "llmops-pipes-predict"
+    assert wheel["parameters"][:2] == ["--env", "test"]
+    assert {"--dagster-pipes-context", "--dagster-pipes-messages"} <= set(wheel["parameters"])
+    assert task["environment_key"] == "default" and "new_cluster" not in task
+    [environment] = submission["environments"]
+    assert environment["environment_key"] == "default" and environment["spec"]["environment_version"] == "2"
+    assert environment["spec"]["dependencies"][0].startswith(f"{VOLUME}/wheels/llmops_dagster-")
+    # The context went through the volume (not DBFS), with the landing zone as an extra; temp folders are cleaned up.
+    [context] = server.workspace.contexts
+    assert context["extras"]["landing"] == str(load_settings("test").landing)
+    assert context["asset_keys"] == ["batch_predictions"]
+    assert not any(path.startswith("/api/2.0/dbfs") for _, path in server.workspace.requests)
+    assert not server.workspace.files and not server.workspace.directories
+    assert TOKEN not in json.dumps(submission)
+
+
+def test_a_classic_cluster_gets_a_new_cluster_with_the_wheel_and_env_var_bootstrap(llmops_home: Path, server: WorkspaceServer) -> None:
+    compute = databricks_compute(spark_version="15.4.x-scala2.12", node_type_id="Standard_DS3_v2", num_workers=2)
+    assert materialize(llmops_home, compute).success
+    [submission] = server.workspace.submissions
+    [task] = submission["tasks"]
+    cluster = task["new_cluster"]
+    assert (cluster["spark_version"], cluster["node_type_id"], cluster["num_workers"]) == ("15.4.x-scala2.12", "Standard_DS3_v2", 2)
+    assert {"DAGSTER_PIPES_CONTEXT", "DAGSTER_PIPES_MESSAGES"} <= set(cluster["spark_env_vars"])
+    assert task["libraries"][0]["whl"].startswith(f"{VOLUME}/wheels/")
+    assert task["python_wheel_task"]["parameters"] == ["--env", "test"]
+    assert "environments" not in submission
+
+
+@pytest.mark.parametrize("server", [FAIL], indirect=True)
+def test_a_remote_failure_fails_the_run_with_its_error_and_writes_nothing(llmops_home: Path, server: WorkspaceServer) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    result = materialize(llmops_home, databricks_compute(), instance)
+    assert not result.success
+    failure = result.failure_data_for_node("batch_predictions")
+    assert FAILURE_MESSAGE in str(failure.error)
+    records = instance.all_logs(result.run_id)
+    assert "Traceback (most recent call last)" in "\n".join(r.user_message for r in records)  # the remote log, via Pipes log messages
+    assert REMOTE_ERROR in "\n".join(str(r.dagster_event) for r in records)  # its exception, from the Pipes "closed" message
+    assert not result.asset_materializations_for_node("batch_predictions")
+    nothing_written(llmops_home)
+
+
+def test_missing_credentials_are_one_clear_error_before_anything_is_submitted(llmops_home: Path, server: WorkspaceServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATABRICKS_TOKEN")
+    result = materialize(llmops_home, databricks_compute())
+    assert not result.success
+    message = str(result.failure_data_for_node("batch_predictions").error.message)
+    assert "DATABRICKS_TOKEN is not set" in message and "Nothing was submitted" in message
+    assert server.workspace.requests == []
+
+
+def test_invalid_credentials_are_refused_before_submission_without_showing_the_token(
+    llmops_home: Path, server: WorkspaceServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wrong = "dapi-wrong-token-1a2b3c4d5e"
+    monkeypatch.setenv("DATABRICKS_TOKEN", wrong)
+    instance = dg.DagsterInstance.ephemeral()
+    result = materialize(llmops_home, databricks_compute(), instance)
+    assert not result.success
+    message = str(result.failure_data_for_node("batch_predictions").error.message)
+    assert "refused the credentials from DATABRICKS_HOST and DATABRICKS_TOKEN" in message
+    assert server.workspace.submissions == [] and [p for _, p in server.workspace.requests] == ["/api/2.0/preview/scim/v2/Me"]
+    everything = "\n".join(str(record) for record in instance.all_logs(result.run_id))
+    assert wrong not in everything and TOKEN not in everything
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGINT to the own process")
+@pytest.mark.parametrize("server", [HANG], indirect=True)
+def test_an_interrupted_dagster_run_cancels_the_databricks_run(llmops_home: Path, server: WorkspaceServer) -> None:
+    """Dagster turns SIGINT into DagsterExecutionInterruptedError inside the step; the client must
+    then cancel the remote run and wait until it terminates."""
+    workspace = server.workspace
+
+    def interrupt_when_running() -> None:
+        while not any(run.state == "RUNNING" and run.polls >= 2 for run in list(workspace.runs.values())):
+            threading.Event().wait(0.02)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_when_running, daemon=True).start()
+    try:
+        materialize(llmops_home, databricks_compute())
+    except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
+        pass
+    [run_id] = list(workspace.runs)
+    assert workspace.cancelled == [run_id]
+    assert workspace.runs[run_id].state == "TERMINATED" and workspace.runs[run_id].result == "CANCELED"
+    nothing_written(llmops_home)
