@@ -105,7 +105,9 @@ def test_a_remote_failure_fails_the_run_with_its_error_and_writes_nothing(llmops
     nothing_written(llmops_home)
 
 
-def test_missing_credentials_are_one_clear_error_before_anything_is_submitted(llmops_home: Path, server: WorkspaceServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_credentials_are_one_clear_error_before_anything_is_submitted(
+    llmops_home: Path, server: WorkspaceServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("DATABRICKS_TOKEN")
     result = materialize(llmops_home, databricks_compute())
     assert not result.success
@@ -129,6 +131,7 @@ def test_invalid_credentials_are_refused_before_submission_without_showing_the_t
     assert wrong not in everything and TOKEN not in everything
 
 
+@pytest.mark.slow  # ~20 s: after a cancel, the Pipes reader waits 10 s for messages that never come
 @pytest.mark.skipif(os.name != "posix", reason="SIGINT to the own process")
 @pytest.mark.parametrize("server", [HANG], indirect=True)
 def test_an_interrupted_dagster_run_cancels_the_databricks_run(llmops_home: Path, server: WorkspaceServer) -> None:
