@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING, Any
 
+from llmops_dagster.cli.access import acting_account
 from llmops_dagster.cli.common import UserError, settings_for
 from llmops_dagster.cli.execution import execute
 from llmops_dagster.cli.instance import open_instance, refuse_if_running
 from llmops_dagster.tags import TRIGGER_TAG
+
+if TYPE_CHECKING:
+    import dagster as dg
+
+    from llmops_dagster.settings import EnvSettings
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -21,7 +28,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     job = build_defs(settings).resolve_job_def(INGEST_JOB)
     instance = open_instance()
     refuse_if_running(instance, settings.name)
-    return execute(job, instance, {TRIGGER_TAG: "cli"})
+    with acting_account(settings):  # registers and tags versions: the service account, where auth: is declared
+        return execute(job, instance, {TRIGGER_TAG: "cli"})
 
 
 def cmd_tick(args: argparse.Namespace) -> int:
@@ -29,14 +37,22 @@ def cmd_tick(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from llmops_dagster.definitions import build_defs
-    from llmops_dagster.sensors import CHAMPION_SENSOR, UPSTREAM_SENSOR
-    from llmops_dagster.sensors.promotion import RegistryUnavailableError
 
     settings = settings_for(args)
     defs = build_defs(settings)
     instance = open_instance()
     # The sensors' resources (registry, upstream, lancedb): the typed ones; the MLflow run resource is for jobs.
     resources = {key: value for key, value in (defs.resources or {}).items() if isinstance(value, dg.ConfigurableResource)}
+    with acting_account(settings):  # moves aliases: the service account, where auth: is declared
+        return _tick(settings, defs, instance, resources)
+
+
+def _tick(settings: EnvSettings, defs: dg.Definitions, instance: dg.DagsterInstance, resources: dict[str, Any]) -> int:
+    import dagster as dg
+
+    from llmops_dagster.sensors import CHAMPION_SENSOR, UPSTREAM_SENSOR
+    from llmops_dagster.sensors.promotion import RegistryUnavailableError
+
     status = 0
     for name in (UPSTREAM_SENSOR, CHAMPION_SENSOR):
         try:
