@@ -108,6 +108,8 @@ class DatabricksConfig:
     volume: str = "pipes"  # Unity Catalog volume for Pipes context and messages
     cluster: JobCompute = field(default_factory=JobCompute)
     serving_endpoint: str = "llmops-{env}"
+    serving_workload_size: str = "Small"  # the served entity's size: Small, Medium, Large (or a workspace's custom size)
+    serving_scale_to_zero: bool = True  # an idle endpoint scales to zero; the first request after that waits for it
     users_group: str = "users"  # workspace group that may read the experiment
     account_users_group: str = "account users"  # account group that may load (EXECUTE) the model
     experiment_root: str = "/Shared"  # Databricks experiments are workspace paths; relative names go here
@@ -130,6 +132,9 @@ class DatabricksConfig:
         _text(self.service_principal, "databricks.service_principal", optional=True)
         if not _text(self.experiment_root, "databricks.experiment_root").startswith("/"):
             raise ValueError(f"databricks.experiment_root must be an absolute workspace path, got {self.experiment_root!r}")
+        _text(self.serving_workload_size, "databricks.serving_workload_size")
+        if not isinstance(self.serving_scale_to_zero, bool):
+            raise ValueError(f"databricks.serving_scale_to_zero must be true or false, got {self.serving_scale_to_zero!r}")
         if not isinstance(self.cluster, JobCompute):
             raise ValueError("databricks.cluster must be a mapping")
         self.endpoint_name("staging")  # validates the pattern
