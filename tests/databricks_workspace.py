@@ -6,6 +6,12 @@ It answers the calls dagster-databricks' Pipes clients really make (databricks-s
 does to the volume: it reads the injected context and writes message chunks (``1.json``, ...)
 into the messages folder, then ends as the scenario says (success, failure, or running until it
 is cancelled).
+
+It also keeps Model Serving endpoints (``/api/2.0/serving-endpoints``: list, get, create, PUT
+``{name}/config``, PUT ``{name}/ai-gateway``, delete) as the workspace does: a create or config
+update leaves the endpoint ``IN_PROGRESS`` with a ``pending_config`` for ``Endpoint.settle_after``
+reads, then makes it the live ``config`` (or, with ``fail_updates``, ends ``UPDATE_FAILED`` and
+keeps the old one); an update while one is in progress is refused as the API refuses it.
 """
 
 from __future__ import annotations
@@ -46,6 +52,59 @@ class Run:
 
 
 @dataclass
+class Endpoint:
+    """One serving endpoint: its live config, the one it is moving to, and its AI Gateway settings."""
+
+    name: str
+    config: dict[str, Any] | None = None
+    pending: dict[str, Any] | None = None
+    ai_gateway: dict[str, Any] = field(default_factory=dict)
+    tags: list[dict[str, Any]] = field(default_factory=list)
+    config_update: str = "NOT_UPDATING"
+    reads_left: int = 0  # reads of an update in progress before it is over
+    config_version: int = 0
+
+    def start_update(self, config: dict[str, Any], settle_after: int) -> None:
+        self.config_version += 1
+        self.pending = {**config, "config_version": self.config_version, "start_time": 1_700_000_000_000}
+        self.config_update, self.reads_left = "IN_PROGRESS", settle_after
+
+    def read(self, fail: bool, hang: bool) -> None:
+        """A GET: an update in progress moves on by one read."""
+        if self.config_update != "IN_PROGRESS" or hang:
+            return
+        if self.reads_left > 0:
+            self.reads_left -= 1
+            return
+        if fail:
+            self.config_update = "UPDATE_FAILED"
+        else:
+            entities = [{**e, "state": {"deployment": "DEPLOYMENT_READY"}} for e in self.pending.get("served_entities", [])]
+            self.config = {**self.pending, "served_entities": entities}
+            self.config.pop("start_time", None)
+            self.config_update = "NOT_UPDATING"
+        self.pending = None
+
+    def as_dict(self) -> dict[str, Any]:
+        ready = "READY" if self.config else "NOT_READY"
+        body: dict[str, Any] = {
+            "name": self.name,
+            "id": f"id-{self.name}",
+            "creator": "dagster@example.com",
+            "state": {"ready": ready, "config_update": self.config_update},
+            "tags": self.tags,
+            "permission_level": "CAN_MANAGE",
+        }
+        if self.config:
+            body["config"] = self.config
+        if self.pending:
+            body["pending_config"] = self.pending
+        if self.ai_gateway:
+            body["ai_gateway"] = self.ai_gateway
+        return body
+
+
+@dataclass
 class Workspace:
     token: str
     scenario: str = SUCCEED
@@ -56,6 +115,12 @@ class Workspace:
     cancelled: list[int] = field(default_factory=list)
     requests: list[tuple[str, str]] = field(default_factory=list)
     contexts: list[dict[str, Any]] = field(default_factory=list)  # what each run read from the volume
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    endpoint_calls: list[tuple[str, str, dict[str, Any] | None]] = field(default_factory=list)  # method, path, body
+    settle_after: int = 1  # reads of an endpoint update in progress before it is live
+    fail_updates: bool = False  # endpoint updates end UPDATE_FAILED
+    hang_updates: bool = False  # endpoint updates never end
+    deny_endpoint_writes: bool = False  # the caller may read endpoints but not create or change them
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -112,6 +177,48 @@ class Workspace:
             run.state, run.result, run.message = "TERMINATING", "CANCELED", "Run cancelled by the user"
 
 
+ENDPOINTS = "/api/2.0/serving-endpoints"
+
+
+def serving_endpoints(ws: Workspace, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
+    """The Serving Endpoints API: (status, JSON body)."""
+    ws.endpoint_calls.append((method, path, body))
+    parts = path.removeprefix(ENDPOINTS).strip("/").split("/") if path != ENDPOINTS else []
+    if ws.deny_endpoint_writes and method != "GET":
+        return 403, {"error_code": "PERMISSION_DENIED", "message": "User does not have permission 'CAN_MANAGE' on serving endpoints."}
+    with ws.lock:
+        if not parts:
+            if method == "GET":
+                return 200, {"endpoints": [e.as_dict() for e in ws.endpoints.values()]}
+            if method == "POST":
+                name = body["name"]
+                if name in ws.endpoints:
+                    return 400, {"error_code": "RESOURCE_ALREADY_EXISTS", "message": f"Endpoint with name '{name}' already exists."}
+                endpoint = Endpoint(name, ai_gateway=body.get("ai_gateway") or {}, tags=body.get("tags") or [])
+                endpoint.start_update(body.get("config") or {}, ws.settle_after)
+                ws.endpoints[name] = endpoint
+                return 200, endpoint.as_dict()
+        endpoint = ws.endpoints.get(parts[0])
+        if endpoint is None:
+            return 404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"Endpoint with name '{parts[0]}' does not exist."}
+        if len(parts) == 1 and method == "GET":
+            endpoint.read(ws.fail_updates, ws.hang_updates)
+            return 200, endpoint.as_dict()
+        if len(parts) == 1 and method == "DELETE":
+            del ws.endpoints[parts[0]]
+            return 200, {}
+        if parts[1:] == ["config"] and method == "PUT":
+            if endpoint.config_update == "IN_PROGRESS":
+                message = f"Endpoint {endpoint.name} is currently updating; wait for the update to finish before making another."
+                return 409, {"error_code": "RESOURCE_CONFLICT", "message": message}
+            endpoint.start_update(body, ws.settle_after)
+            return 200, endpoint.as_dict()
+        if parts[1:] == ["ai-gateway"] and method == "PUT":
+            endpoint.ai_gateway = {key: value for key, value in body.items() if value}
+            return 200, endpoint.ai_gateway
+    return 404, {"error_code": "ENDPOINT_NOT_FOUND", "message": f"no such endpoint {method} {path}"}
+
+
 class _Handler(BaseHTTPRequestHandler):
     workspace: Workspace
 
@@ -157,6 +264,10 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/api/2.2/jobs/runs/cancel" and method == "POST":
             ws.cancel(int(json.loads(self._body())["run_id"]))
             return self._reply(200, {})
+        if path == ENDPOINTS or path.startswith(ENDPOINTS + "/"):
+            raw = self._body()
+            status, body = serving_endpoints(ws, method, path, json.loads(raw) if raw else None)
+            return self._reply(status, body)
         if path.startswith("/api/2.0/fs/directories"):
             folder = path.removeprefix("/api/2.0/fs/directories").rstrip("/")
             if method == "PUT":
