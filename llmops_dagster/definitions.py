@@ -7,12 +7,19 @@ import warnings
 import dagster as dg
 
 from llmops_dagster.assets import stage_modules
+from llmops_dagster.assets.endpoint import build_endpoint_job, build_serving_endpoint
 from llmops_dagster.assets.monitoring import build_monitor_job, build_monitoring_assets, monitoring_partitions
 from llmops_dagster.core.runtime import offline
 from llmops_dagster.jobs import operator_jobs
 from llmops_dagster.resources import build_resources
 from llmops_dagster.resources.monitoring import drift_watch_for
-from llmops_dagster.sensors import build_champion_sensor, build_inference_log_sensor, build_new_documents_sensor, build_upstream_sensor
+from llmops_dagster.sensors import (
+    build_champion_sensor,
+    build_endpoint_sensor,
+    build_inference_log_sensor,
+    build_new_documents_sensor,
+    build_upstream_sensor,
+)
 from llmops_dagster.sensors.monitoring import build_new_requests_sensor, build_retrain_sensor
 from llmops_dagster.settings import EnvSettings, load_settings
 from llmops_dagster.tags import ENV_TAG
@@ -39,13 +46,15 @@ def build_defs(env: str | EnvSettings) -> dg.Definitions:
     checks = [d for d in definitions if isinstance(d, dg.AssetChecksDefinition)]
     # Partitioned by window and built from the monitoring settings: outside the ingest and adopt jobs.
     monitoring = build_monitoring_assets(settings.name, settings.monitoring)
-    monitored = dg.AssetSelection.assets(*monitoring)
+    # The endpoint follows the champion alias, which sensors and rollback move: its own job too.
+    serving_endpoint = build_serving_endpoint(settings)
+    apart = dg.AssetSelection.assets(*monitoring, serving_endpoint)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dagster-mlflow's hook is marked beta
         from dagster_mlflow import end_mlflow_on_run_finished
     ingest_job = dg.define_asset_job(
         INGEST_JOB,
-        selection=dg.AssetSelection.all() - monitored,
+        selection=dg.AssetSelection.all() - apart,
         description=(
             f"Landing zone → documents → chunks → embeddings → vector index → trained embedding model → "
             f"RAG model (challenger) → evaluation → batch predictions ({settings.name})"
@@ -54,13 +63,15 @@ def build_defs(env: str | EnvSettings) -> dg.Definitions:
         hooks={end_mlflow_on_run_finished},
     )
     monitor_job = build_monitor_job(settings.name, settings.monitoring)
-    jobs = [ingest_job, monitor_job, *operator_jobs(settings.name, settings.promotion.requires_approval)]
+    endpoint_job = build_endpoint_job(settings.name)
+    jobs = [ingest_job, monitor_job, endpoint_job, *operator_jobs(settings.name, settings.promotion.requires_approval)]
     interval = settings.sensor_interval_seconds
     sensors = [
         build_new_documents_sensor(INGEST_JOB, interval),
         build_champion_sensor(settings.name, settings.promotion.requires_approval, interval),
         build_inference_log_sensor(settings.name, interval),
         build_new_requests_sensor(settings.name, monitor_job.name, monitoring_partitions(settings.monitoring), interval),
+        build_endpoint_sensor(settings.name, endpoint_job.name, settings.compute, interval),
     ]
     resources = build_resources(settings)
     if settings.promotion.source is None:
@@ -70,7 +81,7 @@ def build_defs(env: str | EnvSettings) -> dg.Definitions:
     if settings.promotion.source:
         adopt_job = dg.define_asset_job(
             ADOPT_JOB,
-            selection=dg.AssetSelection.assets(dg.AssetKey([settings.name, "rag_model"])).downstream() - monitored,
+            selection=dg.AssetSelection.assets(dg.AssetKey([settings.name, "rag_model"])).downstream() - apart,
             description=f"Copy {settings.promotion.source}'s champion here and evaluate it on {settings.name}'s data",
             tags={ENV_TAG: settings.name},
             hooks={end_mlflow_on_run_finished},
@@ -78,7 +89,7 @@ def build_defs(env: str | EnvSettings) -> dg.Definitions:
         jobs.append(adopt_job)
         sensors.append(build_upstream_sensor(ADOPT_JOB, interval))
     return dg.Definitions(
-        assets=[*assets, *monitoring],
+        assets=[*assets, *monitoring, serving_endpoint],
         asset_checks=checks,
         jobs=jobs,
         sensors=sensors,

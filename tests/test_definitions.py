@@ -6,13 +6,14 @@ import pytest
 from llmops_dagster.core.monitoring import MonitoringConfig, check_names
 from llmops_dagster.definitions import INGEST_JOB, build_defs
 from llmops_dagster.resources import build_resources
-from llmops_dagster.sensors import CHAMPION_SENSOR, INFERENCE_LOG_SENSOR, NEW_DOCUMENTS, UPSTREAM_SENSOR
+from llmops_dagster.sensors import CHAMPION_SENSOR, ENDPOINT_SENSOR, INFERENCE_LOG_SENSOR, NEW_DOCUMENTS, UPSTREAM_SENSOR
 from llmops_dagster.sensors.monitoring import NEW_REQUESTS_SENSOR, RETRAIN_SENSOR
 from llmops_dagster.settings import ENVIRONMENTS, load_settings
 
 ASSETS = {
     "documents", "quarantine", "chunks", "embeddings", "vector_index",
     "embedding_model", "rag_model", "evaluation", "batch_predictions", "inference_log", "monitoring", "unanswered_questions",
+    "serving_endpoint",
 }
 CHECKS = {
     ("documents", "no_files_lost"),
@@ -61,25 +62,28 @@ def test_definitions_per_environment(env: str, llmops_home) -> None:
     resources = defs.resources or {}
     jobs = {job.name for job in defs.jobs}
     sensors = {sensor.name for sensor in defs.sensors}
-    assert jobs == {"ingest", "monitor", "rollback"} | ({"adopt"} if not trains else set()) | ({"approve"} if env == "prod" else set())
-    assert sensors == {NEW_DOCUMENTS, CHAMPION_SENSOR, INFERENCE_LOG_SENSOR, NEW_REQUESTS_SENSOR} | (
+    assert jobs == {"ingest", "monitor", "update_endpoint", "rollback"} | ({"adopt"} if not trains else set()) | (
+        {"approve"} if env == "prod" else set()
+    )
+    assert sensors == {NEW_DOCUMENTS, CHAMPION_SENSOR, INFERENCE_LOG_SENSOR, NEW_REQUESTS_SENSOR, ENDPOINT_SENSOR} | (
         {RETRAIN_SENSOR} if trains else {UPSTREAM_SENSOR}
     )
     assert "inference_log" not in {key.path[-1] for key in ingest.asset_layer.executable_asset_keys}, "the server writes it, Dagster observes it"
     # Monitoring is partitioned by window: its own job, never part of a run over the whole environment.
     monitor = defs.resolve_job_def("monitor")
     assert {key.path[-1] for key in monitor.asset_layer.executable_asset_keys} == {"monitoring", "unanswered_questions"}
-    assert not {"monitoring", "unanswered_questions"} & {key.path[-1] for key in ingest.asset_layer.executable_asset_keys}
+    assert not {"monitoring", "unanswered_questions", "serving_endpoint"} & {key.path[-1] for key in ingest.asset_layer.executable_asset_keys}
     assert isinstance(graph.get(dg.AssetKey([env, "monitoring"])).partitions_def, dg.DailyPartitionsDefinition)
     assert graph.get(dg.AssetKey([env, "monitoring"])).parent_keys == {dg.AssetKey([env, "batch_predictions"]), dg.AssetKey([env, "inference_log"])}
     assert defs.resolve_sensor_def(NEW_REQUESTS_SENSOR).job_name == "monitor"
+    assert defs.resolve_sensor_def(ENDPOINT_SENSOR).job_name == "update_endpoint"
     if trains:
         assert defs.resolve_sensor_def(RETRAIN_SENSOR).job_name == INGEST_JOB
         assert resources["drift_watch"].environments == {}, "no environment sets monitoring.retrain_on_drift by default"
     if not trains:
         assert defs.resolve_sensor_def(UPSTREAM_SENSOR).job_name == "adopt"
         adopt = defs.resolve_job_def("adopt")
-        assert not {"monitoring", "unanswered_questions"} & {key.path[-1] for key in adopt.asset_layer.executable_asset_keys}
+        assert not {"monitoring", "unanswered_questions", "serving_endpoint"} & {key.path[-1] for key in adopt.asset_layer.executable_asset_keys}
         assert resources["upstream"].registered_model == {"staging": "test", "prod": "staging"}[env] + ".llmops.rag_model"
         assert graph.get(dg.AssetKey([env, "rag_model"])).parent_keys == {dg.AssetKey([env, "vector_index"])}
     assert str(llmops_home) in resources["lancedb"].uri and env in resources["lancedb"].uri
