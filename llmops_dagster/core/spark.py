@@ -34,7 +34,7 @@ DEFAULT_CONNECT_PORT = 15002  # pyspark's, when the URL names none
 
 
 class SparkConnectError(RuntimeError):
-    """``spark_remote`` is not a Spark Connect URL, or its server did not answer in time."""
+    """``spark_remote`` is not a Spark Connect URL, or no Spark Connect server answered there in time."""
 
 
 def spark_session(master: str, remote: str | None = None, connect_timeout: float = CONNECT_TIMEOUT_SECONDS) -> SparkSession:
