@@ -82,13 +82,13 @@ def build_serving_endpoint(settings: "EnvSettings") -> dg.AssetsDefinition:
                 raise dg.Failure(f"environment '{env}' has no Databricks serving endpoint: {unresolved}")
             outcome = _deploy_to_databricks(context, compute, spec, version, config)
             deployment = endpoint.Deployment(
-                where, spec.name, version, endpoint.previous_for(before, version, outcome.previous_version), endpoint.now(), context.run_id
+                where, spec.name, version, endpoint.previous_for(before, version, outcome.previous_version), endpoint.now(), context.run.run_id
             )
             metadata = _databricks_metadata(outcome)
         else:
             reported = endpoint.local_server_version(local_url, model)
             deployment = endpoint.Deployment(
-                where, local_url, version, endpoint.previous_for(before, version, None), endpoint.now(), context.run_id, reported
+                where, local_url, version, endpoint.previous_for(before, version, None), endpoint.now(), context.run.run_id, reported
             )
             metadata = _local_metadata(deployment)
         try:
