@@ -1,13 +1,20 @@
 """embeddings and vector_index: chunk vectors in LanceDB, and the search structures over them."""
 
+from typing import TYPE_CHECKING, Any
+
 import dagster as dg
 import numpy as np
 
 from llmops_dagster.assets._metadata import check_result, markdown_table, table_metadata
 from llmops_dagster.assets.chunks import CHUNKS
 from llmops_dagster.core import checks, index, store
-from llmops_dagster.core.pipeline import embed_chunks
+from llmops_dagster.core.pipeline import EmbedResult, embed_chunks
 from llmops_dagster.resources import ChunkerResource, ComputeEngineResource, EmbedderResource, LanceDBResource, VectorIndexResource
+from llmops_dagster.resources.compute import PipesComputeResource
+
+if TYPE_CHECKING:
+    from llmops_dagster.core.embedding import Embedder
+    from llmops_dagster.settings import IndexSettings
 
 EMBEDDINGS = dg.AssetKey("embeddings")
 VECTOR_INDEX = dg.AssetKey("vector_index")
@@ -24,38 +31,45 @@ def embeddings(
     embedder: EmbedderResource,
     chunker: ChunkerResource,
     engine: ComputeEngineResource,
+    compute: PipesComputeResource,
 ) -> dg.MaterializeResult:
     """Unit-norm vectors of each chunk's context (title, heading path) and text, upserted by chunk id.
 
     Only chunks the table does not hold yet are embedded; rows of removed chunks are deleted. If the
     table holds vectors of another model or context template, everything is embedded again and
-    replaced in one commit.
+    replaced in one commit. With ``compute: databricks`` the step runs as a Databricks job (the
+    ``llmops-pipes-embed`` entry point, through Dagster Pipes).
     """
+    if compute.on_databricks:
+        return compute.run(context, "embed").get_materialize_result()
     lance = lancedb.store()
     model = embedder.load()
     fingerprint = chunker.index_fingerprint()
     context.log.info(f"embedding for {fingerprint} ({model.precision}), engine {engine.engine}: {engine.location}")
     result = embed_chunks(lance, model, fingerprint, log=context.log.info, encode=engine.encoder())
+    return dg.MaterializeResult(metadata=embeddings_metadata(result, model, chunker, engine, lance.uri))
+
+
+def embeddings_metadata(
+    result: EmbedResult, model: "Embedder", chunker: ChunkerResource, engine: ComputeEngineResource, uri: str
+) -> dict[str, Any]:
+    """What ``embeddings`` reports, in process or from the ``embed`` and ``ingest`` Pipes steps."""
     summary = (
         f"**{result.rows}** vectors from `{model.fingerprint}` ({model.dimension} dims, {model.device}, "
         f"{model.precision}), context template `{chunker.config().context_template!r}`; **{result.embedded}** embedded "
         f"this run, {result.reused} reused, {result.write.deleted} removed"
         + (" — full rebuild after a model or template change" if result.rebuilt else "")
     )
-    return dg.MaterializeResult(
-        metadata={
-            **table_metadata(
-                store.embeddings_schema(model.dimension), result.rows, result.write.version, lance.uri, store.EMBEDDINGS, summary
-            ),
-            "embedded_this_run": result.embedded,
-            "rows_removed": result.write.deleted,
-            "embedding_model": model.fingerprint,
-            "index_fingerprint": fingerprint,
-            "device": model.device,
-            "precision": model.precision,
-            "engine": engine.engine,
-        }
-    )
+    return {
+        **table_metadata(store.embeddings_schema(model.dimension), result.rows, result.write.version, uri, store.EMBEDDINGS, summary),
+        "embedded_this_run": result.embedded,
+        "rows_removed": result.write.deleted,
+        "embedding_model": model.fingerprint,
+        "index_fingerprint": chunker.index_fingerprint(),
+        "device": model.device,
+        "precision": model.precision,
+        "engine": engine.engine,
+    }
 
 
 @dg.asset_check(asset=EMBEDDINGS, blocking=True, description="vectors have the model's dimension, unit norm and no NaN")
@@ -94,21 +108,24 @@ def vector_index(context: dg.AssetExecutionContext, lancedb: LanceDBResource, ve
     state = index.ensure_indexes(table, settings.ann_params())
     for action in state.actions:
         context.log.info(action)
+    return dg.MaterializeResult(metadata=vector_index_metadata(state, table.version, settings))
+
+
+def vector_index_metadata(state: index.IndexState, table_version: int, settings: "IndexSettings") -> dict[str, Any]:
+    """What ``vector_index`` reports, in process or from the ``ingest`` Pipes step."""
     summary = markdown_table(
         ["rows", "full-text index", "ANN index", "unindexed rows", "changes"],
         [[state.rows, "yes" if state.fts_index else "no", state.ann_index or f"none (exact below {settings.ann_min_rows})",
           state.unindexed_rows, "; ".join(state.actions) or "none"]],
     )
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": state.rows,
-            "table_version": table.version,
-            "full_text_index": state.fts_index,
-            "ann_index": state.ann_index or "none",
-            "ann_partitions": state.ann_partitions or 0,
-            "summary": dg.MetadataValue.md(summary),
-        }
-    )
+    return {
+        "dagster/row_count": state.rows,
+        "table_version": table_version,
+        "full_text_index": state.fts_index,
+        "ann_index": state.ann_index or "none",
+        "ann_partitions": state.ann_partitions or 0,
+        "summary": dg.MetadataValue.md(summary),
+    }
 
 
 @dg.asset_check(asset=VECTOR_INDEX, blocking=True, description="ANN recall@10 against exact search on a sample")

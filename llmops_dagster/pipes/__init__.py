@@ -6,3 +6,6 @@ the in-process asset, and reports the materialization back through Pipes. Locall
 ``PipesSubprocessClient``; on Databricks as a wheel task under dagster-databricks' clients
 (``resources.compute``).
 """
+
+# The extra that carries the Dagster run's MLflow run into a step that logs to MLflow.
+MLFLOW_RUN_EXTRA = "mlflow_run_id"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from llmops_dagster.pipes._session import arguments, environment, open_pipes, resources, run_id
+from llmops_dagster.pipes._session import arguments, environment, logger, open_pipes, resources, run_id
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -26,8 +26,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             engine=engine.engine,
             spark_master=engine.spark_master,
             spark_remote=engine.spark_remote,
-            log=pipes.log.info,
-            warn=pipes.log.warning,
+            log=logger(pipes).info,
+            warn=logger(pipes).warning,
         )
         pipes.report_asset_materialization(
             metadata={**result.metadata(), "summary": {"raw_value": result.summary(), "type": "md"}, "compute": "pipes"}
