@@ -1,11 +1,13 @@
 """chunks: token-aware passages of the documents, with stable ids, source, page and heading."""
 
+from typing import Any
+
 import dagster as dg
 
 from llmops_dagster.assets._metadata import check_result, table_metadata
 from llmops_dagster.assets.ingestion import DOCUMENTS
 from llmops_dagster.core import checks, store
-from llmops_dagster.core.pipeline import chunk_documents
+from llmops_dagster.core.pipeline import ChunkResult, chunk_documents
 from llmops_dagster.resources import ChunkerResource, LanceDBResource
 
 CHUNKS = dg.AssetKey("chunks")
@@ -23,19 +25,22 @@ def chunks(context: dg.AssetExecutionContext, lancedb: LanceDBResource, chunker:
     lance = lancedb.store()
     splitter, fingerprint = chunker.load()
     result = chunk_documents(lance, splitter, fingerprint, log=context.log.info)
+    return dg.MaterializeResult(metadata=chunks_metadata(result, fingerprint, lance.uri))
+
+
+def chunks_metadata(result: ChunkResult, fingerprint: str, uri: str) -> dict[str, Any]:
+    """What ``chunks`` reports, in process or from the ``ingest`` Pipes step."""
     summary = (
         f"**{result.chunks}** chunks; **{result.documents_chunked}** document(s) chunked this run; "
         f"{result.write.upserted} chunk(s) written, {result.write.deleted} removed.\n\n"
         f"Chunker: `{fingerprint}`"
     )
-    return dg.MaterializeResult(
-        metadata={
-            **table_metadata(store.CHUNKS_SCHEMA, result.chunks, result.write.version, lance.uri, store.CHUNKS, summary),
-            "documents_chunked": result.documents_chunked,
-            "chunks_written": result.write.upserted,
-            "chunks_removed": result.write.deleted,
-        }
-    )
+    return {
+        **table_metadata(store.CHUNKS_SCHEMA, result.chunks, result.write.version, uri, store.CHUNKS, summary),
+        "documents_chunked": result.documents_chunked,
+        "chunks_written": result.write.upserted,
+        "chunks_removed": result.write.deleted,
+    }
 
 
 @dg.asset_check(asset=CHUNKS, blocking=True, description="no empty chunk and none over the token budget")

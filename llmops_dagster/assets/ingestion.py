@@ -1,11 +1,13 @@
 """documents and quarantine: every landing file, parsed or set aside with a reason."""
 
+from typing import Any
+
 import dagster as dg
 
 from llmops_dagster.assets._metadata import check_result, env_key, markdown_table, table_metadata
 from llmops_dagster.core import checks, store
 from llmops_dagster.core import landing as landing_module
-from llmops_dagster.core.pipeline import ingest
+from llmops_dagster.core.pipeline import IngestResult, ingest
 from llmops_dagster.resources import LanceDBResource, LandingZoneResource
 
 DOCUMENTS = dg.AssetKey("documents")
@@ -37,6 +39,11 @@ def documents_and_quarantine(context: dg.AssetExecutionContext, landing: Landing
     """Parse new and changed landing files; unchanged files are skipped, deleted files removed."""
     lance = lancedb.store()
     result = ingest(landing.root, lance, landing.max_file_bytes, log=context.log.info)
+    yield dg.MaterializeResult(asset_key=env_key(context, DOCUMENTS), metadata=documents_metadata(result, lance.uri))
+    yield dg.MaterializeResult(asset_key=env_key(context, QUARANTINE), metadata=quarantine_metadata(result, lance.uri))
+
+
+def ingest_summary(result: IngestResult) -> str:
     change = result.diff
     summary = (
         f"**{result.landing_files}** landing files = **{result.documents}** documents + "
@@ -52,36 +59,30 @@ def documents_and_quarantine(context: dg.AssetExecutionContext, landing: Landing
         summary += "\n\nNavigation left out of the documents (tables of contents, indexes, running headers, link lists):\n\n" + markdown_table(
             ["kind", "lines or blocks"], sorted(result.navigation.items())
         )
-    counts = {
+    return summary
+
+
+def documents_metadata(result: IngestResult, uri: str) -> dict[str, Any]:
+    """What ``documents`` reports, in process or from the ``ingest`` Pipes step."""
+    change = result.diff
+    return {
+        **table_metadata(store.DOCUMENTS_SCHEMA, result.documents, result.documents_write.version, uri, store.DOCUMENTS, ingest_summary(result)),
         **{f"navigation/{kind}": count for kind, count in sorted(result.navigation.items())},
         "landing_files": result.landing_files,
         "parsed_this_run": len(change.to_parse),
         "unchanged_skipped": len(change.unchanged),
         "deleted": len(change.deleted),
     }
-    yield dg.MaterializeResult(
-        asset_key=env_key(context, DOCUMENTS),
-        metadata={
-            **table_metadata(
-                store.DOCUMENTS_SCHEMA, result.documents, result.documents_write.version, lance.uri, store.DOCUMENTS, summary
-            ),
-            **counts,
-        },
-    )
-    yield dg.MaterializeResult(
-        asset_key=env_key(context, QUARANTINE),
-        metadata={
-            **table_metadata(
-                store.QUARANTINE_SCHEMA,
-                result.quarantined,
-                result.quarantine_write.version,
-                lance.uri,
-                store.QUARANTINE,
-                summary,
-            ),
-            **{f"reason/{reason}": count for reason, count in sorted(result.reasons.items())},
-        },
-    )
+
+
+def quarantine_metadata(result: IngestResult, uri: str) -> dict[str, Any]:
+    """What ``quarantine`` reports, in process or from the ``ingest`` Pipes step."""
+    return {
+        **table_metadata(
+            store.QUARANTINE_SCHEMA, result.quarantined, result.quarantine_write.version, uri, store.QUARANTINE, ingest_summary(result)
+        ),
+        **{f"reason/{reason}": count for reason, count in sorted(result.reasons.items())},
+    }
 
 
 @dg.asset_check(asset=DOCUMENTS, blocking=True, description="landing files = documents + quarantine, path by path")
