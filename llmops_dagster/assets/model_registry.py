@@ -8,7 +8,6 @@ import dagster as dg
 from llmops_dagster.core import registry as model_registry
 from llmops_dagster.core import store
 from llmops_dagster.core.checks import Verdict
-from llmops_dagster.core.metrics import metric_name
 from llmops_dagster.resources import LanceDBResource, RegistryResource
 
 EMBEDDING_MODEL = dg.AssetKey("embedding_model")
@@ -26,10 +25,6 @@ REQUIRED_CHECKS = (
     MODEL_LOADS_AND_ANSWERS, SIGNATURE_VALID, MEETS_THRESHOLDS, NO_WORSE_THAN_CHAMPION, BEATS_NAIVE_BASELINE, ANSWERS_GROUNDED,
 )
 
-ADAPTER_FILE = "adapter.npy"
-HELD_OUT_FILE = "held_out.jsonl"
-TRAIN_FILE = "train.jsonl"
-
 
 def training_done(registry: RegistryResource, mlflow: Any) -> dict[str, Any]:
     """The embedding model this environment trained (winner, adapter, artifacts), read from MLflow:
@@ -40,10 +35,6 @@ def training_done(registry: RegistryResource, mlflow: Any) -> dict[str, Any]:
     if record is None:
         raise dg.Failure(f"nothing was trained in {registry.experiment} yet; materialize embedding_model first")
     return record
-
-
-def mlflow_metrics(prefix: str, report: dict[str, float]) -> dict[str, float]:
-    return {f"{prefix}.{metric_name(name)}": float(value) for name, value in report.items()}
 
 
 def index_table(lancedb: LanceDBResource):

@@ -2,30 +2,37 @@
 encoders, its own three search modes, every retrieval candidate, the champion and the naive
 baseline, on the questions and halves each comparison is fair on.
 
-Plain Python over ``RagPipeline``s: the ``evaluation`` asset loads the versions and the documents,
-calls ``compare_systems``, and presents the result.
+Plain Python over ``RagPipeline``s: ``evaluate_challenger`` loads the versions and the documents,
+calls ``compare_systems``, keeps the rows and gives the gate's verdicts, for the ``evaluation``
+asset and the ``register`` Pipes step alike; they present and record the result.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from llmops_dagster.core import navigation, selection
 from llmops_dagster.core.baseline import Bm25Baseline, windows
-from llmops_dagster.core.evaluation import EvalItem, as_locations, evaluate, evaluate_retriever, with_cached_queries
+from llmops_dagster.core.checks import Verdict
+from llmops_dagster.core.evaluation import EvalItem, GateSettings, as_locations, evaluate, evaluate_retriever, with_cached_queries
 from llmops_dagster.core.generation import GeneratorConfig
 from llmops_dagster.core.index import SEARCH_MODES, Passage
 from llmops_dagster.core.metrics import RETRIEVAL_METRICS, metric_name
 from llmops_dagster.core.rag import QueryEncoder, RagConfig, RagPipeline
 from llmops_dagster.core.store import row_id
 
+if TYPE_CHECKING:
+    from llmops_dagster.core.store import LanceStore
+
 Report = dict[str, dict[str, float]]
 BASELINE_LABEL = "200-word windows, BM25"
 ANSWER_METRICS = ("answer_f1", "groundedness", "citation_validity", "no_answer_rate")
+ANSWER_REPORT = (*ANSWER_METRICS, "answered", "generation_errors", "answer_latency_ms", "prompt_tokens", "completion_tokens")
 
 
 @dataclass
@@ -134,3 +141,103 @@ def evaluation_rows(run_id: str, model_name: str, rows: Sequence[tuple]) -> list
             )
     return table
 
+
+
+@dataclass
+class GateEvaluation:
+    """One evaluation of a challenger version: what was compared, and the gate's verdicts."""
+
+    version: str
+    config: RagConfig  # the challenger's
+    generator: str  # its generator's name
+    template: str | None  # ... and prompt template digest
+    items: list[EvalItem]
+    comparison: Comparison
+    champion_label: str | None  # "champion vN", None without a champion
+    champion_version: str  # "" without one
+    answers: dict[str, float]  # the challenger's answers to the gold questions
+    recorded: dict[str, float]  # the figures written to the version with the thresholds verdict
+    meets_thresholds: Verdict
+    no_worse_than_champion: Verdict
+    beats_naive_baseline: Verdict
+    answers_grounded: Verdict
+    table_version: int
+
+    @property
+    def gate_metrics(self) -> dict[str, float]:
+        return self.comparison.gate["all"]
+
+
+def evaluate_challenger(
+    client: Any,
+    name: str,
+    version: str,
+    lance: LanceStore,
+    items: list[EvalItem],
+    trained_adapter: np.ndarray | None,
+    thresholds: GateSettings,
+    run_id: str,
+    log: Callable[[str], None] = lambda _: None,
+) -> GateEvaluation:
+    """Evaluate version ``version`` of ``name`` against the base and trained encoders, the champion
+    and the naive baseline (``compare_systems``); keep the rows in ``evaluations`` (keyed by
+    ``run_id``), log the gate's figures to the active MLflow run, and give the verdicts.
+
+    ``trained_adapter`` is this environment's trained query adapter, where it trains one; else the
+    challenger's own adapter (a promoted copy's) is the trained system.
+    """
+    import mlflow
+    import pyarrow as pa
+
+    from llmops_dagster.core import registry, store
+    from llmops_dagster.core.evaluation import answers_grounded, beats_baseline, meets_thresholds, no_worse_than_champion
+    from llmops_dagster.core.rag import IndexMismatchError
+    from llmops_dagster.core.rag_model import load_version
+    from llmops_dagster.core.training import mlflow_metrics
+
+    challenger = load_version(name, version, lance.uri).unwrap_python_model().pipeline
+    adapter = trained_adapter if trained_adapter is not None else challenger.encoder.adapter
+    champion_version = registry.version_by_alias(client, name, registry.CHAMPION)
+    champion, champion_label, not_comparable = None, None, None
+    if champion_version is not None:
+        champion_label = f"champion v{champion_version.version}"
+        try:
+            champion = load_version(name, str(champion_version.version), lance.uri).unwrap_python_model().pipeline
+        except IndexMismatchError as error:
+            not_comparable = f"{champion_label} cannot be evaluated on this index: {error}"
+    log(f"evaluating {name} v{version} on {len(items)} questions" + (f" against {champion_label}" if champion_label else ""))
+    documents = lance.read(store.DOCUMENTS, store.DOCUMENTS_SCHEMA, ["path", "blocks"]).to_pylist()
+    result = compare_systems(challenger, adapter, items, champion, documents)
+
+    mode = challenger.config.mode
+    champion_number = str(champion_version.version) if champion_version else ""
+    rows = comparison_rows(result, challenger.config, version, champion_number)
+    write = lance.apply(
+        store.EVALUATIONS, store.EVALUATIONS_SCHEMA, "id", pa.Table.from_pylist(evaluation_rows(run_id, name, rows), store.EVALUATIONS_SCHEMA), []
+    )
+    gate_metrics = result.gate["all"]
+    answers = {k: v for k, v in result.systems[("challenger", mode)].get("gold", {}).items() if k in ANSWER_REPORT}
+    mlflow.log_metrics(mlflow_metrics(f"evaluation.challenger_v{version}", gate_metrics))
+    mlflow.log_metrics(mlflow_metrics("evaluation.naive_bm25", result.baseline))
+    mlflow.log_metrics({f"evaluation.challenger_v{version}.{k}": v for k, v in answers.items()})
+    recorded = {metric_name(k): v for k, v in gate_metrics.items() if k != "queries"}
+    recorded.update({k: answers[k] for k in ANSWER_METRICS if k in answers})
+    return GateEvaluation(
+        version=version,
+        config=challenger.config,
+        generator=challenger.generator.name,
+        template=challenger.generator.identity.get("template"),
+        items=list(items),
+        comparison=result,
+        champion_label=champion_label,
+        champion_version=champion_number,
+        answers=answers,
+        recorded=recorded,
+        meets_thresholds=meets_thresholds(gate_metrics, thresholds),
+        no_worse_than_champion=no_worse_than_champion(
+            gate_metrics, result.champion, thresholds.champion_tolerance, champion_label, not_comparable
+        ),
+        beats_naive_baseline=beats_baseline(result.challenger_located, result.baseline, thresholds.baseline_tolerance, "naive BM25 baseline"),
+        answers_grounded=answers_grounded(answers, thresholds.min_groundedness, challenger.generator.name),
+        table_version=write.version or 0,
+    )

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from llmops_dagster.core.metrics import metric_name, retrieval_report, token_f1
 from llmops_dagster.core.questions import Question
 from llmops_dagster.core.rag import QueryEncoder, RagConfig, RagPipeline
 from llmops_dagster.core.training import Pair
+
+if TYPE_CHECKING:
+    from llmops_dagster.core.store import LanceStore
 
 EVAL_DEPTH = 10
 GATE_METRICS = ("recall@5", "mrr@10")
@@ -123,6 +127,22 @@ def evaluation_set(held_out: Sequence[Pair], gold: Sequence[Question], known_sou
         level = "location" if question.page is not None or question.section else "source"
         items.append(EvalItem(question.question, relevant, level, "gold", question.answer))
     return items, skipped
+
+
+def landing_evaluation_set(
+    held_out: Sequence[Pair], landing: Path, lance: LanceStore, warn: Callable[[str], None] = lambda _: None
+) -> tuple[list[EvalItem], int]:
+    """The evaluation set of an environment: its held-out pairs plus the landing zone's gold
+    questions; and how many gold questions were skipped, each passed to ``warn`` with its reason."""
+    from llmops_dagster.core import store
+    from llmops_dagster.core.questions import landing_questions
+
+    gold, rejected = landing_questions(landing)
+    sources = set(lance.read(store.DOCUMENTS, store.DOCUMENTS_SCHEMA, ["path"]).column("path").to_pylist())
+    items, skipped = evaluation_set(held_out, gold, sources)
+    for problem in [*map(str, rejected), *skipped]:
+        warn(f"gold question skipped: {problem}")
+    return items, len(rejected) + len(skipped)
 
 
 def ranking(passages: Sequence[Located], item: EvalItem) -> list[str]:

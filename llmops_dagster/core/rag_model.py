@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,9 @@ import numpy as np
 import pandas as pd
 from mlflow.models import infer_signature
 
+from llmops_dagster.core.checks import Verdict
 from llmops_dagster.core.model_spec import ADAPTER_ARTIFACT, EMBEDDER_ARTIFACT, GENERATOR_ARTIFACT, ModelSpec, open_pipeline
-from llmops_dagster.core.rag import OUTPUT_COLUMNS, QUESTION_COLUMN
+from llmops_dagster.core.rag import OUTPUT_COLUMNS, QUESTION_COLUMN, RagConfig
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # Models from code: MLflow stores this script, not a pickle, and runs it to build the model at load.
@@ -164,6 +167,116 @@ def register_challenger(
             client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, registry.CHALLENGER, version)
     return version, existing is not None
+
+
+def local_generator_weights(config: RagConfig) -> Path | None:
+    """The weights of a local generator (a GGUF file or a model folder), which the registered
+    version carries; None for the extractive generator and for an endpoint."""
+    generator = config.generator
+    if generator.kind != "local":
+        return None
+    path = Path(generator.path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"rag.generator.path '{generator.path}' does not exist (a transformers model folder or a .gguf file)")
+    return path
+
+
+def generator_params(identity: dict[str, Any]) -> dict[str, str]:
+    """The generator's identity as flat MLflow params: kind, model, template digest, parameters."""
+    flat = {"kind": identity["kind"], "model": identity["model"] or "", "template": identity["template"] or ""}
+    flat.update({key: str(value) for key, value in identity["parameters"].items()})
+    return flat
+
+
+@dataclass(frozen=True)
+class Registration:
+    """The challenger a registration left: a new version, or an equal one reused."""
+
+    name: str
+    version: str
+    reused: bool
+    spec: ModelSpec
+    generator: dict[str, Any]  # the generator's identity
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def challenger_spec(
+    lancedb_uri: str, table: Any, index_fingerprint: str, rag: RagConfig, ann: Any, variant: str, device: str
+) -> ModelSpec:
+    """What a version registered now is made of: the index as it stands (``table``), the retrieval
+    and generator, and the embedder variant."""
+    from llmops_dagster.core import store
+
+    return ModelSpec(
+        lancedb_uri=lancedb_uri,
+        table=store.EMBEDDINGS,
+        index_embedding_model=index_fingerprint,
+        rag=rag,
+        ann=ann,
+        embedder_variant=variant,
+        device=device,
+        index_version=table.version,
+        registered_index=lancedb_uri,
+    )
+
+
+def register_rag_model(
+    client: Any, name: str, spec: ModelSpec, embedder_dir: Path, adapter: np.ndarray | None, run_id: str, training_run_id: str
+) -> Registration:
+    """Log the generator's identity to the active MLflow run and register the model as ``name``'s
+    challenger (``register_challenger``), tagged with the run, the training and what it is made of.
+    The one code path of the ``rag_model`` asset and the ``register`` Pipes step."""
+    from llmops_dagster.core import registry
+
+    generator = local_generator_weights(spec.rag)
+    identity = spec.rag.generator.identity()
+    mlflow.log_params({f"generator.{key}": value for key, value in generator_params(identity).items()})
+    tags = {
+        registry.DAGSTER_RUN_TAG: run_id,
+        "embedder_variant": spec.embedder_variant,
+        "index_embedding_model": spec.index_embedding_model,
+        "retrieval": spec.rag.retrieval_label(),
+        "training_run_id": training_run_id,
+        "generator": json.dumps(identity, sort_keys=True),
+    }
+    version, reused = register_challenger(client, name, spec, embedder_dir, adapter, generator, tags=tags)
+    return Registration(name, version, reused, spec, identity)
+
+
+def loads_and_answers(name: str, version: str, lancedb_uri: str | None, question: str) -> Verdict:
+    """The gate's first check: the version loads with ``mlflow.pyfunc.load_model`` and answers ``question``."""
+    from llmops_dagster.core.generation import GeneratorUnavailableError
+
+    try:
+        started = time.perf_counter()
+        model = load_version(name, version, lancedb_uri)
+        model.unwrap_python_model().pipeline.generator.check()  # an endpoint that cannot be reached fails here, by URL
+        answer = model.predict(pd.DataFrame({QUESTION_COLUMN: [question]})).iloc[0]
+        seconds = time.perf_counter() - started
+    except GeneratorUnavailableError as error:
+        return Verdict(False, f"v{version}'s generator cannot answer: {error}")
+    except Exception as error:  # the verdict is the point: any failure to load or answer fails the gate
+        return Verdict(False, f"v{version} did not load or answer: {type(error).__name__}: {error}")
+    problem = answer.get("error") or ("" if len(answer["passages"]) else "returned no passages")
+    return Verdict(
+        not problem and bool(answer["answer"]),
+        f"v{version}: {problem}" if problem else f"v{version} answered '{question}' with {len(answer['passages'])} passage(s)",
+        {"load_and_answer_seconds": round(seconds, 2), "smoke_answer": str(answer["answer"])[:300], "generator": str(answer.get("generator") or "")},
+    )
+
+
+def signature_verdict(name: str, version: str) -> Verdict:
+    """The gate's second check: the signature takes a question and returns every output column, with an input example."""
+    from mlflow.models import get_model_info
+
+    from llmops_dagster.core.model_spec import signature_problems
+
+    info = get_model_info(f"models:/{name}/{version}")
+    problems = signature_problems(info.signature.to_dict() if info.signature else None, info.saved_input_example_info is not None)
+    return Verdict(not problems, "; ".join(problems) or f"v{version}: signature and input example are valid", {"model_version": version})
 
 
 def index_override(lancedb_uri: str | None) -> dict[str, str] | None:

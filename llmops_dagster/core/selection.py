@@ -9,11 +9,22 @@ fixed by a hash of each query, so a re-run selects on the same questions.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llmops_dagster.core.evaluation import EvalItem
 from llmops_dagster.core.rag import RagConfig
+
+if TYPE_CHECKING:
+    from lancedb.table import Table
+    from mlflow import MlflowClient
+
+    from llmops_dagster.core.index import AnnParams
+    from llmops_dagster.core.rag import QueryEncoder
+    from llmops_dagster.core.store import LanceStore
 
 KS = (3, 5, 8)  # passages handed to the answer generator, chosen by answer F1 where gold answers exist
 TEXT_WEIGHTS = (0.3, 0.5, 0.7)
@@ -23,6 +34,10 @@ SELECT, REPORT, ALL = "select", "report", "all"
 # Selection needs a margin to leave the configured retrieval. One question moving between rank 1
 # and 2 shifts the objective by 0.25/n; twice that is taken as noise.
 MIN_GAIN = 0.005
+# The selection, kept in the MLflow run that made it: the register step of the bundle's training
+# job reads it there, since the evaluate step that made it ran in another process.
+SELECTION_FILE = "retrieval_selection.json"
+SELECTION_TAG = "llmops.retrieval_selected"  # the winner's label
 
 
 def margin(questions: int) -> float:
@@ -135,3 +150,99 @@ def select_k(selection: Selection, items: Sequence[EvalItem], answer_f1: Callabl
     best = max(scores, key=lambda k: scores[k])
     k = best if scores[best] > scores[selection.winner.k] + margin(len(answered)) else selection.winner.k
     return replace(selection, winner=replace(selection.winner, k=k), answer_f1_by_k=scores)
+
+
+def to_json(selection: Selection) -> str:
+    return json.dumps(
+        {
+            "winner": asdict(selection.winner),
+            "configured": asdict(selection.configured),
+            "candidates": [{"config": asdict(c.config), "metrics": c.metrics} for c in selection.candidates],
+            "margin": selection.margin,
+            "answer_f1_by_k": selection.answer_f1_by_k,
+        },
+        sort_keys=True,
+    )
+
+
+def from_json(text: str) -> Selection:
+    from llmops_dagster.core.model_spec import rag_config
+
+    stored = json.loads(text)
+    by_k = stored["answer_f1_by_k"]
+    return Selection(
+        winner=rag_config(stored["winner"]),
+        configured=rag_config(stored["configured"]),
+        candidates=[Candidate(rag_config(c["config"]), c["metrics"]) for c in stored["candidates"]],
+        margin=stored["margin"],
+        answer_f1_by_k={int(k): f1 for k, f1 in by_k.items()} if by_k is not None else None,
+    )
+
+
+def select_retrieval(
+    configured: RagConfig,
+    encoder: QueryEncoder,
+    table: Table,
+    params: AnnParams,
+    items: Sequence[EvalItem],
+    lance: LanceStore,
+    run_id: str,
+) -> Selection:
+    """Every retrieval candidate on the select half of the evaluation set, the best one kept, then
+    the best k. Each candidate's figures go to the ``evaluations`` table (split ``select``, keyed by
+    ``run_id``) and the selection to the active MLflow run (``SELECTION_FILE``)."""
+    import pyarrow as pa
+
+    from llmops_dagster.core import store
+    from llmops_dagster.core.comparison import evaluation_rows
+    from llmops_dagster.core.evaluation import evaluate, with_cached_queries
+    from llmops_dagster.core.rag import RagPipeline
+
+    halves = split(items)
+    pipeline = with_cached_queries(RagPipeline(encoder, table, params, configured), (item.query for item in items))
+    reports: dict[RagConfig, dict[str, dict[str, float]]] = {}
+
+    def score(config: RagConfig, chosen_items: Sequence[EvalItem]) -> dict[str, float]:
+        reports[config] = evaluate(with_cached_queries(pipeline, [], config), chosen_items, config.mode)
+        return reports[config]["all"]
+
+    chosen = select(configured, halves[SELECT], score)
+
+    def answer_f1(config: RagConfig, answered: Sequence[EvalItem]) -> float:
+        return evaluate(with_cached_queries(pipeline, [], config), answered, config.mode, answers=True)["gold"]["answer_f1"]
+
+    chosen = select_k(chosen, halves[SELECT], answer_f1)
+    rows = [("candidate", "", c.mode, c.retrieval_label(), SELECT, report) for c, report in reports.items()]
+    table_rows = pa.Table.from_pylist(evaluation_rows(run_id, "", rows), store.EVALUATIONS_SCHEMA)
+    lance.apply(store.EVALUATIONS, store.EVALUATIONS_SCHEMA, "id", table_rows, [])
+    log_selection(chosen)
+    return chosen
+
+
+def log_selection(selection: Selection) -> None:
+    """Keep the selection in the active MLflow run."""
+    import mlflow
+
+    mlflow.log_text(to_json(selection), SELECTION_FILE)
+    mlflow.set_tag(SELECTION_TAG, selection.winner.retrieval_label())
+
+
+def recorded_selection(client: MlflowClient, experiment: str, run_id: str | None) -> Selection | None:
+    """The selection kept in MLflow run ``run_id``, else the newest one of the experiment; None if none was kept."""
+    run = client.get_run(run_id) if run_id else None
+    if run is None or SELECTION_TAG not in run.data.tags:
+        found = client.get_experiment_by_name(experiment)
+        runs = client.search_runs(
+            [found.experiment_id], filter_string=f"tags.`{SELECTION_TAG}` LIKE '%'", order_by=["attributes.start_time DESC"], max_results=1
+        ) if found else []
+        run = runs[0] if runs else None
+    if run is None:
+        return None
+    return from_json(Path(client.download_artifacts(run.info.run_id, SELECTION_FILE)).read_text())
+
+
+def selection_problem(selection: Selection, configured: RagConfig) -> str | None:
+    """Why a kept selection cannot serve an environment's settings: it was made from other ones."""
+    mine, theirs = asdict(configured), asdict(selection.configured)
+    differing = sorted(key for key in mine if mine[key] != theirs.get(key))
+    return f"the recorded selection was made from other rag settings ({', '.join(differing)})" if differing else None

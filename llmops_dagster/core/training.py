@@ -21,11 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,9 +35,17 @@ from llmops_dagster.core.embedding import load_tokenizer, mean_pool
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    from lancedb.table import Table
+
+    from llmops_dagster.core.embedding import Embedder
 
 TRAINING_MODES = ("adapter", "full")
 MIN_CLOZE_WORDS = 6
+# Where a training run keeps its outputs in its MLflow run, under ARTIFACT_DIR.
+ARTIFACT_DIR = "embedding_model"
+ADAPTER_FILE = "adapter.npy"
+HELD_OUT_FILE = "held_out.jsonl"
+TRAIN_FILE = "train.jsonl"
 
 
 @dataclass(frozen=True)
@@ -337,3 +346,119 @@ def fit(
         trained = retrieval_report(rank(tuned.encode([pair.query for pair in held_out]), tuned_vectors, ids), relevant)
     log(f"held-out MRR@10: base {base['mrr@10']:.4f}, trained {trained['mrr@10']:.4f} ({result.seconds:.1f}s of training)")
     return ModelReport(config, train, held_out, result, base, trained)
+
+
+def mlflow_metrics(prefix: str, report: dict[str, float]) -> dict[str, float]:
+    """Metrics as MLflow keys: ``held_out.base`` and ``recall@5`` → ``held_out.base.recall_at_5``."""
+    from llmops_dagster.core.metrics import metric_name
+
+    return {f"{prefix}.{metric_name(name)}": float(value) for name, value in report.items()}
+
+
+@dataclass(frozen=True)
+class TrainedEmbeddingModel:
+    """One training of the embedding model, as logged to its MLflow run."""
+
+    report: ModelReport
+    chunks: int
+    base_model: str  # the base embedder's fingerprint
+    index_version: int
+    mlflow_run_id: str
+
+    @property
+    def artifacts(self) -> str:
+        return f"runs:/{self.mlflow_run_id}/{ARTIFACT_DIR}"
+
+    @property
+    def has_adapter(self) -> bool:
+        return self.report.result.weight is not None
+
+
+def index_chunks(table: Table) -> tuple[list[ChunkRecord], np.ndarray]:
+    """The index's chunks and their stored vectors, in the same order."""
+    rows = table.search().select([*CHUNK_COLUMNS, "vector"]).limit(None).to_arrow()
+    chunks = chunk_records(rows)
+    vectors = np.asarray(rows.column("vector").combine_chunks().values.to_numpy(zero_copy_only=False)).reshape(len(chunks), -1)
+    return chunks, vectors
+
+
+def train_embedding_model(
+    table: Table, embedder: Embedder, config: TrainingConfig, log: Callable[[str], None] = lambda _: None
+) -> TrainedEmbeddingModel:
+    """Train on the pairs mined from the index and log everything to the active MLflow run:
+    parameters, per-epoch loss, held-out metrics of base and trained, the pairs, the weights, and
+    the tags that ``registry.training_record`` finds the training by.
+
+    The one code path of the ``embedding_model`` asset and the ``train`` Pipes step; the caller
+    makes the run active (the Dagster run's, wherever the step runs).
+    """
+    import mlflow
+
+    from llmops_dagster.core.registry import TRAINING_ADAPTER_TAG, TRAINING_WINNER_TAG
+
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("no active MLflow run to log the training into")
+    chunks, vectors = index_chunks(table)
+    with tempfile.TemporaryDirectory() as scratch:
+        report = fit(chunks, vectors, embedder.encode, embedder.model_path, config, Path(scratch), log=log)
+        mlflow.log_params(
+            {
+                **config_params(config),
+                "training.base_model": embedder.fingerprint,
+                "training.index_version": table.version,
+                "training.pairs_train": len(report.train),
+                "training.pairs_held_out": len(report.held_out),
+                "training.pairs_digest": pairs_digest(report.train + report.held_out),
+            }
+        )
+        for step, loss in enumerate(report.result.losses):
+            mlflow.log_metric("train_loss", loss, step=step)
+        mlflow.log_metrics({**mlflow_metrics("held_out.base", report.base), **mlflow_metrics("held_out.trained", report.trained)})
+        mlflow.log_metric("training_seconds", report.result.seconds)
+        mlflow.log_text("\n".join(p.to_json() for p in report.held_out) + "\n", f"{ARTIFACT_DIR}/{HELD_OUT_FILE}")
+        mlflow.log_text("\n".join(p.to_json() for p in report.train) + "\n", f"{ARTIFACT_DIR}/{TRAIN_FILE}")
+        if report.result.weight is not None:
+            path = Path(scratch) / ADAPTER_FILE
+            np.save(path, report.result.weight)
+            mlflow.log_artifact(str(path), ARTIFACT_DIR)
+        if report.result.model_dir is not None:
+            mlflow.log_artifacts(str(report.result.model_dir), f"{ARTIFACT_DIR}/model")
+    mlflow.set_tags({TRAINING_WINNER_TAG: report.winner, TRAINING_ADAPTER_TAG: str(report.result.weight is not None).lower()})
+    return TrainedEmbeddingModel(report, len(chunks), embedder.fingerprint, table.version, run.info.run_id)
+
+
+def load_adapter(record: dict[str, Any]) -> np.ndarray:
+    """The query adapter a training logged (``record``: ``registry.training_record``)."""
+    import mlflow
+
+    return np.load(mlflow.artifacts.download_artifacts(f"{record['artifacts']}/{ADAPTER_FILE}"))
+
+
+def deployable_adapter(record: dict[str, Any]) -> tuple[np.ndarray | None, str, str | None]:
+    """What a RAG model takes from a training: the query adapter (None: the base model), the
+    embedder variant it deploys (``trained`` or ``base``), and why it cannot deploy the better model
+    when that is a fully fine-tuned one (the index holds base-model vectors)."""
+    if record["winner"] == "trained" and record["has_adapter"]:
+        return load_adapter(record), "trained", None
+    if record["winner"] == "trained":
+        return None, "base", (
+            "the fully fine-tuned model evaluated better, but the index holds base-model vectors; "
+            "deploying the base model. Point embedding.model at the logged model to re-embed with it."
+        )
+    return None, "base", None
+
+
+def held_out_pairs(record: dict[str, Any]) -> list[Pair]:
+    """The pairs a training held out, read back from its MLflow run."""
+    import mlflow
+
+    text = Path(mlflow.artifacts.download_artifacts(f"{record['artifacts']}/{HELD_OUT_FILE}")).read_text()
+    return [Pair.from_json(line) for line in text.splitlines() if line.strip()]
+
+
+def mined_held_out(table: Table, config: TrainingConfig) -> list[Pair]:
+    """Held-out pairs mined from an index no training ran on (an environment that adopts its model)."""
+    chunks = chunk_records(table.search().select(CHUNK_COLUMNS).limit(None).to_arrow())
+    _, held_out = split_pairs(mine_pairs(chunks), config.held_out, config.seed, config.max_pairs, config.max_held_out)
+    return held_out
