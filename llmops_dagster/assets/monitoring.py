@@ -44,9 +44,10 @@ def partition_bounds(context: dg.AssetExecutionContext) -> tuple[datetime, datet
     return datetime.fromtimestamp(window.start.timestamp(), UTC), datetime.fromtimestamp(window.end.timestamp(), UTC)
 
 
-def scoring(lance: "LanceStore", embedder: EmbedderResource) -> monitoring_table.Scoring:
-    """The index's embedding model (loaded only if the window has questions) and vectors."""
-    return monitoring_table.lazy_scoring(lance, embedder.load)
+def scoring(lance: "LanceStore", embedder: EmbedderResource, config: MonitoringConfig | None = None) -> monitoring_table.Scoring:
+    """The index's embedding model (loaded only if the window has questions) and vectors, and the
+    configured answer scorers when ``config`` is given (loaded only if the window has answers)."""
+    return monitoring_table.lazy_scoring(lance, embedder.load, config.scorers if config is not None else None)
 
 
 def check_description(config: MonitoringConfig, name: str) -> str:
@@ -68,13 +69,13 @@ def check_result(verdict: monitoring_table.Verdict) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(check_name=verdict.name, passed=verdict.passed, severity=severity, description=verdict.description, metadata=metadata)
 
 
-def _window_figures(rows: list[dict[str, Any]]) -> dict[str, float]:
+def _window_figures(rows: list[dict[str, Any]], config: MonitoringConfig) -> dict[str, float]:
     """Each plotted metric over the window's rows (weighted by rows), as numbers: Dagster's own
     Plots view draws these across materializations."""
     from llmops_dagster.core.monitoring import metric_series
 
     figures = {}
-    for metric in monitoring_table.PLOTTED:
+    for metric in monitoring_table.plotted(config):
         _, values = metric_series(rows, metric)
         if values and values[-1] is not None:
             figures[metric] = float(values[-1])
@@ -100,12 +101,13 @@ def build_monitoring_assets(env: str, config: MonitoringConfig) -> list[dg.Asset
     def monitoring(context: dg.AssetExecutionContext, lancedb: LanceDBResource, embedder: EmbedderResource) -> dg.MaterializeResult:
         """Per window, served model version and source (endpoint or batch): requests, error rate,
         latency, token counts, readability, retrieval scores, no-answer and empty-retrieval rates,
-        cited sources, groundedness; drift against the reference (PSI, JS distance, KS per column)
-        and against the corpus (query drift, out-of-corpus rate). One row per slice in the Lance
-        table ``monitoring``; plots of each metric over the last windows in the metadata (``plots``)."""
+        cited sources, groundedness, and toxicity and perplexity where ``monitoring.scorers`` names
+        local models; drift against the reference (PSI, JS distance, KS per column) and against the
+        corpus (query drift, out-of-corpus rate). One row per slice in the Lance table
+        ``monitoring``; plots of each metric over the last windows in the metadata (``plots``)."""
         begin, end = partition_bounds(context)
         lance = lancedb.store()
-        report = monitoring_table.compute_window(lance, begin, end, config, scoring(lance, embedder), context.run_id)
+        report = monitoring_table.compute_window(lance, begin, end, config, scoring(lance, embedder, config), context.run_id)
         write = monitoring_table.write_window(lance, report)
         verdicts = monitoring_table.window_verdicts(report.rows, names)
         starts = monitoring_table.plot_windows(begin, config, end - begin)
@@ -132,9 +134,10 @@ def build_monitoring_assets(env: str, config: MonitoringConfig) -> list[dg.Asset
             "malformed_rows": sum(report.problems.values()),
             "malformed_by_reason": dg.MetadataValue.json(report.problems),
             "reference": report.reference,
-            "model_based_scorers": monitoring_table.SCORERS_OFF,
+            "model_based_scorers": config.scorers.describe(),
+            "scorer_skipped": dg.MetadataValue.json(monitoring_table.scorer_skipped(report.rows)),
             "plots": dg.MetadataValue.md(monitoring_table.plots_markdown(plots)),
-            **_window_figures(report.rows),
+            **_window_figures(report.rows, config),
         }
         return dg.MaterializeResult(metadata=metadata, check_results=[check_result(verdict) for verdict in verdicts])
 

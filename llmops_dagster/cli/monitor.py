@@ -54,7 +54,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         rows, computed_now = stored.get(start), False
         if rows is None and start == current:
             print(f"llmops monitor: {start.isoformat()} is not in the monitoring table yet; computing it now", file=sys.stderr)
-            scoring = table.lazy_scoring(lance, resources_for(settings)["embedder"].load)
+            scoring = table.lazy_scoring(lance, resources_for(settings)["embedder"].load, config.scorers)
             rows, computed_now = table.compute_window(lance, start, start + length, config, scoring).rows, True
         verdicts = table.window_verdicts(rows, names) if rows else []
         windows.append(

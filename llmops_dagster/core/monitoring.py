@@ -12,6 +12,10 @@ the serving version's evaluation set) as Databricks names it in its drift metric
 shift of the questions' embedding centroid away from the corpus centroid (``query_drift``) and the
 share of questions whose nearest chunk is below a cosine floor (``out_of_corpus_rate``).
 
+Where ``monitoring.scorers`` names local models, ``attach_answer_scores`` gives each answer its
+toxicity and perplexity (``core.scorers``); their window metrics, drift columns and thresholds work
+as the others do, and an answer without a score is counted by reason, never given one.
+
 Windows are aligned on the epoch (UTC), so "1d" windows are Dagster's daily partitions. Pure logic:
 the Dagster asset, its checks and plots call these functions.
 """
@@ -29,10 +33,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from llmops_dagster.core.answer_quality import citation_validity, groundedness, is_no_answer
+from llmops_dagster.core.scorers import PERPLEXITY, SCORERS, TOXICITY, ScorersConfig
 
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
+
+    from llmops_dagster.core.scorers import AnswerScorers
 
 SOURCES = ("endpoint", "batch")
 SEVERITIES = ("WARN", "ERROR")
@@ -40,6 +47,10 @@ REFERENCE_KINDS = ("first_window", "fixed", "evaluation")
 DRIFT_STATISTICS = ("population_stability_index", "js_distance", "ks_test")
 # Per-row values whose distribution is compared with the reference's.
 DRIFT_COLUMNS = ("latency_ms", "question_tokens", "answer_tokens", "flesch_kincaid_grade", "top1_score", "groundedness", "question_top_cosine")
+# The model-based scorers' per-row values, drift columns too when their scorer is configured.
+SCORE_COLUMNS = SCORERS
+SCORER_METRICS = {TOXICITY: ("toxicity_mean", "toxicity_max", "toxic_rate"), PERPLEXITY: ("perplexity_mean", "perplexity_p50")}
+TOXIC_LEVEL = 0.5  # toxic_rate: share of scored answers whose toxic-label probability is above this
 WINDOW_METRICS = (
     "request_count",
     "error_rate",
@@ -58,6 +69,7 @@ WINDOW_METRICS = (
     "citation_validity_mean",
     "out_of_corpus_rate",
     "query_drift",
+    *(metric for metrics in SCORER_METRICS.values() for metric in metrics),
 )
 FRAME_COLUMNS = (
     "source",
@@ -137,6 +149,7 @@ class MonitoringConfig:
     unanswered_distance: float = 0.3  # cosine distance under which unanswered questions group
     start: date = date(2026, 1, 1)  # the first window a backfill can pick (Dagster partitions need a start)
     retrain_on_drift: bool = False  # drift at ERROR here starts the training environment's ingest job, once per episode
+    scorers: ScorersConfig = ScorersConfig()  # toxicity and perplexity models; off unless set
 
     def __post_init__(self) -> None:
         parse_window(self.window)
@@ -150,7 +163,7 @@ class MonitoringConfig:
         elif self.reference_start is not None or self.reference_end is not None:
             raise ValueError(f"monitoring.reference: start and end apply to a fixed reference, not to {self.reference!r}")
         for threshold in self.thresholds:
-            _check_metric_name(threshold.metric)
+            _check_metric_name(threshold.metric, self.scorers)
         if not -1.0 <= self.out_of_corpus_floor <= 1.0:
             raise ValueError(f"monitoring.out_of_corpus_floor: a cosine within [-1, 1], got {self.out_of_corpus_floor}")
         if self.plot_windows < 1:
@@ -165,6 +178,11 @@ class MonitoringConfig:
     @property
     def window_length(self) -> timedelta:
         return parse_window(self.window)
+
+    @property
+    def drift_columns(self) -> tuple[str, ...]:
+        """``DRIFT_COLUMNS`` and the per-row scores of the configured scorers."""
+        return (*DRIFT_COLUMNS, *self.scorers.configured)
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any] | None) -> MonitoringConfig:
@@ -182,6 +200,7 @@ class MonitoringConfig:
             "unanswered_distance",
             "start",
             "retrain_on_drift",
+            "scorers",
         }
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -208,6 +227,8 @@ class MonitoringConfig:
             if not isinstance(raw["retrain_on_drift"], bool):
                 raise ValueError(f"monitoring.retrain_on_drift: true or false, got {raw['retrain_on_drift']!r}")
             values["retrain_on_drift"] = raw["retrain_on_drift"]
+        if "scorers" in raw:
+            values["scorers"] = ScorersConfig.from_mapping(raw["scorers"])
         return cls(**values)
 
 
@@ -281,16 +302,22 @@ def _parse_thresholds(raw: Any) -> tuple[Threshold, ...]:
     return tuple(threshold for threshold in merged.values() if threshold is not None)
 
 
-def _check_metric_name(metric: str) -> None:
+def _check_metric_name(metric: str, scorers: ScorersConfig) -> None:
     column, _, statistic = metric.rpartition(".")
+    scorer = next((name for name, metrics in SCORER_METRICS.items() if metric in metrics), None)
+    if statistic in DRIFT_STATISTICS and column in SCORE_COLUMNS:
+        scorer = column
+    if scorer is not None and scorer not in scorers.configured:
+        raise ValueError(f"monitoring.thresholds.{metric}: the {scorer} scorer is off; set monitoring.scorers.{scorer} to judge it")
     if metric in WINDOW_METRICS and metric != "source_shares":
         return
-    if statistic in DRIFT_STATISTICS and (not column or column in DRIFT_COLUMNS):
+    if statistic in DRIFT_STATISTICS and (not column or column in DRIFT_COLUMNS or column in SCORE_COLUMNS):
         return
     numeric = [m for m in WINDOW_METRICS if m != "source_shares"]
     raise ValueError(
         f"monitoring.thresholds.{metric}: unknown metric; use a window metric ({', '.join(numeric)}), a drift statistic "
-        f"({', '.join(DRIFT_STATISTICS)}) for every drift column, or COLUMN.STATISTIC with a column of {', '.join(DRIFT_COLUMNS)}"
+        f"({', '.join(DRIFT_STATISTICS)}) for every drift column, or COLUMN.STATISTIC with a column of "
+        f"{', '.join((*DRIFT_COLUMNS, *SCORE_COLUMNS))}"
     )
 
 
@@ -526,10 +553,7 @@ def row_values(frame: pd.DataFrame) -> pd.DataFrame:
 
     values = []
     for row in frame.itertuples(index=False):
-        found = None if _missing(row.found) else bool(row.found)
-        answer = row.answer if isinstance(row.answer, str) else None
-        asks = not _is(row.is_error, True) and row.endpoint != SEARCH_ENDPOINT and (found is not None or answer is not None)
-        no_answer = asks and (found is False or (found is None and is_no_answer(answer)))
+        asks, no_answer, answer = _answer_state(row)
         judged = asks and not no_answer and answer is not None and bool(answer.strip())
         scores = row.scores if isinstance(row.scores, list) else None
         passages = row.passages if isinstance(row.passages, list) else None
@@ -546,6 +570,37 @@ def row_values(frame: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(values, index=frame.index, columns=list(_ROW_VALUE_COLUMNS), dtype=object)
+
+
+def _answer_state(row: Any) -> tuple[bool, bool, str | None]:
+    """(whether the row asked for an answer, whether it got none, its answer text). Failed requests
+    and /search calls ask for none."""
+    found = None if _missing(row.found) else bool(row.found)
+    answer = row.answer if isinstance(row.answer, str) else None
+    asks = not _is(row.is_error, True) and row.endpoint != SEARCH_ENDPOINT and (found is not None or answer is not None)
+    return asks, asks and (found is False or (found is None and is_no_answer(answer))), answer
+
+
+def attach_answer_scores(frame: pd.DataFrame, scorers: AnswerScorers) -> pd.DataFrame:
+    """The frame with a column of per-row scores for each configured scorer (``toxicity``,
+    ``perplexity``) and one of the reasons a row that asked for an answer has none
+    (``toxicity_skipped``, ...): ``no_answer`` (the model found none, so there is no answer to
+    judge, as for readability), ``empty_answer``, ``failed:<error>`` or ``not_finite``. Rows that
+    asked for no answer (failed requests, /search) have neither."""
+    frame = frame.copy()
+    if not scorers.names:
+        return frame
+    texts: list[str | None] = []
+    before: list[str | None] = []  # "" marks a row that asked for no answer
+    for row in frame.itertuples(index=False):
+        asks, no_answer, answer = _answer_state(row)
+        texts.append(answer if asks and not no_answer else None)
+        before.append("" if not asks else "no_answer" if no_answer else None)
+    for name, scores in scorers.score(texts).items():
+        frame[name] = [None if reason is not None else value for reason, value in zip(before, scores.values, strict=True)]
+        reasons = [reason if reason is not None else why for reason, why in zip(before, scores.reasons, strict=True)]
+        frame[f"{name}_skipped"] = [reason or None for reason in reasons]
+    return frame
 
 
 _ROW_VALUE_COLUMNS = (
@@ -666,6 +721,7 @@ def _empty_window(begin: datetime, finish: datetime) -> dict[str, Any]:
     row: dict[str, Any] = {"window_start": begin, "window_end": finish, "served_model_version": None, "source": None}
     row.update({metric: None for metric in WINDOW_METRICS})
     row["request_count"] = 0
+    row["scorer_skipped"] = {}
     return row
 
 
@@ -691,6 +747,25 @@ def _metrics(group: pd.DataFrame, values: pd.DataFrame, config: MonitoringConfig
         "citation_validity_mean": _mean(values["citation_validity"]),
         "out_of_corpus_rate": _window_out_of_corpus(group, config.out_of_corpus_floor),
         "query_drift": _window_query_drift(group, corpus_centroid),
+        **_scorer_metrics(group),
+    }
+
+
+def _scorer_metrics(group: pd.DataFrame) -> dict[str, Any]:
+    """The scorers' window metrics, null where a scorer is off or scored nothing, and
+    ``scorer_skipped``: the rows without a score, counted as ``"<scorer>.<reason>"``."""
+    toxicity = _numbers(group[TOXICITY]) if TOXICITY in group else np.zeros(0)
+    perplexity = _numbers(group[PERPLEXITY]) if PERPLEXITY in group else np.zeros(0)
+    skipped = Counter(
+        f"{name}.{reason}" for name in SCORE_COLUMNS if f"{name}_skipped" in group for reason in group[f"{name}_skipped"] if isinstance(reason, str)
+    )
+    return {
+        "toxicity_mean": float(toxicity.mean()) if toxicity.size else None,
+        "toxicity_max": float(toxicity.max()) if toxicity.size else None,
+        "toxic_rate": float((toxicity > TOXIC_LEVEL).mean()) if toxicity.size else None,
+        "perplexity_mean": float(perplexity.mean()) if perplexity.size else None,
+        "perplexity_p50": float(np.percentile(perplexity, 50)) if perplexity.size else None,
+        "scorer_skipped": dict(sorted(skipped.items())),
     }
 
 
@@ -714,8 +789,8 @@ def metric_series(
     rows: Sequence[Mapping[str, Any]], metric: str, *, source: str | None = None, served_model_version: str | None = None
 ) -> tuple[list[datetime], list[float | None]]:
     """(window starts, values) of one metric for a plot, oldest first. Rows of the same window (other
-    versions or sources, unless filtered) are averaged, weighted by request count; a window with no
-    value is None, a gap in the line."""
+    versions or sources, unless filtered) are averaged, weighted by request count (a ``_max`` metric
+    takes their largest); a window with no value is None, a gap in the line."""
     by_window: dict[datetime, list[tuple[float, int]]] = {}
     for row in rows:
         by_window.setdefault(row["window_start"], [])
@@ -733,6 +808,8 @@ def metric_series(
             values.append(None)
         elif metric == "request_count":
             values.append(float(sum(value for value, _ in points)))
+        elif metric.endswith("_max"):
+            values.append(max(value for value, _ in points))
         else:
             values.append(sum(value * count for value, count in points) / weight if weight else sum(v for v, _ in points) / len(points))
     return starts, values
@@ -758,8 +835,9 @@ def reference_rows(frame: pd.DataFrame, config: MonitoringConfig, evaluation: pd
     return frame[(frame["timestamp"] >= begin) & (frame["timestamp"] < finish)]
 
 
-def drift_values(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Each ``DRIFT_COLUMNS`` column's non-null per-row values."""
+def drift_values(frame: pd.DataFrame, names: Sequence[str] = DRIFT_COLUMNS) -> dict[str, np.ndarray]:
+    """The non-null per-row values of each column in ``names`` (``DRIFT_COLUMNS`` and scores); a
+    score column the frame lacks (its scorer is off) has none."""
     values = row_values(frame)
     columns = {
         "latency_ms": frame["latency_ms"],
@@ -769,14 +847,20 @@ def drift_values(frame: pd.DataFrame) -> dict[str, np.ndarray]:
         "top1_score": values["top1_score"],
         "groundedness": values["groundedness"],
         "question_top_cosine": frame["question_top_cosine"] if "question_top_cosine" in frame else [],
+        **{name: frame[name] if name in frame else [] for name in SCORE_COLUMNS},
     }
-    return {name: _numbers(columns[name]) for name in DRIFT_COLUMNS}
+    return {name: _numbers(columns[name]) for name in names}
 
 
-def column_drift(reference: pd.DataFrame, current: pd.DataFrame, bins: int = 10, min_count: int = 1) -> dict[str, dict[str, Any]]:
-    """``drift_metrics`` for every ``DRIFT_COLUMNS`` column, reference rows against current rows."""
-    before, after = drift_values(reference), drift_values(current)
-    return {name: drift_metrics(before[name], after[name], bins, min_count) for name in DRIFT_COLUMNS}
+def column_drift(
+    reference: pd.DataFrame, current: pd.DataFrame, bins: int = 10, min_count: int = 1, columns: Sequence[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """``drift_metrics`` for every column of ``columns`` (by default ``DRIFT_COLUMNS`` and the score
+    columns either frame has), reference rows against current rows."""
+    if columns is None:
+        columns = (*DRIFT_COLUMNS, *(name for name in SCORE_COLUMNS if name in reference or name in current))
+    before, after = drift_values(reference, columns), drift_values(current, columns)
+    return {name: drift_metrics(before[name], after[name], bins, min_count) for name in columns}
 
 
 def reference_bins(reference: np.ndarray, bins: int) -> np.ndarray:
@@ -965,7 +1049,7 @@ def _bound_thresholds(config: MonitoringConfig) -> list[tuple[str, Threshold, tu
         elif column:
             bound[f"{column}_{statistic}"] = (threshold, (column, statistic))
         else:
-            for name in DRIFT_COLUMNS:
+            for name in config.drift_columns:
                 scoped = any(t.metric == f"{name}.{statistic}" for t in config.thresholds)
                 if not scoped:
                     bound[f"{name}_{statistic}"] = (threshold, (name, statistic))

@@ -8,6 +8,9 @@ window's metrics, its drift against the reference (``population_stability_index`
 with ``request_count`` 0. ``write_window`` replaces a window's rows: each row's id is derived from
 (window start, version, source), rows are upserted by that id and the window's other rows deleted,
 so a re-run, or a run after one killed at any point, leaves exactly one row per id.
+A table written before a column existed (the scorers' metrics, ``scorers``, ``scorer_skipped``)
+reads back with that column null, and the next write rewrites it in today's schema
+(``store.LanceStore``), its old rows kept.
 
 The Dagster assets, ``llmops monitor``, ``llmops status`` and the retraining sensor read the table
 through ``read_rows``, ``window_verdicts`` and ``drift_state``. No Dagster here.
@@ -28,6 +31,7 @@ import pyarrow as pa
 
 from llmops_dagster.core import monitoring, store
 from llmops_dagster.core.monitoring import CheckOutcome, MonitoringConfig
+from llmops_dagster.core.scorers import AnswerScorers, ScorersConfig
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,7 +41,8 @@ UNANSWERED = "unanswered_questions"
 NUMERIC_METRICS = tuple(metric for metric in monitoring.WINDOW_METRICS if metric != "source_shares")
 PSI_MAX = "population_stability_index_max"  # the largest PSI over the drift columns: the drift plot's line
 PASSED, WARN, ERROR, NO_DATA = "PASSED", "WARN", "ERROR", "NO_DATA"
-SCORERS_OFF = "off: no local scorer model is configured, so no toxicity or perplexity is reported"
+SCORER_METRICS = tuple(metric for metrics in monitoring.SCORER_METRICS.values() for metric in metrics)
+SCORERS_OFF = ScorersConfig().describe()
 
 _UTC = pa.timestamp("us", tz="UTC")
 _DRIFT = pa.struct(
@@ -71,6 +76,8 @@ MONITORING_SCHEMA = pa.schema(
         pa.field("drift", pa.list_(_DRIFT), metadata={"description": "per column, named as in Databricks' drift metrics table"}),
         pa.field("checks", pa.list_(_CHECK), metadata={"description": "every threshold's verdict on this row"}),
         pa.field("malformed", pa.list_(_COUNT), metadata={"description": "rows of the window kept out, by reason (the same on each row)"}),
+        pa.field("scorers", pa.string(), metadata={"description": "which model-based scorers were on, with their models, or why off"}),
+        pa.field("scorer_skipped", pa.list_(_COUNT), metadata={"description": "answers without a score, as scorer.reason"}),
         pa.field("dagster_run_id", pa.string()),
         pa.field("computed_at", _UTC),
     ]
@@ -223,16 +230,21 @@ def corpus_vectors(lance: store.LanceStore) -> np.ndarray | None:
 @dataclass(frozen=True)
 class Scoring:
     """What a window needs besides the tables: the embedding model's ``encode`` and token counter,
-    and the corpus' vectors. Without them, query drift, the questions' nearest-chunk cosine and the
-    batch rows' token counts are null."""
+    the corpus' vectors and the model-based scorers. Without them, query drift, the questions'
+    nearest-chunk cosine, the batch rows' token counts and the scorers' metrics are null."""
 
     encode: Callable[[list[str]], np.ndarray] | None = None
     count_tokens: Callable[[str], int] | None = None
     corpus: np.ndarray | None = None
+    scorers: AnswerScorers | None = None
 
     @property
     def compares_with_corpus(self) -> bool:
         return self.encode is not None and self.corpus is not None and len(self.corpus) > 0
+
+    @property
+    def scorers_description(self) -> str:
+        return self.scorers.config.describe() if self.scorers is not None else SCORERS_OFF
 
 
 def frame_between(lance: store.LanceStore, begin: datetime, end: datetime, scoring: Scoring) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -248,9 +260,15 @@ def frame_between(lance: store.LanceStore, begin: datetime, end: datetime, scori
 
 
 def _with_vectors(frame: pd.DataFrame, scoring: Scoring) -> pd.DataFrame:
-    if frame.empty or not scoring.compares_with_corpus:
+    """The frame with question vectors (when there are a model and a corpus) and answer scores
+    (when scorers are configured)."""
+    if frame.empty:
         return frame
-    return monitoring.attach_question_vectors(frame, scoring.encode, scoring.corpus)
+    if scoring.compares_with_corpus:
+        frame = monitoring.attach_question_vectors(frame, scoring.encode, scoring.corpus)
+    if scoring.scorers is not None:
+        frame = monitoring.attach_answer_scores(frame, scoring.scorers)
+    return frame
 
 
 class _LazyModel:
@@ -272,12 +290,13 @@ class _LazyModel:
         return len(self._get().tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def lazy_scoring(lance: store.LanceStore, load_embedder: Callable[[], Any]) -> Scoring:
+def lazy_scoring(lance: store.LanceStore, load_embedder: Callable[[], Any], scorers: ScorersConfig | None = None) -> Scoring:
     """Scoring with the index's embedding model (``load_embedder`` is called at most once, and only
     when a window has questions) and the index's vectors: questions meet the corpus as vector
-    search meets them."""
+    search meets them. The configured ``scorers`` load their models only when a window has answers."""
     model = _LazyModel(load_embedder)
-    return Scoring(encode=model.encode, count_tokens=model.count_tokens, corpus=corpus_vectors(lance))
+    answer_scorers = AnswerScorers(scorers) if scorers is not None and scorers.configured else None
+    return Scoring(encode=model.encode, count_tokens=model.count_tokens, corpus=corpus_vectors(lance), scorers=answer_scorers)
 
 
 @dataclass
@@ -359,9 +378,10 @@ def compute_window(
             current = _slice(frame, metrics["served_model_version"], metrics["source"])
             before = reference.rows_for(metrics["served_model_version"], metrics["source"])
             if before is not None:
-                drift = monitoring.column_drift(before, current, config.drift_bins, config.drift_min_count)
+                drift = monitoring.column_drift(before, current, config.drift_bins, config.drift_min_count, config.drift_columns)
         outcomes = monitoring.evaluate_thresholds(metrics, drift, config)
-        rows.append(_table_row(metrics, drift, outcomes, problems, reference.description if reference else "none: no rows", run_id, computed_at))
+        described = reference.description if reference else "none: no rows"
+        rows.append(_table_row(metrics, drift, outcomes, problems, described, run_id, computed_at, scoring.scorers_description))
     return WindowReport(begin, end, rows, frame, problems, reference.description if reference else "none: no rows in this window")
 
 
@@ -384,6 +404,7 @@ def _table_row(
     reference: str,
     run_id: str,
     computed_at: datetime,
+    scorers: str = SCORERS_OFF,
 ) -> dict[str, Any]:
     start = metrics["window_start"]
     drift_rows = []
@@ -415,6 +436,8 @@ def _table_row(
         "drift": drift_rows,
         "checks": [{"name": o.name, "severity": o.severity, "passed": o.passed, "value": o.value, "threshold": o.threshold} for o in outcomes],
         "malformed": [{"reason": reason, "count": count} for reason, count in problems.items()],
+        "scorers": scorers,
+        "scorer_skipped": [{"reason": reason, "count": count} for reason, count in (metrics.get("scorer_skipped") or {}).items()],
         "dagster_run_id": run_id,
         "computed_at": computed_at,
     }
@@ -452,6 +475,9 @@ def read_rows(lance: store.LanceStore, since: datetime | None = None, until: dat
         conditions.append(f"window_start < {_sql_time(until)}")
     table = lance.read(MONITORING, MONITORING_SCHEMA, where=" AND ".join(conditions) or None)
     rows = table.to_pylist()
+    for row in rows:  # a table an older release wrote lacks the newer columns until the next write rewrites it
+        for name in MONITORING_SCHEMA.names:
+            row.setdefault(name, None)
     return sorted(rows, key=lambda row: (row["window_start"], row["served_model_version"] or "", row["source"] or ""))
 
 
@@ -618,7 +644,15 @@ def write_unanswered(
 
 # --- plots and summary -------------------------------------------------------------------------
 
-PLOTTED = (*NUMERIC_METRICS, PSI_MAX)
+PLOTTED = (*(metric for metric in NUMERIC_METRICS if metric not in SCORER_METRICS), PSI_MAX)  # with no scorer configured
+
+
+def plotted(config: MonitoringConfig) -> tuple[str, ...]:
+    """``PLOTTED`` and the metrics of the configured scorers."""
+    scored = [metric for name in config.scorers.configured for metric in monitoring.SCORER_METRICS[name]]
+    return (*PLOTTED[:-1], *scored, PLOTTED[-1])
+
+
 _PSI_METRIC = "population_stability_index"
 
 
@@ -646,7 +680,7 @@ def metric_plots(rows: Sequence[Mapping[str, Any]], starts: Sequence[datetime], 
     padded = [*rows, *({"window_start": start, "source": None, "served_model_version": None} for start in starts)]
     wanted = set(starts)
     plots = []
-    for metric in PLOTTED:
+    for metric in plotted(config):
         windows, values = monitoring.metric_series([row for row in padded if row["window_start"] in wanted], metric)
         title = "largest population_stability_index over the drift columns" if metric == PSI_MAX else metric
         plots.append((metric, _palette_png(metric_plot(windows, values, title, threshold_levels(config, metric)))))
@@ -688,12 +722,13 @@ def summary_markdown(
     requests = sum(int(row.get("request_count") or 0) for row in rows)
     problems = {entry["reason"]: entry["count"] for row in rows[:1] for entry in row.get("malformed") or []}
     lines = [f"**{start.isoformat()} – {end.isoformat()}**{note}: **{requests}** request(s) and prediction(s)."]
+    scored = [metric for metric in ("toxicity_mean", "toxicity_max", "perplexity_p50") if any(row.get(metric) is not None for row in rows)]
     if requests:
         lines += [
             "",
             "| version | source | rows | error rate | latency p50 / p95 ms | no answer | groundedness | "
-            "top-1 score | out of corpus | query drift | largest PSI | FK grade |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "top-1 score | out of corpus | query drift | largest PSI | FK grade |" + "".join(f" {metric} |" for metric in scored),
+            "|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(scored),
         ]
         for row in rows:
             if not row.get("request_count"):
@@ -703,6 +738,7 @@ def summary_markdown(
                 f"{_fmt(row['latency_p50_ms'])} / {_fmt(row['latency_p95_ms'])} | {_fmt(row['no_answer_rate'])} | "
                 f"{_fmt(row['groundedness_mean'])} | {_fmt(row['top1_score_mean'])} | {_fmt(row['out_of_corpus_rate'])} | "
                 f"{_fmt(row['query_drift'])} | {_fmt(row[PSI_MAX])} | {_fmt(row['flesch_kincaid_grade'])} |"
+                + "".join(f" {_fmt(row.get(metric))} |" for metric in scored)
             )
         lines += ["", f"Drift reference: {rows[0].get('reference')}."]
     else:
@@ -724,8 +760,20 @@ def summary_markdown(
     shares = _top_shares(rows)
     if shares:
         lines.append("Most cited documents: " + ", ".join(f"{doc} {share:.2f}" for doc, share in shares) + ".")
-    lines.append(f"Model-based scorers: {SCORERS_OFF}.")
+    lines.append(f"Model-based scorers: {next((row['scorers'] for row in rows if row.get('scorers')), SCORERS_OFF)}.")
+    skipped = scorer_skipped(rows)
+    if skipped:
+        lines.append("Answers without a score: " + ", ".join(f"{reason} {count}" for reason, count in skipped.items()) + ".")
     return "\n".join(lines)
+
+
+def scorer_skipped(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """The window's answers without a score, over its rows, as ``"<scorer>.<reason>"`` → count."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        for entry in row.get("scorer_skipped") or []:
+            counts[entry["reason"]] = counts.get(entry["reason"], 0) + int(entry["count"])
+    return dict(sorted(counts.items()))
 
 
 def _top_shares(rows: Sequence[Mapping[str, Any]], n: int = 5) -> list[tuple[str, float]]:
