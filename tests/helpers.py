@@ -45,6 +45,26 @@ def llmops(*args: str, home: Path, timeout: int = 600, extra_env: dict[str, str]
     return subprocess.run([LLMOPS, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def llmops_here(*args: str, home: Path, capsys) -> subprocess.CompletedProcess:
+    """The same entry point in this process, for calls where a fresh process adds only seconds (torch
+    and the model load once, not per call); ``llmops`` above is for what the process boundary tests."""
+    import pytest
+
+    from llmops_dagster.cli.app import main
+
+    with pytest.MonkeyPatch.context() as scoped:
+        scoped.setenv("LLMOPS_HOME", str(home))
+        scoped.setenv("HF_HUB_OFFLINE", "1")
+        scoped.delenv("DAGSTER_HOME", raising=False)
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse refusing an argument
+            code = exit_.code
+        out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["llmops", *args], code, out, err)
+
+
 @dataclass
 class TrainedHome:
     """What ``llmops run --env test`` left behind: its LLMOPS_HOME, landing zone and output."""

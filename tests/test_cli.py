@@ -1,4 +1,5 @@
-"""The llmops command line: real runs in a subprocess, and one-line errors with exit code 2."""
+"""The llmops command line: real runs in a subprocess, queries in this process (the same entry point,
+without loading torch and the model once per call), and one-line errors with exit code 2."""
 
 from __future__ import annotations
 
@@ -12,18 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from helpers import LLMOPS, SAMPLE_CORPUS, TrainedHome, llmops
+from helpers import LLMOPS, SAMPLE_CORPUS, TrainedHome, llmops, llmops_here
 
 
 @pytest.mark.slow
-def test_run_then_search_ask_and_predict(trained_home: TrainedHome, tmp_path: Path) -> None:
+def test_run_then_search_ask_and_predict(trained_home: TrainedHome, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     home, run = trained_home.home, trained_home.run
     assert "▶ embeddings" in run.stderr and "check no_files_lost: ✔" in run.stderr
     assert "check meets_thresholds: ✔" in run.stderr and "## test/evaluation" in run.stdout
     assert (home / "dagster" / "dagster.yaml").exists()  # the run is recorded where the UI looks
 
     for mode in ("hybrid", "vector", "text"):
-        found = llmops("search", "--env", "test", "--k", "3", "--mode", mode, "--json", "token window of the embedding model", home=home)
+        query = ("search", "--env", "test", "--k", "3", "--mode", mode, "--json", "token window of the embedding model")
+        found = llmops_here(*query, home=home, capsys=capsys)
         assert found.returncode == 0, found.stderr
         payload = json.loads(found.stdout)
         assert payload["query"] == "token window of the embedding model"
@@ -36,12 +38,12 @@ def test_run_then_search_ask_and_predict(trained_home: TrainedHome, tmp_path: Pa
             p["source"] in {"operations-guide.pdf", "chunking-notes.md", "vector-search-primer.html", "release-checklist.txt"} for p in passages
         )
 
-    plain = llmops("search", "--env", "test", "which quarantine reasons exist", home=home)
+    plain = llmops_here("search", "--env", "test", "which quarantine reasons exist", home=home, capsys=capsys)
     assert plain.returncode == 0 and "1. [" in plain.stdout
     assert "Traceback" not in plain.stderr
 
     # The run registered a challenger; with no champion yet, ask and predict use it and say so.
-    asked = llmops("ask", "--env", "test", "--k", "2", "--json", "How is a release rolled back?", home=home)
+    asked = llmops_here("ask", "--env", "test", "--k", "2", "--json", "How is a release rolled back?", home=home, capsys=capsys)
     assert asked.returncode == 0, asked.stderr[-3000:]
     answer = json.loads(asked.stdout)
     assert answer["model_alias"] == "challenger" and answer["model_version"] == "1"
@@ -51,7 +53,7 @@ def test_run_then_search_ask_and_predict(trained_home: TrainedHome, tmp_path: Pa
     questions = tmp_path / "questions.jsonl"
     questions.write_text('{"question": "What is BM25?"}\n{"question": 7}\n\n{"question": "Which formats are supported?"}\n')
     out = tmp_path / "answers" / "out.jsonl"
-    predicted = llmops("predict", "--env", "test", "--questions", str(questions), "--out", str(out), home=home)
+    predicted = llmops_here("predict", "--env", "test", "--questions", str(questions), "--out", str(out), home=home, capsys=capsys)
     assert predicted.returncode == 1  # some lines were rejected; the valid ones are still answered
     assert 'questions.jsonl:2: "question" must be a string, got int' in predicted.stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
@@ -61,7 +63,9 @@ def test_run_then_search_ask_and_predict(trained_home: TrainedHome, tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_tick_promotes_once_and_status_and_rollback_read_the_history(trained_home: TrainedHome, tmp_path: Path) -> None:
+def test_tick_promotes_once_and_status_and_rollback_read_the_history(
+    trained_home: TrainedHome, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     import dagster as dg
 
     home = tmp_path / "home"
@@ -76,13 +80,13 @@ def test_tick_promotes_once_and_status_and_rollback_read_the_history(trained_hom
         observed = instance.fetch_observations(dg.AssetKey(["test", "rag_model"]), limit=5).records
     assert [record.asset_observation.metadata["champion"].value for record in observed] == ["1"]
 
-    status = llmops("status", "--env", "test", "--json", home=home)
+    status = llmops_here("status", "--env", "test", "--json", home=home, capsys=capsys)
     assert status.returncode == 0, status.stderr
     [state] = json.loads(status.stdout)
     assert state["champion"]["version"] == "1" and state["champion"]["validation_status"] == "PASSED"
     assert [(entry["version"], entry["actor"]) for entry in state["history"]] == [("1", "sensor:test/champion")]
 
-    refused = llmops("rollback", "--env", "test", home=home)
+    refused = llmops_here("rollback", "--env", "test", home=home, capsys=capsys)
     assert refused.returncode == 2 and refused.stderr.strip() == "llmops: error: v1 has no previous champion in the history of test.llmops.rag_model"
 
 
