@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import warnings
 
 import dagster as dg
@@ -106,16 +108,31 @@ def build_defs(env: str | EnvSettings) -> dg.Definitions:
     )
 
 
+def code_location(env: str) -> dg.Definitions:
+    """One environment as a code location of ``workspace.yaml``: its own process, whose runs and
+    sensor ticks register versions and move aliases. Where the environment declares ``auth:`` for a
+    tracking server, that process signs in to MLflow as ``auth.service`` (unless it was started
+    signed in as someone), so the daemon and the UI need no credentials of their own."""
+    from llmops_dagster.core.access import AccessError, service_credentials, tracking_server
+
+    settings = load_settings(env)
+    try:
+        os.environ.update(service_credentials(settings.auth, tracking_server(settings.mlflow.tracking_uri, settings.mlflow.registry_uri)))
+    except AccessError as error:  # reads still work; the server refuses writes with its own message
+        logging.getLogger("llmops_dagster").warning(f"environment '{env}': auth.service {error}; MLflow calls are anonymous")
+    return build_defs(settings)
+
+
 @dg.definitions
 def test_defs() -> dg.Definitions:
-    return build_defs("test")
+    return code_location("test")
 
 
 @dg.definitions
 def staging_defs() -> dg.Definitions:
-    return build_defs("staging")
+    return code_location("staging")
 
 
 @dg.definitions
 def prod_defs() -> dg.Definitions:
-    return build_defs("prod")
+    return code_location("prod")

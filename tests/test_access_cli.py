@@ -156,6 +156,22 @@ def test_policy_applied_and_reader_refused_by_the_cli(
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
 
+    # A code location of workspace.yaml (the daemon's sensors, the UI's runs) signs in as the service
+    # account by itself; someone who started it signed in stays themselves.
+    from llmops_dagster.definitions import code_location
+
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    code_location("test")
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == SERVICE.username
+    MlflowClient(tracking_uri=auth_server.url, registry_uri=auth_server.url).set_registered_model_alias(MODEL, CHAMPION, "2")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", READER.username)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", passwords[READER.username])
+    code_location("test")
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == READER.username
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+
     # A service password variable that is not set: one line naming it, before any registry call.
     code, _, err = run_here("approve", "--env", "test", "--version", "2", **{SERVICE.password_env: None})
     not_set = f"account 'cli-service': environment variable {SERVICE.password_env} is not set"

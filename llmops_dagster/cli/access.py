@@ -23,7 +23,17 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from llmops_dagster.cli.common import UserError, settings_for
-from llmops_dagster.core.access import PASSWORD_ENV, REGISTERED_MODEL, USERNAME_ENV, AccessError, Account, Action, explain_denied, is_denied
+from llmops_dagster.core.access import (
+    PASSWORD_ENV,
+    REGISTERED_MODEL,
+    USERNAME_ENV,
+    AccessError,
+    Account,
+    Action,
+    explain_denied,
+    is_denied,
+    service_credentials,
+)
 
 if TYPE_CHECKING:
     from llmops_dagster.settings import EnvSettings
@@ -37,8 +47,9 @@ class AccessDenied(Exception):
 
 def tracking_server(settings: EnvSettings) -> str | None:
     """The URL of the environment's registry when it is an MLflow tracking server (http/https), else None."""
-    uri = settings.mlflow.registry_uri or settings.mlflow.tracking_uri
-    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
+    from llmops_dagster.core.access import tracking_server as server_of
+
+    return server_of(settings.mlflow.tracking_uri, settings.mlflow.registry_uri)
 
 
 @contextmanager
@@ -58,23 +69,20 @@ def _variables(values: dict[str, str]) -> Iterator[None]:
 @contextmanager
 def acting_account(settings: EnvSettings) -> Iterator[Account | None]:
     """The account the registry calls inside the block are made as (None: no server or no auth)."""
-    if tracking_server(settings) is None:
-        yield None
-        return
+    server = tracking_server(settings)
     username = os.environ.get(USERNAME_ENV)
-    if username:
+    if server is not None and username:
         yield Account(username, PASSWORD_ENV)
         return
-    if settings.auth is None:
-        yield None
-        return
-    service = settings.auth.service
     try:
-        password = service.password()
+        credentials = service_credentials(settings.auth, server)
     except AccessError as error:
         raise UserError(f"environment '{settings.name}': auth.service {error}") from None
-    with _variables({USERNAME_ENV: service.username, PASSWORD_ENV: password}):
-        yield service
+    if not credentials:
+        yield None
+        return
+    with _variables(credentials):
+        yield settings.auth.service
 
 
 def _held(settings: EnvSettings, account: Account, model: str) -> str | None:

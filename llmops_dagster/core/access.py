@@ -66,6 +66,21 @@ class Account:
         return MlflowHostCreds(tracking_uri.rstrip("/"), username=self.username, password=self.password())
 
 
+def tracking_server(tracking_uri: str, registry_uri: str | None = None) -> str | None:
+    """The URL of the registry when it is an MLflow tracking server (http/https), else None."""
+    uri = registry_uri or tracking_uri
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
+
+
+def service_credentials(auth: AuthConfig | None, server: str | None) -> dict[str, str]:
+    """The variables MLflow's client signs in with, for the service account: empty where there is no
+    tracking server or no ``auth:`` section, or where someone is already signed in as themselves
+    (``MLFLOW_TRACKING_USERNAME`` set). Raises ``AccessError`` when the password variable is unset."""
+    if server is None or auth is None or os.environ.get(USERNAME_ENV):
+        return {}
+    return {USERNAME_ENV: auth.service.username, PASSWORD_ENV: auth.service.password()}
+
+
 @dataclass(frozen=True)
 class AccessPolicy:
     """Who may do what with one environment's experiment and registered model."""
