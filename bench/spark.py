@@ -183,6 +183,7 @@ def main() -> None:
         return
     pages = 40 if args.quick else args.pages
 
+    load_before = os.getloadavg()[0]  # shared machines: how busy the cores were explains a lot of the spread
     work = Path(tempfile.mkdtemp(prefix="llmops-bench-spark-"))
     corpus = build_corpus(work, pages, args.pages_per_file)
     results = {engine: run_engine(engine, work, None) for engine in ENGINES[:2]}
@@ -199,6 +200,7 @@ def main() -> None:
         f"(generated in {corpus['generate_s']:.1f} s; parsed and chunked in process in {corpus['chunk_s']:.1f} s, once for every engine)"
     )
     print(f"Spark Connect server launch ({MASTER} behind it): {server_start:.1f} s, before its session")
+    print(f"load average: {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, on {os.cpu_count()} CPUs")
     header = f"{'engine':<16}{'driver load s':>14}{'session s':>10}{'start-up s':>11}{'steady s':>10}{'chunks/s':>10}{'pages/s':>9}"
     print(header + f"{'vs in process':>14}{'min cosine':>11}")
     for engine, result in results.items():
