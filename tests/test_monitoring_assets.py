@@ -1,7 +1,7 @@
 """The monitoring assets on what a real ``llmops serve`` logged and a real batch prediction run wrote,
 over two daily partitions of ``test``; their checks, sensors, the ``llmops monitor`` and ``llmops
-status`` commands, a backfill through the dagster CLI, and the plots in the Dagster UI (headless
-Chromium).
+status`` commands, backfills through the dagster CLI and from the Dagster UI (run by the daemon),
+and the plots in the UI (headless Chromium).
 
 One module fixture serves the session's trained environment (its challenger made champion) and
 sends it a mix of questions: in the corpus, off topic, a malformed request and a search. Yesterday
@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +30,8 @@ import httpx
 import pyarrow as pa
 import pytest
 import yaml
+from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import Page
 from servers import champion_home, start, stop
 
 from llmops_dagster.core import monitoring_table, store
@@ -54,6 +59,11 @@ IN_CORPUS = [
 OFF_TOPIC = ["What is the capital of Peru?", "How do I bake sourdough bread?", "Who won the 1998 football world cup?"]
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
 WEBSERVER = str(Path(sys.executable).with_name("dagster-webserver"))
+DAEMON = str(Path(sys.executable).with_name("dagster-daemon"))
+WORKSPACE = ["-m", "llmops_dagster.definitions", "-a", "test_defs"]
+MONITORING_KEY = dg.AssetKey(["test", "monitoring"])
+BACKFILL_TAG, PARTITION_TAG = "dagster/backfill", "dagster/partition"
+UI_BACKFILL_DAYS = 3  # the days before yesterday that the UI backfills
 CHROMIUM = "/usr/bin/chromium"
 # Drift needs this many values on each side; the default (20) is more than a test window holds.
 MONITORING = {"drift_min_count": 3}
@@ -427,34 +437,77 @@ def test_a_write_killed_midway_leaves_no_duplicates(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_backfill_with_the_dagster_cli_and_the_plots_in_the_ui(monitored: Monitored, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_backfills_from_the_dagster_cli_and_the_ui(monitored: Monitored, tmp_path_factory: pytest.TempPathFactory) -> None:
     """``dagster asset materialize --partition`` backfills a day into the persistent instance; the
-    asset's page in the UI then shows the plots (rendered images, not just markdown)."""
+    asset's page in the UI then shows the plots (rendered images, not just markdown), and a backfill
+    of earlier days launched from that page (Materialize…, a partition range, Launch backfill) is
+    run by the daemon: each day gets a materialization and its rows, with no duplicates."""
     env = {**monitored.env(), "DAGSTER_HOME": str(monitored.home / "dagster")}
     key = monitored.yesterday.strftime("%Y-%m-%d")
-    args = ["asset", "materialize", "-m", "llmops_dagster.definitions", "-a", "test_defs", "--select", "test/monitoring", "--partition", key]
+    args = ["asset", "materialize", *WORKSPACE, "--select", "test/monitoring", "--partition", key]
     result = subprocess.run([DAGSTER, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = [row for row in monitoring_table.read_rows(monitored.lance) if row["window_start"] == monitored.yesterday]
     assert {row["source"] for row in rows} == {"endpoint", "batch"} and len(rows) == len({row["id"] for row in rows})
+    # The days before yesterday: no request fell in them, and this instance has not materialized them.
+    days = [monitored.yesterday - n * DAY for n in range(UI_BACKFILL_DAYS, 0, -1)]
+    keys = [day.strftime("%Y-%m-%d") for day in days]
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
-        event = instance.get_latest_materialization_event(dg.AssetKey(["test", "monitoring"]))
+        event = instance.get_latest_materialization_event(MONITORING_KEY)
         assert event.asset_materialization.partition == key
+        assert not _materialized(instance, keys)
+        known = {backfill.backfill_id for backfill in instance.get_backfills()}
 
     port = free_port()
-    log = (tmp_path_factory.mktemp("ui") / "webserver.log").open("w")
-    command = [WEBSERVER, "-m", "llmops_dagster.definitions", "-a", "test_defs", "-h", "127.0.0.1", "-p", str(port)]
-    webserver = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    logs = tmp_path_factory.mktemp("ui")
+    screenshots = tmp_path_factory.mktemp("screenshots")
+    webserver = _start([WEBSERVER, *WORKSPACE, "-h", "127.0.0.1", "-p", str(port)], env, logs / "webserver.log")
+    daemon = None
     try:
-        _wait_for(f"http://127.0.0.1:{port}/server_info", webserver)
-        screenshot = tmp_path_factory.mktemp("screenshots") / "monitoring-plots.png"
-        shown = _plots_in_the_ui(f"http://127.0.0.1:{port}", screenshot)
-        print(f"\nmonitoring plots in the Dagster UI: {screenshot}")
+        _wait_for(f"{base}/server_info", webserver)
+        _stop_sensors(base)  # so that the daemon starts the backfill's runs and nothing else
+        daemon = _start([DAEMON, "run", *WORKSPACE], env, logs / "daemon.log")
+        with _browser() as page:
+            shown = _plots_in_the_ui(page, base, screenshots / "monitoring-plots.png")
+            print(f"\nmonitoring plots in the Dagster UI: {screenshots / 'monitoring-plots.png'}")
+            _launch_backfill(page, base, keys)
+            backfill_id = _new_backfill(env["DAGSTER_HOME"], known)
+            status, runs = _finished_backfill(env["DAGSTER_HOME"], backfill_id, len(keys), daemon, logs)
+            _show_backfill(page, base, backfill_id, keys, screenshots / "monitoring-backfill.png")
+            print(f"monitoring backfill {backfill_id} in the Dagster UI: {screenshots / 'monitoring-backfill.png'}")
     finally:
-        stop_group(webserver)
-        log.close()
+        for process in (daemon, webserver):
+            if process is not None:
+                stop_group(process)
     assert {alt for alt, _ in shown} == set(monitoring_table.PLOTTED)
     assert all(width > 0 for _, width in shown)
+
+    assert status == "COMPLETED_SUCCESS", status
+    run_of = {run.tags[PARTITION_TAG]: run.run_id for run in runs}
+    assert sorted(run_of) == keys, "one run per selected day"
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        assert _materialized(instance, keys) == {partition: run_of[partition] for partition in keys}
+    table = monitoring_table.read_rows(monitored.lance)
+    assert len(table) == len({row["id"] for row in table}), "no duplicate ids"
+    by_day = monitoring_table.by_window(table)
+    for day, partition in zip(days, keys, strict=True):
+        [row] = by_day[day]  # nothing was served that day: its empty-window row
+        assert row["request_count"] == 0 and row["dagster_run_id"] == run_of[partition], row
+
+
+def _materialized(instance: dg.DagsterInstance, keys: list[str]) -> dict[str, str]:
+    """Partition → the run of its latest materialization of test/monitoring, for these partitions."""
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=MONITORING_KEY, asset_partitions=keys), limit=100).records
+    latest: dict[str, str] = {}
+    for record in sorted(records, key=lambda record: record.storage_id):
+        latest[record.partition_key] = record.run_id
+    return latest
+
+
+def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    with log.open("w") as output:  # the child keeps its own descriptor
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _wait_for(url: str, process: subprocess.Popen, timeout: float = 180) -> None:
@@ -469,28 +522,132 @@ def _wait_for(url: str, process: subprocess.Popen, timeout: float = 180) -> None
     raise AssertionError(f"{url} did not answer within {timeout:.0f}s")
 
 
-def _plots_in_the_ui(base: str, screenshot: Path) -> list[tuple[str, int]]:
-    """Opens the asset page, shows the ``plots`` metadata entry, and returns each image's alt text
-    and rendered width (naturalWidth: 0 for an image the browser could not decode)."""
+_SENSORS = """{ workspaceOrError { ... on Workspace { locationEntries { locationOrLoadError {
+  ... on RepositoryLocation { repositories { sensors { id name sensorState { status } } } } } } } } }"""
+_STOP_SENSOR = "mutation($id: String) { stopSensor(id: $id) { __typename } }"
+
+
+def _graphql(base: str, query: str, variables: dict | None = None) -> dict:
+    answer = httpx.post(f"{base}/graphql", json={"query": query, "variables": variables or {}}, timeout=120)
+    answer.raise_for_status()
+    body = answer.json()
+    assert "errors" not in body, body["errors"]
+    return body["data"]
+
+
+def _stop_sensors(base: str) -> None:
+    """Stops the location's running sensors, as their toggles in the UI would: the served log is new
+    to them, and their runs would compete with the backfill's for this machine."""
+    entries = _graphql(base, _SENSORS)["workspaceOrError"]["locationEntries"]
+    sensors = [sensor for entry in entries for repo in entry["locationOrLoadError"]["repositories"] for sensor in repo["sensors"]]
+    assert NEW_REQUESTS_SENSOR in {sensor["name"] for sensor in sensors}
+    for sensor in sensors:
+        if sensor["sensorState"]["status"] == "RUNNING":
+            stopped = _graphql(base, _STOP_SENSOR, {"id": sensor["id"]})["stopSensor"]
+            assert stopped["__typename"] == "StopSensorMutationResult", (sensor["name"], stopped)
+
+
+@contextmanager
+def _browser() -> Iterator[Page]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1600, "height": 1200})
-        page.goto(f"{base}/assets/test/monitoring")
-        page.get_by_text("plots", exact=True).first.wait_for(state="visible", timeout=90_000)
-        skip = page.get_by_role("button", name="Skip")  # a new instance greets with a dialog over the page
         try:
-            skip.first.wait_for(state="visible", timeout=5_000)
-            skip.first.click()
-        except Exception:  # no dialog this time
-            pass
-        row = page.locator("tr", has=page.get_by_text("plots", exact=True))
-        row.get_by_text("[Show Markdown]").first.click()
-        images = page.locator("img[alt='no_answer_rate']")
-        images.first.wait_for(state="visible", timeout=30_000)
-        page.wait_for_function("Array.from(document.images).filter(i => i.src.startsWith('data:image/png')).every(i => i.complete)")
-        shown = page.evaluate("Array.from(document.images).filter(i => i.src.startsWith('data:image/png')).map(i => [i.alt, i.naturalWidth])")
-        page.screenshot(path=str(screenshot))
-        browser.close()
+            yield browser.new_page(viewport={"width": 1600, "height": 1200})
+        finally:
+            browser.close()
+
+
+def _plots_in_the_ui(page: Page, base: str, screenshot: Path) -> list[tuple[str, int]]:
+    """Opens the asset page, shows the ``plots`` metadata entry, and returns each image's alt text
+    and rendered width (naturalWidth: 0 for an image the browser could not decode)."""
+    page.goto(f"{base}/assets/test/monitoring")
+    page.get_by_text("plots", exact=True).first.wait_for(state="visible", timeout=90_000)
+    skip = page.get_by_role("button", name="Skip")  # a new instance greets with a dialog over the page
+    try:
+        skip.first.wait_for(state="visible", timeout=5_000)
+        skip.first.click()
+    except PlaywrightError:  # no dialog this time
+        pass
+    row = page.locator("tr", has=page.get_by_text("plots", exact=True))
+    row.get_by_text("[Show Markdown]").first.click()
+    images = page.locator("img[alt='no_answer_rate']")
+    images.first.wait_for(state="visible", timeout=30_000)
+    page.wait_for_function("Array.from(document.images).filter(i => i.src.startsWith('data:image/png')).every(i => i.complete)")
+    shown = page.evaluate("Array.from(document.images).filter(i => i.src.startsWith('data:image/png')).map(i => [i.alt, i.naturalWidth])")
+    page.screenshot(path=str(screenshot))
     return [(alt, width) for alt, width in shown]
+
+
+def _launch_backfill(page: Page, base: str, keys: list[str]) -> None:
+    """On the asset's page: Materialize…, then the partition range typed into the dialog's selection
+    (one key after another if this UI does not take the range syntax), then Launch backfill."""
+    page.goto(f"{base}/assets/test/monitoring")
+    # Accessible names start with the icon's: "materialization Materialize…".
+    page.get_by_role("button", name=re.compile(r"\bMaterialize")).first.click(timeout=90_000)
+    launch = page.get_by_role("button", name=re.compile(r"\bLaunch (backfill|\d+ runs?)\b"))
+    # Upstream assets that this instance never materialized (inference_log) ask for a confirmation first.
+    confirm = page.get_by_role("dialog").get_by_role("button", name="Confirm")
+    launch.or_(confirm).first.wait_for(state="visible", timeout=60_000)
+    if confirm.is_visible():
+        confirm.click()
+    dialog = page.get_by_role("dialog").filter(has=launch)
+    selection = dialog.get_by_role("textbox").first
+    count = dialog.get_by_text(f"{len(keys)} partitions", exact=True)
+    for typed in (f"[{keys[0]}...{keys[-1]}]", ",".join(keys)):
+        selection.fill(typed)
+        selection.press("Enter")
+        try:
+            count.first.wait_for(state="visible", timeout=10_000)
+            break
+        except PlaywrightError:
+            continue
+    else:
+        raise AssertionError(f"the dialog did not select {keys}: {dialog.inner_text()[:1000]}")
+    launch.first.click()
+
+
+def _new_backfill(home: str, known: set[str], timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    with dg.DagsterInstance.from_config(home) as instance:
+        while time.monotonic() < deadline:
+            new = [backfill.backfill_id for backfill in instance.get_backfills() if backfill.backfill_id not in known]
+            if new:
+                [backfill_id] = new
+                return backfill_id
+            time.sleep(1)
+    raise AssertionError(f"launching from the UI created no backfill within {timeout:.0f}s")
+
+
+def _finished_backfill(
+    home: str, backfill_id: str, expected_runs: int, daemon: subprocess.Popen, logs: Path, timeout: float = 480
+) -> tuple[str, list[dg.DagsterRun]]:
+    """Waits for the daemon to run the backfill's runs and then mark it done; its status and runs.
+    A failed run's step errors go into the assertion."""
+    deadline = time.monotonic() + timeout
+    with dg.DagsterInstance.from_config(home) as instance:
+        while time.monotonic() < deadline:
+            assert daemon.poll() is None, f"dagster-daemon exited; see {logs / 'daemon.log'}"
+            status = instance.get_backfill(backfill_id).status.value
+            runs = instance.get_runs(filters=dg.RunsFilter(tags={BACKFILL_TAG: backfill_id}))
+            if len(runs) >= expected_runs and all(run.is_finished for run in runs) and status not in ("REQUESTED", "CANCELING"):
+                failures = [_failure(instance, run) for run in runs if run.status != dg.DagsterRunStatus.SUCCESS]
+                assert not failures, "\n".join(failures)
+                return status, runs
+            time.sleep(2)
+    raise AssertionError(f"backfill {backfill_id} did not finish within {timeout:.0f}s; see {logs / 'daemon.log'}")
+
+
+def _failure(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
+    steps = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+    errors = [record.dagster_event.event_specific_data.error.to_string()[-1500:] for record in steps]
+    return f"{run.tags.get(PARTITION_TAG)}: run {run.run_id} {run.status.value}\n" + "\n".join(errors)
+
+
+def _show_backfill(page: Page, base: str, backfill_id: str, keys: list[str], screenshot: Path) -> None:
+    """The backfill's page, once done: its partition range and the asset it materialized."""
+    page.goto(f"{base}/runs/b/{backfill_id}")
+    page.get_by_text(f"{keys[0]}...{keys[-1]}").first.wait_for(state="visible", timeout=90_000)
+    page.get_by_text("test / monitoring").first.wait_for(state="visible", timeout=30_000)
+    page.screenshot(path=str(screenshot))
