@@ -33,7 +33,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_tick(args: argparse.Namespace) -> int:
-    """Evaluate the environment's promotion sensors once, as the daemon would, and run what they request."""
+    """Evaluate the environment's promotion and endpoint sensors once, as the daemon would, and run what they request."""
     import dagster as dg
 
     from llmops_dagster.definitions import build_defs
@@ -50,11 +50,12 @@ def cmd_tick(args: argparse.Namespace) -> int:
 def _tick(settings: EnvSettings, defs: dg.Definitions, instance: dg.DagsterInstance, resources: dict[str, Any]) -> int:
     import dagster as dg
 
-    from llmops_dagster.sensors import CHAMPION_SENSOR, UPSTREAM_SENSOR
+    from llmops_dagster.sensors import CHAMPION_SENSOR, ENDPOINT_SENSOR, UPSTREAM_SENSOR
     from llmops_dagster.sensors.promotion import RegistryUnavailableError
 
     status = 0
-    for name in (UPSTREAM_SENSOR, CHAMPION_SENSOR):
+    # In the order a promotion flows: adopt upstream's champion, promote here, point the endpoint at it.
+    for name in (UPSTREAM_SENSOR, CHAMPION_SENSOR, ENDPOINT_SENSOR):
         try:
             sensor = defs.resolve_sensor_def(name)
         except Exception:
