@@ -243,6 +243,6 @@ def recorded_selection(client: MlflowClient, experiment: str, run_id: str | None
 
 def selection_problem(selection: Selection, configured: RagConfig) -> str | None:
     """Why a kept selection cannot serve an environment's settings: it was made from other ones."""
-    mine, theirs = asdict(configured), asdict(selection.configured)
+    mine, theirs = (json.loads(json.dumps(asdict(config))) for config in (configured, selection.configured))  # as stored
     differing = sorted(key for key in mine if mine[key] != theirs.get(key))
     return f"the recorded selection was made from other rag settings ({', '.join(differing)})" if differing else None
