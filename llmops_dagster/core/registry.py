@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities import Run
     from mlflow.entities.model_registry import ModelVersion
 
 VALIDATION_STATUS = "validation_status"
@@ -140,16 +141,23 @@ TRAINING_WINNER_TAG = "llmops.embedding_model.winner"  # on the MLflow run that 
 TRAINING_ADAPTER_TAG = "llmops.embedding_model.has_adapter"  # ... and whether it logged adapter.npy
 
 
+def tagged_run(client: MlflowClient, experiment: str, run_id: str | None, tag: str) -> Run | None:
+    """MLflow run ``run_id`` when it carries ``tag``, else the newest run of the experiment that
+    does; None when no run does."""
+    run = client.get_run(run_id) if run_id else None
+    if run is not None and tag in run.data.tags:
+        return run
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs([found.experiment_id], filter_string=f"tags.`{tag}` LIKE '%'", order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
 def training_record(client: MlflowClient, experiment: str, active_run_id: str | None) -> dict[str, Any] | None:
     """What the embedding model's training left in MLflow: this Dagster run's own MLflow run when it
     trained, else the newest run of the experiment that did. None when nothing was trained yet."""
-    run = client.get_run(active_run_id) if active_run_id else None
-    if run is None or TRAINING_WINNER_TAG not in run.data.tags:
-        found = client.get_experiment_by_name(experiment)
-        runs = client.search_runs(
-            [found.experiment_id], filter_string=f"tags.`{TRAINING_WINNER_TAG}` LIKE '%'", order_by=["attributes.start_time DESC"], max_results=1
-        ) if found else []
-        run = runs[0] if runs else None
+    run = tagged_run(client, experiment, active_run_id, TRAINING_WINNER_TAG)
     if run is None:
         return None
     return {

@@ -229,13 +229,9 @@ def log_selection(selection: Selection) -> None:
 
 def recorded_selection(client: MlflowClient, experiment: str, run_id: str | None) -> Selection | None:
     """The selection kept in MLflow run ``run_id``, else the newest one of the experiment; None if none was kept."""
-    run = client.get_run(run_id) if run_id else None
-    if run is None or SELECTION_TAG not in run.data.tags:
-        found = client.get_experiment_by_name(experiment)
-        runs = client.search_runs(
-            [found.experiment_id], filter_string=f"tags.`{SELECTION_TAG}` LIKE '%'", order_by=["attributes.start_time DESC"], max_results=1
-        ) if found else []
-        run = runs[0] if runs else None
+    from llmops_dagster.core.registry import tagged_run
+
+    run = tagged_run(client, experiment, run_id, SELECTION_TAG)
     if run is None:
         return None
     return from_json(Path(client.download_artifacts(run.info.run_id, SELECTION_FILE)).read_text())
