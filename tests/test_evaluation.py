@@ -61,3 +61,26 @@ def test_signature_problems() -> None:
     bad = {**good, "inputs": json.dumps([{"name": "query", "type": "string"}]), "params": "[]"}
     problems = signature_problems(bad, False)
     assert len(problems) == 3 and "no input example was logged" in problems
+
+
+def test_one_mlflow_run_scores_one_evaluation_set(tmp_path) -> None:
+    """rag_model's selection and the gate read the set the run kept, even if the landing zone changed between them."""
+    from mlflow import MlflowClient
+
+    from llmops_dagster.core.evaluation import EvalItem, run_evaluation_set
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = client.create_run(client.create_experiment("sets", artifact_location=str(tmp_path / "artifacts"))).info.run_id
+    first = [EvalItem("a sentence", frozenset({"c2", "c1"}), "chunk", "held_out"), EvalItem("q1", frozenset({"guide.pdf"}), "source", "gold", "ans")]
+    builds, warnings = [], []
+
+    def build(items, skipped):
+        return lambda: builds.append(len(items)) or (items, skipped)
+
+    assert run_evaluation_set(client, run_id, build(first, ["g.jsonl:2: gone"]), warnings.append) == (first, 1)
+    again = run_evaluation_set(client, run_id, build(first[:1], []), warnings.append)  # the landing zone changed since
+    assert again == (first, 1) and builds == [2]
+    assert warnings == ["gold question skipped: g.jsonl:2: gone"] * 2
+    assert run_evaluation_set(client, None, build(first[:1], []), warnings.append) == (first[:1], 0) and builds == [2, 1]
+    other = client.create_run(client.get_run(run_id).info.experiment_id).info.run_id
+    assert run_evaluation_set(client, other, build(first[:1], []))[0] == first[:1]

@@ -22,6 +22,7 @@ import pytest
 
 from llmops_dagster.core import registry, selection, store
 from llmops_dagster.core.embedding import default_model_path
+from llmops_dagster.core.evaluation import logged_evaluation_set
 from llmops_dagster.core.questions import landing_questions
 from llmops_dagster.core.rag import RagConfig
 from llmops_dagster.definitions import INGEST_JOB, build_defs, environment_assets
@@ -109,6 +110,10 @@ def test_a_run_trains_registers_and_validates_a_challenger(first: Run) -> None:
     artifacts = {a.path for a in mlflow_client.list_artifacts(run.info.run_id, "embedding_model")}
     assert {"embedding_model/adapter.npy", "embedding_model/held_out.jsonl", "embedding_model/train.jsonl"} <= artifacts
     assert str(first.home / "mlartifacts" / "test") in run.info.artifact_uri
+    # rag_model's selection and the gate scored one evaluation set, the one this run kept.
+    kept, skipped = logged_evaluation_set(mlflow_client, run.info.run_id)
+    gate = first.instance.get_latest_materialization_event(dg.AssetKey([first.settings.name, "evaluation"])).asset_materialization.metadata
+    assert gate["gold_questions_skipped"].value == len(skipped) and f"of {len(kept)} (" in gate["summary"].value
 
 
 def test_evaluation_compares_systems_and_modes(first: Run) -> None:

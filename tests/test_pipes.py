@@ -15,6 +15,7 @@ from databricks_workspace import WorkspaceServer
 
 from llmops_dagster.core import registry, selection, store
 from llmops_dagster.core.bundle import PIPES_ENTRY_POINTS
+from llmops_dagster.core.evaluation import logged_evaluation_set
 from llmops_dagster.core.questions import landing_questions
 from llmops_dagster.pipes import MLFLOW_RUN_EXTRA
 from llmops_dagster.resources import build_resources
@@ -212,6 +213,9 @@ def test_evaluate_then_register_under_pipes_select_register_and_record_the_gate(
     rows = store.LanceStore(settings.lancedb_uri).read(store.EVALUATIONS, store.EVALUATIONS_SCHEMA, where=f"dagster_run_id = '{result.run_id}'")
     assert {"select", "report", "all"} <= set(rows.column("split").to_pylist())
     assert evaluation["model_version"].value == str(new.version) and evaluation["gold_questions_skipped"].value == 2
+    # The evaluate step kept the evaluation set in the run; register's gate read that one back.
+    kept_items, kept_skipped = logged_evaluation_set(client, run_id)
+    assert len(kept_skipped) == 2 and f"of {len(kept_items)} (" in evaluation["summary"].value
     assert evaluation["challenger_mrr_at_10"].value >= settings.evaluation.min_mrr_at_10
 
 TOKEN = "dapi-pipes-test-token-1a2b3c"

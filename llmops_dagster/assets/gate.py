@@ -73,16 +73,24 @@ def evaluation_items(
     lancedb: LanceDBResource,
     landing: LandingZoneResource,
     training: TrainingResource,
+    registry: RegistryResource,
+    mlflow: Any,
     upstream: dict[str, Any] | None,
 ) -> tuple[list, int]:
-    """The evaluation set: the held-out pairs of this environment's training (``upstream``; or pairs
-    mined from its own index, where it does not train) plus the landing zone's gold questions; and
-    how many gold questions were skipped, each logged with its reason."""
-    from llmops_dagster.core.evaluation import landing_evaluation_set
+    """The evaluation set of this run's MLflow run (``core.evaluation.run_evaluation_set``): the
+    held-out pairs of this environment's training (``upstream``; or pairs mined from its own index,
+    where it does not train) plus the landing zone's gold questions, built by whichever of
+    ``rag_model`` and ``evaluation`` comes first; and how many gold questions were skipped, each
+    logged with its reason."""
+    from llmops_dagster.core.evaluation import landing_evaluation_set, run_evaluation_set
     from llmops_dagster.core.training import held_out_pairs, mined_held_out
 
-    held_out = held_out_pairs(upstream) if upstream is not None else mined_held_out(index_table(lancedb), training.config())
-    return landing_evaluation_set(held_out, landing.root, lancedb.store(), warn=context.log.warning)
+    def build() -> tuple[list, list[str]]:
+        held_out = held_out_pairs(upstream) if upstream is not None else mined_held_out(index_table(lancedb), training.config())
+        return landing_evaluation_set(held_out, landing.root, lancedb.store())
+
+    run = mlflow.active_run()
+    return run_evaluation_set(registry.client(), run.info.run_id if run else None, build, warn=context.log.warning)
 
 
 @dg.asset(
@@ -138,7 +146,7 @@ def evaluation(
     from llmops_dagster.core.training import load_adapter
 
     upstream = trained_here(registry, training, mlflow)
-    items, gold_skipped = evaluation_items(context, lancedb, landing, training, upstream)
+    items, gold_skipped = evaluation_items(context, lancedb, landing, training, registry, mlflow, upstream)
     client, name, version = challenger_version(registry)
     adapter = load_adapter(upstream) if upstream is not None and upstream["has_adapter"] else None
     lance = lancedb.store()

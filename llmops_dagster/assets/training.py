@@ -131,7 +131,7 @@ def rag_model(
         context.log.warning(warning)
     config, chosen = rag.config(), None
     if config.select_by_evaluation:
-        items, _ = evaluation_items(context, lancedb, landing, training, upstream)
+        items, _ = evaluation_items(context, lancedb, landing, training, registry, mlflow, upstream)
         chosen = select_retrieval(config, QueryEncoder(model, adapter), table, vector_index.params(), items, lancedb.store(), context.run_id)
         context.log.info(chosen.summary())
         config = chosen.winner

@@ -12,8 +12,9 @@ location level: a page of a paged document, else a section, else the file (``as_
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -26,10 +27,13 @@ from llmops_dagster.core.rag import QueryEncoder, RagConfig, RagPipeline
 from llmops_dagster.core.training import Pair
 
 if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
     from llmops_dagster.core.store import LanceStore
 
 EVAL_DEPTH = 10
 GATE_METRICS = ("recall@5", "mrr@10")
+EVALUATION_SET_FILE = "evaluation/evaluation_set.json"  # in the MLflow run: the questions its selection and gate share
 
 
 @dataclass(frozen=True)
@@ -129,20 +133,59 @@ def evaluation_set(held_out: Sequence[Pair], gold: Sequence[Question], known_sou
     return items, skipped
 
 
-def landing_evaluation_set(
-    held_out: Sequence[Pair], landing: Path, lance: LanceStore, warn: Callable[[str], None] = lambda _: None
-) -> tuple[list[EvalItem], int]:
+def landing_evaluation_set(held_out: Sequence[Pair], landing: Path, lance: LanceStore) -> tuple[list[EvalItem], list[str]]:
     """The evaluation set of an environment: its held-out pairs plus the landing zone's gold
-    questions; and how many gold questions were skipped, each passed to ``warn`` with its reason."""
+    questions; and why any gold question was skipped."""
     from llmops_dagster.core import store
     from llmops_dagster.core.questions import landing_questions
 
     gold, rejected = landing_questions(landing)
     sources = set(lance.read(store.DOCUMENTS, store.DOCUMENTS_SCHEMA, ["path"]).column("path").to_pylist())
     items, skipped = evaluation_set(held_out, gold, sources)
-    for problem in [*map(str, rejected), *skipped]:
+    return items, [*map(str, rejected), *skipped]
+
+
+def run_evaluation_set(
+    client: MlflowClient | None,
+    run_id: str | None,
+    build: Callable[[], tuple[list[EvalItem], list[str]]],
+    warn: Callable[[str], None] = lambda _: None,
+) -> tuple[list[EvalItem], int]:
+    """The evaluation set of MLflow run ``run_id``: the one a step of the run already kept there,
+    else ``build()``'s, kept now (``EVALUATION_SET_FILE``); and how many gold questions it skipped.
+
+    Retrieval selection (``rag_model``) and the gate (``evaluation``) of one run, or a retried step,
+    so score the same questions even if the landing zone changes in between, and the set is built
+    once. Without a run (``run_id`` None) it is built each time. Skip reasons go to ``warn``.
+    """
+    kept = logged_evaluation_set(client, run_id) if client is not None and run_id else None
+    items, skipped = kept if kept is not None else build()
+    if kept is None and client is not None and run_id:
+        payload = {"items": [evaluation_item_json(item) for item in items], "skipped": skipped}
+        client.log_text(run_id, json.dumps(payload, sort_keys=True), EVALUATION_SET_FILE)
+    for problem in skipped:
         warn(f"gold question skipped: {problem}")
-    return items, len(rejected) + len(skipped)
+    return items, len(skipped)
+
+
+def logged_evaluation_set(client: MlflowClient, run_id: str) -> tuple[list[EvalItem], list[str]] | None:
+    """The evaluation set kept in MLflow run ``run_id``, or None where it has none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        path = client.download_artifacts(run_id, EVALUATION_SET_FILE)
+    except (MlflowException, OSError):
+        return None
+    payload = json.loads(Path(path).read_text())
+    return [evaluation_item(row) for row in payload["items"]], list(payload["skipped"])
+
+
+def evaluation_item_json(item: EvalItem) -> dict:
+    return {**asdict(item), "relevant": sorted(item.relevant)}
+
+
+def evaluation_item(row: dict) -> EvalItem:
+    return EvalItem(**{**row, "relevant": frozenset(row["relevant"])})
 
 
 def ranking(passages: Sequence[Located], item: EvalItem) -> list[str]:

@@ -69,10 +69,13 @@ def trained(settings: EnvSettings, built: dict[str, Any], mlflow_run_id: str, st
     return Trained(lance, table, fingerprint, built["embedder"].load(), record)
 
 
-def evaluation_items(settings: EnvSettings, model: Trained, warn: Any) -> tuple[list[EvalItem], int]:
-    """The training's held-out pairs and the landing zone's gold questions, as the assets take them."""
-    from llmops_dagster.core.evaluation import landing_evaluation_set
+def evaluation_items(settings: EnvSettings, built: dict[str, Any], model: Trained, mlflow_run_id: str, warn: Any) -> tuple[list[EvalItem], int]:
+    """The training's held-out pairs and the landing zone's gold questions, kept in MLflow run
+    ``mlflow_run_id`` by the first step that needs them, as the assets take them."""
+    from llmops_dagster.core.evaluation import landing_evaluation_set, run_evaluation_set
     from llmops_dagster.core.training import held_out_pairs
 
-    return landing_evaluation_set(held_out_pairs(model.record), settings.landing, model.lance, warn=warn)
+    def build() -> tuple[list[EvalItem], list[str]]:
+        return landing_evaluation_set(held_out_pairs(model.record), settings.landing, model.lance)
 
+    return run_evaluation_set(built["registry"].client(), mlflow_run_id, build, warn=warn)

@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 MODEL_LOADS_AND_ANSWERS: loads_and_answers(name, version, model.lance.uri, gate.smoke_question),
                 SIGNATURE_VALID: signature_verdict(name, version),
             }
-            items, gold_skipped = evaluation_items(settings, model, log.warning)
+            items, gold_skipped = evaluation_items(settings, built, model, mlflow_run_id, log.warning)
             trained_adapter = load_adapter(model.record) if model.record["has_adapter"] else None
             evaluated = evaluate_challenger(client, name, version, model.lance, items, trained_adapter, gate, key, log=log.info)
             verdicts.update(gate_verdicts(evaluated))
