@@ -91,7 +91,7 @@ def main() -> None:
         print(f"{rows:>9} {'exact (NumPy, baseline)':<26}{p50:>8.2f}{p95:>8.2f}{1.0:>11.3f}{'-':>9}")
 
         table = build_table(Path(tempfile.mkdtemp(prefix="llmops-retrieval-")), vectors, rng)
-        params = index.AnnParams(min_rows=1, nprobes=args.nprobes, refine_factor=args.refine_factor, index_type=args.index)
+        params = index.AnnParams(ann_min_rows=1, nprobes=args.nprobes, refine_factor=args.refine_factor, ann_index_type=args.index)
         started = time.perf_counter()
         index.ensure_indexes(table, params)
         build = time.perf_counter() - started

@@ -43,19 +43,14 @@ class IngestionSettings:
 
 
 @dataclass(frozen=True)
-class IndexSettings:
-    ann_min_rows: int = 20000
+class IndexSettings(AnnParams):
+    """The ANN parameters (``core.index.AnnParams``, named as here) and the recall they must reach."""
+
     ann_min_recall: float = 0.95
     recall_sample: int = 200
-    nprobes: int = 32
-    refine_factor: int = 10
-    ann_index_type: str = "IVF_SQ"
-
-    def __post_init__(self) -> None:
-        self.ann_params()  # validates the index type
 
     def ann_params(self) -> AnnParams:
-        return AnnParams(self.ann_min_rows, self.nprobes, self.refine_factor, self.ann_index_type)
+        return AnnParams.of(self)
 
 
 @dataclass(frozen=True)

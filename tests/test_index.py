@@ -44,9 +44,9 @@ def make_table(path: Path, vectors: np.ndarray):
 
 def test_small_table_gets_full_text_index_but_exact_vector_search(tmp_path: Path) -> None:
     table = make_table(tmp_path / "db", clustered_vectors(300))
-    state = index.ensure_indexes(table, index.AnnParams(min_rows=1000))
+    state = index.ensure_indexes(table, index.AnnParams(ann_min_rows=1000))
     assert state.fts_index and state.ann_index is None
-    assert index.ensure_indexes(table, index.AnnParams(min_rows=1000)).actions == ()  # idempotent
+    assert index.ensure_indexes(table, index.AnnParams(ann_min_rows=1000)).actions == ()  # idempotent
     hits = index.search(table, "charlie", 5, "text", index.AnnParams())
     assert hits and all("charlie" in hit.text for hit in hits)
     assert checks.ann_recall_ok(None, 0.95, 0, state.ann_index).passed
@@ -56,7 +56,7 @@ def test_small_table_gets_full_text_index_but_exact_vector_search(tmp_path: Path
 def test_tuned_ann_index_reaches_the_recall_threshold(tmp_path: Path, index_type: str, listed_as: str) -> None:
     vectors = clustered_vectors(4000)
     table = make_table(tmp_path / "db", vectors)
-    params = index.AnnParams(min_rows=2000, nprobes=32, refine_factor=10, index_type=index_type)
+    params = index.AnnParams(ann_min_rows=2000, nprobes=32, refine_factor=10, ann_index_type=index_type)
     state = index.ensure_indexes(table, params)
     assert state.ann_index == listed_as
     assert state.ann_partitions == index.ann_partitions(4000)
@@ -65,7 +65,7 @@ def test_tuned_ann_index_reaches_the_recall_threshold(tmp_path: Path, index_type
     assert checks.ann_recall_ok(tuned.recall_at_k, 0.95, tuned.queries, state.ann_index).passed, tuned
 
     # Without probing or re-ranking, the same index loses recall, and the check says so.
-    crude = index.measure_recall(table, index.AnnParams(min_rows=2000, nprobes=1, refine_factor=1, index_type=index_type), sample=60)
+    crude = index.measure_recall(table, index.AnnParams(ann_min_rows=2000, nprobes=1, refine_factor=1, ann_index_type=index_type), sample=60)
     assert crude.recall_at_k < tuned.recall_at_k
     verdict = checks.ann_recall_ok(crude.recall_at_k, 0.99, crude.queries, state.ann_index)
     assert not verdict.passed and "below 0.99" in verdict.description
@@ -74,7 +74,7 @@ def test_tuned_ann_index_reaches_the_recall_threshold(tmp_path: Path, index_type
 def test_new_rows_are_folded_into_existing_indexes(tmp_path: Path) -> None:
     vectors = clustered_vectors(2600)
     table = make_table(tmp_path / "db", vectors[:2500])
-    params = index.AnnParams(min_rows=2000)
+    params = index.AnnParams(ann_min_rows=2000)
     index.ensure_indexes(table, params)
     extra = make_table(tmp_path / "other", vectors[2500:]).search().limit(None).to_arrow()
     table.add(extra.set_column(0, "id", pa.array([f"x{i}" for i in range(extra.num_rows)])))

@@ -164,3 +164,21 @@ def test_auth_section_names_accounts_and_password_variables(tmp_path: Path, llmo
         refused = declare(tmp_path, f"defaults:\n  {section}\nenvironments:\n  test: {{}}\n")
         with pytest.raises(SettingsError, match=f"environment 'test': .*{message}"):
             load_settings("test", refused)
+
+
+def test_the_ann_settings_reach_core_by_their_own_names(tmp_path: Path, llmops_home: Path) -> None:
+    """index.ann_min_rows and friends are AnnParams' own fields; a model registered with the older
+    stored names (min_rows, index_type) still loads them."""
+    from llmops_dagster.core.index import AnnParams
+    from llmops_dagster.core.model_spec import ModelSpec
+    from llmops_dagster.core.rag import RagConfig
+
+    declaration = declare(tmp_path, "environments:\n  test:\n    index:\n      ann_min_rows: 500\n      ann_index_type: IVF_PQ\n      nprobes: 8\n")
+    params = load_settings("test", declaration).index.ann_params()
+    assert params == AnnParams(ann_min_rows=500, nprobes=8, refine_factor=10, ann_index_type="IVF_PQ") and type(params) is AnnParams
+    with pytest.raises(SettingsError, match="invalid index settings: ann_index_type must be one of"):
+        load_settings("test", declare(tmp_path, "environments:\n  test:\n    index:\n      ann_index_type: HNSW\n"))
+    spec = ModelSpec("uri", "embeddings", "fp", RagConfig(), params, "base")
+    assert ModelSpec.from_config(spec.to_config()).ann == params
+    stored = {**spec.to_config(), "ann": '{"min_rows": 500, "nprobes": 8, "refine_factor": 10, "index_type": "IVF_PQ"}'}
+    assert ModelSpec.from_config(stored).ann == params

@@ -41,14 +41,25 @@ ANN_INDEX_TYPES = ("IVF_SQ", "IVF_PQ")
 
 @dataclass(frozen=True)
 class AnnParams:
-    min_rows: int = 20000
+    """When to build an ANN index and how to query it; the ``index`` settings, by the same names."""
+
+    ann_min_rows: int = 20000
     nprobes: int = 32
     refine_factor: int = 10
-    index_type: str = "IVF_SQ"
+    ann_index_type: str = "IVF_SQ"
 
     def __post_init__(self) -> None:
-        if self.index_type not in ANN_INDEX_TYPES:
-            raise ValueError(f"index_type must be one of {ANN_INDEX_TYPES}, got '{self.index_type}'")
+        if self.ann_index_type not in ANN_INDEX_TYPES:
+            raise ValueError(f"ann_index_type must be one of {ANN_INDEX_TYPES}, got '{self.ann_index_type}'")
+
+    @classmethod
+    def of(cls, params: Any) -> AnnParams:
+        """The ANN part of ``params``: an ``IndexSettings``, or the mapping a registered model stores
+        (versions registered before the settings' names were used store ``min_rows`` and ``index_type``)."""
+        if not isinstance(params, dict):
+            return cls(**{name: getattr(params, name) for name in cls.__dataclass_fields__})
+        renamed = {"min_rows": "ann_min_rows", "index_type": "ann_index_type"}
+        return cls(**{renamed.get(key, key): value for key, value in params.items()})
 
 
 @dataclass(frozen=True)
@@ -90,14 +101,14 @@ def ensure_indexes(table: Table, params: AnnParams) -> IndexState:
         table.create_index(text_column(table), config=FTS(), replace=True)
         actions.append("created full-text index")
     dimension = table.schema.field("vector").type.list_size
-    if rows >= params.min_rows and "vector" not in indices:
+    if rows >= params.ann_min_rows and "vector" not in indices:
         partitions = ann_partitions(rows)
-        if params.index_type == "IVF_PQ":
+        if params.ann_index_type == "IVF_PQ":
             config = IvfPq(distance_type="cosine", num_partitions=partitions, num_sub_vectors=max(1, dimension // 4))
         else:
             config = IvfSq(distance_type="cosine", num_partitions=partitions)
         table.create_index("vector", config=config, replace=True)
-        actions.append(f"built {params.index_type} index ({partitions} partitions)")
+        actions.append(f"built {params.ann_index_type} index ({partitions} partitions)")
     stale = _unindexed(table)
     if stale:
         # Folds appended rows into existing indexes (unindexed rows are still searched, only slower).
