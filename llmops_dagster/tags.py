@@ -14,3 +14,7 @@ SOURCE_VERSION_TAG = "llmops/source_version"  # on adopt runs: which upstream ve
 LANDING_DIGEST_TAG = "llmops/landing_digest"  # on ingest runs a sensor started: the landing zone's content
 LANDING_CHANGE_TAG = "llmops/landing_change"  # ... and what changed, in words
 OPERATOR_ENV_TAG = "llmops/operator_env"  # on approve and rollback runs: the environment acted on
+# Dagster's own tags for a sensor's run: the daemon skips a run request whose key a run of the same
+# sensor already carries. ``llmops tick`` writes and reads them too, so the two never run a key twice.
+RUN_KEY_TAG = "dagster/run_key"
+SENSOR_NAME_TAG = "dagster/sensor_name"

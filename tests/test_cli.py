@@ -64,9 +64,12 @@ def test_run_then_search_ask_and_predict(trained_home: TrainedHome, tmp_path: Pa
 
 @pytest.mark.slow
 def test_tick_promotes_once_and_status_and_rollback_read_the_history(
-    trained_home: TrainedHome, tmp_path: Path, capsys: pytest.CaptureFixture
+    trained_home: TrainedHome, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import dagster as dg
+
+    from llmops_dagster.core import registry
+    from llmops_dagster.settings import load_settings
 
     home = tmp_path / "home"
     shutil.copytree(trained_home.home, home)  # promotion changes the registry; the session's home stays as it is
@@ -78,7 +81,16 @@ def test_tick_promotes_once_and_status_and_rollback_read_the_history(
 
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:  # where the UI shows it
         observed = instance.fetch_observations(dg.AssetKey(["test", "rag_model"]), limit=5).records
+        [served] = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/sensor_name": "champion_endpoint"}))
     assert [record.asset_observation.metadata["champion"].value for record in observed] == ["1"]
+    # The endpoint run carries the daemon's run-key tags; with its record gone the sensor asks for
+    # the same key again, and the tick, as the daemon would, does not run it twice.
+    assert served.status == dg.DagsterRunStatus.SUCCESS and served.tags["dagster/run_key"].startswith("local-v1-")
+    monkeypatch.setenv("LLMOPS_HOME", str(home))
+    settings = load_settings("test")
+    registry.configure(settings.mlflow.tracking_uri, None).delete_registered_model_tag(settings.mlflow.registered_model, "serving_endpoint.local")
+    third = llmops("tick", "--env", "test", home=home)
+    assert third.returncode == 0 and f"run key {served.tags['dagster/run_key']} already ran as {served.run_id} (SUCCESS); skipped" in third.stdout
 
     status = llmops_here("status", "--env", "test", "--json", home=home, capsys=capsys)
     assert status.returncode == 0, status.stderr

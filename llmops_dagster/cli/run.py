@@ -10,7 +10,7 @@ from llmops_dagster.cli.access import acting_account
 from llmops_dagster.cli.common import UserError, settings_for
 from llmops_dagster.cli.execution import execute
 from llmops_dagster.cli.instance import open_instance, refuse_if_running
-from llmops_dagster.tags import TRIGGER_TAG
+from llmops_dagster.tags import RUN_KEY_TAG, SENSOR_NAME_TAG, TRIGGER_TAG
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -33,7 +33,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_tick(args: argparse.Namespace) -> int:
-    """Evaluate the environment's promotion and endpoint sensors once, as the daemon would, and run what they request."""
+    """Evaluate the environment's promotion and endpoint sensors once, as the daemon would, and run what they
+    request, each run key once per sensor (tagged as the daemon tags its runs, so neither repeats the other's)."""
     import dagster as dg
 
     from llmops_dagster.definitions import build_defs
@@ -70,7 +71,24 @@ def _tick(settings: EnvSettings, defs: dg.Definitions, instance: dg.DagsterInsta
         for event in result.asset_events or []:  # the daemon records these; so does a tick by hand
             instance.report_runless_asset_event(event)
         for request in result.run_requests or []:
+            earlier = run_for_key(instance, name, request.run_key)
+            if earlier is not None:  # the daemon's rule: one run per run key and sensor
+                print(f"{settings.name}/{name}: run key {request.run_key} already ran as {earlier.run_id} ({earlier.status.value}); skipped")
+                continue
             print(f"{settings.name}/{name}: starting {sensor.job_name} ({request.run_key})")
             refuse_if_running(instance, settings.name)
-            status = max(status, execute(defs.resolve_job_def(sensor.job_name), instance, {**request.tags, TRIGGER_TAG: f"cli-tick:{name}"}))
+            tags = {**request.tags, TRIGGER_TAG: f"cli-tick:{name}", SENSOR_NAME_TAG: name}
+            if request.run_key:
+                tags[RUN_KEY_TAG] = request.run_key
+            status = max(status, execute(defs.resolve_job_def(sensor.job_name), instance, tags))
     return status
+
+
+def run_for_key(instance: dg.DagsterInstance, sensor: str, run_key: str | None) -> dg.DagsterRun | None:
+    """The run that sensor ``sensor`` already started for ``run_key``, by the daemon or by a tick by hand."""
+    import dagster as dg
+
+    if not run_key:
+        return None
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={RUN_KEY_TAG: run_key, SENSOR_NAME_TAG: sensor}), limit=1)
+    return runs[0] if runs else None
