@@ -364,3 +364,18 @@ def test_the_monitoring_asset_names_its_scorer_models(models: Models, tmp_path: 
     }
     assert 0.0 < metadata["toxicity_mean"].value < 1.0 and metadata["perplexity_p50"].value > 1.0
     assert metadata["plots"].value.count("data:image/png;base64,") == len(monitoring_table.plotted(config))
+
+
+def test_a_configured_toxicity_scorer_brings_a_default_toxic_rate_threshold(models: Models) -> None:
+    """On by default once the scorer is on; off with it; overridable and droppable like the others."""
+    on = _config(models)
+    assert {t.metric: (t.warn, t.error, t.bad) for t in on.thresholds}["toxic_rate"] == (0.01, 0.05, "above")
+    assert "toxic_rate" in check_names(on)
+    outcome = next(o for o in evaluate_thresholds({"toxic_rate": 0.02}, {}, on) if o.name == "toxic_rate")
+    assert (outcome.passed, outcome.severity) == (False, "WARN")
+    assert "toxic_rate" not in check_names(MonitoringConfig.from_mapping({}))
+    tuned = _config(models, thresholds={"toxic_rate": {"error": 0.1}})
+    assert {t.metric: (t.warn, t.error) for t in tuned.thresholds}["toxic_rate"] == (None, 0.1)
+    assert "toxic_rate" not in check_names(_config(models, thresholds={"toxic_rate": None}))
+    with pytest.raises(ValueError, match="monitoring.thresholds: a mapping"):
+        _config(models, thresholds=None)

@@ -130,6 +130,16 @@ DEFAULT_THRESHOLDS = (
     Threshold("out_of_corpus_rate", warn=0.2, error=0.5),
     Threshold("population_stability_index", warn=0.1, error=0.25),  # the usual PSI rule of thumb
 )
+# Defaults a configured scorer adds (a scorer that is off adds none). Perplexity has no level that
+# holds across models; its drift is judged by the population_stability_index default above.
+SCORER_DEFAULT_THRESHOLDS = {
+    TOXICITY: (Threshold("toxic_rate", warn=0.01, error=0.05),),  # 1 in 100 answers reads as toxic: look; 1 in 20: act
+}
+
+
+def default_thresholds(scorers: ScorersConfig) -> tuple[Threshold, ...]:
+    """``DEFAULT_THRESHOLDS`` and those of the configured scorers."""
+    return DEFAULT_THRESHOLDS + tuple(threshold for name in scorers.configured for threshold in SCORER_DEFAULT_THRESHOLDS.get(name, ()))
 
 
 @dataclass(frozen=True)
@@ -186,8 +196,9 @@ class MonitoringConfig:
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any] | None) -> MonitoringConfig:
-        """The settings' ``monitoring:`` section. ``thresholds`` override the defaults metric by metric;
-        a metric set to null drops its default. Bad values raise ValueError naming the setting."""
+        """The settings' ``monitoring:`` section. ``thresholds`` override the defaults metric by metric
+        (``default_thresholds``: a configured scorer adds its own); a metric set to null drops its
+        default. Bad values raise ValueError naming the setting."""
         raw = dict(raw or {})
         known = {
             "window",
@@ -219,16 +230,16 @@ class MonitoringConfig:
         ):
             if name in raw:
                 values[name] = _number(raw[name], f"monitoring.{name}", kind)
-        if "thresholds" in raw:
-            values["thresholds"] = _parse_thresholds(raw["thresholds"])
+        if "scorers" in raw:
+            values["scorers"] = ScorersConfig.from_mapping(raw["scorers"])
+        defaults = default_thresholds(values.get("scorers", ScorersConfig()))
+        values["thresholds"] = _parse_thresholds(raw["thresholds"] if "thresholds" in raw else {}, defaults)
         if "start" in raw:
             values["start"] = as_utc(raw["start"], "monitoring.start").date()
         if "retrain_on_drift" in raw:
             if not isinstance(raw["retrain_on_drift"], bool):
                 raise ValueError(f"monitoring.retrain_on_drift: true or false, got {raw['retrain_on_drift']!r}")
             values["retrain_on_drift"] = raw["retrain_on_drift"]
-        if "scorers" in raw:
-            values["scorers"] = ScorersConfig.from_mapping(raw["scorers"])
         return cls(**values)
 
 
@@ -282,10 +293,10 @@ def _parse_reference(raw: Any) -> dict[str, Any]:
     return values
 
 
-def _parse_thresholds(raw: Any) -> tuple[Threshold, ...]:
+def _parse_thresholds(raw: Any, defaults: tuple[Threshold, ...]) -> tuple[Threshold, ...]:
     if not isinstance(raw, Mapping):
         raise ValueError(f"monitoring.thresholds: a mapping of metric to {{warn, error, bad}}, got {raw!r}")
-    merged: dict[str, Threshold | None] = {threshold.metric: threshold for threshold in DEFAULT_THRESHOLDS}
+    merged: dict[str, Threshold | None] = {threshold.metric: threshold for threshold in defaults}
     for metric, levels in raw.items():
         name = f"monitoring.thresholds.{metric}"
         if levels is None:
