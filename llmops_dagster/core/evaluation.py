@@ -67,6 +67,13 @@ class EvalItem:
     query_set: str  # held_out | gold
     answer: str | None = None
 
+    def to_row(self) -> dict:
+        return {**asdict(self), "relevant": sorted(self.relevant)}
+
+    @staticmethod
+    def from_row(row: dict) -> EvalItem:
+        return EvalItem(**{**row, "relevant": frozenset(row["relevant"])})
+
 
 class Located(Protocol):
     """Where a retrieved passage comes from; chunks and baseline windows both have this shape."""
@@ -146,7 +153,7 @@ def landing_evaluation_set(held_out: Sequence[Pair], landing: Path, lance: Lance
 
 
 def run_evaluation_set(
-    client: MlflowClient | None,
+    client: MlflowClient,
     run_id: str | None,
     build: Callable[[], tuple[list[EvalItem], list[str]]],
     warn: Callable[[str], None] = lambda _: None,
@@ -158,11 +165,14 @@ def run_evaluation_set(
     so score the same questions even if the landing zone changes in between, and the set is built
     once. Without a run (``run_id`` None) it is built each time. Skip reasons go to ``warn``.
     """
-    kept = logged_evaluation_set(client, run_id) if client is not None and run_id else None
-    items, skipped = kept if kept is not None else build()
-    if kept is None and client is not None and run_id:
-        payload = {"items": [evaluation_item_json(item) for item in items], "skipped": skipped}
-        client.log_text(run_id, json.dumps(payload, sort_keys=True), EVALUATION_SET_FILE)
+    kept = logged_evaluation_set(client, run_id) if run_id else None
+    if kept is not None:
+        items, skipped = kept
+    else:
+        items, skipped = build()
+        if run_id:
+            payload = {"items": [item.to_row() for item in items], "skipped": skipped}
+            client.log_text(run_id, json.dumps(payload, sort_keys=True), EVALUATION_SET_FILE)
     for problem in skipped:
         warn(f"gold question skipped: {problem}")
     return items, len(skipped)
@@ -177,15 +187,7 @@ def logged_evaluation_set(client: MlflowClient, run_id: str) -> tuple[list[EvalI
     except (MlflowException, OSError):
         return None
     payload = json.loads(Path(path).read_text())
-    return [evaluation_item(row) for row in payload["items"]], list(payload["skipped"])
-
-
-def evaluation_item_json(item: EvalItem) -> dict:
-    return {**asdict(item), "relevant": sorted(item.relevant)}
-
-
-def evaluation_item(row: dict) -> EvalItem:
-    return EvalItem(**{**row, "relevant": frozenset(row["relevant"])})
+    return [EvalItem.from_row(row) for row in payload["items"]], list(payload["skipped"])
 
 
 def ranking(passages: Sequence[Located], item: EvalItem) -> list[str]:
