@@ -53,13 +53,16 @@ class AnnParams:
             raise ValueError(f"ann_index_type must be one of {ANN_INDEX_TYPES}, got '{self.ann_index_type}'")
 
     @classmethod
-    def of(cls, params: Any) -> AnnParams:
-        """The ANN part of ``params``: an ``IndexSettings``, or the mapping a registered model stores
-        (versions registered before the settings' names were used store ``min_rows`` and ``index_type``)."""
-        if not isinstance(params, dict):
-            return cls(**{name: getattr(params, name) for name in cls.__dataclass_fields__})
+    def of(cls, settings: AnnParams) -> AnnParams:
+        """The ANN part of ``settings`` (an ``IndexSettings``, which extends this class)."""
+        return cls(**{name: getattr(settings, name) for name in cls.__dataclass_fields__})
+
+    @classmethod
+    def from_stored(cls, stored: dict[str, Any]) -> AnnParams:
+        """The mapping a registered model stores; versions registered before the settings' names were
+        used store ``min_rows`` and ``index_type``."""
         renamed = {"min_rows": "ann_min_rows", "index_type": "ann_index_type"}
-        return cls(**{renamed.get(key, key): value for key, value in params.items()})
+        return cls(**{renamed.get(key, key): value for key, value in stored.items()})
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ class ModelSpec:
             table=config["table"],
             index_embedding_model=config["index_embedding_model"],
             rag=rag_config(json.loads(config["rag"])),
-            ann=AnnParams.of(json.loads(config["ann"])),
+            ann=AnnParams.from_stored(json.loads(config["ann"])),
             embedder_variant=config["embedder_variant"],
             device=config.get("device", "auto"),
             index_version=config.get("index_version"),
