@@ -140,6 +140,54 @@ def test_dagster_home_queues_runs_one_environment_at_a_time(tmp_path: Path, monk
     assert limits == [{"key": "llmops/env", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]
 
 
+def test_the_queue_tags_runs_launched_from_the_asset_graph_with_their_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A materialization or backfill from the UI runs in Dagster's implicit asset job, which has no tags:
+    the instance's queue gives it its environment's tag, so it waits for that environment's other runs.
+    Launched through the webserver's GraphQL mutation, as the UI launches them."""
+    import dagster as dg
+    from dagster._core.test_utils import in_process_test_workspace
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+    from dagster_graphql.client.query import LAUNCH_PIPELINE_EXECUTION_MUTATION
+    from dagster_graphql.test.utils import execute_dagster_graphql, infer_job_selector, materialize_assets
+
+    from llmops_dagster.cli import ensure_dagster_home
+    from llmops_dagster.definitions import INGEST_JOB
+    from llmops_dagster.run_queue import EnvironmentRunQueue
+
+    home = tmp_path / "dagster"
+    monkeypatch.setenv("LLMOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    home.mkdir()
+    (home / "dagster.yaml").write_text("# Created by llmops. Local sqlite storage under this folder.\ntelemetry:\n  enabled: false\n")
+    ensure_dagster_home()  # an earlier version's file is brought up to date
+    origin = LoadableTargetOrigin(module_name="llmops_dagster.definitions", attribute="staging_defs")
+    with dg.DagsterInstance.get() as instance, in_process_test_workspace(instance, origin) as workspace:
+        assert isinstance(instance.run_coordinator, EnvironmentRunQueue)
+
+        def launched(result) -> dg.DagsterRun:  # noqa: ANN001
+            outcome = result.data["launchPipelineExecution"]
+            assert outcome["__typename"] == "LaunchRunSuccess", outcome
+            return instance.get_run_by_id(outcome["run"]["runId"])
+
+        backfill = launched(materialize_assets(workspace, [dg.AssetKey(["staging", key]) for key in ("documents", "quarantine", "chunks")]))
+        assert backfill.status == dg.DagsterRunStatus.QUEUED and backfill.job_name == "__ASSET_JOB"
+        assert backfill.tags["llmops/env"] == "staging"
+        # as update_endpoint: a redeploy of the champion does not wait behind a long ingest run
+        endpoint = launched(materialize_assets(workspace, [dg.AssetKey(["staging", "serving_endpoint"])]))
+        assert endpoint.tags["llmops/operator_env"] == "staging" and "llmops/env" not in endpoint.tags
+        ingest = launched(execute_dagster_graphql(
+            workspace, LAUNCH_PIPELINE_EXECUTION_MUTATION, {"executionParams": {"selector": infer_job_selector(workspace, INGEST_JOB)}}
+        ))
+        assert ingest.tags["llmops/env"] == "staging"  # the job's own tag, unchanged
+        queued = instance.get_runs(filters=dg.RunsFilter(tags={"llmops/env": "staging"}, statuses=[dg.DagsterRunStatus.QUEUED]))
+        assert {run.run_id for run in queued} == {backfill.run_id, ingest.run_id}
+
+    user_written = "telemetry:\n  enabled: false\n"
+    (home / "dagster.yaml").write_text(user_written)
+    ensure_dagster_home()
+    assert (home / "dagster.yaml").read_text() == user_written
+
+
 @pytest.mark.parametrize("started_by", ["daemon", "live cli process"])
 def test_run_is_refused_while_the_environment_has_a_run_in_progress(tmp_path: Path, sample_landing: Path, started_by: str) -> None:
     """A run the daemon started, or one whose CLI process is alive on this host, is in progress, not orphaned."""

@@ -10,10 +10,15 @@ from llmops_dagster.cli.common import UserError
 from llmops_dagster.tags import ENV_TAG, HOST_TAG, PID_TAG
 
 # Local sqlite storage under DAGSTER_HOME. Queued runs (sensor, UI) of one environment run one at a
-# time, so two ingest runs never write the same tables at once.
-DAGSTER_YAML = f"""# Created by llmops. Local sqlite storage under this folder.
+# time, so two ingest runs never write the same tables at once; the queue tags the runs launched from
+# the asset graph, which no job tags (run_queue.EnvironmentRunQueue).
+CREATED_BY = "# Created by llmops."
+DAGSTER_YAML = f"""{CREATED_BY} Local sqlite storage under this folder.
 telemetry:
   enabled: false
+run_coordinator:
+  module: llmops_dagster.run_queue
+  class: EnvironmentRunQueue
 concurrency:
   runs:
     tag_concurrency_limits:
@@ -31,7 +36,9 @@ def ensure_dagster_home() -> Path:
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(llmops_home() / "dagster")))
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
+    # Ours, from an earlier version, is brought up to date; one a user wrote is left alone.
+    written = config.read_text() if config.exists() else None
+    if written is None or (written.startswith(CREATED_BY) and written != DAGSTER_YAML):
         config.write_text(DAGSTER_YAML)
     if not (home / "schedules").exists():
         # Create the sqlite storage once, here: a daemon and its code servers starting together on
