@@ -47,6 +47,9 @@ def test_every_entry_point_the_bundle_runs_is_declared_and_importable() -> None:
         for task in job["tasks"]
     }
     assert referenced == set(PIPES_ENTRY_POINTS)
+    # and each step an asset sends to Databricks, the bundle's or not, is a script of the wheel
+    steps = {path.stem for path in (REPO / "llmops_dagster" / "pipes").glob("*.py") if not path.stem.startswith("_")}
+    assert {f"llmops-pipes-{step}": f"llmops_dagster.pipes.{step}:main" for step in steps}.items() <= scripts.items()
     for name in referenced:
         assert scripts.get(name) == PIPES_ENTRY_POINTS[name], name
         module, function = scripts[name].split(":")
@@ -185,7 +188,7 @@ def test_evaluate_then_register_under_pipes_select_register_and_record_the_gate(
     name = settings.mlflow.registered_model
     before = {v.version for v in client.search_model_versions(f"name = '{name}'")}
 
-    @dg.multi_asset(specs=[dg.AssetSpec("rag_model"), dg.AssetSpec("evaluation")])
+    @dg.multi_asset(specs=[dg.AssetSpec("rag_model"), dg.AssetSpec("evaluation")], check_specs=evaluation_checks())
     def register_via_pipes(context: dg.AssetExecutionContext, compute: PipesComputeResource, mlflow: dg.ResourceParam[Any]):
         extras = {MLFLOW_RUN_EXTRA: mlflow.active_run().info.run_id, "landing": str(trained_home.landing)}
         assert not compute.run(context, "evaluate", extras=extras).get_results(implicit_materializations=False)  # it reports nothing
@@ -213,10 +216,50 @@ def test_evaluate_then_register_under_pipes_select_register_and_record_the_gate(
     rows = store.LanceStore(settings.lancedb_uri).read(store.EVALUATIONS, store.EVALUATIONS_SCHEMA, where=f"dagster_run_id = '{result.run_id}'")
     assert {"select", "report", "all"} <= set(rows.column("split").to_pylist())
     assert evaluation["model_version"].value == str(new.version) and evaluation["gold_questions_skipped"].value == 2
+    # Each of the evaluation asset's checks came back through Pipes; the smoke checks are rag_model's, recorded only.
+    reported = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert set(reported) == {spec.name for spec in evaluation_checks()}
+    assert all(reported[check].passed for check in REQUIRED_CHECKS if check in reported)
     # The evaluate step kept the evaluation set in the run; register's gate read that one back.
     kept_items, kept_skipped = logged_evaluation_set(client, run_id)
     assert len(kept_skipped) == 2 and f"of {len(kept_items)} (" in evaluation["summary"].value
     assert evaluation["challenger_mrr_at_10"].value >= settings.evaluation.min_mrr_at_10
+
+def evaluation_checks() -> list[dg.AssetCheckSpec]:
+    """The evaluation asset's checks, on the unprefixed key the test assets here use."""
+    from llmops_dagster.assets.gate import evaluation
+
+    return [dg.AssetCheckSpec(spec.name, asset="evaluation", blocking=spec.blocking) for spec in evaluation.check_specs]
+
+
+def test_the_gate_step_under_pipes_evaluates_the_challenger_and_reports_each_check(home: Path, trained_home: TrainedHome) -> None:
+    """What the evaluation asset sends to Databricks, run for real: the challenger's verdicts recorded
+    on its version under this Dagster run, and reported back as the asset's materialization and checks."""
+    from llmops_dagster.assets.model_registry import MEETS_THRESHOLDS
+
+    settings = load_settings("test")
+    client = registry.configure(settings.mlflow.tracking_uri, settings.mlflow.registry_uri)
+    name = settings.mlflow.registered_model
+    challenger = registry.version_by_alias(client, name, registry.CHALLENGER)
+
+    @dg.multi_asset(specs=[dg.AssetSpec("evaluation")], check_specs=evaluation_checks())
+    def evaluation_via_pipes(context: dg.AssetExecutionContext, compute: PipesComputeResource, mlflow: dg.ResourceParam[Any]):
+        extras = {MLFLOW_RUN_EXTRA: mlflow.active_run().info.run_id, "landing": str(trained_home.landing)}
+        yield from compute.run(context, "gate", extras=extras).get_results()
+
+    resources = {"compute": PipesComputeResource(env="test"), "mlflow": build_resources(settings)["mlflow"]}
+    result = dg.materialize([evaluation_via_pipes], resources=resources)
+    assert result.success
+    [evaluation] = [m.metadata for m in result.asset_materializations_for_node("evaluation_via_pipes")]
+    assert evaluation["model_version"].value == str(challenger.version) and evaluation["compute"].value == "pipes"
+    reported = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert set(reported) == {spec.name for spec in evaluation_checks()}
+    assert reported[MEETS_THRESHOLDS].passed and reported[MEETS_THRESHOLDS].metadata["model_version"].value == str(challenger.version)
+    recorded = client.get_model_version(name, challenger.version).tags
+    assert recorded[f"check.{MEETS_THRESHOLDS}.dagster_run_id"] == result.run_id
+    rows = store.LanceStore(settings.lancedb_uri).read(store.EVALUATIONS, store.EVALUATIONS_SCHEMA, where=f"dagster_run_id = '{result.run_id}'")
+    assert rows.num_rows > 0
+
 
 TOKEN = "dapi-pipes-test-token-1a2b3c"
 
@@ -243,3 +286,27 @@ def test_embeddings_and_embedding_model_run_on_databricks_when_compute_says_so(l
     run = client.get_run(train["extras"][MLFLOW_RUN_EXTRA])
     assert run.data.tags["dagster_run_id"] == result.run_id
 
+
+
+def test_rag_model_and_evaluation_run_on_databricks_when_compute_says_so(llmops_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The selection and registration, then the gate, as three wheel tasks; the checks come back through Pipes."""
+    from llmops_dagster.assets.gate import evaluation
+    from llmops_dagster.assets.training import rag_model
+
+    settings = load_settings("test")
+    compute = PipesComputeResource(
+        env="test", compute="databricks", volume_path="/Volumes/test/llmops/pipes", poll_interval_seconds=0.05, message_interval_seconds=0.05
+    )
+    with WorkspaceServer(TOKEN) as server:
+        server.workspace.checks = {"evaluation": [spec.name for spec in evaluation.check_specs]}
+        monkeypatch.setenv("DATABRICKS_HOST", server.host)
+        monkeypatch.setenv("DATABRICKS_TOKEN", TOKEN)
+        result = dg.materialize([rag_model, evaluation], resources={**build_resources(settings), "compute": compute})
+    assert result.success
+    submitted = [submission["tasks"][0]["python_wheel_task"]["entry_point"] for submission in server.workspace.submissions]
+    assert submitted == ["llmops-pipes-evaluate", "llmops-pipes-register", "llmops-pipes-gate"]
+    by_step = {tuple(context["asset_keys"]) for context in server.workspace.contexts}
+    assert by_step == {("rag_model",), ("evaluation",)}
+    # Both steps of rag_model and the gate log into this Dagster run's MLflow run.
+    assert len({context["extras"][MLFLOW_RUN_EXTRA] for context in server.workspace.contexts}) == 1
+    assert {e.check_name for e in result.get_asset_check_evaluations()} == {spec.name for spec in evaluation.check_specs}

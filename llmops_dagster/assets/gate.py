@@ -31,6 +31,7 @@ from llmops_dagster.core import store
 from llmops_dagster.core.checks import Verdict
 from llmops_dagster.core.comparison import ANSWER_METRICS, GateEvaluation
 from llmops_dagster.core.metrics import RETRIEVAL_METRICS, metric_name
+from llmops_dagster.pipes import MLFLOW_RUN_EXTRA
 from llmops_dagster.resources import (
     EvaluationResource,
     LanceDBResource,
@@ -38,6 +39,7 @@ from llmops_dagster.resources import (
     RegistryResource,
     TrainingResource,
 )
+from llmops_dagster.resources.compute import PipesComputeResource
 
 
 @dg.asset_check(asset=RAG_MODEL, blocking=True, description="the challenger loads with mlflow.pyfunc.load_model and answers a smoke question")
@@ -83,11 +85,10 @@ def evaluation_items(
     ``rag_model`` and ``evaluation`` comes first; and how many gold questions were skipped, each
     logged with its reason."""
     from llmops_dagster.core.evaluation import landing_evaluation_set, run_evaluation_set
-    from llmops_dagster.core.training import held_out_pairs, mined_held_out
+    from llmops_dagster.core.training import evaluation_pairs
 
     def build() -> tuple[list, list[str]]:
-        held_out = held_out_pairs(upstream) if upstream is not None else mined_held_out(index_table(lancedb), training.config())
-        return landing_evaluation_set(held_out, landing.root, lancedb.store())
+        return landing_evaluation_set(evaluation_pairs(upstream, index_table(lancedb), training.config()), landing.root, lancedb.store())
 
     run = mlflow.active_run()
     return run_evaluation_set(registry.client(), run.info.run_id if run else None, build, warn=context.log.warning)
@@ -130,6 +131,7 @@ def evaluation(
     evaluation: EvaluationResource,
     training: TrainingResource,
     mlflow: dg.ResourceParam[Any],
+    compute: PipesComputeResource,
 ):
     """Retrieval (recall@1/5/10, MRR@10, nDCG@10) and answer token-F1 of the challenger against the
     base model, the trained model, the current champion and a naive baseline (200-word windows of
@@ -140,8 +142,12 @@ def evaluation(
     ``questions/*.jsonl``. In an environment that does not train (a promoted copy is evaluated
     there), the pairs are mined from its own index. ``rag_model`` chose the retrieval on the select
     half of the set; the gate reads the report half, which selection never saw. Rows are kept per
-    run in ``evaluations``.
+    run in ``evaluations``. With ``compute: databricks`` the same evaluation runs there, as the
+    ``llmops-pipes-gate`` entry point, and reports its materialization and checks back through Pipes.
     """
+    if compute.on_databricks:
+        yield from compute.run(context, "gate", extras={MLFLOW_RUN_EXTRA: mlflow.active_run().info.run_id}).get_results()
+        return
     from llmops_dagster.core.comparison import evaluate_challenger
     from llmops_dagster.core.training import load_adapter
 
@@ -154,11 +160,21 @@ def evaluation(
     yield dg.MaterializeResult(metadata=evaluation_metadata(gate, lance.count(store.EVALUATIONS), gold_skipped))
     for check, verdict in gate_verdicts(gate).items():
         yield record_verdict(context, registry, check, verdict, gate.recorded if check == MEETS_THRESHOLDS else None)
-    hits, passages = gate.comparison.navigation_hits, gate.comparison.gold_passages
+    navigation = navigation_verdict(gate)
     yield dg.AssetCheckResult(
         check_name=NO_NAVIGATION_IN_TOP_RESULTS,
-        passed=not hits,
+        passed=navigation.passed,
         severity=dg.AssetCheckSeverity.WARN,
+        description=navigation.description,
+        metadata=navigation.metadata,
+    )
+
+
+def navigation_verdict(gate: GateEvaluation) -> Verdict:
+    """Whether a table of contents or an index page is among the gold questions' top 5 passages (a warning, not blocking)."""
+    hits, passages = gate.comparison.navigation_hits, gate.comparison.gold_passages
+    return Verdict(
+        passed=not hits,
         description=(f"{len(hits)} of {passages} top-5 passages of the gold questions read as a table of contents or index"
                      if hits else f"none of {passages} top-5 passages of the gold questions is navigation"),
         metadata={"passages": passages, "navigation": len(hits), "first": (hits or [""])[0][:300]},

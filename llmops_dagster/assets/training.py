@@ -104,6 +104,7 @@ def rag_model(
     rag: RagResource,
     training: TrainingResource,
     registry: RegistryResource,
+    compute: PipesComputeResource,
 ) -> dg.MaterializeResult:
     """The RAG model as an MLflow pyfunc (embedder + adapter + retrieval settings + answer
     generator), registered under the environment's model name with the alias ``challenger``.
@@ -111,8 +112,14 @@ def rag_model(
     The retrieval it carries (mode, fusion, the text list's weight, candidate depth) is the
     candidate that evaluated best on the select half of the evaluation set, unless
     ``rag.select_by_evaluation`` is off. A version whose content equals an existing version's is
-    not registered again; that version becomes the challenger.
+    not registered again; that version becomes the challenger. With ``compute: databricks`` the
+    selection and the registration run there, as the bundle's ``llmops-pipes-evaluate`` and
+    ``llmops-pipes-register`` steps (through Pipes), logging into this run's MLflow run.
     """
+    if compute.on_databricks:
+        extras = {MLFLOW_RUN_EXTRA: mlflow.active_run().info.run_id}
+        compute.run(context, "evaluate", extras=extras)  # the selection, kept in the MLflow run for register
+        return compute.run(context, "register", extras=extras).get_materialize_result()
     from llmops_dagster.assets.gate import evaluation_items
     from llmops_dagster.core.rag import QueryEncoder, index_models, index_problem
     from llmops_dagster.core.rag_model import challenger_spec, register_rag_model

@@ -457,6 +457,12 @@ def held_out_pairs(record: dict[str, Any]) -> list[Pair]:
     return [Pair.from_json(line) for line in text.splitlines() if line.strip()]
 
 
+def evaluation_pairs(record: dict[str, Any] | None, table: Table, config: TrainingConfig) -> list[Pair]:
+    """The pairs the gate scores besides the gold questions: those training ``record`` held out, or
+    where nothing trained here (an environment that adopts its model), pairs mined from ``table``."""
+    return held_out_pairs(record) if record is not None else mined_held_out(table, config)
+
+
 def mined_held_out(table: Table, config: TrainingConfig) -> list[Pair]:
     """Held-out pairs mined from an index no training ran on (an environment that adopts its model)."""
     chunks = chunk_records(table.search().select(CHUNK_COLUMNS).limit(None).to_arrow())

@@ -69,13 +69,17 @@ def trained(settings: EnvSettings, built: dict[str, Any], mlflow_run_id: str, st
     return Trained(lance, table, fingerprint, built["embedder"].load(), record)
 
 
-def evaluation_items(settings: EnvSettings, built: dict[str, Any], model: Trained, mlflow_run_id: str, warn: Any) -> tuple[list[EvalItem], int]:
-    """The training's held-out pairs and the landing zone's gold questions, kept in MLflow run
+def evaluation_items(
+    settings: EnvSettings, built: dict[str, Any], record: dict[str, Any] | None, mlflow_run_id: str, warn: Any
+) -> tuple[list[EvalItem], int]:
+    """The held-out pairs of training ``record`` (None: pairs mined from the index, where the
+    environment adopts its model) and the landing zone's gold questions, kept in MLflow run
     ``mlflow_run_id`` by the first step that needs them, as the assets take them."""
     from llmops_dagster.core.evaluation import landing_evaluation_set, run_evaluation_set
-    from llmops_dagster.core.training import held_out_pairs
+    from llmops_dagster.core.training import evaluation_pairs
 
     def build() -> tuple[list[EvalItem], list[str]]:
-        return landing_evaluation_set(held_out_pairs(model.record), settings.landing, model.lance)
+        lance, table = index(settings, built)
+        return landing_evaluation_set(evaluation_pairs(record, table, built["training"].config()), settings.landing, lance)
 
     return run_evaluation_set(built["registry"].client(), mlflow_run_id, build, warn=warn)

@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         with mlflow_run(pipes, built["registry"], settings.name, "evaluate") as mlflow_run_id:
             model = trained(settings, built, mlflow_run_id, "evaluate")
             adapter, _, _ = deployable_adapter(model.record)
-            items, _ = evaluation_items(settings, built, model, mlflow_run_id, log.warning)
+            items, _ = evaluation_items(settings, built, model.record, mlflow_run_id, log.warning)
             encoder = QueryEncoder(model.embedder, adapter)
             params = built["vector_index"].params()
             chosen = select_retrieval(config, encoder, model.table, params, items, model.lance, run_key(pipes, mlflow_run_id))

@@ -1,37 +1,47 @@
-"""Registration and the gate as a Pipes process, the last step of the bundle's training job.
+"""Registration and the gate as a Pipes process, the last step of the bundle's training job, and
+what the ``rag_model`` asset runs when ``compute: databricks`` sends it there.
 
 The RAG model is registered as the challenger by ``core.rag_model.register_rag_model`` (what the
 ``rag_model`` asset calls), carrying the retrieval the ``evaluate`` step selected. Then the gate
-runs on it as the asset checks and the ``evaluation`` asset run it in Dagster (it loads and answers,
-its signature is valid, ``core.comparison.evaluate_challenger``), and every verdict is recorded on
-the version, so that promotion, which reads the registry alone, can act on it.
+runs on it as the asset checks and the ``evaluation`` asset run it in Dagster: it loads and answers,
+its signature is valid, and ``pipes.gate`` evaluates it and records every verdict on the version.
+Launched for ``rag_model`` alone, the step stops after registering: Dagster runs those checks, and
+the ``evaluation`` asset its own step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from llmops_dagster.pipes._model import StepRefused, evaluation_items, trained
-from llmops_dagster.pipes._session import arguments, environment, logger, mlflow_run, open_pipes, report, resources, run_key
+from llmops_dagster.pipes._model import StepRefused, trained
+from llmops_dagster.pipes._session import (
+    arguments,
+    asset_key,
+    environment,
+    launched_by_dagster,
+    logger,
+    mlflow_run,
+    open_pipes,
+    report,
+    resources,
+    run_key,
+)
+from llmops_dagster.pipes.gate import gate_challenger
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = arguments("register", argv)
     with open_pipes() as pipes:
-        from llmops_dagster.assets.gate import evaluation_metadata, gate_verdicts
-        from llmops_dagster.assets.model_registry import MEETS_THRESHOLDS, MODEL_LOADS_AND_ANSWERS, REQUIRED_CHECKS, SIGNATURE_VALID
+        from llmops_dagster.assets.model_registry import MODEL_LOADS_AND_ANSWERS, SIGNATURE_VALID
         from llmops_dagster.assets.training import rag_model_metadata
-        from llmops_dagster.core import registry as model_registry
-        from llmops_dagster.core import store
-        from llmops_dagster.core.comparison import evaluate_challenger
         from llmops_dagster.core.rag_model import challenger_spec, loads_and_answers, register_rag_model, signature_verdict
         from llmops_dagster.core.selection import recorded_selection, selection_problem
-        from llmops_dagster.core.training import deployable_adapter, load_adapter
+        from llmops_dagster.core.training import deployable_adapter
 
         log = logger(pipes)
         settings = environment(args, pipes)
         built = resources(settings)
-        registry, marker = built["registry"], {"compute": "pipes"}
+        registry = built["registry"]
         with mlflow_run(pipes, registry, settings.name, "register") as mlflow_run_id:
             key = run_key(pipes, mlflow_run_id)
             model = trained(settings, built, mlflow_run_id, "register")
@@ -53,26 +63,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
             name, version = registered.name, registered.version
             log.info(f"{name} v{version} is the challenger" + (" (an equal version, reused)" if registered.reused else ""))
-            report(pipes, {**rag_model_metadata(registered, chosen, mlflow_run_id), **marker}, asset="rag_model")
+            report(pipes, {**rag_model_metadata(registered, chosen, mlflow_run_id), "compute": "pipes"}, asset="rag_model")
 
-            gate = built["evaluation"].gate()
-            verdicts = {
-                MODEL_LOADS_AND_ANSWERS: loads_and_answers(name, version, model.lance.uri, gate.smoke_question),
+            if launched_by_dagster(pipes) and asset_key(pipes, "evaluation") is None:
+                return  # the rag_model asset: its evaluation is the next asset's step
+            smoke = {
+                MODEL_LOADS_AND_ANSWERS: loads_and_answers(name, version, model.lance.uri, built["evaluation"].gate().smoke_question),
                 SIGNATURE_VALID: signature_verdict(name, version),
             }
-            items, gold_skipped = evaluation_items(settings, built, model, mlflow_run_id, log.warning)
-            trained_adapter = load_adapter(model.record) if model.record["has_adapter"] else None
-            evaluated = evaluate_challenger(client, name, version, model.lance, items, trained_adapter, gate, key, log=log.info)
-            verdicts.update(gate_verdicts(evaluated))
-            status = model_registry.PENDING
-            for check, verdict in verdicts.items():
-                recorded = evaluated.recorded if check == MEETS_THRESHOLDS else None
-                status = model_registry.record_check(client, name, version, check, verdict.passed, REQUIRED_CHECKS, key, recorded)
-                log.info(f"{check}: {'passed' if verdict.passed else 'FAILED'}: {verdict.description}")
-            log.info(f"{name} v{version}: {model_registry.VALIDATION_STATUS} {status}")
-            metadata = evaluation_metadata(evaluated, model.lance.count(store.EVALUATIONS), gold_skipped)
-            report(pipes, {**metadata, model_registry.VALIDATION_STATUS: status, **marker}, asset="evaluation")
-
+            gate_challenger(pipes, settings, built, model.record, mlflow_run_id, log, version, found=smoke)
 
 if __name__ == "__main__":
     main()
