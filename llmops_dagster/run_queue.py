@@ -4,8 +4,9 @@
 at a time. The ingest, adopt and monitor jobs carry that tag, but a materialization or backfill
 launched from the asset graph runs in Dagster's implicit asset job, which has no tags of its own:
 without this, such a run would start beside an ingest run of the same environment and write the same
-tables. Every run is submitted through the coordinator (UI, sensor, backfill daemon), so this is the
-one place that sees them all. A run's environment is the first part of its asset keys, which
+tables. Every run the daemon launches is submitted through the coordinator (from the UI, a sensor or
+the backfill daemon), so this is the one place that sees them all; ``llmops run`` runs in process and
+tags its runs itself. A run's environment is the first part of its asset keys, which
 ``definitions.build_defs`` prefixes with the environment's name.
 """
 
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
 
+from llmops_dagster.settings import ENVIRONMENTS
 from llmops_dagster.tags import ENV_TAG, OPERATOR_ENV_TAG
 
 if TYPE_CHECKING:
@@ -33,8 +35,8 @@ def environment_tags(run: dg.DagsterRun) -> dict[str, str]:
         return {}
     keys = {*(run.asset_selection or ()), *(check.asset_key for check in run.asset_check_selection or ())}
     environments = {key.path[0] for key in keys if len(key.path) > 1}
-    if len(environments) != 1:
-        return {}
+    if len(environments) != 1 or not environments <= set(ENVIRONMENTS):
+        return {}  # not one of ours: another code location's assets on a shared instance
     env = environments.pop()
     if {key.path[-1] for key in keys} == {SERVING_ENDPOINT}:
         return {OPERATOR_ENV_TAG: env}

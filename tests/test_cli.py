@@ -151,6 +151,7 @@ def test_the_queue_tags_runs_launched_from_the_asset_graph_with_their_environmen
     from dagster_graphql.test.utils import execute_dagster_graphql, infer_job_selector, materialize_assets
 
     from llmops_dagster.cli import ensure_dagster_home
+    from llmops_dagster.cli.instance import EARLIER_DAGSTER_YAML
     from llmops_dagster.definitions import INGEST_JOB
     from llmops_dagster.run_queue import EnvironmentRunQueue
 
@@ -158,7 +159,7 @@ def test_the_queue_tags_runs_launched_from_the_asset_graph_with_their_environmen
     monkeypatch.setenv("LLMOPS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     home.mkdir()
-    (home / "dagster.yaml").write_text("# Created by llmops. Local sqlite storage under this folder.\ntelemetry:\n  enabled: false\n")
+    (home / "dagster.yaml").write_text(EARLIER_DAGSTER_YAML[0])
     ensure_dagster_home()  # an earlier version's file is brought up to date
     origin = LoadableTargetOrigin(module_name="llmops_dagster.definitions", attribute="staging_defs")
     with dg.DagsterInstance.get() as instance, in_process_test_workspace(instance, origin) as workspace:
@@ -169,9 +170,9 @@ def test_the_queue_tags_runs_launched_from_the_asset_graph_with_their_environmen
             assert outcome["__typename"] == "LaunchRunSuccess", outcome
             return instance.get_run_by_id(outcome["run"]["runId"])
 
-        backfill = launched(materialize_assets(workspace, [dg.AssetKey(["staging", key]) for key in ("documents", "quarantine", "chunks")]))
-        assert backfill.status == dg.DagsterRunStatus.QUEUED and backfill.job_name == "__ASSET_JOB"
-        assert backfill.tags["llmops/env"] == "staging"
+        selected = launched(materialize_assets(workspace, [dg.AssetKey(["staging", key]) for key in ("documents", "quarantine", "chunks")]))
+        assert selected.status == dg.DagsterRunStatus.QUEUED and selected.job_name == "__ASSET_JOB"
+        assert selected.tags["llmops/env"] == "staging"
         # as update_endpoint: a redeploy of the champion does not wait behind a long ingest run
         endpoint = launched(materialize_assets(workspace, [dg.AssetKey(["staging", "serving_endpoint"])]))
         assert endpoint.tags["llmops/operator_env"] == "staging" and "llmops/env" not in endpoint.tags
@@ -180,12 +181,12 @@ def test_the_queue_tags_runs_launched_from_the_asset_graph_with_their_environmen
         ))
         assert ingest.tags["llmops/env"] == "staging"  # the job's own tag, unchanged
         queued = instance.get_runs(filters=dg.RunsFilter(tags={"llmops/env": "staging"}, statuses=[dg.DagsterRunStatus.QUEUED]))
-        assert {run.run_id for run in queued} == {backfill.run_id, ingest.run_id}
+        assert {run.run_id for run in queued} == {selected.run_id, ingest.run_id}
 
-    user_written = "telemetry:\n  enabled: false\n"
-    (home / "dagster.yaml").write_text(user_written)
-    ensure_dagster_home()
-    assert (home / "dagster.yaml").read_text() == user_written
+    for user_written in ("telemetry:\n  enabled: false\n", EARLIER_DAGSTER_YAML[0] + "run_monitoring:\n  enabled: true\n"):
+        (home / "dagster.yaml").write_text(user_written)
+        ensure_dagster_home()
+        assert (home / "dagster.yaml").read_text() == user_written  # the user's, or edited by the user: left alone
 
 
 @pytest.mark.parametrize("started_by", ["daemon", "live cli process"])

@@ -12,14 +12,15 @@ from llmops_dagster.tags import ENV_TAG, HOST_TAG, PID_TAG
 # Local sqlite storage under DAGSTER_HOME. Queued runs (sensor, UI) of one environment run one at a
 # time, so two ingest runs never write the same tables at once; the queue tags the runs launched from
 # the asset graph, which no job tags (run_queue.EnvironmentRunQueue).
-CREATED_BY = "# Created by llmops."
-DAGSTER_YAML = f"""{CREATED_BY} Local sqlite storage under this folder.
+_HEADER = """# Created by llmops. Local sqlite storage under this folder.
 telemetry:
   enabled: false
-run_coordinator:
+"""
+_QUEUE = """run_coordinator:
   module: llmops_dagster.run_queue
   class: EnvironmentRunQueue
-concurrency:
+"""
+_LIMITS = f"""concurrency:
   runs:
     tag_concurrency_limits:
       - key: "{ENV_TAG}"
@@ -27,6 +28,10 @@ concurrency:
           applyLimitPerUniqueValue: true
         limit: 1
 """
+DAGSTER_YAML = _HEADER + _QUEUE + _LIMITS
+# What earlier versions wrote, word for word: such a file is brought up to date. Any other file,
+# an edited copy of one of these included, is the user's and is left as it is.
+EARLIER_DAGSTER_YAML = (_HEADER + _LIMITS,)
 
 
 def ensure_dagster_home() -> Path:
@@ -36,10 +41,11 @@ def ensure_dagster_home() -> Path:
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(llmops_home() / "dagster")))
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    # Ours, from an earlier version, is brought up to date; one a user wrote is left alone.
     written = config.read_text() if config.exists() else None
-    if written is None or (written.startswith(CREATED_BY) and written != DAGSTER_YAML):
-        config.write_text(DAGSTER_YAML)
+    if written is None or written in EARLIER_DAGSTER_YAML:
+        scratch = config.with_suffix(f".{os.getpid()}.tmp")
+        scratch.write_text(DAGSTER_YAML)
+        os.replace(scratch, config)  # a daemon reading it at the same time sees one version or the other
     if not (home / "schedules").exists():
         # Create the sqlite storage once, here: a daemon and its code servers starting together on
         # an empty DAGSTER_HOME race to create it and leave two alembic heads behind.
