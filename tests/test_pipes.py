@@ -255,6 +255,8 @@ def test_the_gate_step_under_pipes_evaluates_the_challenger_and_reports_each_che
     reported = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert set(reported) == {spec.name for spec in evaluation_checks()}
     assert reported[MEETS_THRESHOLDS].passed and reported[MEETS_THRESHOLDS].metadata["model_version"].value == str(challenger.version)
+    # each check is attached to this run's materialization, which therefore came first
+    assert all(e.target_materialization_data and e.target_materialization_data.run_id == result.run_id for e in reported.values())
     recorded = client.get_model_version(name, challenger.version).tags
     assert recorded[f"check.{MEETS_THRESHOLDS}.dagster_run_id"] == result.run_id
     rows = store.LanceStore(settings.lancedb_uri).read(store.EVALUATIONS, store.EVALUATIONS_SCHEMA, where=f"dagster_run_id = '{result.run_id}'")
@@ -307,6 +309,7 @@ def test_rag_model_and_evaluation_run_on_databricks_when_compute_says_so(llmops_
     assert submitted == ["llmops-pipes-evaluate", "llmops-pipes-register", "llmops-pipes-gate"]
     by_step = {tuple(context["asset_keys"]) for context in server.workspace.contexts}
     assert by_step == {("rag_model",), ("evaluation",)}
-    # Both steps of rag_model and the gate log into this Dagster run's MLflow run.
+    # Both steps of rag_model and the gate log into this Dagster run's MLflow run, and read this landing zone.
     assert len({context["extras"][MLFLOW_RUN_EXTRA] for context in server.workspace.contexts}) == 1
+    assert {context["extras"]["landing"] for context in server.workspace.contexts} == {str(settings.landing)}
     assert {e.check_name for e in result.get_asset_check_evaluations()} == {spec.name for spec in evaluation.check_specs}

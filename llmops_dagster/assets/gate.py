@@ -146,7 +146,8 @@ def evaluation(
     ``llmops-pipes-gate`` entry point, and reports its materialization and checks back through Pipes.
     """
     if compute.on_databricks:
-        yield from compute.run(context, "gate", extras={MLFLOW_RUN_EXTRA: mlflow.active_run().info.run_id}).get_results()
+        extras = {MLFLOW_RUN_EXTRA: mlflow.active_run().info.run_id, "landing": str(landing.root)}
+        yield from compute.run(context, "gate", extras=extras).get_results()
         return
     from llmops_dagster.core.comparison import evaluate_challenger
     from llmops_dagster.core.training import load_adapter
@@ -192,7 +193,7 @@ def gate_verdicts(gate: GateEvaluation) -> dict[str, Verdict]:
 
 
 def evaluation_metadata(gate: GateEvaluation, rows: int, gold_skipped: int) -> dict[str, Any]:
-    """What ``evaluation`` reports, in process or from the ``register`` Pipes step."""
+    """What ``evaluation`` reports, in process or from the ``gate`` and ``register`` Pipes steps."""
     from llmops_dagster.core import selection
 
     result, items, version = gate.comparison, gate.items, gate.version

@@ -117,8 +117,9 @@ def rag_model(
     ``llmops-pipes-register`` steps (through Pipes), logging into this run's MLflow run.
     """
     if compute.on_databricks:
-        extras = {MLFLOW_RUN_EXTRA: mlflow.active_run().info.run_id}
-        compute.run(context, "evaluate", extras=extras)  # the selection, kept in the MLflow run for register
+        extras = {MLFLOW_RUN_EXTRA: mlflow.active_run().info.run_id, "landing": str(landing.root)}
+        if rag.config().select_by_evaluation:
+            compute.run(context, "evaluate", extras=extras)  # the selection, kept in the MLflow run for register
         return compute.run(context, "register", extras=extras).get_materialize_result()
     from llmops_dagster.assets.gate import evaluation_items
     from llmops_dagster.core.rag import QueryEncoder, index_models, index_problem

@@ -1,6 +1,6 @@
-"""What the model steps (``train``, ``evaluate``, ``register``) share: the refusal in an environment
-that adopts its model instead of training it, the index they work on, and the training they build
-on, read from MLflow as the ``rag_model`` asset reads it."""
+"""What the model steps (``train``, ``evaluate``, ``register``, ``gate``) share: the refusal in an
+environment that adopts its model instead of training it, the index they work on, the training they
+build on, read from MLflow as the ``rag_model`` asset reads it, and the evaluation set."""
 
 from __future__ import annotations
 

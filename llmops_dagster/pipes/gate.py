@@ -54,21 +54,26 @@ def gate_challenger(
     adapter = load_adapter(record) if record is not None and record["has_adapter"] else None
     lance = built["lancedb"].store()
     evaluated = evaluate_challenger(client, name, version, lance, items, adapter, built["evaluation"].gate(), key, log=log.info)
-    status = model_registry.PENDING
-    for check, verdict in {**(found or {}), **gate_verdicts(evaluated)}.items():
+    status, statuses = model_registry.PENDING, {}
+    verdicts = {**(found or {}), **gate_verdicts(evaluated)}
+    for check, verdict in verdicts.items():
         recorded = evaluated.recorded if check == MEETS_THRESHOLDS else None
-        status = model_registry.record_check(client, name, version, check, verdict.passed, REQUIRED_CHECKS, key, recorded)
+        status = statuses[check] = model_registry.record_check(client, name, version, check, verdict.passed, REQUIRED_CHECKS, key, recorded)
         log.info(f"{check}: {'passed' if verdict.passed else 'FAILED'}: {verdict.description}")
-        report_check(pipes, check, verdict, {"model_version": version, model_registry.VALIDATION_STATUS: status})
     log.info(f"{name} v{version}: {model_registry.VALIDATION_STATUS} {status}")
+    # The materialization first: Dagster attaches each check result to the asset's latest materialization.
     metadata = evaluation_metadata(evaluated, lance.count(store.EVALUATIONS), gold_skipped)
     report(pipes, {**metadata, model_registry.VALIDATION_STATUS: status, "compute": "pipes"}, asset="evaluation")
+    for check, verdict in verdicts.items():
+        report_check(pipes, check, verdict, {"model_version": version, model_registry.VALIDATION_STATUS: statuses[check]})
     report_check(pipes, NO_NAVIGATION_IN_TOP_RESULTS, navigation_verdict(evaluated), {}, severity="WARN")
 
 
 def report_check(pipes: PipesContext, check: str, verdict: Verdict, metadata: dict[str, Any], severity: str = "ERROR") -> None:
     """The verdict as a check of the ``evaluation`` asset, when the launching step materializes it
-    and the check is one that asset declares (the smoke checks are ``rag_model``'s, run in Dagster)."""
+    and the check is one that asset declares (the smoke checks are ``rag_model``'s, run in Dagster).
+    The launching step must declare the same checks, as the ``evaluation`` asset does: Dagster
+    refuses a check result it does not expect."""
     from llmops_dagster.assets.gate import evaluation
     from llmops_dagster.pipes._session import pipes_value
 
