@@ -486,6 +486,8 @@ def test_backfills_from_the_dagster_cli_and_the_ui(monitored: Monitored, tmp_pat
     assert status == "COMPLETED_SUCCESS", status
     run_of = {run.tags[PARTITION_TAG]: run.run_id for run in runs}
     assert sorted(run_of) == keys, "one run per selected day"
+    # Dagster's implicit asset job has no tags: the instance's queue gave each run its environment's
+    assert all(run.job_name == "__ASSET_JOB" and run.tags.get("llmops/env") == "test" for run in runs), [r.tags for r in runs]
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         assert _materialized(instance, keys) == {partition: run_of[partition] for partition in keys}
     table = monitoring_table.read_rows(monitored.lance)

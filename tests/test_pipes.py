@@ -220,6 +220,9 @@ def test_evaluate_then_register_under_pipes_select_register_and_record_the_gate(
     reported = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert set(reported) == {spec.name for spec in evaluation_checks()}
     assert all(reported[check].passed for check in REQUIRED_CHECKS if check in reported)
+    assert reported["meets_thresholds"].metadata["model_version"].value == str(new.version)
+    # each check is attached to this run's materialization, which therefore came first
+    assert all(e.target_materialization_data and e.target_materialization_data.run_id == result.run_id for e in reported.values())
     # The evaluate step kept the evaluation set in the run; register's gate read that one back.
     kept_items, kept_skipped = logged_evaluation_set(client, run_id)
     assert len(kept_skipped) == 2 and f"of {len(kept_items)} (" in evaluation["summary"].value
@@ -232,35 +235,15 @@ def evaluation_checks() -> list[dg.AssetCheckSpec]:
     return [dg.AssetCheckSpec(spec.name, asset="evaluation", blocking=spec.blocking) for spec in evaluation.check_specs]
 
 
-def test_the_gate_step_under_pipes_evaluates_the_challenger_and_reports_each_check(home: Path, trained_home: TrainedHome) -> None:
-    """What the evaluation asset sends to Databricks, run for real: the challenger's verdicts recorded
-    on its version under this Dagster run, and reported back as the asset's materialization and checks."""
-    from llmops_dagster.assets.model_registry import MEETS_THRESHOLDS
+@pytest.mark.filterwarnings("ignore:This process was not launched by a Dagster")
+def test_the_gate_step_refuses_an_environment_without_a_challenger(llmops_home: Path) -> None:
+    """``gate`` alone, as the evaluation asset sends it: in staging, which adopts its model, nothing
+    was adopted yet. (Its evaluation, shared with ``register``, runs for real in the test above.)"""
+    from llmops_dagster.pipes import gate
+    from llmops_dagster.pipes._model import StepRefused
 
-    settings = load_settings("test")
-    client = registry.configure(settings.mlflow.tracking_uri, settings.mlflow.registry_uri)
-    name = settings.mlflow.registered_model
-    challenger = registry.version_by_alias(client, name, registry.CHALLENGER)
-
-    @dg.multi_asset(specs=[dg.AssetSpec("evaluation")], check_specs=evaluation_checks())
-    def evaluation_via_pipes(context: dg.AssetExecutionContext, compute: PipesComputeResource, mlflow: dg.ResourceParam[Any]):
-        extras = {MLFLOW_RUN_EXTRA: mlflow.active_run().info.run_id, "landing": str(trained_home.landing)}
-        yield from compute.run(context, "gate", extras=extras).get_results()
-
-    resources = {"compute": PipesComputeResource(env="test"), "mlflow": build_resources(settings)["mlflow"]}
-    result = dg.materialize([evaluation_via_pipes], resources=resources)
-    assert result.success
-    [evaluation] = [m.metadata for m in result.asset_materializations_for_node("evaluation_via_pipes")]
-    assert evaluation["model_version"].value == str(challenger.version) and evaluation["compute"].value == "pipes"
-    reported = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert set(reported) == {spec.name for spec in evaluation_checks()}
-    assert reported[MEETS_THRESHOLDS].passed and reported[MEETS_THRESHOLDS].metadata["model_version"].value == str(challenger.version)
-    # each check is attached to this run's materialization, which therefore came first
-    assert all(e.target_materialization_data and e.target_materialization_data.run_id == result.run_id for e in reported.values())
-    recorded = client.get_model_version(name, challenger.version).tags
-    assert recorded[f"check.{MEETS_THRESHOLDS}.dagster_run_id"] == result.run_id
-    rows = store.LanceStore(settings.lancedb_uri).read(store.EVALUATIONS, store.EVALUATIONS_SCHEMA, where=f"dagster_run_id = '{result.run_id}'")
-    assert rows.num_rows > 0
+    with pytest.raises(StepRefused, match="staging.llmops.rag_model has no 'challenger' version; run the register step"):
+        gate.main(["--env", "staging"])
 
 
 TOKEN = "dapi-pipes-test-token-1a2b3c"
