@@ -150,13 +150,13 @@ def evaluation(
         yield from compute.run(context, "gate", extras=extras).get_results()
         return
     from llmops_dagster.core.comparison import evaluate_challenger
-    from llmops_dagster.core.training import load_adapter
+    from llmops_dagster.core.training import trained_adapter
 
     upstream = trained_here(registry, training, mlflow)
     items, gold_skipped = evaluation_items(context, lancedb, landing, training, registry, mlflow, upstream)
     client, name, version = challenger_version(registry)
-    adapter = load_adapter(upstream) if upstream is not None and upstream["has_adapter"] else None
     lance = lancedb.store()
+    adapter = trained_adapter(upstream)
     gate = evaluate_challenger(client, name, version, lance, items, adapter, evaluation.gate(), context.run_id, log=context.log.info)
     yield dg.MaterializeResult(metadata=evaluation_metadata(gate, lance.count(store.EVALUATIONS), gold_skipped))
     for check, verdict in gate_verdicts(gate).items():

@@ -435,6 +435,12 @@ def load_adapter(record: dict[str, Any]) -> np.ndarray:
     return np.load(mlflow.artifacts.download_artifacts(f"{record['artifacts']}/{ADAPTER_FILE}"))
 
 
+def trained_adapter(record: dict[str, Any] | None) -> np.ndarray | None:
+    """The query adapter the gate compares as "trained": None where nothing trained here (``record``
+    None, the environment adopts its model) or the training logged none (a full fine-tune)."""
+    return load_adapter(record) if record is not None and record["has_adapter"] else None
+
+
 def deployable_adapter(record: dict[str, Any]) -> tuple[np.ndarray | None, str, str | None]:
     """What a RAG model takes from a training: the query adapter (None: the base model), the
     embedder variant it deploys (``trained`` or ``base``), and why it cannot deploy the better model

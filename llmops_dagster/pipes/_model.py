@@ -54,7 +54,6 @@ def trained(settings: EnvSettings, built: dict[str, Any], mlflow_run_id: str, st
     """This MLflow run's training when it trained (a Dagster run), else the newest (the bundle's
     training job, whose steps each have a run of their own); refused before any training."""
     from llmops_dagster.core.rag import index_models, index_problem
-    from llmops_dagster.core.registry import training_record
 
     must_train(settings, built, step)
     lance, table = index(settings, built)
@@ -62,11 +61,18 @@ def trained(settings: EnvSettings, built: dict[str, Any], mlflow_run_id: str, st
     problem = index_problem(index_models(table), fingerprint)
     if problem:
         raise StepRefused(f"{problem}; run the ingest step (or materialize embeddings) first")
+    return Trained(lance, table, fingerprint, built["embedder"].load(), training(built, mlflow_run_id))
+
+
+def training(built: dict[str, Any], mlflow_run_id: str) -> dict[str, Any]:
+    """``registry.training_record`` of this MLflow run (or the experiment's newest); refused before any training."""
+    from llmops_dagster.core.registry import training_record
+
     registry = built["registry"]
     record = training_record(registry.client(), registry.experiment, mlflow_run_id)
     if record is None:
         raise StepRefused(f"nothing was trained in {registry.experiment} yet; run the train step (or materialize embedding_model) first")
-    return Trained(lance, table, fingerprint, built["embedder"].load(), record)
+    return record
 
 
 def evaluation_items(

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from logging import Logger
 from typing import TYPE_CHECKING, Any
 
-from llmops_dagster.pipes._model import StepRefused, evaluation_items
+from llmops_dagster.pipes._model import StepRefused, evaluation_items, training
 from llmops_dagster.pipes._session import arguments, asset_key, environment, logger, mlflow_run, open_pipes, report, resources, run_key
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def gate_challenger(
     from llmops_dagster.core import registry as model_registry
     from llmops_dagster.core import store
     from llmops_dagster.core.comparison import evaluate_challenger
-    from llmops_dagster.core.training import load_adapter
+    from llmops_dagster.core.training import trained_adapter
 
     registry, key = built["registry"], run_key(pipes, mlflow_run_id)
     client, name = registry.client(), registry.registered_model
@@ -51,9 +51,8 @@ def gate_challenger(
             raise StepRefused(f"{name} has no '{model_registry.CHALLENGER}' version; run the register step (or materialize rag_model) first")
         version = str(challenger.version)
     items, gold_skipped = evaluation_items(settings, built, record, mlflow_run_id, log.warning)
-    adapter = load_adapter(record) if record is not None and record["has_adapter"] else None
     lance = built["lancedb"].store()
-    evaluated = evaluate_challenger(client, name, version, lance, items, adapter, built["evaluation"].gate(), key, log=log.info)
+    evaluated = evaluate_challenger(client, name, version, lance, items, trained_adapter(record), built["evaluation"].gate(), key, log=log.info)
     status, statuses = model_registry.PENDING, {}
     verdicts = {**(found or {}), **gate_verdicts(evaluated)}
     for check, verdict in verdicts.items():
@@ -87,18 +86,11 @@ def report_check(pipes: PipesContext, check: str, verdict: Verdict, metadata: di
 def main(argv: Sequence[str] | None = None) -> None:
     args = arguments("gate", argv)
     with open_pipes() as pipes:
-        from llmops_dagster.core.registry import training_record
-
         log = logger(pipes)
         settings = environment(args, pipes)
         built = resources(settings)
-        registry = built["registry"]
-        with mlflow_run(pipes, registry, settings.name, "gate") as mlflow_run_id:
-            record = None
-            if built["training"].trains:
-                record = training_record(registry.client(), registry.experiment, mlflow_run_id)
-                if record is None:
-                    raise StepRefused(f"nothing was trained in {registry.experiment} yet; run the train step (or materialize embedding_model) first")
+        with mlflow_run(pipes, built["registry"], settings.name, "gate") as mlflow_run_id:
+            record = training(built, mlflow_run_id) if built["training"].trains else None  # None: it adopts its model
             gate_challenger(pipes, settings, built, record, mlflow_run_id, log)
 
 

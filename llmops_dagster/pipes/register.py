@@ -73,5 +73,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             }
             gate_challenger(pipes, settings, built, model.record, mlflow_run_id, log, version, found=smoke)
 
+
 if __name__ == "__main__":
     main()
