@@ -8,6 +8,9 @@ points at another declaration file.
 from __future__ import annotations
 
 import os
+import types
+import typing
+from collections.abc import Mapping
 from copy import deepcopy
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -168,15 +171,66 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _section(cls: type, raw: dict[str, Any], env: str, name: str) -> Any:
-    fields = set(cls.__dataclass_fields__)
-    unknown = set(raw) - fields
+# The scalar kinds a setting is checked against before its dataclass sees it, and how a message names them.
+_KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+
+
+def _wrong_kind(hint: Any, value: Any) -> str | None:
+    """The kind ``value`` should have been, when the field's annotation is a plain scalar (or one
+    scalar or None) that it does not match; None when it matches or the field takes something else."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        options = [option for option in typing.get_args(hint) if option is not type(None)]
+        if value is None and len(options) < len(typing.get_args(hint)):
+            return None
+        if len(options) != 1:
+            return None
+        hint = options[0]
+    if hint not in _KINDS:
+        return None
+    if isinstance(value, bool):  # YAML's true/false are ints to Python; only a bool field takes them
+        return None if hint is bool else _KINDS[hint]
+    accepted = (int, float) if hint is float else hint
+    return None if isinstance(value, accepted) else _KINDS[hint]
+
+
+def _mapping(value: Any, what: str) -> dict[str, Any]:
+    """``value`` as a dict (None: empty), or a SettingsError saying that ``what`` must be a mapping."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SettingsError(f"{what} must be a mapping of settings, got {value!r}")
+    return dict(value)
+
+
+def _section(cls: type, raw: Any, env: str, name: str) -> Any:
+    raw = _mapping(raw, f"environment '{env}': {name}")
+    unknown = set(raw) - set(cls.__dataclass_fields__)
     if unknown:
         raise SettingsError(f"environment '{env}': unknown {name} setting(s) {sorted(unknown)}")
+    hints = typing.get_type_hints(cls)
+    for key, value in raw.items():
+        kind = _wrong_kind(hints[key], value)
+        if kind:
+            raise SettingsError(f"environment '{env}': {name}.{key} must be {kind}, got {value!r}")
     try:
         return cls(**raw)
     except (TypeError, ValueError) as error:
         raise SettingsError(f"environment '{env}': invalid {name} settings: {error}") from None
+
+
+def _read_declaration(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The declaration's ``defaults`` and ``environments`` mappings; a YAML error is one line with its place."""
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SettingsError(f"{path} is not valid YAML: {getattr(error, 'problem', None) or error}{where}") from None
+    document = _mapping(document, f"{path}")
+    unknown = set(document) - {"defaults", "environments"}
+    if unknown:
+        raise SettingsError(f"{path}: unknown top-level key(s) {sorted(unknown)}; expected defaults and environments")
+    return _mapping(document.get("defaults"), f"{path}: defaults"), _mapping(document.get("environments"), f"{path}: environments")
 
 
 def load_settings(env: str, declaration: Path | None = None, _adopting: tuple[str, ...] = ()) -> EnvSettings:
@@ -187,23 +241,25 @@ def load_settings(env: str, declaration: Path | None = None, _adopting: tuple[st
     path = declaration or declaration_path()
     if not path.is_file():
         raise SettingsError(f"environment declaration not found: {path}")
-    try:
-        document = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise SettingsError(f"{path} is not valid YAML: {error}") from None
-    declared = document.get("environments") or {}
+    defaults, declared = _read_declaration(path)
     if env not in declared:
         raise SettingsError(f"environment '{env}' is not declared in {path}")
-    raw = _merge(document.get("defaults") or {}, declared[env] or {})
+    raw = _merge(defaults, _mapping(declared[env], f"environment '{env}'"))
 
     home = llmops_home()
 
-    def expand(value: str) -> str:
-        return value.format(home=home, env=env)
+    def expand(value: Any, name: str) -> str:
+        """A path or URI setting with its ``{home}`` and ``{env}`` filled in."""
+        if not isinstance(value, str):
+            raise SettingsError(f"environment '{env}': {name} must be a string, got {value!r}")
+        try:
+            return value.format(home=home, env=env)
+        except (KeyError, IndexError, ValueError) as error:
+            raise SettingsError(f"environment '{env}': {name} {value!r} is not a template of {{home}} and {{env}}: {error!r}") from None
 
-    state_root = Path(expand(raw.pop("state_root", "{home}/{env}")))
-    landing = Path(expand(raw.pop("landing", "{home}/landing/{env}")))
-    lancedb_uri = raw.pop("lancedb_uri", None) or str(state_root / "lancedb")
+    state_root = Path(expand(raw.pop("state_root", "{home}/{env}"), "state_root"))
+    landing = Path(expand(raw.pop("landing", "{home}/landing/{env}"), "landing"))
+    lancedb_uri = expand(raw.pop("lancedb_uri", None) or str(state_root / "lancedb"), "lancedb_uri")
     engine = raw.pop("engine", "local")
     if engine not in ENGINES:
         raise SettingsError(f"environment '{env}': engine must be one of {', '.join(ENGINES)}, got '{engine}'")
@@ -212,8 +268,11 @@ def load_settings(env: str, declaration: Path | None = None, _adopting: tuple[st
         raise SettingsError(f"environment '{env}': compute must be one of {', '.join(COMPUTES)}, got '{compute}'")
     spark_master = raw.pop("spark_master", "local[*]")
     spark_remote = raw.pop("spark_remote", None)
+    for name, value in (("spark_master", spark_master), ("spark_remote", spark_remote or "")):
+        if not isinstance(value, str):
+            raise SettingsError(f"environment '{env}': {name} must be a string, got {value!r}")
     interval = raw.pop("sensor_interval_seconds", 30)
-    if not isinstance(interval, int) or interval < 1:
+    if not isinstance(interval, int) or isinstance(interval, bool) or interval < 1:
         raise SettingsError(f"environment '{env}': sensor_interval_seconds must be a whole number ≥ 1, got {interval!r}")
     sections = {
         "ingestion": IngestionSettings,
@@ -227,9 +286,9 @@ def load_settings(env: str, declaration: Path | None = None, _adopting: tuple[st
         "promotion": PromotionSettings,
         "serving": ServingSettings,
     }
-    parsed = {name: _section(cls, raw.pop(name, {}) or {}, env, name) for name, cls in sections.items()}
+    parsed = {name: _section(cls, raw.pop(name, None), env, name) for name, cls in sections.items()}
     try:
-        parsed["monitoring"] = MonitoringConfig.from_mapping(raw.pop("monitoring", {}) or {})
+        parsed["monitoring"] = MonitoringConfig.from_mapping(_mapping(raw.pop("monitoring", None), "monitoring"))
     except ValueError as error:  # its messages name the setting (monitoring.window, ...)
         raise SettingsError(f"environment '{env}': {error}") from None
     try:
@@ -241,7 +300,7 @@ def load_settings(env: str, declaration: Path | None = None, _adopting: tuple[st
         raise SettingsError(f"environment '{env}': promotion.source cannot be the environment itself")
     parsed["mlflow"] = replace(
         parsed["mlflow"],
-        **{key: expand(value) for key, value in vars(parsed["mlflow"]).items() if isinstance(value, str)},
+        **{key: expand(value, f"mlflow.{key}") for key, value in vars(parsed["mlflow"]).items() if isinstance(value, str)},
     )
     if raw:
         raise SettingsError(f"environment '{env}': unknown setting(s) {sorted(raw)} in {path}")
@@ -256,7 +315,7 @@ def load_settings(env: str, declaration: Path | None = None, _adopting: tuple[st
         home=home,
         state_root=state_root.resolve(),
         landing=landing.resolve(),
-        lancedb_uri=expand(lancedb_uri),
+        lancedb_uri=lancedb_uri,
         engine=engine,
         spark_master=spark_master,
         spark_remote=spark_remote,

@@ -182,3 +182,37 @@ def test_the_ann_settings_reach_core_by_their_own_names(tmp_path: Path, llmops_h
     assert ModelSpec.from_config(spec.to_config()).ann == params
     stored = {**spec.to_config(), "ann": '{"min_rows": 500, "nprobes": 8, "refine_factor": 10, "index_type": "IVF_PQ"}'}
     assert ModelSpec.from_config(stored).ann == params
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("environments: [\n", r"is not valid YAML: expected the node content, but found '<stream end>' at line 2, column 1$"),
+        ("- test\n", r"environments.yaml must be a mapping of settings, got \['test'\]$"),
+        ("envs: {}\n", r"unknown top-level key\(s\) \['envs'\]; expected defaults and environments$"),
+        ("environments: [test]\n", r"environments must be a mapping of settings, got \['test'\]$"),
+        ("defaults: 3\nenvironments: {test: {}}\n", r"defaults must be a mapping of settings, got 3$"),
+        ("environments: {test: local}\n", r"^environment 'test' must be a mapping of settings, got 'local'$"),
+        ("environments: {test: {state_root: '{hom}/{env}'}}\n", r"^environment 'test': state_root '\{hom\}/\{env\}' is not a template"),
+        ("environments: {test: {state_root: 5}}\n", r"^environment 'test': state_root must be a string, got 5$"),
+        ("environments: {test: {mlflow: {experiment: '{x}'}}}\n", r"^environment 'test': mlflow.experiment '\{x\}' is not a template"),
+        ("environments: {test: {embedding: fast}}\n", r"^environment 'test': embedding must be a mapping of settings, got 'fast'$"),
+        ("environments: {test: {rag: {k: many}}}\n", r"^environment 'test': rag.k must be a whole number, got 'many'$"),
+        ("environments: {test: {rag: {k: true}}}\n", r"^environment 'test': rag.k must be a whole number, got True$"),
+        ("environments: {test: {rag: {select_by_evaluation: 1}}}\n", r"^environment 'test': rag.select_by_evaluation must be true or false, got 1$"),
+        ("environments: {test: {serving: {port: '80'}}}\n", r"^environment 'test': serving.port must be a whole number, got '80'$"),
+        ("environments: {test: {index: {ann_min_recall: high}}}\n", r"^environment 'test': index.ann_min_recall must be a number, got 'high'$"),
+        ("environments: {test: {spark_remote: 15002}}\n", r"^environment 'test': spark_remote must be a string, got 15002$"),
+        ("environments: {test: {monitoring: 3}}\n", r"^environment 'test': monitoring must be a mapping of settings, got 3$"),
+        ("environments: {test: {sensor_interval_seconds: true}}\n", r"^environment 'test': sensor_interval_seconds must be a whole number"),
+    ],
+)
+def test_a_malformed_declaration_is_one_line_naming_the_setting(tmp_path: Path, llmops_home: Path, text: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=message) as raised:
+        load_settings("test", declare(tmp_path, text))
+    assert "\n" not in str(raised.value)
+
+
+def test_a_float_setting_takes_a_whole_number_and_an_optional_one_takes_null(tmp_path: Path, llmops_home: Path) -> None:
+    settings = load_settings("test", declare(tmp_path, "environments: {test: {rag: {text_weight: 1}, embedding: {model: null}}}\n"))
+    assert settings.rag.text_weight == 1 and settings.embedding.model is None
