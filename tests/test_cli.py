@@ -58,6 +58,7 @@ def test_run_then_search_ask_and_predict(trained_home: TrainedHome, tmp_path: Pa
     assert 'questions.jsonl:2: "question" must be a string, got int' in predicted.stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["question"] for line in lines] == ["What is BM25?", "Which formats are supported?"]
+    assert [path.name for path in out.parent.iterdir()] == ["out.jsonl"], "written through a partial file renamed into place"
     assert all(set(line) == {"question", "answer", "passages", "sources", "model_version"} for line in lines)
     assert all(line["passages"] and line["model_version"] == "1" for line in lines)
 
@@ -116,6 +117,9 @@ def test_tick_promotes_once_and_status_and_rollback_read_the_history(
         (["search", "--env", "test", "   "], "the query is empty"),
         (["run", "--env", "test", "--landing", "/does/not/exist"], "landing folder not found"),
         (["run", "--env", "test"], "landing folder not found"),
+        (["run", "--env", "test", "--landing", __file__], f"landing folder {__file__} is a file, not a folder"),
+        (["predict", "--env", "test", "--questions", __file__, "--out", "/"], "--out / is a folder; name a file"),
+        (["serve", "--env", "test", "--port", "99999"], "a port is within 1-65535, got 99999"),
         (["frobnicate"], "invalid choice"),
     ],
 )

@@ -258,3 +258,20 @@ def test_the_training_record_is_this_runs_own_else_the_newest(store: str) -> Non
     assert newest == {"winner": "base", "has_adapter": False, "artifacts": f"runs:/{runs[1]}/embedding_model", "mlflow_run_id": runs[1]}
     own = registry.training_record(client, "llmops-record", runs[0])
     assert own["winner"] == "trained" and own["has_adapter"] is True and own["mlflow_run_id"] == runs[0]
+
+
+def test_serve_without_a_champion_names_the_step_that_is_missing(store: str, tmp_path: Path, llmops_home: Path) -> None:
+    from llmops_dagster.serving.server import next_step
+    from llmops_dagster.settings import load_settings
+
+    client = registry.configure(store, None)
+    prod = load_settings("prod")  # requires approval
+    name = prod.mlflow.registered_model
+    client.create_registered_model(name)
+    assert next_step(client, prod) == "run `llmops run --env prod` and `llmops tick --env prod` first"
+    register(client, name, registry.FAILED, tmp_path, failed=("meets_thresholds",))
+    assert next_step(client, prod) == "challenger v1 is FAILED (failed: meets_thresholds), not PASSED (`llmops status --env prod` shows why)"
+    register(client, name, registry.PASSED, tmp_path)
+    assert next_step(client, prod) == "v2 awaits approval: `llmops approve --env prod --version 2`, then `llmops tick --env prod`"
+    promotion.approve(client, name, "2", "cli:alice")
+    assert next_step(client, prod) == "challenger v2 passed its checks: `llmops tick --env prod` promotes it"

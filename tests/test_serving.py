@@ -245,7 +245,7 @@ def test_no_champion_is_one_line_and_exit_2(trained_home: TrainedHome, tmp_path:
     shutil.copytree(trained_home.home, home)  # a challenger, no champion
     refused = llmops("serve", "--env", "test", "--port", str(free_port()), home=home, timeout=300)
     assert refused.returncode == 2, refused.stderr
-    expected = "test.llmops.rag_model has no champion yet; run `llmops run --env test` and `llmops tick --env test` first"
+    expected = "test.llmops.rag_model has no champion yet; challenger v1 passed its checks: `llmops tick --env test` promotes it"
     assert refused.stderr.strip().endswith(expected)
 
 

@@ -9,7 +9,7 @@ from typing import NoReturn
 
 from llmops_dagster.cli.access import cmd_access
 from llmops_dagster.cli.bundle import cmd_bundle
-from llmops_dagster.cli.common import EXIT_USAGE, UserError, positive
+from llmops_dagster.cli.common import EXIT_USAGE, UserError, port, positive
 from llmops_dagster.cli.monitor import cmd_monitor, window_span
 from llmops_dagster.cli.promotion import cmd_approve, cmd_rollback
 from llmops_dagster.cli.query import cmd_ask, cmd_predict, cmd_search
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the champion over HTTP (MLflow /invocations, OpenAI /v1/chat/completions)")
     serve.add_argument("--env", required=True, choices=ENVIRONMENTS)
     serve.add_argument("--host", help="address to listen on (default: serving.host, 127.0.0.1)")
-    serve.add_argument("--port", type=positive, help="port (default: serving.port of the environment)")
+    serve.add_argument("--port", type=port, help="port (default: serving.port of the environment)")
     serve.set_defaults(handler=cmd_serve)
 
     tick = commands.add_parser("tick", help="evaluate the environment's promotion sensors once, as the daemon would")

@@ -22,11 +22,38 @@ def settings_for(args: argparse.Namespace) -> EnvSettings:
         raise UserError(str(error)) from None
     landing = getattr(args, "landing", None)
     if landing:
-        path = Path(landing).expanduser()
-        if not path.is_dir():
-            raise UserError(f"landing folder not found: {path}")
-        settings = settings.with_landing(path)
+        settings = settings.with_landing(existing_folder(Path(landing).expanduser(), "landing folder"))
     return settings
+
+
+def existing_folder(path: Path, what: str) -> Path:
+    """``path`` when it is a folder; otherwise a UserError that says whether it is missing or a file."""
+    if path.is_file():
+        raise UserError(f"{what} {path} is a file, not a folder")
+    if not path.is_dir():
+        raise UserError(f"{what} not found: {path}")
+    return path
+
+
+def existing_file(path: Path, what: str) -> Path:
+    """``path`` when it is a file; otherwise a UserError that says whether it is missing or a folder."""
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder, not a file")
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    return path
+
+
+def writable_file(path: Path, what: str) -> Path:
+    """``path`` when a file can be written there (its folder is created if missing), checked before any work."""
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder; name a file")
+    folder = next((parent for parent in path.parents if parent.exists()), Path("/"))
+    if not folder.is_dir():
+        raise UserError(f"{what} {path} cannot be created: {folder} is a file")
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"{what} {path} cannot be written: no write permission in {folder}")
+    return path
 
 
 def resources_for(settings: EnvSettings) -> dict:
@@ -45,6 +72,13 @@ def actor() -> str:
     import getpass
 
     return os.environ.get("LLMOPS_ACTOR") or f"cli:{getpass.getuser()}"
+
+
+def port(value: str) -> int:
+    number = positive(value)
+    if number > 65535:
+        raise argparse.ArgumentTypeError(f"a port is within 1-65535, got {number}")
+    return number
 
 
 def positive(value: str) -> int:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-from llmops_dagster.cli.common import UserError, registry_client, resources_for, settings_for
+from llmops_dagster.cli.common import UserError, existing_file, registry_client, resources_for, settings_for, writable_file
 from llmops_dagster.serving.client import ServerError, running_server
 from llmops_dagster.settings import EnvSettings
 
@@ -122,9 +123,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from llmops_dagster.core.questions import read_questions
 
     settings = settings_for(args)
-    source = Path(args.questions).expanduser()
-    if not source.is_file():
-        raise UserError(f"questions file not found: {source}")
+    source = existing_file(Path(args.questions).expanduser(), "questions file")
+    out = writable_file(Path(args.out).expanduser(), "--out")
     questions, rejected = read_questions(source)
     for problem in rejected:
         print(f"llmops: skipped {problem}", file=sys.stderr)
@@ -132,9 +132,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UserError(f"{source} has no valid question lines")
     _, version, model = serving_model(settings)
     answers = model.predict(pd.DataFrame({"question": [q.question for q in questions]}))
-    out = Path(args.out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as handle:
+    # Written beside the target and renamed into place: a killed run leaves the old file or the new, never half of one.
+    partial = out.with_name(f".{out.name}.partial")
+    with partial.open("w", encoding="utf-8") as handle:
         for question, (_, row) in zip(questions, answers.iterrows(), strict=True):
             line = {
                 "question": question.question,
@@ -144,5 +145,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 "model_version": version,
             }
             handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+    os.replace(partial, out)
     print(f"wrote {len(questions)} answer(s) to {out}; {len(rejected)} line(s) rejected", file=sys.stderr)
     return 1 if rejected else 0

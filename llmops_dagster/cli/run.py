@@ -7,7 +7,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from llmops_dagster.cli.access import acting_account
-from llmops_dagster.cli.common import UserError, settings_for
+from llmops_dagster.cli.common import UserError, existing_folder, settings_for
 from llmops_dagster.cli.execution import execute
 from llmops_dagster.cli.instance import open_instance, refuse_if_running
 from llmops_dagster.tags import RUN_KEY_TAG, SENSOR_NAME_TAG, TRIGGER_TAG
@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_for(args)
-    if not settings.landing.is_dir():
+    if not settings.landing.exists():
         raise UserError(f"landing folder not found: {settings.landing} (create it, or pass --landing DIR)")
+    existing_folder(settings.landing, "landing folder")
     print(f"llmops run: environment '{settings.name}', landing {settings.landing}", file=sys.stderr)
     from llmops_dagster.definitions import INGEST_JOB, build_defs
 

@@ -42,6 +42,23 @@ def check_port(host: str, port: int) -> None:
             raise ServeError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
 
 
+def next_step(client, settings: EnvSettings) -> str:  # noqa: ANN001
+    """What stands between the environment's registered model and a champion, as the command that moves it on."""
+    from llmops_dagster.core.promotion import champion_decision
+    from llmops_dagster.core.registry import CHALLENGER, version_by_alias
+
+    env, name = settings.name, settings.mlflow.registered_model
+    if version_by_alias(client, name, CHALLENGER) is None:
+        return f"run `llmops run --env {env}` and `llmops tick --env {env}` first"
+    decision = champion_decision(client, name, settings.promotion.requires_approval)
+    waiting = decision.awaiting_approval
+    if waiting:
+        return f"v{waiting} awaits approval: `llmops approve --env {env} --version {waiting}`, then `llmops tick --env {env}`"
+    if decision.version:
+        return f"challenger v{decision.version} passed its checks: `llmops tick --env {env}` promotes it"
+    return f"{decision.reason} (`llmops status --env {env}` shows why)"
+
+
 def build_state(settings: EnvSettings, client, warn: Callable[[str], None]):  # noqa: ANN001, ANN201
     """Everything a server holds: the champion (loaded), the micro-batcher, the log writer and metrics."""
     from llmops_dagster.core.rag import IndexMismatchError
@@ -66,9 +83,7 @@ def build_state(settings: EnvSettings, client, warn: Callable[[str], None]):  # 
         follower.load_champion()
     except NoChampionError:
         batcher.close()
-        raise ServeError(
-            f"{name} has no champion yet; run `llmops run --env {settings.name}` and `llmops tick --env {settings.name}` first"
-        ) from None
+        raise ServeError(f"{name} has no champion yet; {next_step(client, settings)}") from None
     except (IndexMismatchError, FileNotFoundError) as error:
         batcher.close()
         raise ServeError(str(error)) from None
