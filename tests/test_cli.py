@@ -77,6 +77,9 @@ def test_tick_promotes_once_and_status_and_rollback_read_the_history(
     first = llmops("tick", "--env", "test", home=home)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "test/champion: champion is now v1 (was none)" in first.stdout
+    # What the endpoint sensor logs is a line of the tick's output, not a Dagster log record.
+    assert "test/champion_endpoint: champion v1; local serves nothing recorded yet" in first.stdout
+    assert " - dagster - " not in first.stdout + first.stderr and "test/serving_endpoint          v1" in first.stdout
     again = llmops("tick", "--env", "test", home=home)
     assert again.returncode == 0 and "test/champion: challenger v1 is already the champion" in again.stdout
 

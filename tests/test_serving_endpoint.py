@@ -166,7 +166,7 @@ def test_a_new_champion_updates_the_endpoint_recording_the_previous_version_and_
         run = materialize(databricks_settings(), instance)
         assert run.success
         served.append(metadata_of(run))
-        assert "already serves the champion" in tick(sensor, instance, cursor).skip_message
+        assert "was pointed at the champion" in tick(sensor, instance, cursor).skip_message
 
     follow()
     second = register(client, tmp_path)
@@ -337,7 +337,7 @@ def test_locally_it_records_the_version_llmops_serve_follows_and_the_one_a_serve
     assert endpoint.recorded(client, MODEL, "databricks") is None
 
     sensor = build_endpoint_sensor("test", ENDPOINT_JOB, "local")
-    assert tick(sensor, instance, None).skip_message.startswith(f"http://127.0.0.1:{httpd.server_address[1]} already serves the champion v2")
+    assert tick(sensor, instance, None).skip_message.startswith(f"http://127.0.0.1:{httpd.server_address[1]} was pointed at the champion v2")
 
 
 def test_a_server_of_another_model_is_not_taken_for_this_one() -> None:

@@ -37,8 +37,9 @@ def execute(job, instance, tags: dict[str, str]) -> int:
     for event in result.get_asset_materialization_events():
         materialization = event.step_materialization_data.materialization
         rows = materialization.metadata.get("dagster/row_count")
-        version = materialization.metadata.get("model_version")
-        detail = f"{rows.value:>8} rows" if rows else (f"{'v' + str(version.value):>8}" if version else f"{'-':>8}")
+        version = materialization.metadata.get("model_version") or materialization.metadata.get("served_version")
+        shown = f"v{version.value}" if version and version.value != "none" else "-"
+        detail = f"{rows.value:>8} rows" if rows else f"{shown:>8}"
         print(f"{materialization.asset_key.to_user_string():<24} {detail}")
         entry = REPORTED_ASSETS.get(materialization.asset_key.path[-1])
         if entry in materialization.metadata:

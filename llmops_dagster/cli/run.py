@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -62,11 +63,19 @@ def _tick(settings: EnvSettings, defs: dg.Definitions, instance: dg.DagsterInsta
             sensor = defs.resolve_sensor_def(name)
         except Exception:
             continue  # test has no upstream sensor
+        said = _Said()
         try:
             with dg.build_sensor_context(instance=instance, resources=resources) as context:
+                # What the sensor logs goes into the daemon's tick history; here it is a line of this output.
+                for handler in list(context.log.handlers):
+                    context.log.removeHandler(handler)
+                context.log.addHandler(said)
+                context.log.propagate = False
                 result = sensor.evaluate_tick(context)
         except RegistryUnavailableError as error:
             raise UserError(f"{settings.name}/{name}: {error}") from None
+        for line in said.lines:
+            print(f"{settings.name}/{name}: {line}")
         if result.skip_message:
             print(f"{settings.name}/{name}: {result.skip_message}")
         for event in result.asset_events or []:  # the daemon records these; so does a tick by hand
@@ -83,6 +92,17 @@ def _tick(settings: EnvSettings, defs: dg.Definitions, instance: dg.DagsterInsta
                 tags[RUN_KEY_TAG] = request.run_key
             status = max(status, execute(defs.resolve_job_def(sensor.job_name), instance, tags))
     return status
+
+
+class _Said(logging.Handler):
+    """Keeps the messages a sensor logs, to print them as the tick's own lines."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
 
 
 def run_for_key(instance: dg.DagsterInstance, sensor: str, run_key: str | None) -> dg.DagsterRun | None:

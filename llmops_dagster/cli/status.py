@@ -60,7 +60,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             for failing in watch["failing"]:
                 print(f"  failing    {failing}")
         else:
-            print(f"  drift      {'no monitored window with requests yet' if watch['state'] == 'NO_DATA' else watch.get('error', watch['state'])}")
+            unmonitored = f"no stored monitoring window with requests yet (`llmops monitor --env {state['environment']}` computes the one under way)"
+            print(f"  drift      {unmonitored if watch['state'] == 'NO_DATA' else watch.get('error', watch['state'])}")
         for entry in state.get("history", [])[-3:]:
             print(f"  history    {entry['at']} {entry['action']} v{entry['previous'] or '-'} → v{entry['version']} by {entry['actor']}")
     return 0

@@ -50,7 +50,7 @@ def build_endpoint_sensor(env: str, job_name: str, where: str, minimum_interval_
         version = str(champion.version)
         deployed = _read(f"reading {name}", endpoint.recorded, client, name, where)
         if deployed is not None and deployed.version == version:
-            return dg.SkipReason(f"{deployed.endpoint} already serves the champion v{version} (run {deployed.run_id})")
+            return dg.SkipReason(f"{deployed.endpoint} was pointed at the champion v{version} by run {deployed.run_id}")
         history = _read(f"reading the history of {name}", promotion.history, client, name)
         moved_at = next((entry.at for entry in reversed(history) if entry.version == version), "")
         key = f"{where}-v{version}-{moved_at}".rstrip("-")
