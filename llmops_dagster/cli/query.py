@@ -21,7 +21,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     settings = settings_for(args)
     if not args.query.strip():
         raise UserError("the query is empty")
-    server = None if args.local else running_server(settings)
+    server = _server(args, settings)
     if server is not None:
         try:
             found = server.search(args.query, args.k, args.mode)
@@ -43,6 +43,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     fusion = resources["rag"].config().fusion_config()
     passages = search(table, args.query, args.k, args.mode, resources["vector_index"].params(), embedder, fusion)
     return show_passages(args, [passage.as_json() for passage in passages])
+
+
+def _server(args: argparse.Namespace, settings: EnvSettings):  # noqa: ANN202
+    """The environment's running server unless --local; a --k it would refuse is refused here, with the way round it."""
+    server = None if args.local else running_server(settings)
+    if server is not None and args.k and args.k > settings.serving.max_k:
+        raise UserError(
+            f"--k {args.k} is above the {server.base_url} server's limit of {settings.serving.max_k} (serving.max_k); "
+            "pass --local to search in process"
+        )
+    return server
 
 
 def show_passages(args: argparse.Namespace, passages: list[dict]) -> int:
@@ -83,7 +94,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     settings = settings_for(args)
     if not args.question.strip():
         raise UserError("the question is empty")
-    server = None if args.local else running_server(settings)
+    server = _server(args, settings)
     if server is not None:
         alias = "champion"
         try:
