@@ -33,7 +33,10 @@ ENGINES = ("local", "spark")
 COMPUTES = ("local", "databricks")  # where the heavy steps (Pipes entry points) run
 DEFAULT_HOME = ".llmops"
 PACKAGE_ROOT = Path(__file__).resolve().parent
-DEFAULT_DECLARATION = PACKAGE_ROOT.parent / "environments.yaml"
+# In a checkout, the declaration at the top of the project (and its state beside it); installed from the
+# wheel (a Pipes step on Databricks), the copy the wheel carries, with state under the working folder.
+CHECKOUT_DECLARATION = PACKAGE_ROOT.parent / "environments.yaml"
+DEFAULT_DECLARATION = CHECKOUT_DECLARATION if CHECKOUT_DECLARATION.is_file() else PACKAGE_ROOT / "environments.yaml"
 
 
 class SettingsError(ValueError):
@@ -154,7 +157,12 @@ class EnvSettings:
 
 
 def llmops_home() -> Path:
-    return Path(os.environ.get("LLMOPS_HOME", DEFAULT_HOME)).expanduser().resolve()
+    """``LLMOPS_HOME``; else, in a checkout, ``.llmops`` beside its ``environments.yaml`` (where ``make`` puts
+    it), so that a command run from another folder finds the same state instead of starting an empty one."""
+    home = os.environ.get("LLMOPS_HOME")
+    if home:
+        return Path(home).expanduser().resolve()
+    return (CHECKOUT_DECLARATION.parent if CHECKOUT_DECLARATION.is_file() else Path.cwd()).resolve() / DEFAULT_HOME
 
 
 def declaration_path() -> Path:

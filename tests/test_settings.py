@@ -216,3 +216,44 @@ def test_a_malformed_declaration_is_one_line_naming_the_setting(tmp_path: Path, 
 def test_a_float_setting_takes_a_whole_number_and_an_optional_one_takes_null(tmp_path: Path, llmops_home: Path) -> None:
     settings = load_settings("test", declare(tmp_path, "environments: {test: {rag: {text_weight: 1}, embedding: {model: null}}}\n"))
     assert settings.rag.text_weight == 1 and settings.embedding.model is None
+
+
+def test_without_llmops_home_state_is_beside_the_declaration_whatever_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmops_dagster.settings import CHECKOUT_DECLARATION
+
+    monkeypatch.delenv("LLMOPS_HOME", raising=False)
+    monkeypatch.delenv("LLMOPS_ENVIRONMENTS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert load_settings("test").state_root == CHECKOUT_DECLARATION.parent.resolve() / ".llmops" / "test"
+
+
+def test_the_wheel_carries_the_declaration_a_step_on_databricks_reads(tmp_path: Path) -> None:
+    """Installed from the wheel, away from any checkout, settings load from the declaration it ships."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    from llmops_dagster.settings import CHECKOUT_DECLARATION
+
+    root, source = CHECKOUT_DECLARATION.parent, tmp_path / "source"  # built from a copy: the checkout gets no build/
+    shutil.copytree(root / "llmops_dagster", source / "llmops_dagster", symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "environments.yaml"):
+        shutil.copy(root / name, source / name)
+    command = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(source), "-w", str(tmp_path / "dist")]
+    built = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert built.returncode == 0, built.stderr[-2000:]
+    [wheel] = (tmp_path / "dist").glob("llmops_dagster-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read("llmops_dagster/environments.yaml") == CHECKOUT_DECLARATION.read_bytes()
+        archive.extractall(tmp_path / "site")
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {key: value for key, value in os.environ.items() if key not in ("LLMOPS_HOME", "LLMOPS_ENVIRONMENTS")}
+    probe = "from llmops_dagster import settings as s; print(s.__file__); print(s.load_settings('staging').state_root)"
+    loaded = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(tmp_path / 'site')!r}); {probe}"],
+                            capture_output=True, text=True, timeout=120, cwd=work, env=env)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    module, state_root = loaded.stdout.split()
+    assert module.startswith(str(tmp_path / "site")) and state_root == str(work / ".llmops" / "staging")
