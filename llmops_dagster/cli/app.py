@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=port, help="port (default: serving.port of the environment)")
     serve.set_defaults(handler=cmd_serve)
 
-    tick = commands.add_parser("tick", help="evaluate the environment's promotion sensors once, as the daemon would")
+    tick = commands.add_parser("tick", help="evaluate the environment's promotion and endpoint sensors once, as the daemon would")
     tick.add_argument("--env", required=True, choices=ENVIRONMENTS)
     tick.set_defaults(handler=cmd_tick)
 

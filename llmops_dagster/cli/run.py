@@ -1,4 +1,4 @@
-"""llmops run and llmops tick: materialize an environment, or evaluate its promotion sensors once."""
+"""llmops run and llmops tick: materialize an environment, or evaluate its promotion and endpoint sensors once."""
 
 from __future__ import annotations
 
