@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +71,10 @@ def signature_and_example(spec: ModelSpec) -> tuple[Any, pd.DataFrame]:
           "cited": [1], "prompt_tokens": 1, "completion_tokens": 1, "generator": "{}", "error": ""}],
         columns=list(OUTPUT_COLUMNS),
     )
-    return infer_signature(example, output, params={"k": spec.rag.k, "mode": spec.rag.mode}), example
+    with warnings.catch_warnings():
+        # MLflow's note that integer columns cannot hold missing values: these never miss.
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
+        return infer_signature(example, output, params={"k": spec.rag.k, "mode": spec.rag.mode}), example
 
 
 def weights_digest(path: Path) -> str:
@@ -303,9 +308,17 @@ def predict_local(model_uri: str, questions: list[str], lancedb_uri: str | None 
 
 def predict_spark(spark: Any, model_uri: str, questions: list[str], lancedb_uri: str | None = None) -> pd.DataFrame:
     """The same model as a Spark UDF (``mlflow.pyfunc.spark_udf``), loaded once per executor."""
-    udf = mlflow.pyfunc.spark_udf(
-        spark, model_uri, result_type=SPARK_RESULT_TYPE, env_manager="local", model_config=index_override(lancedb_uri)
-    )
+    # env_manager="local" on purpose: the executors run this interpreter, which has the package and the
+    # model; MLflow warns about it on every call, so its logger is quieted for this one.
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_log.level
+    pyfunc_log.setLevel(logging.ERROR)
+    try:
+        udf = mlflow.pyfunc.spark_udf(
+            spark, model_uri, result_type=SPARK_RESULT_TYPE, env_manager="local", model_config=index_override(lancedb_uri)
+        )
+    finally:
+        pyfunc_log.setLevel(level)
     frame = spark.createDataFrame(pd.DataFrame({"position": range(len(questions)), QUESTION_COLUMN: questions}))
     result = frame.withColumn("prediction", udf(QUESTION_COLUMN)).select("position", "prediction.*").toPandas()
     return result.sort_values("position").drop(columns="position").reset_index(drop=True)

@@ -16,6 +16,7 @@ import socket
 import sys
 import time
 import urllib.parse
+import warnings
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -49,7 +50,11 @@ def spark_session(master: str, remote: str | None = None, connect_timeout: float
         return _connect_session(builder, remote, connect_timeout)
     # Local workers must run the interpreter that has this package and its model installed.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    return builder.master(master).config("spark.ui.enabled", "false").getOrCreate()
+    builder = builder.master(master).config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
+    with warnings.catch_warnings():
+        # Starting the JVM forks this process; the child execs java at once and never touches LanceDB.
+        warnings.filterwarnings("ignore", message="lancedb fork support is experimental", category=RuntimeWarning)
+        return builder.getOrCreate()
 
 
 def _connect_session(builder: SparkSession.Builder, remote: str, timeout: float) -> SparkSession:
