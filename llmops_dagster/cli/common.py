@@ -28,18 +28,19 @@ def settings_for(args: argparse.Namespace) -> EnvSettings:
 
 def existing_folder(path: Path, what: str) -> Path:
     """``path`` when it is a folder; otherwise a UserError that says whether it is missing or a file."""
-    if path.is_file():
-        raise UserError(f"{what} {path} is a file, not a folder")
-    if not path.is_dir():
-        raise UserError(f"{what} not found: {path}")
-    return path
+    return _existing(path, what, folder=True)
 
 
 def existing_file(path: Path, what: str) -> Path:
     """``path`` when it is a file; otherwise a UserError that says whether it is missing or a folder."""
-    if path.is_dir():
-        raise UserError(f"{what} {path} is a folder, not a file")
-    if not path.is_file():
+    return _existing(path, what, folder=False)
+
+
+def _existing(path: Path, what: str, folder: bool) -> Path:
+    kinds = ("folder", "file") if folder else ("file", "folder")
+    if path.exists() and path.is_dir() != folder:
+        raise UserError(f"{what} {path} is a {kinds[1]}, not a {kinds[0]}")
+    if not path.exists():
         raise UserError(f"{what} not found: {path}")
     return path
 
