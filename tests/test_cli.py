@@ -126,8 +126,16 @@ def test_tick_promotes_once_and_status_and_rollback_read_the_history(
         (["frobnicate"], "invalid choice"),
     ],
 )
-def test_bad_input_gives_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
-    result = llmops(*args, home=tmp_path / "home", timeout=120)
+def test_bad_input_gives_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], message: str) -> None:
+    assert_one_line(llmops_here(*args, home=tmp_path / "home", capsys=capsys), message)
+
+
+def test_bad_input_is_one_line_across_the_process_boundary_too(tmp_path: Path) -> None:
+    """The installed console script, not just main(): nothing else reaches the terminal."""
+    assert_one_line(llmops("run", "--env", "test", "--landing", "/does/not/exist", home=tmp_path / "home", timeout=120), "landing folder not found")
+
+
+def assert_one_line(result: subprocess.CompletedProcess, message: str) -> None:
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr

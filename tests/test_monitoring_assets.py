@@ -63,7 +63,7 @@ DAEMON = str(Path(sys.executable).with_name("dagster-daemon"))
 WORKSPACE = ["-m", "llmops_dagster.definitions", "-a", "test_defs"]
 MONITORING_KEY = dg.AssetKey(["test", "monitoring"])
 BACKFILL_TAG, PARTITION_TAG = "dagster/backfill", "dagster/partition"
-UI_BACKFILL_DAYS = 3  # the days before yesterday that the UI backfills
+UI_BACKFILL_DAYS = 2  # the days before yesterday that the UI backfills: a range, one queued run per day
 CHROMIUM = "/usr/bin/chromium"
 # Drift needs this many values on each side; the default (20) is more than a test window holds.
 MONITORING = {"drift_min_count": 3}

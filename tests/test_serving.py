@@ -21,7 +21,7 @@ import httpx
 import pytest
 from servers import FLUSH_SECONDS, Server, champion_home, start, stop
 
-from helpers import LLMOPS, TrainedHome, llmops
+from helpers import LLMOPS, TrainedHome, llmops_here
 from processes import free_port
 
 NAME = "test.llmops.rag_model"
@@ -237,16 +237,16 @@ def test_token_guards_the_server_and_never_leaks(served: Server) -> None:
         assert TOKEN not in text
 
 
-def test_without_a_token_only_loopback_is_served(tmp_path: Path) -> None:
-    refused = llmops("serve", "--env", "test", "--host", "0.0.0.0", home=tmp_path / "home", timeout=120)
+def test_without_a_token_only_loopback_is_served(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    refused = llmops_here("serve", "--env", "test", "--host", "0.0.0.0", home=tmp_path / "home", capsys=capsys)
     assert refused.returncode == 2
     assert refused.stderr.strip() == "llmops: error: refusing to listen on 0.0.0.0 without a token: set LLMOPS_SERVE_TOKEN, or listen on 127.0.0.1"
 
 
-def test_no_champion_is_one_line_and_exit_2(trained_home: TrainedHome, tmp_path: Path) -> None:
+def test_no_champion_is_one_line_and_exit_2(trained_home: TrainedHome, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     home = tmp_path / "home"
     shutil.copytree(trained_home.home, home)  # a challenger, no champion
-    refused = llmops("serve", "--env", "test", "--port", str(free_port()), home=home, timeout=300)
+    refused = llmops_here("serve", "--env", "test", "--port", str(free_port()), home=home, capsys=capsys)
     assert refused.returncode == 2, refused.stderr
     expected = "test.llmops.rag_model has no champion yet; challenger v1 passed its checks: `llmops tick --env test` promotes it"
     assert refused.stderr.strip().endswith(expected)
