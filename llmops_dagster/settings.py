@@ -36,7 +36,8 @@ PACKAGE_ROOT = Path(__file__).resolve().parent
 # In a checkout, the declaration at the top of the project (and its state beside it); installed from the
 # wheel (a Pipes step on Databricks), the copy the wheel carries, with state under the working folder.
 CHECKOUT_DECLARATION = PACKAGE_ROOT.parent / "environments.yaml"
-DEFAULT_DECLARATION = CHECKOUT_DECLARATION if CHECKOUT_DECLARATION.is_file() else PACKAGE_ROOT / "environments.yaml"
+IN_CHECKOUT = CHECKOUT_DECLARATION.is_file()
+DEFAULT_DECLARATION = CHECKOUT_DECLARATION if IN_CHECKOUT else PACKAGE_ROOT / "environments.yaml"
 
 
 class SettingsError(ValueError):
@@ -162,7 +163,7 @@ def llmops_home() -> Path:
     home = os.environ.get("LLMOPS_HOME")
     if home:
         return Path(home).expanduser().resolve()
-    return (CHECKOUT_DECLARATION.parent if CHECKOUT_DECLARATION.is_file() else Path.cwd()).resolve() / DEFAULT_HOME
+    return (CHECKOUT_DECLARATION.parent if IN_CHECKOUT else Path.cwd()).resolve() / DEFAULT_HOME
 
 
 def declaration_path() -> Path:
@@ -256,12 +257,17 @@ def load_settings(env: str, declaration: Path | None = None, _adopting: tuple[st
 
     home = llmops_home()
 
+    def text(value: Any, name: str, optional: bool = False) -> str | None:
+        """A setting that must be a string (or, when ``optional``, left out)."""
+        if isinstance(value, str) or (optional and value is None):
+            return value
+        raise SettingsError(f"environment '{env}': {name} must be a string, got {value!r}")
+
     def expand(value: Any, name: str) -> str:
         """A path or URI setting with its ``{home}`` and ``{env}`` filled in."""
-        if not isinstance(value, str):
-            raise SettingsError(f"environment '{env}': {name} must be a string, got {value!r}")
+        template = text(value, name)
         try:
-            return value.format(home=home, env=env)
+            return template.format(home=home, env=env)
         except (KeyError, IndexError, ValueError) as error:
             raise SettingsError(f"environment '{env}': {name} {value!r} is not a template of {{home}} and {{env}}: {error!r}") from None
 
@@ -274,11 +280,8 @@ def load_settings(env: str, declaration: Path | None = None, _adopting: tuple[st
     compute = raw.pop("compute", "local")
     if compute not in COMPUTES:
         raise SettingsError(f"environment '{env}': compute must be one of {', '.join(COMPUTES)}, got '{compute}'")
-    spark_master = raw.pop("spark_master", "local[*]")
-    spark_remote = raw.pop("spark_remote", None)
-    for name, value in (("spark_master", spark_master), ("spark_remote", spark_remote or "")):
-        if not isinstance(value, str):
-            raise SettingsError(f"environment '{env}': {name} must be a string, got {value!r}")
+    spark_master = text(raw.pop("spark_master", "local[*]"), "spark_master")
+    spark_remote = text(raw.pop("spark_remote", None), "spark_remote", optional=True)
     interval = raw.pop("sensor_interval_seconds", 30)
     if not isinstance(interval, int) or isinstance(interval, bool) or interval < 1:
         raise SettingsError(f"environment '{env}': sensor_interval_seconds must be a whole number ≥ 1, got {interval!r}")

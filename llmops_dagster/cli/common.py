@@ -26,9 +26,10 @@ def settings_for(args: argparse.Namespace) -> EnvSettings:
     return settings
 
 
-def existing_folder(path: Path, what: str) -> Path:
-    """``path`` when it is a folder; otherwise a UserError that says whether it is missing or a file."""
-    return _existing(path, what, folder=True)
+def existing_folder(path: Path, what: str, missing: str = "") -> Path:
+    """``path`` when it is a folder; otherwise a UserError that says whether it is missing (then
+    followed by ``missing``, what to do about it) or a file."""
+    return _existing(path, what, folder=True, missing=missing)
 
 
 def existing_file(path: Path, what: str) -> Path:
@@ -36,12 +37,12 @@ def existing_file(path: Path, what: str) -> Path:
     return _existing(path, what, folder=False)
 
 
-def _existing(path: Path, what: str, folder: bool) -> Path:
-    kinds = ("folder", "file") if folder else ("file", "folder")
-    if path.exists() and path.is_dir() != folder:
-        raise UserError(f"{what} {path} is a {kinds[1]}, not a {kinds[0]}")
+def _existing(path: Path, what: str, folder: bool, missing: str = "") -> Path:
     if not path.exists():
-        raise UserError(f"{what} not found: {path}")
+        raise UserError(f"{what} not found: {path}{missing}")
+    if path.is_dir() != folder:
+        wanted, found = ("folder", "file") if folder else ("file", "folder")
+        raise UserError(f"{what} {path} is a {found}, not a {wanted}")
     return path
 
 

@@ -21,9 +21,7 @@ if TYPE_CHECKING:
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_for(args)
-    if not settings.landing.exists():
-        raise UserError(f"landing folder not found: {settings.landing} (create it, or pass --landing DIR)")
-    existing_folder(settings.landing, "landing folder")
+    existing_folder(settings.landing, "landing folder", missing=" (create it, or pass --landing DIR)")
     print(f"llmops run: environment '{settings.name}', landing {settings.landing}", file=sys.stderr)
     from llmops_dagster.definitions import INGEST_JOB, build_defs
 
