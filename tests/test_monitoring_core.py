@@ -74,7 +74,8 @@ def log_row(request_id: str, minutes: float, **fields: object) -> dict[str, obje
 
 
 def inference_log() -> list[dict[str, object]]:
-    """Six good requests on one day (one failed, one without an answer, one /search) and four bad."""
+    """Seven good requests on one day (one failed, one refused, one without an answer, one /search)
+    and four bad."""
     return [
         log_row("a", 10, execution_time_ms=100.0),
         log_row("b", 20, execution_time_ms=200.0, answer=SIMPLE, chunk_ids=["c2"], sources=["operations-guide.pdf#page=4"], scores=[0.2]),
@@ -94,6 +95,10 @@ def inference_log() -> list[dict[str, object]]:
         ),
         log_row("e", 50, execution_time_ms=500.0, endpoint="/search", answer=None, found=None, answer_tokens=None),
         log_row("f", 60, execution_time_ms=600.0, served_model_version="4", chunk_ids=["gone"], sources=["x.md"], scores=[0.9]),
+        # Refused for want of a token: a client's error, with no question logged.
+        log_row(
+            "g", 65, status_code=401, served_model_version="4", question=None, answer=None, found=None, chunk_ids=None, sources=None, scores=None
+        ),
         log_row("bad1", 70, timestamp_ms=None),
         log_row("bad2", 80, question=None),
         log_row("bad3", 90, scores=[0.5]),
@@ -138,8 +143,8 @@ def test_malformed_rows_are_counted_by_reason(normalised) -> None:
         "endpoint.missing_status_code": 1,
         "endpoint.missing_timestamp": 1,
     }
-    assert len(frame) == 6 + 2
-    assert sorted(frame["source"].value_counts().items()) == [("batch", 2), ("endpoint", 6)]
+    assert len(frame) == 7 + 2
+    assert sorted(frame["source"].value_counts().items()) == [("batch", 2), ("endpoint", 7)]
     # pandas in gives the same as Arrow in, including the wrong types Arrow's schema would refuse.
     log = pa.Table.from_pylist(inference_log(), store.INFERENCE_LOG_SCHEMA).to_pandas()
     again, same = normalise_rows(log, pa.Table.from_pylist(predictions(), store.PREDICTIONS_SCHEMA).to_pandas(), chunk_texts=CHUNKS)
@@ -163,7 +168,7 @@ def test_window_metrics_on_known_rows(normalised) -> None:
 
     served = by_key[("3", "endpoint")]
     assert served["request_count"] == 5
-    assert served["error_rate"] == pytest.approx(1 / 5)
+    assert served["error_rate"] == pytest.approx(1 / 5) and served["client_error_rate"] == 0.0
     assert served["latency_p50_ms"] == pytest.approx(300.0)
     assert served["latency_p95_ms"] == pytest.approx(np.percentile([100, 200, 300, 400, 500], 95))
     assert served["question_tokens_mean"] == pytest.approx(6.0)
@@ -181,11 +186,12 @@ def test_window_metrics_on_known_rows(normalised) -> None:
 
     # Version 4's one chunk has left the index: no passages, so no groundedness rather than a guess.
     assert by_key[("4", "endpoint")]["groundedness_mean"] is None
-    assert by_key[("4", "endpoint")]["request_count"] == 1
+    refusing = by_key[("4", "endpoint")]
+    assert refusing["request_count"] == 2 and (refusing["error_rate"], refusing["client_error_rate"]) == (0.0, 0.5)
 
     batch = by_key[("3", "batch")]
     assert batch["request_count"] == 2 and batch["latency_p50_ms"] == pytest.approx(60.0)
-    assert batch["error_rate"] is None and batch["question_tokens_mean"] is None  # not recorded for batch rows
+    assert batch["error_rate"] is None and batch["client_error_rate"] is None and batch["question_tokens_mean"] is None  # not recorded for batch rows
     assert batch["groundedness_mean"] == pytest.approx(1.0)
     assert batch["out_of_corpus_rate"] is None  # hybrid scores are not cosines
 
@@ -290,10 +296,11 @@ def test_thresholds_give_severity_per_metric() -> None:
     rng = np.random.default_rng(3)
     reference = rng.normal(0.0, 1.0, 500)
     drift = {"top1_score": drift_metrics(reference, rng.normal(2.0, 1.0, 500)), "latency_ms": drift_metrics(reference, reference)}
-    row = {"error_rate": 0.3, "no_answer_rate": 0.4, "groundedness_mean": 0.9, "out_of_corpus_rate": None}
+    row = {"error_rate": 0.3, "client_error_rate": 0.25, "no_answer_rate": 0.4, "groundedness_mean": 0.9, "out_of_corpus_rate": None}
     outcomes = {outcome.name: outcome for outcome in evaluate_thresholds(row, drift, config)}
     assert set(outcomes) == set(check_names(config))
     assert outcomes["error_rate"] == CheckOutcome("error_rate", "ERROR", 0.3, 0.2, False)
+    assert outcomes["client_error_rate"] == CheckOutcome("client_error_rate", "WARN", 0.25, 0.2, False)  # no ERROR level
     assert outcomes["no_answer_rate"] == CheckOutcome("no_answer_rate", "WARN", 0.4, 0.3, False)
     assert outcomes["groundedness_mean"] == CheckOutcome("groundedness_mean", "WARN", 0.9, 0.7, True)  # below is bad
     assert outcomes["out_of_corpus_rate"].passed and outcomes["out_of_corpus_rate"].value is None  # nothing to judge
@@ -301,7 +308,8 @@ def test_thresholds_give_severity_per_metric() -> None:
     assert outcomes["top1_score_population_stability_index"].severity == "WARN"
     assert outcomes["latency_ms_population_stability_index"].passed
     assert not outcomes["top1_score_ks_test"].passed and outcomes["latency_ms_ks_test"].passed  # judged on the p-value
-    assert evaluate_thresholds({"groundedness_mean": 0.4}, None, config)[2].severity == "ERROR"
+    grounded = {outcome.name: outcome for outcome in evaluate_thresholds({"groundedness_mean": 0.4}, None, config)}["groundedness_mean"]
+    assert grounded.severity == "ERROR"
 
 
 def test_series_and_plot_keep_gaps(normalised) -> None:
@@ -311,7 +319,7 @@ def test_series_and_plot_keep_gaps(normalised) -> None:
     rows = window_metrics(frame, DAY - timedelta(days=2), DAY + timedelta(days=1))
     starts, values = metric_series(rows, "latency_p50_ms", source="endpoint")
     assert starts == [DAY - timedelta(days=2), DAY - timedelta(days=1), DAY] and values[:2] == [None, None]
-    assert values[2] == pytest.approx((300.0 * 5 + 600.0) / 6)  # versions 3 and 4, weighted by request count
+    assert values[2] == pytest.approx((300.0 * 5 + 350.0 * 2) / 7)  # versions 3 and 4 (p50 of 600 and 100), weighted by request count
     png = metric_plot(starts, values, "latency p50 (ms)", threshold={"WARN": 400, "ERROR": 800}, ylabel="ms")
     assert png.startswith(PNG_SIGNATURE)
     image = matplotlib.image.imread(io.BytesIO(png), format="png")

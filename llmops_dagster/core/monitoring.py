@@ -54,6 +54,7 @@ TOXIC_LEVEL = 0.5  # toxic_rate: share of scored answers whose toxic-label proba
 WINDOW_METRICS = (
     "request_count",
     "error_rate",
+    "client_error_rate",
     "latency_p50_ms",
     "latency_p95_ms",
     "question_tokens_mean",
@@ -92,6 +93,10 @@ FRAME_COLUMNS = (
     "mode",
     "generator",
 )
+# error_rate is the server's failures (5xx: the model failed, none loaded); client_error_rate is the
+# requests it refused (4xx: a malformed body, a missing token, a client that hung up, 499), which a
+# bad client causes, not the model.
+CLIENT_ERROR, SERVER_ERROR = 400, 500
 SEARCH_ENDPOINT = "/search"  # retrieval only: no answer to judge
 PSI_EPSILON = 1e-4
 _LOWER_IS_WORSE = frozenset({"request_count", "top1_score_mean", "score_mean", "groundedness_mean", "citation_validity_mean", "ks_test"})
@@ -125,6 +130,7 @@ class Threshold:
 
 DEFAULT_THRESHOLDS = (
     Threshold("error_rate", warn=0.05, error=0.2),
+    Threshold("client_error_rate", warn=0.2),  # a client sending bad requests: look, but nothing to roll back
     Threshold("no_answer_rate", warn=0.3, error=0.6),
     Threshold("groundedness_mean", warn=0.7, error=0.5, bad="below"),
     Threshold("out_of_corpus_rate", warn=0.2, error=0.5),
@@ -481,7 +487,7 @@ def _endpoint_row(raw: Mapping[str, Any], chunk_texts: Mapping[str, str] | None,
     numeric = not isinstance(status, bool | np.bool_) and isinstance(status, int | float | np.integer | np.floating) and math.isfinite(status)
     if not numeric or status != int(status) or not 100 <= int(status) <= 599:
         raise _Malformed("bad_status_code")
-    is_error = int(status) >= 400
+    is_error = int(status) >= CLIENT_ERROR
     question = _text(raw, "question", None if is_error else "missing_question")
     chunk_ids, sources, scores = _list(raw, "chunk_ids", str), _list(raw, "sources", str), _list(raw, "scores", float)
     _same_lengths(chunk_ids=chunk_ids, sources=sources, scores=scores)
@@ -641,6 +647,12 @@ def _share(flags: Iterable[Any]) -> float | None:
     return sum(kept) / len(kept) if kept else None
 
 
+def _status_share(codes: pd.Series, low: int, high: int) -> float | None:
+    """The share of rows with a status code whose code is in [low, high); batch rows have none."""
+    known = codes.dropna()
+    return float(known.between(low, high, inclusive="left").mean()) if len(known) else None
+
+
 def _percentile(values: Iterable[Any], q: float) -> float | None:
     numbers = _numbers(values)
     return float(np.percentile(numbers, q)) if numbers.size else None
@@ -742,7 +754,8 @@ def _metrics(group: pd.DataFrame, values: pd.DataFrame, config: MonitoringConfig
     retrieved = values["retrieved"]
     return {
         "request_count": len(group),
-        "error_rate": _share(group["is_error"]),
+        "error_rate": _status_share(group["status_code"], SERVER_ERROR, 600),
+        "client_error_rate": _status_share(group["status_code"], CLIENT_ERROR, SERVER_ERROR),
         "latency_p50_ms": _percentile(group["latency_ms"], 50),
         "latency_p95_ms": _percentile(group["latency_ms"], 95),
         "question_tokens_mean": _mean(group["question_tokens"]),

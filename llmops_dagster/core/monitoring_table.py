@@ -726,7 +726,7 @@ def summary_markdown(
     if requests:
         lines += [
             "",
-            "| version | source | rows | error rate | latency p50 / p95 ms | no answer | groundedness | "
+            "| version | source | rows | errors 5xx / 4xx | latency p50 / p95 ms | no answer | groundedness | "
             "top-1 score | out of corpus | query drift | largest PSI | FK grade |" + "".join(f" {metric} |" for metric in scored),
             "|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(scored),
         ]
@@ -734,7 +734,8 @@ def summary_markdown(
             if not row.get("request_count"):
                 continue
             lines.append(
-                f"| {row.get('served_model_version') or '–'} | {row.get('source')} | {row['request_count']} | {_fmt(row['error_rate'])} | "
+                f"| {row.get('served_model_version') or '–'} | {row.get('source')} | {row['request_count']} | "
+                f"{_fmt(row['error_rate'])} / {_fmt(row.get('client_error_rate'))} | "
                 f"{_fmt(row['latency_p50_ms'])} / {_fmt(row['latency_p95_ms'])} | {_fmt(row['no_answer_rate'])} | "
                 f"{_fmt(row['groundedness_mean'])} | {_fmt(row['top1_score_mean'])} | {_fmt(row['out_of_corpus_rate'])} | "
                 f"{_fmt(row['query_drift'])} | {_fmt(row[PSI_MAX])} | {_fmt(row['flesch_kincaid_grade'])} |"
