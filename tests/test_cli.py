@@ -19,8 +19,9 @@ from helpers import LLMOPS, SAMPLE_CORPUS, TrainedHome, llmops, llmops_here
 @pytest.mark.slow
 def test_run_then_search_ask_and_predict(trained_home: TrainedHome, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     home, run = trained_home.home, trained_home.run
-    assert "▶ embeddings" in run.stderr and "check no_files_lost: ✔" in run.stderr
-    assert "check meets_thresholds: ✔" in run.stderr and "## test/evaluation" in run.stdout
+    assert "▶ embeddings" in run.stderr and "✔ check documents/no_files_lost: " in run.stderr
+    assert "✔ check evaluation/meets_thresholds: " in run.stderr and "## test/evaluation" in run.stdout
+    assert "▶ documents_no_files_lost" not in run.stderr  # a check-only step shows its verdict, not its start and end
     assert (home / "dagster" / "dagster.yaml").exists()  # the run is recorded where the UI looks
 
     for mode in ("hybrid", "vector", "text"):

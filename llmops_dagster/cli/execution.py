@@ -6,7 +6,7 @@ import os
 import sys
 import uuid
 
-from llmops_dagster.cli.progress import Progress
+from llmops_dagster.cli.progress import Progress, check_steps
 from llmops_dagster.tags import HOST_TAG, PID_TAG
 
 # What is printed after a run: the asset and the markdown metadata entry that sums it up.
@@ -19,7 +19,7 @@ def execute(job, instance, tags: dict[str, str]) -> int:
 
     run_id = str(uuid.uuid4())
     tags = {**tags, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
-    progress = Progress(instance, run_id)
+    progress = Progress(instance, run_id, quiet=check_steps(job))
     progress.start()
     try:
         result = job.execute_in_process(

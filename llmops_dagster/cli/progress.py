@@ -7,12 +7,19 @@ import threading
 import time
 
 
-class Progress(threading.Thread):
-    """Prints step starts, finishes, our own log lines and check verdicts while a run executes."""
+def check_steps(job) -> frozenset[str]:
+    """The job's steps that only run asset checks: their verdict is the news, not their start and end."""
+    assets_defs = job.asset_layer.asset_graph.assets_defs
+    return frozenset(a.node_def.name for a in assets_defs if a.check_keys and not a.keys and a.is_executable)
 
-    def __init__(self, instance, run_id: str, stream=sys.stderr) -> None:
+
+class Progress(threading.Thread):
+    """Prints step starts, finishes, our own log lines and check verdicts while a run executes.
+    A step in ``quiet`` (a check-only step) shows its verdicts and a failure, not its start and end."""
+
+    def __init__(self, instance, run_id: str, stream=sys.stderr, quiet: frozenset[str] = frozenset()) -> None:
         super().__init__(daemon=True)
-        self.instance, self.run_id, self.stream = instance, run_id, stream
+        self.instance, self.run_id, self.stream, self.quiet = instance, run_id, stream, quiet
         self.done = threading.Event()
         self.seen = 0
         self.started: dict[str, float] = {}
@@ -37,6 +44,8 @@ class Progress(threading.Thread):
                 print(f"    {step}: {record.user_message}", file=self.stream)
             return
         kind = event.event_type_value
+        if step in self.quiet and kind in ("STEP_START", "STEP_SUCCESS"):
+            return
         if kind == "STEP_START":
             self.started[step] = time.monotonic()
             print(f"  ▶ {step}", file=self.stream)
@@ -52,4 +61,4 @@ class Progress(threading.Thread):
         elif kind == "ASSET_CHECK_EVALUATION":
             data = event.event_specific_data
             mark = "✔" if data.passed else "✘"
-            print(f"    check {data.check_name}: {mark} {data.description or ''}", file=self.stream)
+            print(f"    {mark} check {data.asset_key.path[-1]}/{data.check_name}: {data.description or ''}", file=self.stream)
