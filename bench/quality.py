@@ -40,11 +40,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from llmops_dagster.core import index, selection, store  # noqa: E402
+from llmops_dagster.core.answer import sentences  # noqa: E402
+from llmops_dagster.core.answer_quality import content_words  # noqa: E402
 from llmops_dagster.core.baseline import Bm25Baseline, ExactVectorBaseline, windows  # noqa: E402
 from llmops_dagster.core.chunking import ChunkConfig, Chunker, index_fingerprint  # noqa: E402
 from llmops_dagster.core.embedding import EmbedderConfig, load_embedder, model_fingerprint  # noqa: E402
 from llmops_dagster.core.evaluation import answer_report, evaluate, evaluate_retriever, evaluation_set, with_cached_queries  # noqa: E402
 from llmops_dagster.core.generation import GeneratorConfig  # noqa: E402
+from llmops_dagster.core.metrics import token_f1  # noqa: E402
 from llmops_dagster.core.pipeline import chunk_documents, embed_chunks, ingest  # noqa: E402
 from llmops_dagster.core.questions import landing_questions  # noqa: E402
 from llmops_dagster.core.rag import QueryEncoder, RagConfig, RagPipeline  # noqa: E402
@@ -59,12 +62,25 @@ def packaged_gguf() -> Path | None:
     return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec else None
 
 
-def compare_answers(pipeline: RagPipeline, items: list, generator: Path, limit: int) -> None:
-    """Each generator on the same gold questions, retrieval fixed."""
+def naive_answer(bm25: Bm25Baseline, question: str) -> str:
+    """The naive answer: of the top BM25 window, the sentence sharing the most content words with the
+    question (the first of equals), as word-overlap baselines of reading comprehension do."""
+    top = bm25.retrieve(question, 1)
+    candidates = sentences(top[0].text) if top else []
+    if not candidates:
+        return ""
+    asked = set(content_words(question))
+    return max(candidates, key=lambda sentence: len(asked & set(content_words(sentence))))
+
+
+def compare_answers(pipeline: RagPipeline, items: list, generator: Path, limit: int, bm25: Bm25Baseline) -> None:
+    """The naive answer and each generator on the same gold questions, retrieval fixed."""
     gold = [item for item in items if item.query_set == "gold"][:limit]
     print(f"\nanswers to {len(gold)} gold questions ({sum(1 for i in gold if i.answer)} with a gold answer), "
           f"retrieval {pipeline.config.retrieval_label()}")
     print(f"{'generator':<46}" + "".join(f"{name:>19}" for name in ANSWER_COLUMNS))
+    naive = [token_f1(naive_answer(bm25, item.query), item.answer) for item in gold if item.answer]
+    print(f"{'naive: best-overlap sentence of the BM25 window':<46}{(sum(naive) / len(naive) if naive else 0.0):>19.3f}")
     for label, config in (("extractive", GeneratorConfig()), (f"local {generator.name}", GeneratorConfig(kind="local", path=str(generator)))):
         candidate = pipeline.variant(config=replace(pipeline.config, generator=config))
         candidate.generator  # noqa: B018 (load the model before the clock starts)
@@ -111,8 +127,8 @@ def measure(landing: Path, embedder, answers: Path | None = None, answer_limit: 
         )
         print(f"{'system':<46}" + "".join(f"{'R@5 ' + h:>10}{'MRR ' + h:>9}" for h in HALVES))
         parts = windows(documents)
-        with Bm25Baseline(parts) as bm25:
-            bm25_reports = {h: evaluate_retriever(bm25.retrieve, halves[h])["all"] for h in HALVES}
+        bm25 = Bm25Baseline(parts)
+        bm25_reports = {h: evaluate_retriever(bm25.retrieve, halves[h])["all"] for h in HALVES}
         print(row(f"naive {len(parts)} windows + BM25", bm25_reports))
         dense = ExactVectorBaseline(parts, embedder.encode)
         print(row("naive windows + MiniLM, exact", {h: evaluate_retriever(dense.retrieve, halves[h])["all"] for h in HALVES}))
@@ -132,7 +148,8 @@ def measure(landing: Path, embedder, answers: Path | None = None, answer_limit: 
         print(row(f"SELECTED: {chosen.winner.retrieval_label()}", winner))
         print(chosen.summary())
         if answers is not None:
-            compare_answers(RagPipeline(pipeline.encoder, table, pipeline.params, chosen.winner), items, answers, answer_limit)
+            compare_answers(RagPipeline(pipeline.encoder, table, pipeline.params, chosen.winner), items, answers, answer_limit, bm25)
+        bm25.close()
         report, base = winner["report"], bm25_reports["report"]
         print(
             f"report half: selected MRR@10 {report['mrr@10']:.3f} vs BM25 {base['mrr@10']:.3f}; "

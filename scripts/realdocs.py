@@ -5,10 +5,14 @@ whose answers are known, taken from Debian's packages (no other network is neede
 
 - ``debian-faq-pdf/``: The Debian GNU/Linux FAQ as the 73-page PDF of the ``debian-faq`` package.
   Its questions are the FAQ's own question headings (the PDF outline's entries that end in "?");
-  the answer is on the page the outline entry points at (``page``).
+  the answer is on the page the outline entry points at (``page``), and its gold ``answer`` is the
+  first sentence under the heading, the FAQ's own reply.
 - ``python-faq-html/``: the Python FAQ pages of the ``python3.11-doc`` package (Sphinx HTML). Its
   questions are the pages' question headings (h2/h3 that end in "?"); the answer is the section
-  under that heading (``section``).
+  under that heading (``section``), and its gold ``answer`` the section's first paragraph.
+
+The gold answers are the authors' words too, so answer F1 on these sets measures how close an
+answer comes to what the FAQ itself replies first (``bench/quality.py --answers``).
 
 The questions are the documents' authors' own, which is also their limit: a question repeats its
 section's heading word for word, so heading-aware retrieval is favoured over what users would type.
@@ -55,7 +59,11 @@ def debian_faq(unpacked: Path, out: Path) -> int:
         title = " ".join((bookmark.get_title() or "").split())
         destination = bookmark.get_dest()
         if title.endswith("?") and destination is not None and destination.get_index() is not None:
-            questions.append({"question": title, "source": pdf_path.name, "page": destination.get_index() + 1})
+            page = destination.get_index()
+            question = {"question": title, "source": pdf_path.name, "page": page + 1}
+            following = " ".join(pdf[index].get_textpage().get_text_range() for index in range(page, min(page + 2, len(pdf))))
+            answer = first_sentence_after(title, following)
+            questions.append({**question, "answer": answer} if answer else question)
     pdf.close()
     _write(folder / "questions" / "faq.jsonl", questions)
     return len(questions)
@@ -76,9 +84,24 @@ def python_faq(unpacked: Path, out: Path) -> int:
             text = " ".join(heading.get_text(" ", strip=True).split())
             text = re.sub(r"\s+([?,.])", r"\1", text)
             if text.endswith("?"):
-                questions.append({"question": text, "source": page.name, "section": text})
+                question = {"question": text, "source": page.name, "section": text}
+                paragraph = heading.find_next("p")
+                answer = " ".join(paragraph.get_text().split()) if paragraph else ""
+                questions.append({**question, "answer": answer} if answer else question)
     _write(folder / "questions" / "faq.jsonl", questions)
     return len(questions)
+
+
+def first_sentence_after(heading: str, text: str) -> str | None:
+    """The first sentence that follows ``heading`` in a PDF page's text (lines joined, words broken
+    at a line end mended), or None where the heading is not found."""
+    flat = " ".join(text.replace("\ufffe", "").replace("\xad", "").split())
+    at = flat.find(heading)
+    if at < 0:
+        return None
+    after = flat[at + len(heading) :].strip()
+    match = re.match(r"(.+?[.!?])(?=\s+[\"'(\[]?[A-Z0-9]|$)", after)
+    return match.group(1) if match else None
 
 
 def _write(path: Path, rows: list[dict]) -> None:
