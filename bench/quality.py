@@ -144,6 +144,11 @@ def measure(landing: Path, embedder, answers: Path | None = None, answer_limit: 
             results[selection.retrieval_key(candidate)] = {h: evaluate(candidate_pipeline, halves[h], candidate.mode)["all"] for h in HALVES}
             print(row(f"context, {candidate.retrieval_label()}", results[selection.retrieval_key(candidate)]))
         chosen = selection.select(configured, halves["select"], lambda c, its: results[selection.retrieval_key(c)]["select"])
+
+        def answer_f1(config: RagConfig, answered: list) -> float:  # k by answer F1 where gold answers exist, as rag_model chooses it
+            return evaluate(RagPipeline(pipeline.encoder, table, pipeline.params, config), answered, config.mode, answers=True)["gold"]["answer_f1"]
+
+        chosen = selection.select_k(chosen, halves["select"], answer_f1)
         winner = results[selection.retrieval_key(chosen.winner)]
         print(row(f"SELECTED: {chosen.winner.retrieval_label()}", winner))
         print(chosen.summary())
