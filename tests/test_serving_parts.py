@@ -111,6 +111,13 @@ def test_search_payloads_are_checked(payload: dict, message: str) -> None:
         protocol.search(payload, LIMITS)
 
 
+def test_search_takes_a_client_request_id_as_the_other_protocols_do() -> None:
+    assert protocol.search({"query": "ok", "client_request_id": "mine-1"}, LIMITS).questions == ["ok"]
+    assert protocol.client_request_id({"client_request_id": "mine-1"}) == "mine-1"
+    with pytest.raises(protocol.BadRequest, match="client_request_id has 257 characters; the limit is 256"):
+        protocol.client_request_id({"client_request_id": "x" * 257})
+
+
 def test_chat_takes_the_last_user_message_and_text_parts() -> None:
     messages = [
         {"role": "user", "content": "first"},

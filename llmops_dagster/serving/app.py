@@ -33,6 +33,7 @@ from llmops_dagster.serving.models import ChampionFollower, ServedModel
 from llmops_dagster.serving.protocol import BadRequest, Limits, Query
 
 OPEN_PATHS = ("/ping", "/health")
+MLFLOW_ERROR_CODES = {401: "UNAUTHENTICATED", 413: "RESOURCE_EXHAUSTED", 503: "TEMPORARILY_UNAVAILABLE"}
 CHAT = "/v1/chat/completions"
 INVOCATIONS = "/invocations"
 SEARCH = "/search"
@@ -77,7 +78,7 @@ class Exchange:
 def error_body(endpoint: str, status: int, message: str, request_id: str) -> dict[str, Any]:
     """MLflow's error shape on /invocations, OpenAI's elsewhere; both carry the request id."""
     if endpoint == INVOCATIONS:
-        code = "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR"
+        code = MLFLOW_ERROR_CODES.get(status, "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR")
         return {"error_code": code, "message": message, "request_id": request_id}
     kind = "invalid_request_error" if status < 500 else "server_error"
     if status == 401:
@@ -112,11 +113,21 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] = lambda: Non
             return await call_next(request)
         exchange = Exchange(request.url.path, client_request_id=request.headers.get("x-client-request-id"))
         exchange.served = state.follower.current
-        message = "missing or wrong bearer token"
+        message = exchange.error = "missing or wrong bearer token"
         if request.url.path in (INVOCATIONS, CHAT, SEARCH):
             finish(exchange, 401, error_body(exchange.endpoint, 401, message, exchange.request_id))
         return JSONResponse(error_body(request.url.path, 401, message, exchange.request_id), 401,
                             headers={**exchange.headers(), "WWW-Authenticate": "Bearer"})
+
+    @app.middleware("http")
+    async def stamp(request: Request, call_next):  # noqa: ANN001, ANN202
+        """Every response names its request and the version being served, /ping, /metrics and a 404 too."""
+        response = await call_next(request)
+        response.headers.setdefault("X-Request-Id", uuid.uuid4().hex)
+        served = state.follower.current
+        if served is not None:
+            response.headers.setdefault("X-Model-Version", served.version)
+        return response
 
     async def read_body(request: Request, exchange: Exchange) -> None:
         declared = request.headers.get("content-length")
@@ -136,13 +147,19 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] = lambda: Non
         state.metrics.observe(exchange.endpoint, status, elapsed)
         state.log.record(log_row(exchange, status, response, elapsed * 1000, state.field_chars))
 
+    def failed(exchange: Exchange, what: str, error: Exception) -> JSONResponse:
+        exchange.error = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:500]}"
+        body = error_body(exchange.endpoint, 500, f"{what}: {exchange.error}", exchange.request_id)
+        finish(exchange, 500, body)
+        return JSONResponse(body, 500, headers=exchange.headers())
+
     async def answer(request: Request, endpoint: str, parse: Callable[[dict, ServedModel], Query], respond: Callable[[Exchange], Any]):
         exchange = Exchange(endpoint, client_request_id=request.headers.get("x-client-request-id"))
         exchange.served = state.follower.current  # this request finishes on this version, whatever swaps meanwhile
         try:
             await read_body(request, exchange)
             payload = protocol.decode(exchange.body)
-            exchange.client_request_id = exchange.client_request_id or str(payload.get("client_request_id") or "") or None
+            exchange.client_request_id = exchange.client_request_id or protocol.client_request_id(payload)
             if exchange.served is None:
                 raise BadRequest("no model is loaded yet", 503)
             exchange.query = parse(payload, exchange.served)
@@ -151,6 +168,8 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] = lambda: Non
             exchange.error = str(problem)
             finish(exchange, problem.status, body)
             return JSONResponse(body, problem.status, headers=exchange.headers())
+        except Exception as error:  # a payload the checks above did not foresee: still a 500 with the request id, logged
+            return failed(exchange, "the server could not read this request", error)
         try:
             async with running:  # the rest wait here, in the event loop, without a thread
                 if endpoint == CHAT and exchange.query.stream:  # retrieve now; the answer streams as it is generated
@@ -158,10 +177,7 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] = lambda: Non
                 else:
                     exchange.predictions = await run_in_threadpool(predict, exchange.served, exchange.query, endpoint != SEARCH)
         except Exception as error:  # the model failed: 500 with the request id, and logged
-            exchange.error = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:500]}"
-            body = error_body(endpoint, 500, f"the model failed on this request: {exchange.error}", exchange.request_id)
-            finish(exchange, 500, body)
-            return JSONResponse(body, 500, headers=exchange.headers())
+            return failed(exchange, "the model failed on this request", error)
         result = respond(exchange)
         if isinstance(result, StreamingResponse):
             return result
@@ -326,6 +342,16 @@ def log_row(exchange: Exchange, status: int, response: Any, elapsed_ms: float, f
         "endpoint": exchange.endpoint,
         "error": exchange.error,
     }
+    try:
+        row.update(rag_fields(exchange))
+    except Exception as error:  # the row is written all the same: a request is never missing from the log
+        row["error"] = "; ".join(filter(None, [exchange.error, f"RAG fields not logged: {type(error).__name__}: {error}"]))
+    return row
+
+
+def rag_fields(exchange: Exchange) -> dict[str, Any]:
+    """The question, retrieval and answer columns of a request's log row, as far as it got."""
+    served, row = exchange.served, {}
     if exchange.query is not None:
         k, mode = effective(exchange)
         row.update({"question": exchange.query.questions[0], "k": k, "mode": mode,

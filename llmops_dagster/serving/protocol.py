@@ -17,6 +17,7 @@ from llmops_dagster.core.index import SEARCH_MODES
 from llmops_dagster.core.rag import QUESTION_COLUMN
 
 PARAMS = ("k", "mode")
+MAX_CLIENT_ID_CHARS = 256
 
 
 class BadRequest(Exception):
@@ -57,9 +58,31 @@ def question(value: Any, limits: Limits, what: str = "question") -> str:
         raise BadRequest(f"{what} must be a string, got {type(value).__name__}")
     if not value.strip():
         raise BadRequest(f"{what} is empty")
+    encodable(value, what)
     if len(value) > limits.max_question_chars:
         raise BadRequest(f"{what} has {len(value)} characters; the limit is {limits.max_question_chars}")
     return value
+
+
+def encodable(value: str, what: str) -> None:
+    """JSON allows a lone surrogate ("\\ud800"); no tokenizer, and no Arrow string in the log, takes one."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise BadRequest(f"{what} is not valid text: a lone surrogate {value[error.start]!r} at character {error.start + 1}") from None
+
+
+def client_request_id(payload: dict[str, Any]) -> str | None:
+    """The body's ``client_request_id``, the caller's own id for the request, kept in the log."""
+    value = payload.get("client_request_id")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"client_request_id must be a string, got {type(value).__name__}")
+    if len(value) > MAX_CLIENT_ID_CHARS:
+        raise BadRequest(f"client_request_id has {len(value)} characters; the limit is {MAX_CLIENT_ID_CHARS}")
+    encodable(value, "client_request_id")
+    return value or None
 
 
 def retrieval_params(params: Any, limits: Limits) -> tuple[int | None, str | None]:
@@ -95,10 +118,14 @@ def invocations(payload: dict[str, Any], input_schema: Any, limits: Limits) -> Q
         raise BadRequest(f"send exactly one of {sorted(SUPPORTED_FORMATS)}, got {sorted(data) or 'none'}")
     try:
         frame = as_frame(infer_and_parse_data(data, input_schema))
+    except BadRequest:
+        raise
     except MlflowException as error:
         raise BadRequest(error.message.splitlines()[0]) from None
     except Exception as error:  # pandas' own complaint about the shape
         raise BadRequest(f"the input is not a table of questions: {type(error).__name__}: {str(error).splitlines()[0]}") from None
+    if frame.empty and not len(frame.columns):
+        raise BadRequest("the input holds no questions")
     if QUESTION_COLUMN not in frame.columns:
         raise BadRequest(f"the input needs a '{QUESTION_COLUMN}' column, got {list(frame.columns)}")
     questions = list(frame[QUESTION_COLUMN])
@@ -134,7 +161,11 @@ def chat(payload: dict[str, Any], limits: Limits) -> Query:
         raise BadRequest("messages hold no user message to answer")
     content = users[-1].get("content")
     if isinstance(content, list):  # content parts: keep the text ones
-        content = "\n".join(part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text")
+        texts = [part.get("text") for part in content if isinstance(part, dict) and part.get("type") == "text"]
+        for position, text in enumerate(texts, 1):
+            if not isinstance(text, str):
+                raise BadRequest(f"text part {position} of the last user message must be a string, got {type(text).__name__}")
+        content = "\n".join(texts)
     stream = payload.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest(f"stream must be true or false, got {stream!r}")
@@ -144,7 +175,7 @@ def chat(payload: dict[str, Any], limits: Limits) -> Query:
 
 def search(payload: dict[str, Any], limits: Limits) -> Query:
     params = {name: payload[name] for name in PARAMS if name in payload}
-    extra = sorted(set(payload) - {"query", *PARAMS})
+    extra = sorted(set(payload) - {"query", "client_request_id", *PARAMS})
     if extra:
-        raise BadRequest(f"unknown field(s) {extra}; send query, k and mode")
+        raise BadRequest(f"unknown field(s) {extra}; send query, k, mode and optionally client_request_id")
     return Query([question(payload.get("query"), limits, "query")], *retrieval_params(params or None, limits))
