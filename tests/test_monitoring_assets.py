@@ -273,7 +273,7 @@ def test_monitor_and_status_commands(monitored: Monitored, monkeypatch: pytest.M
     status = subprocess.run([LLMOPS, "status", "--env", "test"], env=env, capture_output=True, text=True, timeout=300)
     assert status.returncode == 0, status.stderr
     drift = monitoring_table.drift_state(monitoring_table.read_rows(monitored.lance))
-    assert f"drift      {drift['state']} in {monitored.today.isoformat()} ({today['requests']} requests)" in status.stdout
+    assert f"drift      {drift['state']} in {monitored.today.isoformat()} ({today['requests']} requests and batch predictions)" in status.stdout
     assert "  failing    WARN: error_rate 0.08333 crossed the WARN level 0.05 (v1 endpoint)" in status.stdout
     assert "Traceback" not in shown.stderr + text.err + stderr + status.stderr
 

@@ -169,8 +169,8 @@ def test_window_metrics_on_known_rows(normalised) -> None:
     served = by_key[("3", "endpoint")]
     assert served["request_count"] == 5
     assert served["error_rate"] == pytest.approx(1 / 5) and served["client_error_rate"] == 0.0
-    assert served["latency_p50_ms"] == pytest.approx(300.0)
-    assert served["latency_p95_ms"] == pytest.approx(np.percentile([100, 200, 300, 400, 500], 95))
+    assert served["latency_p50_ms"] == pytest.approx(250.0)  # of the answered four: the failed request's 400 ms is not an answer's
+    assert served["latency_p95_ms"] == pytest.approx(np.percentile([100, 200, 300, 500], 95))
     assert served["question_tokens_mean"] == pytest.approx(6.0)
     assert served["answer_tokens_mean"] == pytest.approx((9 + 9 + 8) / 3)  # the three answer requests
     assert served["no_answer_rate"] == pytest.approx(1 / 3)  # a, b answered, c did not; /search and the error are not asked
@@ -319,7 +319,7 @@ def test_series_and_plot_keep_gaps(normalised) -> None:
     rows = window_metrics(frame, DAY - timedelta(days=2), DAY + timedelta(days=1))
     starts, values = metric_series(rows, "latency_p50_ms", source="endpoint")
     assert starts == [DAY - timedelta(days=2), DAY - timedelta(days=1), DAY] and values[:2] == [None, None]
-    assert values[2] == pytest.approx((300.0 * 5 + 350.0 * 2) / 7)  # versions 3 and 4 (p50 of 600 and 100), weighted by request count
+    assert values[2] == pytest.approx((250.0 * 5 + 600.0 * 2) / 7)  # versions 3 and 4 (answered requests' p50), weighted by request count
     png = metric_plot(starts, values, "latency p50 (ms)", threshold={"WARN": 400, "ERROR": 800}, ylabel="ms")
     assert png.startswith(PNG_SIGNATURE)
     image = matplotlib.image.imread(io.BytesIO(png), format="png")

@@ -56,7 +56,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  pending    {state['pending']}")
         watch = state["monitoring"]
         if watch.get("window_start"):
-            print(f"  drift      {watch['state']} in {watch['window_start']} ({watch['requests']} requests)")
+            print(f"  drift      {watch['state']} in {watch['window_start']} ({watch['requests']} requests and batch predictions)")
             for failing in watch["failing"]:
                 print(f"  failing    {failing}")
         else:

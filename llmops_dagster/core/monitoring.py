@@ -647,6 +647,12 @@ def _share(flags: Iterable[Any]) -> float | None:
     return sum(kept) / len(kept) if kept else None
 
 
+def _answered(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows the server answered (batch rows included): latency is about answers, and a refused
+    request's millisecond would pull the percentiles down."""
+    return rows[~rows["is_error"].map(lambda flag: _is(flag, True))]
+
+
 def _status_share(codes: pd.Series, low: int, high: int) -> float | None:
     """The share of rows with a status code whose code is in [low, high); batch rows have none."""
     known = codes.dropna()
@@ -756,8 +762,8 @@ def _metrics(group: pd.DataFrame, values: pd.DataFrame, config: MonitoringConfig
         "request_count": len(group),
         "error_rate": _status_share(group["status_code"], SERVER_ERROR, 600),
         "client_error_rate": _status_share(group["status_code"], CLIENT_ERROR, SERVER_ERROR),
-        "latency_p50_ms": _percentile(group["latency_ms"], 50),
-        "latency_p95_ms": _percentile(group["latency_ms"], 95),
+        "latency_p50_ms": _percentile(_answered(group)["latency_ms"], 50),
+        "latency_p95_ms": _percentile(_answered(group)["latency_ms"], 95),
         "question_tokens_mean": _mean(group["question_tokens"]),
         "answer_tokens_mean": _mean(group["answer_tokens"][asks]),
         "flesch_kincaid_grade": _mean(values["flesch_kincaid_grade"]),
@@ -864,7 +870,7 @@ def drift_values(frame: pd.DataFrame, names: Sequence[str] = DRIFT_COLUMNS) -> d
     score column the frame lacks (its scorer is off) has none."""
     values = row_values(frame)
     columns = {
-        "latency_ms": frame["latency_ms"],
+        "latency_ms": _answered(frame)["latency_ms"],
         "question_tokens": frame["question_tokens"],
         "answer_tokens": frame["answer_tokens"][values["asks_answer"].astype(bool)],
         "flesch_kincaid_grade": values["flesch_kincaid_grade"],

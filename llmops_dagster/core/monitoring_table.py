@@ -539,7 +539,8 @@ def window_verdicts(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> 
         valued = [(row, check) for row, check in judged if check["value"] is not None]
         if not valued:
             severity = judged[0][1]["severity"] if judged else WARN
-            description = f"no value in this window ({sum(int(row.get('request_count') or 0) for row in rows)} requests): nothing to judge"
+            count = sum(int(row.get("request_count") or 0) for row in rows)
+            description = f"no value in this window ({count} requests and batch predictions): nothing to judge"
             verdicts.append(Verdict(name, NO_DATA, severity, None, judged[0][1]["threshold"] if judged else None, "", description))
             continue
         failed = [(row, check) for row, check in valued if not check["passed"]]
