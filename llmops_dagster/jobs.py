@@ -27,7 +27,7 @@ def _actor(context: dg.OpExecutionContext, given: str) -> str:
     return f"{context.run.tags.get('dagster/user', given)} (run {context.run_id})"
 
 
-@dg.op(description="Move champion back to the previous champion (or to `to`), using the recorded history.")
+@dg.op(description="Move champion back to the most recent earlier champion not rolled back (or to `to`), using the recorded history.")
 def rollback_champion(context: dg.OpExecutionContext, config: RollbackConfig, registry: RegistryResource) -> str:
     from llmops_dagster.core import promotion
 
@@ -44,10 +44,11 @@ def approve_version(context: dg.OpExecutionContext, config: ApproveConfig, regis
     from llmops_dagster.core import promotion
 
     try:
-        promotion.approve(registry.client(), registry.registered_model, config.version, _actor(context, config.by))
+        kind = promotion.approve(registry.client(), registry.registered_model, config.version, _actor(context, config.by))
     except promotion.PromotionError as error:
         raise dg.Failure(str(error)) from None
-    context.log.info(f"{registry.registered_model} v{config.version} approved")
+    follows = "the champion sensor promotes it" if kind == promotion.CHALLENGER_APPROVED else f"the rollback job with `to: {config.version}` restores it"
+    context.log.info(f"{registry.registered_model} v{config.version} approved as the {kind}; {follows}")
     return config.version
 
 

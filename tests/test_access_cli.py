@@ -127,10 +127,10 @@ def test_policy_applied_and_reader_refused_by_the_cli(
     as_reader = {"MLFLOW_TRACKING_USERNAME": READER.username, "MLFLOW_TRACKING_PASSWORD": passwords[READER.username]}
     code, out, _ = run_here("status", "--env", "test", "--json", **as_reader)
     assert code == 0 and json.loads(out)[0]["champion"]["version"] == "2"
-    approve = run("approve", "--env", "test", "--version", "2", **as_reader)
+    approve = run("approve", "--env", "test", "--version", "1", **as_reader)
     assert (approve.returncode, approve.stderr) == (
         1,
-        f"llmops: error: account 'cli-analyst' may not approve version 2 of model '{MODEL}': it has READ\n",
+        f"llmops: error: account 'cli-analyst' may not approve version 1 of model '{MODEL}': it has READ\n",
     )
     assert run_here("rollback", "--env", "test", **as_reader) == (
         1,
@@ -139,12 +139,13 @@ def test_policy_applied_and_reader_refused_by_the_cli(
     )
 
     # Without credentials of its own, the CLI acts as the service account, which may do both.
-    code, out, err = run_here("approve", "--env", "test", "--version", "2")
-    assert code == 0, err
-    assert "approved by cli:" in out and "(as cli-service)" in out
     code, out, err = run_here("rollback", "--env", "test")
     assert code == 0, err
     assert out.startswith(f"{MODEL}: champion v2 → v1 (")
+    code, out, err = run_here("approve", "--env", "test", "--version", "2")
+    assert code == 0, err
+    assert "approved by cli:" in out and "(as cli-service)" in out
+    assert out.rstrip().endswith("it is an earlier champion, not the challenger: `llmops rollback --env test --to 2` makes it champion again")
 
     from mlflow import MlflowClient
 

@@ -131,8 +131,49 @@ def test_rollback_restores_the_previous_champion_and_is_not_undone_by_the_sensor
     # v2 is still the challenger and still PASSED, but it was rolled back: the sensor leaves it.
     assert "was rolled back" in tick(sensor, instance, {"registry": resource(store)}).skip_message
     assert champion_of(client) == "1"
+    # A second rollback walks further back, never forward to the version just taken down.
+    with pytest.raises(promotion.PromotionError, match=r"every earlier champion of test.llmops.rag_model \(v2\) was rolled back"):
+        promotion.rollback(client, TEST_MODEL, "cli:bob")
+    with pytest.raises(promotion.PromotionError, match="v2 of test.llmops.rag_model was rolled back at .*; approve it again"):
+        promotion.rollback(client, TEST_MODEL, "cli:bob", to="2")
+    assert champion_of(client) == "1"
+    assert promotion.approve(client, TEST_MODEL, "2", "cli:alice") == promotion.CHALLENGER_APPROVED
     promotion.rollback(client, TEST_MODEL, "cli:bob", to="2")
     assert champion_of(client) == "2" and len(promotion.history(client, TEST_MODEL)) == 4
+
+
+def test_rollbacks_walk_back_the_champions_and_the_version_taken_down_loses_its_approval(store: str, tmp_path: Path) -> None:
+    client = registry.configure(store, None)
+    for number in ("1", "2", "3"):
+        register(client, TEST_MODEL, registry.PASSED, tmp_path)
+        promotion.approve(client, TEST_MODEL, number, "cli:alice")
+        promotion.promote(client, TEST_MODEL, number, "cli:alice", "approved")
+    assert promotion.rollback(client, TEST_MODEL, "cli:bob").version == "2"
+    taken_down = client.get_model_version(TEST_MODEL, "3").tags
+    assert promotion.ROLLED_BACK_AT in taken_down and promotion.APPROVED_BY not in taken_down
+    state = promotion.status(client, TEST_MODEL, requires_approval=True)
+    assert (state["challenger"]["approved_by"], bool(state["challenger"]["rolled_back_at"])) == (None, True)
+    assert "was rolled back" in state["pending"]
+    assert promotion.rollback(client, TEST_MODEL, "cli:bob").version == "1"
+    with pytest.raises(promotion.PromotionError, match=r"\(v2, v3\) was rolled back"):
+        promotion.rollback(client, TEST_MODEL, "cli:bob")
+    assert [(e.version, e.previous, e.action) for e in promotion.history(client, TEST_MODEL)][-2:] == [
+        ("2", "3", "rollback"), ("1", "2", "rollback")]
+
+
+def test_only_a_version_something_will_use_can_be_approved(store: str, tmp_path: Path) -> None:
+    client = registry.configure(store, None)
+    for _ in range(3):
+        register(client, TEST_MODEL, registry.PASSED, tmp_path)
+    client.set_registered_model_alias(TEST_MODEL, registry.CHALLENGER, "3")
+    with pytest.raises(promotion.PromotionError, match=r"v2 of test.llmops.rag_model is neither the challenger nor an earlier champion \(the challenger is v3\)"):
+        promotion.approve(client, TEST_MODEL, "2", "cli:alice")
+    assert promotion.APPROVED_BY not in client.get_model_version(TEST_MODEL, "2").tags
+    promotion.promote(client, TEST_MODEL, "1", "cli:alice", "first")
+    with pytest.raises(promotion.PromotionError, match="v1 is already the champion of test.llmops.rag_model; there is nothing to approve"):
+        promotion.approve(client, TEST_MODEL, "1", "cli:alice")
+    promotion.promote(client, TEST_MODEL, "3", "cli:alice", "second")
+    assert promotion.approve(client, TEST_MODEL, "1", "cli:alice") == promotion.EARLIER_CHAMPION_APPROVED
 
 
 def test_racing_promotions_leave_one_champion_and_every_history_entry(store: str, tmp_path: Path) -> None:

@@ -37,9 +37,12 @@ def cmd_approve(args: argparse.Namespace) -> int:
     name = settings.mlflow.registered_model
     with acting_account(settings) as account:
         action = Action.approve_version(name, str(args.version))
-        registry_call(settings, account, action, promotion.approve, registry_client(settings), name, args.version, _actor(account))
-    waits = "the champion sensor promotes it on its next tick" if settings.promotion.requires_approval else "no approval is needed here"
-    print(f"{name} v{args.version} approved by {_actor(account)}; {waits}")
+        kind = registry_call(settings, account, action, promotion.approve, registry_client(settings), name, args.version, _actor(account))
+    if kind == promotion.CHALLENGER_APPROVED:
+        follows = f"the champion sensor promotes it on its next tick (`llmops tick --env {args.env}` runs it now)"
+    else:
+        follows = f"it is an earlier champion, not the challenger: `llmops rollback --env {args.env} --to {args.version}` makes it champion again"
+    print(f"{name} v{args.version} approved by {_actor(account)}; {follows}")
     return 0
 
 

@@ -50,6 +50,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(info["metrics"].items()) if k in ("mrr_at_10", "recall_at_5", "answer_f1"))
             extra = [f"failed: {', '.join(info['failed_checks'])}" if info["failed_checks"] else "",
                      f"approved by {info['approved_by']}" if info["approved_by"] else "",
+                     f"rolled back at {info['rolled_back_at']}" if info.get("rolled_back_at") else "",
                      f"from {info['source']}" if info["source"] else ""]
             print(f"  {alias:<10} v{info['version']} {info['validation_status']}" + (f" ({metrics})" if metrics else "")
                   + "".join(f"; {e}" for e in extra if e))

@@ -7,8 +7,10 @@
   actor, reason) as its own registered-model tag. One tag per entry, under a unique key, so two
   writers never overwrite each other's entry; an alias has one version, so there is never a second
   champion.
-- ``rollback``: moves ``champion`` back to the previous champion in the history, or to a named
-  version that was champion before.
+- ``rollback``: moves ``champion`` back to the most recent earlier champion that was not rolled
+  back itself, or to a named version that was champion before; the version taken down is marked
+  rolled back and loses its approval.
+- ``approve``: records an approval on the challenger, or on an earlier champion to restore.
 - ``copy_from``: copies another environment's champion into this environment's registered model
   (as ``copy_model_version`` does, in one call) as the new challenger, with its source recorded in
   tags and without the source's verdicts.
@@ -120,28 +122,60 @@ def promote(client: MlflowClient, name: str, version: str, actor: str, reason: s
     return entry
 
 
+def _champions(past: list[HistoryEntry]) -> list[str]:
+    """Every version that was ever champion, the most recent first, each once."""
+    order: dict[str, None] = {}
+    for entry in reversed(past):
+        order.update(dict.fromkeys(v for v in (entry.version, entry.previous) if v))
+    return list(order)
+
+
+def _rolled_back_at(client: MlflowClient, name: str, version: str) -> str | None:
+    return client.get_model_version(name, version).tags.get(ROLLED_BACK_AT)
+
+
 def rollback(client: MlflowClient, name: str, actor: str, to: str | None = None) -> HistoryEntry:
-    """Put back the previous champion (or ``to``, which must have been champion before)."""
+    """Put back the most recent earlier champion that was not itself rolled back (or ``to``, which
+    must have been champion before and not rolled back since). The version taken down loses its
+    approval and is marked rolled back, so neither the sensor nor a second rollback brings it back
+    until someone approves it again."""
     current = version_by_alias(client, name, CHAMPION)
     if current is None:
         raise PromotionError(f"{name} has no champion to roll back")
-    past = history(client, name)
+    number = str(current.version)
+    champions = _champions(history(client, name))
     if to is None:
-        latest = next((e for e in reversed(past) if e.version == str(current.version)), None)
-        if latest is None or latest.previous is None:
-            raise PromotionError(f"v{current.version} has no previous champion in the history of {name}")
-        to = latest.previous
-    elif str(to) not in {e.version for e in past} | {e.previous for e in past if e.previous}:
-        known = sorted({e.version for e in past}, key=int)
+        earlier = [v for v in champions if v != number]
+        if not earlier:
+            raise PromotionError(f"v{number} has no previous champion in the history of {name}")
+        to = next((v for v in earlier if _rolled_back_at(client, name, v) is None), None)
+        if to is None:
+            listed = ", ".join(f"v{v}" for v in earlier)
+            raise PromotionError(f"every earlier champion of {name} ({listed}) was rolled back; approve one again, then roll back to it with --to")
+    elif str(to) not in champions:
+        known = sorted(champions, key=int)
         raise PromotionError(f"v{to} was never champion of {name}; known champions: {', '.join('v' + k for k in known) or 'none'}")
-    entry = promote(client, name, str(to), actor, f"rollback from v{current.version}", action="rollback")
-    # The challenger sensor must not promote the rolled-back version straight back.
-    client.set_model_version_tag(name, str(current.version), ROLLED_BACK_AT, entry.at)
+    elif (at := _rolled_back_at(client, name, str(to))) is not None:
+        raise PromotionError(f"v{to} of {name} was rolled back at {at}; approve it again before it can be champion")
+    entry = promote(client, name, str(to), actor, f"rollback from v{number}", action="rollback")
+    # The challenger sensor must not promote the rolled-back version straight back, and its approval
+    # is spent: the history entry keeps who took it down and when.
+    client.set_model_version_tag(name, number, ROLLED_BACK_AT, entry.at)
+    for key in (APPROVED_BY, APPROVED_AT):
+        if key in current.tags:
+            client.delete_model_version_tag(name, number, key)
     return entry
 
 
-def approve(client: MlflowClient, name: str, version: str, actor: str) -> None:
-    """Record an approval on ``version``; refuses a version that has not passed validation."""
+CHALLENGER_APPROVED, EARLIER_CHAMPION_APPROVED = "challenger", "earlier champion"
+
+
+def approve(client: MlflowClient, name: str, version: str, actor: str) -> str:
+    """Record an approval on ``version``; returns which of the two kinds of version it was.
+
+    Only a PASSED version that something will use can be approved: the challenger (the champion
+    sensor promotes it), or an earlier champion (``rollback --to`` can restore it). Approving the
+    champion, or a version that is neither, is refused rather than reported as a success."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -151,10 +185,22 @@ def approve(client: MlflowClient, name: str, version: str, actor: str) -> None:
     status = found.tags.get(VALIDATION_STATUS, PENDING)
     if status != PASSED:
         raise PromotionError(f"v{version} of {name} is {status}; only a PASSED version can be approved")
+    champion = version_by_alias(client, name, CHAMPION)
+    challenger = version_by_alias(client, name, CHALLENGER)
+    if champion is not None and str(champion.version) == str(version):
+        raise PromotionError(f"v{version} is already the champion of {name}; there is nothing to approve")
+    if challenger is not None and str(challenger.version) == str(version):
+        kind = CHALLENGER_APPROVED
+    elif str(version) in _champions(history(client, name)):
+        kind = EARLIER_CHAMPION_APPROVED
+    else:
+        now = f"the challenger is v{challenger.version}" if challenger is not None else f"{name} has no challenger"
+        raise PromotionError(f"v{version} of {name} is neither the challenger nor an earlier champion ({now}); nothing would use the approval")
     client.set_model_version_tag(name, str(version), APPROVED_BY, actor)
     client.set_model_version_tag(name, str(version), APPROVED_AT, _now())
     if ROLLED_BACK_AT in found.tags:
         client.delete_model_version_tag(name, str(version), ROLLED_BACK_AT)
+    return kind
 
 
 def upstream_candidate(client: MlflowClient, source_name: str, target_name: str) -> Decision:
@@ -248,6 +294,7 @@ def status(client: MlflowClient, name: str, requires_approval: bool) -> dict[str
             "failed_checks": failed_checks(tags),
             "metrics": {k.removeprefix(METRIC_TAG_PREFIX): float(v) for k, v in tags.items() if k.startswith(METRIC_TAG_PREFIX)},
             "approved_by": tags.get(APPROVED_BY),
+            "rolled_back_at": tags.get(ROLLED_BACK_AT),
             "source": f"{tags[SOURCE_MODEL]} v{tags[SOURCE_VERSION]}" if SOURCE_MODEL in tags else None,
         }
     state["pending"] = champion_decision(client, name, requires_approval).reason
