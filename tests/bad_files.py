@@ -179,6 +179,13 @@ def write_unsupported(path: str | Path) -> Path:
     return path
 
 
+def write_broken_link(path: str | Path) -> Path:
+    """A link to a file that does not exist (a moved share, a deleted target)."""
+    path = _target(path)
+    path.symlink_to(f"../moved-away/{path.name}")
+    return path
+
+
 def write_bad_corpus(directory: str | Path) -> dict[str, str]:
     """One file of every bad kind under ``directory``; returns {relative POSIX path: QuarantineReason value}."""
     directory = Path(directory)
@@ -192,6 +199,7 @@ def write_bad_corpus(directory: str | Path) -> dict[str, str]:
         "binary.txt": (write_undecodable_text, QuarantineReason.UNDECODABLE),
         "report.docx": (write_unsupported, QuarantineReason.UNSUPPORTED_TYPE),
         "diagram.png": (write_unsupported, QuarantineReason.UNSUPPORTED_TYPE),
+        "links/handbook.md": (write_broken_link, QuarantineReason.BROKEN_LINK),
     }
     expected = {}
     for relative, (writer, reason) in writers.items():

@@ -10,6 +10,7 @@ import dagster as dg
 import pytest
 
 from llmops_dagster.core import store
+from llmops_dagster.core.documents import PARSE_VERSION
 from llmops_dagster.core.embedding import load_embedder
 from llmops_dagster.core.index import AnnParams, search
 from llmops_dagster.definitions import build_defs, environment_assets
@@ -174,9 +175,15 @@ def test_tables_of_an_older_release_are_rewritten_and_reparsed(llmops_home: Path
         row["parser"] = row["parser"].split(";")[0]
         row["blocks"] = [{k: v for k, v in block.items() if k != "section"} for block in row["blocks"]]
     lancedb.connect(settings.lancedb_uri).create_table(store.DOCUMENTS, pa.Table.from_pylist(rows, old_schema), mode="overwrite")
+    # Chunks cut from the older release's text: same content hash, so only their stamp says so.
+    lancedb.connect(settings.lancedb_uri).open_table(store.CHUNKS).update(values={"chunker": "old"})
 
     result = materialize(settings, dg.DagsterInstance.ephemeral())
     assert metadata(result, "documents")["parsed_this_run"] == len(rows)
+    assert metadata(result, "chunks")["documents_chunked"] == len(rows)
+    assert metadata(result, "embeddings")["embedded_this_run"] == 0, "the same text: the vectors are kept"
+    chunkers = set(lance.read(store.CHUNKS, store.CHUNKS_SCHEMA, ["chunker"]).column("chunker").to_pylist())
+    assert len(chunkers) == 1 and chunkers.pop().endswith(f"; llmops parse v{PARSE_VERSION}")
     stored = lance.read(store.DOCUMENTS, store.DOCUMENTS_SCHEMA).to_pylist()
     assert sorted(r["path"] for r in stored) == sorted(r["path"] for r in rows)
     assert all(block["section"] is not None for r in stored for block in r["blocks"])

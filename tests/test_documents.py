@@ -292,7 +292,7 @@ def test_unsupported_type_wins_over_size_and_content(tmp_path: Path) -> None:
 def test_bad_corpus_matches_its_expectations(tmp_path: Path) -> None:
     expected = write_bad_corpus(tmp_path)
     assert set(expected.values()) == {r.value for r in QuarantineReason} - {QuarantineReason.TOO_LARGE.value}
-    on_disk = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+    on_disk = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file() or p.is_symlink()}
     assert on_disk == set(expected)
     got = {relative: reason_of(tmp_path / relative).value for relative in expected}
     assert got == expected
@@ -332,6 +332,28 @@ def test_cp1252_punctuation_decodes() -> None:
 def test_french_latin1_text_decodes() -> None:
     text = "Le résumé est très élégant, à côté de la crème brûlée."
     assert decode_text(text.encode("latin-1")) == text
+
+
+@pytest.mark.parametrize("length", ["short", "long"])
+def test_utf8_with_a_stray_byte_stays_utf8_with_the_repair_recorded(tmp_path: Path, length: str) -> None:
+    """One damaged byte in a UTF-8 file: every other character keeps its meaning, the byte becomes
+    U+FFFD, and the document says so, whether the file is short or long."""
+    good = "Zürich — naïve café, 東京 and Größe." if length == "short" else " ".join(["Zürich — naïve café, 東京 and Größe."] * 200)
+    data = good.encode("utf-8").replace(b"caf\xc3\xa9", b"caf\xa4", 1)
+    path = tmp_path / "notes.md"
+    path.write_bytes(data)
+    doc = parse_file(path, MAX_BYTES)
+    assert doc.text.startswith("Zürich — naïve caf\ufffd, 東京 and Größe.")
+    assert doc.warnings == ["1 byte sequence that is not UTF-8 replaced by U+FFFD"]
+    for parse, name in ((parse_html, "page.html"), (parse_markdown, "notes.md")):
+        assert parse(b"<p>" + data + b"</p>" if name.endswith("html") else data).warnings, name
+
+
+def test_clean_utf8_and_legacy_code_pages_record_no_repair(tmp_path: Path) -> None:
+    for data in ("Zürich — naïve café".encode(), "Le résumé est très élégant, à côté.".encode("latin-1")):
+        repairs: list[str] = []
+        decode_text(data, repairs)
+        assert repairs == []
 
 
 def test_utf8_bom_and_utf16_are_honoured(tmp_path: Path) -> None:

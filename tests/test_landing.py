@@ -226,3 +226,104 @@ def test_manifest_digest_of_nothing_and_path_content_boundaries() -> None:
     one = [LandingFile("ab", 1, 0, "c")]
     other = [LandingFile("a", 1, 0, "bc")]
     assert manifest_digest(one) != manifest_digest(other)
+
+
+# --- links ----------------------------------------------------------------------------------------
+
+
+def test_linked_folders_are_walked_and_a_link_back_up_is_not_followed(tmp_path: Path) -> None:
+    shared = tmp_path / "shared-docs"
+    write(shared, "manual.md", "# Manual")
+    write(shared, "deep/part.txt", "part")
+    root = tmp_path / "landing"
+    write(root, "own.txt", "own")
+    (root / "team").symlink_to(shared, target_is_directory=True)
+    (shared / "deep" / "loop").symlink_to(shared, target_is_directory=True)  # back up: would never end
+    (root / "self").symlink_to(root, target_is_directory=True)
+    assert list_paths(root) == ["own.txt", "team/deep/part.txt", "team/manual.md"]
+
+
+def test_a_broken_link_is_listed_with_its_target_as_content_and_reads_as_changed_once_fixed(tmp_path: Path) -> None:
+    root = tmp_path / "landing"
+    write(root, "a.txt", "a")
+    (root / "gone.md").symlink_to(tmp_path / "moved" / "gone.md")
+    assert list_paths(root) == ["a.txt", "gone.md"]
+    broken = by_path(scan(root))["gone.md"]
+    assert broken.size_bytes == 0 and broken.sha256 == hashlib.sha256(f"link to {tmp_path / 'moved' / 'gone.md'}".encode()).hexdigest()
+    write(tmp_path, "moved/gone.md", "# Back")
+    fixed = by_path(scan(root, {"gone.md": broken}))["gone.md"]
+    assert fixed.sha256 == sha("# Back") and diff([fixed], {"gone.md": broken}).changed == [fixed]
+
+
+# --- what ingest looks at again -------------------------------------------------------------------
+
+
+def _ingest(root: Path, tmp_path: Path, max_bytes: int = 1 << 20):
+    from llmops_dagster.core.pipeline import ingest
+    from llmops_dagster.core.store import LanceStore
+
+    return ingest(root, LanceStore(str(tmp_path / "lancedb")), max_bytes)
+
+
+def _stored(tmp_path: Path, table: str) -> dict[str, dict]:
+    from llmops_dagster.core import store
+
+    schema = store.DOCUMENTS_SCHEMA if table == store.DOCUMENTS else store.QUARANTINE_SCHEMA
+    return {row["path"]: row for row in store.LanceStore(str(tmp_path / "lancedb")).read(table, schema).to_pylist()}
+
+
+def test_a_file_too_large_is_looked_at_again_once_the_limit_allows_it(tmp_path: Path) -> None:
+    from llmops_dagster.core import store
+
+    root = tmp_path / "landing"
+    write(root, "big.md", "# Big\n\n" + "word " * 400)
+    write(root, "small.md", "# Small\n\nA short note.")
+    first = _ingest(root, tmp_path, max_bytes=1000)
+    assert (first.documents, first.reasons) == (1, {"too_large": 1})
+    assert not _ingest(root, tmp_path, max_bytes=1000).diff.to_parse, "the same limit: nothing to look at again"
+    raised = _ingest(root, tmp_path, max_bytes=10_000)
+    assert [item.path for item in raised.diff.to_parse] == ["big.md"]
+    assert (raised.documents, raised.quarantined) == (2, 0) and "big.md" in _stored(tmp_path, store.DOCUMENTS)
+
+
+def test_a_broken_link_is_quarantined_and_becomes_a_document_once_its_target_exists(tmp_path: Path) -> None:
+    from llmops_dagster.core import store
+
+    root = tmp_path / "landing"
+    write(root, "a.md", "# A\n\nA note.")
+    (root / "handbook.md").symlink_to(tmp_path / "share" / "handbook.md")
+    first = _ingest(root, tmp_path)
+    row = _stored(tmp_path, store.QUARANTINE)["handbook.md"]
+    assert (first.landing_files, first.documents, row["reason"]) == (2, 1, "broken_link")
+    assert row["detail"] == f"a link to {tmp_path / 'share' / 'handbook.md'}, which does not exist"
+    write(tmp_path, "share/handbook.md", "# Handbook\n\nOn a share.")
+    second = _ingest(root, tmp_path)
+    assert (second.documents, second.quarantined) == (2, 0)
+    assert _stored(tmp_path, store.DOCUMENTS)["handbook.md"]["title"] == "Handbook"
+
+
+def test_a_stray_byte_is_repaired_and_recorded_and_a_file_set_aside_by_an_older_release_is_looked_at_again(tmp_path: Path) -> None:
+    """A short UTF-8 file with one bad byte was quarantined as undecodable by the release before;
+    today it is a document whose ``warnings`` say what was replaced."""
+    import lancedb
+    import pyarrow as pa
+
+    from llmops_dagster.core import store
+
+    root = tmp_path / "landing"
+    write(root, "café.md", "# Café\n\nNaïve café in Zürich, ".encode() + b"\xa4 10.")
+    _ingest(root, tmp_path)
+    docs = _stored(tmp_path, store.DOCUMENTS)
+    assert docs["café.md"]["warnings"] == ["1 byte sequence that is not UTF-8 replaced by U+FFFD"]
+    assert "Naïve café in Zürich, \ufffd 10." in docs["café.md"]["text"]
+
+    # The quarantine table of the release before: no parser column, this file in it.
+    old_schema = pa.schema([f for f in store.QUARANTINE_SCHEMA if f.name != "parser"])
+    row = {k: v for k, v in docs["café.md"].items() if k in old_schema.names}
+    old_row = {**row, "reason": "undecodable", "detail": "no text encoding fits the bytes", "quarantined_at": docs["café.md"]["ingested_at"]}
+    database = lancedb.connect(str(tmp_path / "lancedb"))
+    database.create_table(store.QUARANTINE, pa.Table.from_pylist([old_row], old_schema), mode="overwrite")
+    database.open_table(store.DOCUMENTS).delete("true")
+    again = _ingest(root, tmp_path)
+    assert [item.path for item in again.diff.to_parse] == ["café.md"]
+    assert (again.documents, again.quarantined, again.repaired) == (1, 0, 1)

@@ -28,7 +28,8 @@ QUARANTINE_REASONS_KNOWN = "quarantine_reasons_known"
         dg.AssetSpec(
             QUARANTINE,
             description="Every landing file that could not be parsed, with the reason "
-            "(corrupt, encrypted, empty, no_text_layer, undecodable, too_large, unsupported_type).",
+            "(corrupt, encrypted, empty, no_text_layer, undecodable, too_large, unsupported_type, broken_link). "
+            "`llmops quarantine --env ENV` lists them.",
             group_name="ingestion",
             kinds={"lancedb"},
         ),
@@ -55,6 +56,8 @@ def ingest_summary(result: IngestResult) -> str:
     )
     if result.reasons:
         summary += "\n\nQuarantine reasons:\n\n" + markdown_table(["reason", "files"], sorted(result.reasons.items()))
+    if result.repaired:
+        summary += f"\n\n**{result.repaired}** documents had bytes that are not UTF-8, replaced by U+FFFD (their `warnings` column says how many)"
     if result.navigation:
         summary += "\n\nNavigation left out of the documents (tables of contents, indexes, running headers, link lists):\n\n" + markdown_table(
             ["kind", "lines or blocks"], sorted(result.navigation.items())
@@ -72,6 +75,7 @@ def documents_metadata(result: IngestResult, uri: str) -> dict[str, Any]:
         "parsed_this_run": len(change.to_parse),
         "unchanged_skipped": len(change.unchanged),
         "deleted": len(change.deleted),
+        "repaired": result.repaired,
     }
 
 

@@ -8,12 +8,13 @@ file cannot fail a run.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 # Bumped when parsing changes what a file yields, so that stored documents are parsed again.
-PARSE_VERSION = 2
+PARSE_VERSION = 3
 
 
 class QuarantineReason(StrEnum):
@@ -24,6 +25,7 @@ class QuarantineReason(StrEnum):
     UNDECODABLE = "undecodable"
     TOO_LARGE = "too_large"
     UNSUPPORTED_TYPE = "unsupported_type"
+    BROKEN_LINK = "broken_link"
 
 
 class ParseError(Exception):
@@ -50,7 +52,7 @@ class ParsedDocument:
     title: str = ""
     pages: int | None = None
     parser: str = ""
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what parsing had to repair, e.g. bytes that are not UTF-8
     dropped: dict[str, int] = field(default_factory=dict)  # navigation left out, by NavigationKind
 
     @property
@@ -86,6 +88,8 @@ def parse_bytes(data: bytes, fmt: str) -> ParsedDocument:
 
 def parse_file(path: Path, max_bytes: int) -> ParsedDocument:
     """Parse one landing file. Raises ParseError, or FileNotFoundError if the file vanished."""
+    if path.is_symlink() and not path.exists():
+        raise ParseError(QuarantineReason.BROKEN_LINK, f"a link to {os.readlink(path)}, which does not exist")
     fmt = detect_format(path)
     if fmt is None:
         raise ParseError(QuarantineReason.UNSUPPORTED_TYPE, f"'{path.suffix or path.name}' is not PDF, HTML, Markdown or text")

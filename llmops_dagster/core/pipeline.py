@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from llmops_dagster.core import landing, store
 from llmops_dagster.core.chunking import Chunker, search_text
-from llmops_dagster.core.documents import PARSE_VERSION, Block, ParseError, parse_file
+from llmops_dagster.core.documents import PARSE_VERSION, Block, ParseError, QuarantineReason, parse_file
 from llmops_dagster.core.embedding import Embedder, vector_array
 from llmops_dagster.core.store import LanceStore, WriteResult
 
@@ -37,24 +37,28 @@ class IngestResult:
     quarantine_write: WriteResult
     reasons: dict[str, int] = field(default_factory=dict)
     navigation: dict[str, int] = field(default_factory=dict)  # lines left out of the documents, by kind
+    repaired: int = 0  # documents whose parsing had to repair something (``warnings``)
 
 
 PARSED_BY = f"llmops parse v{PARSE_VERSION}"
 
 
-def known_files(lance: LanceStore) -> tuple[dict[str, landing.LandingFile], set[str], set[str]]:
-    """Files already stored, by path. A document parsed by an older release counts as unknown, so it
-    is parsed again with today's parsers."""
+def known_files(lance: LanceStore, max_bytes: int | None = None) -> tuple[dict[str, landing.LandingFile], set[str], set[str]]:
+    """Files already stored, by path. A document parsed, or a file set aside, by an older release
+    counts as unknown, so it is looked at again with today's parsers; so does a file set aside as
+    too large that ``max_bytes`` now allows."""
     known: dict[str, landing.LandingFile] = {}
     paths: dict[str, set[str]] = {}
     for name, schema, columns in (
         (store.DOCUMENTS, store.DOCUMENTS_SCHEMA, ["path", "doc_id", "size_bytes", "mtime_ns", "parser"]),
-        (store.QUARANTINE, store.QUARANTINE_SCHEMA, ["path", "doc_id", "size_bytes", "mtime_ns"]),
+        (store.QUARANTINE, store.QUARANTINE_SCHEMA, ["path", "doc_id", "size_bytes", "mtime_ns", "parser", "reason"]),
     ):
         rows = lance.read(name, schema, columns).to_pylist()
         paths[name] = {row["path"] for row in rows}
         for row in rows:
-            if "parser" in row and not (row["parser"] or "").endswith(PARSED_BY):
+            if not (row["parser"] or "").endswith(PARSED_BY):
+                continue
+            if row.get("reason") == QuarantineReason.TOO_LARGE and max_bytes is not None and row["size_bytes"] <= max_bytes:
                 continue
             known[row["path"]] = landing.LandingFile(row["path"], row["size_bytes"], row["mtime_ns"], row["doc_id"])
     return known, paths[store.DOCUMENTS], paths[store.QUARANTINE]
@@ -62,7 +66,7 @@ def known_files(lance: LanceStore) -> tuple[dict[str, landing.LandingFile], set[
 
 def ingest(root: Path, lance: LanceStore, max_bytes: int, log: Log = _quiet) -> IngestResult:
     """Parse new and changed landing files; every file lands in exactly one of documents or quarantine."""
-    known, document_paths, quarantine_paths = known_files(lance)
+    known, document_paths, quarantine_paths = known_files(lance, max_bytes)
     files = landing.scan(root, known)
     change = landing.diff(files, known)
     now = datetime.now(UTC)
@@ -76,8 +80,10 @@ def ingest(root: Path, lance: LanceStore, max_bytes: int, log: Log = _quiet) -> 
             continue
         except ParseError as error:
             log(f"quarantined {item.path}: {error.reason} ({error.detail})")
-            quarantined.append({**base, "reason": str(error.reason), "detail": error.detail, "quarantined_at": now})
+            quarantined.append({**base, "reason": str(error.reason), "detail": error.detail, "parser": PARSED_BY, "quarantined_at": now})
             continue
+        for warning in parsed.warnings:
+            log(f"{item.path}: {warning}")
         documents.append(
             {
                 **base,
@@ -88,6 +94,7 @@ def ingest(root: Path, lance: LanceStore, max_bytes: int, log: Log = _quiet) -> 
                 "blocks": [{"text": b.text, "page": b.page, "heading": b.heading, "section": list(b.section)} for b in parsed.blocks],
                 "navigation": [{"kind": kind, "lines": lines} for kind, lines in sorted(parsed.dropped.items())],
                 "parser": f"{parsed.parser}; {PARSED_BY}",
+                "warnings": parsed.warnings,
                 "ingested_at": now,
             }
         )
@@ -106,9 +113,11 @@ def ingest(root: Path, lance: LanceStore, max_bytes: int, log: Log = _quiet) -> 
     for reason in lance.read(store.QUARANTINE, store.QUARANTINE_SCHEMA, ["reason"]).column("reason").to_pylist():
         reasons[reason] = reasons.get(reason, 0) + 1
     navigation: dict[str, int] = {}
-    for entries in lance.read(store.DOCUMENTS, store.DOCUMENTS_SCHEMA, ["navigation"]).column("navigation").to_pylist():
+    stored = lance.read(store.DOCUMENTS, store.DOCUMENTS_SCHEMA, ["navigation", "warnings"])
+    for entries in stored.column("navigation").to_pylist():
         for entry in entries or []:
             navigation[entry["kind"]] = navigation.get(entry["kind"], 0) + entry["lines"]
+    repaired = sum(1 for warnings in stored.column("warnings").to_pylist() if warnings)
     return IngestResult(
         navigation=navigation,
         landing_files=len(files),
@@ -118,6 +127,7 @@ def ingest(root: Path, lance: LanceStore, max_bytes: int, log: Log = _quiet) -> 
         documents_write=documents_write,
         quarantine_write=quarantine_write,
         reasons=reasons,
+        repaired=repaired,
     )
 
 
@@ -129,7 +139,13 @@ class ChunkResult:
 
 
 def chunk_documents(lance: LanceStore, chunker: Chunker, fingerprint: str, log: Log = _quiet) -> ChunkResult:
-    """Re-chunk documents that are new, changed, or were chunked with other settings."""
+    """Re-chunk documents that are new, changed, or were chunked with other settings.
+
+    A chunk's ``chunker`` names the chunking settings and the parse release of the text it was cut
+    from: a release that parses a file differently leaves its content hash alone, and its chunks
+    must still follow the new text.
+    """
+    fingerprint = f"{fingerprint}; {PARSED_BY}"
     documents = lance.read(store.DOCUMENTS, store.DOCUMENTS_SCHEMA, ["path", "doc_id"]).to_pylist()
     current = {row["path"]: row["doc_id"] for row in documents}
     stored = lance.read(store.CHUNKS, store.CHUNKS_SCHEMA, ["id", "source", "doc_id", "chunker"]).to_pylist()

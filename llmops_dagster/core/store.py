@@ -42,6 +42,7 @@ DOCUMENTS_SCHEMA = pa.schema(
         pa.field("blocks", pa.list_(_BLOCK), metadata={"description": "paragraphs with page, heading and heading path"}),
         pa.field("navigation", pa.list_(_DROPPED), metadata={"description": "navigation left out: contents, index, furniture, link lists"}),
         pa.field("parser", pa.string()),
+        pa.field("warnings", pa.list_(pa.string()), metadata={"description": "what parsing repaired, e.g. bytes that are not UTF-8"}),
         pa.field("ingested_at", _UTC),
     ]
 )
@@ -52,8 +53,13 @@ QUARANTINE_SCHEMA = pa.schema(
         pa.field("doc_id", pa.string(), nullable=False, metadata={"description": "sha256 of the file content"}),
         pa.field("size_bytes", pa.int64()),
         pa.field("mtime_ns", pa.int64()),
-        pa.field("reason", pa.string(), metadata={"description": "corrupt, encrypted, empty, no_text_layer, ..."}),
+        pa.field(
+            "reason",
+            pa.string(),
+            metadata={"description": "corrupt, encrypted, empty, no_text_layer, undecodable, too_large, unsupported_type, broken_link"},
+        ),
         pa.field("detail", pa.string()),
+        pa.field("parser", pa.string(), metadata={"description": "the parse release that set it aside; a newer one looks again"}),
         pa.field("quarantined_at", _UTC),
     ]
 )
@@ -226,9 +232,16 @@ class LanceStore:
         query = table.search().limit(None)
         if where:
             query = query.where(where)
+        stored = set(table.schema.names)
         if columns:
-            query = query.select(columns)
-        return query.to_arrow()
+            query = query.select([name for name in columns if name in stored])
+        result = query.to_arrow()
+        # A table an older release wrote lacks the newer columns until its next write rewrites it
+        # (``_migrate``): they read back null.
+        for name in columns or []:
+            if name not in stored:
+                result = result.append_column(schema.field(name), pa.nulls(result.num_rows, schema.field(name).type))
+        return result.select(columns) if columns else result
 
     def read_keys(self, name: str, schema: pa.Schema, key: str, values: list[str], columns: list[str] | None = None) -> pa.Table:
         """Rows whose ``key`` is in ``values``, fetched in bounded IN-lists."""

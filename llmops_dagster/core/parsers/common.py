@@ -46,8 +46,13 @@ def paragraphs(text: str) -> list[str]:
 _WESTERN = ("cp1252", "latin_1", "iso8859_15")
 
 
-def decode_text(data: bytes) -> str:
-    """Decode bytes of unknown encoding, or raise ParseError(UNDECODABLE)."""
+def decode_text(data: bytes, repairs: list[str] | None = None) -> str:
+    """Decode bytes of unknown encoding, or raise ParseError(UNDECODABLE).
+
+    UTF-8 text with a few stray bytes (a damaged copy, one pasted character in another encoding)
+    stays UTF-8: each stray byte becomes U+FFFD and ``repairs`` says how many there were. Guessing
+    a legacy code page for the whole file instead would turn every correct character into mojibake.
+    """
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     elif data.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -58,6 +63,13 @@ def decode_text(data: bytes) -> str:
         pass
     if data.count(b"\x00") > len(data) // 100:
         raise ParseError(QuarantineReason.UNDECODABLE, "binary content (NUL bytes) in a text file")
+    replaced = data.decode("utf-8", errors="replace")
+    stray = replaced.count("\ufffd") - data.count("\ufffd".encode())
+    multibyte = sum(1 for char in replaced if char > "\x7f" and char != "\ufffd")
+    if multibyte > stray:
+        if repairs is not None:
+            repairs.append(f"{stray} byte sequence{'s' if stray > 1 else ''} that {'are' if stray > 1 else 'is'} not UTF-8 replaced by U+FFFD")
+        return replaced
     from charset_normalizer import from_bytes
 
     matches = from_bytes(data)

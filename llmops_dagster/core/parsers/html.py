@@ -61,13 +61,14 @@ def _share(linked: int, parts: list[str]) -> float:
 
 
 def parse_html(data: bytes) -> ParsedDocument:
+    repairs: list[str] = []
     from bs4 import BeautifulSoup, XMLParsedAsHTMLWarning
 
     # Decode ourselves so that undeclared encodings are detected the same way as for text.
     with warnings.catch_warnings():
         # XHTML pages parse fine as HTML; bs4 would warn on every one of them.
         warnings.simplefilter("ignore", XMLParsedAsHTMLWarning)
-        soup = BeautifulSoup(decode_text(data), "lxml")
+        soup = BeautifulSoup(decode_text(data, repairs), "lxml")
     for element in soup(_HTML_DROP):
         element.decompose()
     for element in soup.select(_HTML_BOILERPLATE):
@@ -95,4 +96,4 @@ def parse_html(data: bytes) -> ParsedDocument:
     if blocks and not kept:
         raise ParseError(QuarantineReason.EMPTY, f"HTML page holds only navigation ({len(links)} link blocks)")
     dropped = {NavigationKind.LINKS.value: len(links)} if links else {}
-    return ParsedDocument("html", require_text(kept, "HTML page"), title=title, parser="html", dropped=dropped)
+    return ParsedDocument("html", require_text(kept, "HTML page"), title=title, parser="html", dropped=dropped, warnings=repairs)

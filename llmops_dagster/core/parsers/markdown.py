@@ -30,7 +30,8 @@ def _markdown_inline(line: str) -> str:
 
 
 def parse_markdown(data: bytes) -> ParsedDocument:
-    text = clean_text(decode_text(data))
+    repairs: list[str] = []
+    text = clean_text(decode_text(data, repairs))
     if text.startswith("---\n"):
         end = text.find("\n---", 4)
         if end != -1:
@@ -66,4 +67,4 @@ def parse_markdown(data: bytes) -> ParsedDocument:
             continue
         buffer.append(_markdown_inline(line) if line.strip() else "")
     flush()
-    return ParsedDocument("markdown", require_text(blocks, "Markdown file"), title=title, parser="markdown")
+    return ParsedDocument("markdown", require_text(blocks, "Markdown file"), title=title, parser="markdown", warnings=repairs)
