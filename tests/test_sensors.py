@@ -7,6 +7,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from llmops_dagster.core.pipeline import ingest
+from llmops_dagster.core.store import LanceStore
 from llmops_dagster.definitions import build_defs
 from llmops_dagster.resources import LanceDBResource, LandingZoneResource
 from llmops_dagster.sensors import NEW_DOCUMENTS
@@ -46,7 +48,27 @@ def test_create_change_delete_each_trigger_exactly_one_run(llmops_home: Path, tm
         again, cursor = tick(sensor, instance, landing, cursor)
         assert not again.run_requests
         assert again.skip_message.startswith("no new or changed files")
+        ingest(landing, LanceStore(str(tmp_path / "lancedb")), 1 << 20)  # the requested run
     assert len(set(keys)) == len(keys)
+
+
+def test_a_change_another_run_already_ingested_requests_nothing(llmops_home: Path, tmp_path: Path) -> None:
+    """`llmops run`, or a run launched in the UI, ingested the new file between two ticks."""
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    (landing / "a.md").write_text("# A\n\nfirst")
+    sensor = build_defs(load_settings("test")).resolve_sensor_def(NEW_DOCUMENTS)
+    instance = dg.DagsterInstance.ephemeral()
+    first, cursor = tick(sensor, instance, landing, None)
+    assert len(first.run_requests) == 1
+    ingest(landing, LanceStore(str(tmp_path / "lancedb")), 1 << 20)
+    (landing / "b.md").write_text("# B\n\nnew")
+    ingest(landing, LanceStore(str(tmp_path / "lancedb")), 1 << 20)
+    second, cursor = tick(sensor, instance, landing, cursor)
+    assert not second.run_requests and second.skip_message == f"all 2 files in {landing} are already ingested"
+    (landing / "c.md").write_text("# C\n\nnot ingested yet")
+    third, _ = tick(sensor, instance, landing, cursor)
+    assert len(third.run_requests) == 1 and third.run_requests[0].tags[LANDING_CHANGE_TAG] == "1 added, 0 changed, 0 deleted"
 
 
 def test_touch_without_content_change_is_not_a_change(llmops_home: Path, tmp_path: Path) -> None:
@@ -65,9 +87,6 @@ def test_touch_without_content_change_is_not_a_change(llmops_home: Path, tmp_pat
 
 def test_first_tick_after_a_cli_run_requests_nothing_until_something_changes(llmops_home: Path, tmp_path: Path) -> None:
     """`make ui` after `make demo`: the daemon's first tick finds the landing zone already ingested."""
-    from llmops_dagster.core.pipeline import ingest
-    from llmops_dagster.core.store import LanceStore
-
     landing = tmp_path / "landing"
     landing.mkdir()
     (landing / "a.md").write_text("# A\n\nfirst")

@@ -36,22 +36,25 @@ def build_new_documents_sensor(job_name: str, minimum_interval_seconds: int = 30
         description="Starts the ingest job when a landing file is created, changed or deleted.",
     )
     def new_documents(context: dg.SensorEvaluationContext, landing: LandingZoneResource, lancedb: LanceDBResource):
-        seq, previous, known = _decode(context.cursor)
-        if not previous:
-            # First tick (a new daemon, or `make ui` after `llmops run`): what is already ingested
-            # is not a change, so compare with the stored tables rather than with nothing.
-            from llmops_dagster.core.pipeline import known_files
+        from llmops_dagster.core.pipeline import known_files
 
-            known = known_files(lancedb.store())[0]
-        files = landing_files.scan(landing.root, known)
+        seq, previous, manifest = _decode(context.cursor)
+        stored = known_files(lancedb.store(), landing.max_file_bytes)[0] if not previous else None
+        # Unchanged size and mtime skip re-hashing: against the cursor's manifest, or on a first
+        # tick (a new daemon, or `make ui` after `llmops run`) against the stored tables.
+        files = landing_files.scan(landing.root, manifest if previous else stored)
         digest = landing_files.manifest_digest(files)
         if digest == previous:
             return dg.SkipReason(f"no new or changed files ({len(files)} files in {landing.root})")
-        change = landing_files.diff(files, known)
         if not previous and not files:
             context.update_cursor(_encode(seq, digest, files))
             return dg.SkipReason(f"landing zone {landing.root} is empty")
-        if not previous and change.is_empty:
+        # The landing zone moved since the last tick; what is already ingested (by `llmops run`, by
+        # a run started in the UI, or before this daemon started) is not a change to ask a run for.
+        if stored is None:
+            stored = known_files(lancedb.store(), landing.max_file_bytes)[0]
+        change = landing_files.diff(files, stored)
+        if change.is_empty:
             context.update_cursor(_encode(seq, digest, files))
             return dg.SkipReason(f"all {len(files)} files in {landing.root} are already ingested")
         seq += 1
