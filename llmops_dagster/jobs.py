@@ -47,7 +47,10 @@ def approve_version(context: dg.OpExecutionContext, config: ApproveConfig, regis
         kind = promotion.approve(registry.client(), registry.registered_model, config.version, _actor(context, config.by))
     except promotion.PromotionError as error:
         raise dg.Failure(str(error)) from None
-    follows = "the champion sensor promotes it" if kind == promotion.CHALLENGER_APPROVED else f"the rollback job with `to: {config.version}` restores it"
+    if kind == promotion.CHALLENGER_APPROVED:
+        follows = "the champion sensor promotes it"
+    else:
+        follows = f"the rollback job with `to: {config.version}` restores it"
     context.log.info(f"{registry.registered_model} v{config.version} approved as the {kind}; {follows}")
     return config.version
 

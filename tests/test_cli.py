@@ -144,6 +144,42 @@ def assert_one_line(result: subprocess.CompletedProcess, message: str) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_quarantine_lists_the_files_set_aside_with_their_reasons_and_status_counts_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmops_dagster.core.pipeline import ingest
+    from llmops_dagster.core.store import LanceStore
+    from llmops_dagster.settings import load_settings
+
+    from bad_files import write_bad_corpus
+
+    home = tmp_path / "home"
+    empty = llmops_here("quarantine", "--env", "test", home=home, capsys=capsys)
+    assert (empty.returncode, empty.stdout) == (0, "test: no quarantined files\n")
+    assert not (home / "state").exists() and not any(home.rglob("lancedb")), "reading leaves no trace"
+
+    landing = tmp_path / "landing"
+    shutil.copytree(SAMPLE_CORPUS, landing)
+    bad = write_bad_corpus(landing / "incoming")
+    monkeypatch.setenv("LLMOPS_HOME", str(home))
+    ingest(landing, LanceStore(load_settings("test").lancedb_uri), 1 << 20)
+
+    listed = llmops_here("quarantine", "--env", "test", home=home, capsys=capsys)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0] == f"test: {len(bad)} quarantined files (paths inside the landing zone of its last run)"
+    rows = {line.split()[0]: line.split()[1] for line in lines[1:-1]}
+    assert rows == {f"incoming/{path}": reason for path, reason in bad.items()}
+    [link] = [line.split(maxsplit=2) for line in lines if "handbook.md" in line]
+    assert link == ["incoming/links/handbook.md", "broken_link", "a link to ../moved-away/handbook.md, which does not exist"]
+    as_json = json.loads(llmops_here("quarantine", "--env", "test", "--json", home=home, capsys=capsys).stdout)
+    assert {row["path"]: row["reason"] for row in as_json} == rows and all(row["detail"] and row["quarantined_at"] for row in as_json)
+
+    status = llmops_here("status", "--env", "test", home=home, capsys=capsys)
+    assert status.returncode == 0, status.stderr
+    assert f"  documents  4 parsed, {len(bad)} quarantined (`llmops quarantine --env test` lists them)" in status.stdout.splitlines()
+
+
 def test_dagster_home_queues_runs_one_environment_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import dagster as dg
 

@@ -166,7 +166,8 @@ def test_only_a_version_something_will_use_can_be_approved(store: str, tmp_path:
     for _ in range(3):
         register(client, TEST_MODEL, registry.PASSED, tmp_path)
     client.set_registered_model_alias(TEST_MODEL, registry.CHALLENGER, "3")
-    with pytest.raises(promotion.PromotionError, match=r"v2 of test.llmops.rag_model is neither the challenger nor an earlier champion \(the challenger is v3\)"):
+    neither = r"v2 of test.llmops.rag_model is neither the challenger nor an earlier champion \(the challenger is v3\)"
+    with pytest.raises(promotion.PromotionError, match=neither):
         promotion.approve(client, TEST_MODEL, "2", "cli:alice")
     assert promotion.APPROVED_BY not in client.get_model_version(TEST_MODEL, "2").tags
     promotion.promote(client, TEST_MODEL, "1", "cli:alice", "first")

@@ -12,6 +12,7 @@ from llmops_dagster.cli.bundle import cmd_bundle
 from llmops_dagster.cli.common import EXIT_USAGE, UserError, port, positive
 from llmops_dagster.cli.monitor import cmd_monitor, window_span
 from llmops_dagster.cli.promotion import cmd_approve, cmd_rollback
+from llmops_dagster.cli.quarantine import cmd_quarantine
 from llmops_dagster.cli.query import cmd_ask, cmd_predict, cmd_search
 from llmops_dagster.cli.run import cmd_run, cmd_tick
 from llmops_dagster.cli.serve import cmd_serve
@@ -93,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     access = commands.add_parser("access", help="apply the environment's auth: policy to its MLflow tracking server (basic auth)")
     access.add_argument("--env", required=True, choices=ENVIRONMENTS)
     access.set_defaults(handler=cmd_access)
+
+    quarantine = commands.add_parser("quarantine", help="the landing files set aside, with the reason for each")
+    quarantine.add_argument("--env", required=True, choices=ENVIRONMENTS)
+    quarantine.add_argument("--json", action="store_true")
+    quarantine.set_defaults(handler=cmd_quarantine)
 
     status = commands.add_parser("status", help="champion and challenger of each environment, their checks and what is pending")
     status.add_argument("--env", choices=ENVIRONMENTS)

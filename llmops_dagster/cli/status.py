@@ -7,6 +7,7 @@ import json
 
 from llmops_dagster.cli.common import registry_client, settings_for
 from llmops_dagster.cli.promotion import promotion_call
+from llmops_dagster.cli.quarantine import ingested
 from llmops_dagster.settings import ENVIRONMENTS, EnvSettings
 
 
@@ -34,7 +35,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     states = []
     for env in envs:
         settings = settings_for(argparse.Namespace(env=env))
-        states.append({**promotion_call(describe, registry_client(settings), settings), "monitoring": monitoring_state(settings)})
+        states.append({**promotion_call(describe, registry_client(settings), settings), "monitoring": monitoring_state(settings),
+                       "ingested": ingested(settings)})
     if args.json:
         print(json.dumps(states, indent=2))
         return 0
@@ -63,6 +65,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         else:
             unmonitored = f"no stored monitoring window with requests yet (`llmops monitor --env {state['environment']}` computes the one under way)"
             print(f"  drift      {unmonitored if watch['state'] == 'NO_DATA' else watch.get('error', watch['state'])}")
+        counts = state["ingested"]
+        listed = f" (`llmops quarantine --env {state['environment']}` lists them)" if counts["quarantined"] else ""
+        print(f"  documents  {counts['documents']} parsed, {counts['quarantined']} quarantined{listed}")
         for entry in state.get("history", [])[-3:]:
             print(f"  history    {entry['at']} {entry['action']} v{entry['previous'] or '-'} → v{entry['version']} by {entry['actor']}")
     return 0
