@@ -127,34 +127,30 @@ def measure(landing: Path, embedder, answers: Path | None = None, answer_limit: 
         )
         print(f"{'system':<46}" + "".join(f"{'R@5 ' + h:>10}{'MRR ' + h:>9}" for h in HALVES))
         parts = windows(documents)
-        bm25 = Bm25Baseline(parts)
-        bm25_reports = {h: evaluate_retriever(bm25.retrieve, halves[h])["all"] for h in HALVES}
-        print(row(f"naive {len(parts)} windows + BM25", bm25_reports))
-        dense = ExactVectorBaseline(parts, embedder.encode)
-        print(row("naive windows + MiniLM, exact", {h: evaluate_retriever(dense.retrieve, halves[h])["all"] for h in HALVES}))
-        configured = RagConfig()
-        plain = RagPipeline(QueryEncoder(embedder), plain_table, index.AnnParams(), configured)
-        for mode in ("text", "vector", "hybrid"):
-            reports = {h: evaluate(plain, halves[h], mode)["all"] for h in HALVES}
-            print(row(f"no context, {replace(configured, mode=mode).retrieval_label()}", reports))
-        pipeline = with_cached_queries(RagPipeline(QueryEncoder(embedder), table, index.AnnParams(), configured), (i.query for i in items))
-        results = {}
-        for candidate in selection.candidates(configured):
-            candidate_pipeline = RagPipeline(pipeline.encoder, table, pipeline.params, candidate)
-            results[selection.retrieval_key(candidate)] = {h: evaluate(candidate_pipeline, halves[h], candidate.mode)["all"] for h in HALVES}
-            print(row(f"context, {candidate.retrieval_label()}", results[selection.retrieval_key(candidate)]))
-        chosen = selection.select(configured, halves["select"], lambda c, its: results[selection.retrieval_key(c)]["select"])
-
-        def answer_f1(config: RagConfig, answered: list) -> float:  # k by answer F1 where gold answers exist, as rag_model chooses it
-            return evaluate(RagPipeline(pipeline.encoder, table, pipeline.params, config), answered, config.mode, answers=True)["gold"]["answer_f1"]
-
-        chosen = selection.select_k(chosen, halves["select"], answer_f1)
-        winner = results[selection.retrieval_key(chosen.winner)]
-        print(row(f"SELECTED: {chosen.winner.retrieval_label()}", winner))
-        print(chosen.summary())
-        if answers is not None:
-            compare_answers(RagPipeline(pipeline.encoder, table, pipeline.params, chosen.winner), items, answers, answer_limit, bm25)
-        bm25.close()
+        with Bm25Baseline(parts) as bm25:
+            bm25_reports = {h: evaluate_retriever(bm25.retrieve, halves[h])["all"] for h in HALVES}
+            print(row(f"naive {len(parts)} windows + BM25", bm25_reports))
+            dense = ExactVectorBaseline(parts, embedder.encode)
+            print(row("naive windows + MiniLM, exact", {h: evaluate_retriever(dense.retrieve, halves[h])["all"] for h in HALVES}))
+            configured = RagConfig()
+            plain = RagPipeline(QueryEncoder(embedder), plain_table, index.AnnParams(), configured)
+            for mode in ("text", "vector", "hybrid"):
+                reports = {h: evaluate(plain, halves[h], mode)["all"] for h in HALVES}
+                print(row(f"no context, {replace(configured, mode=mode).retrieval_label()}", reports))
+            pipeline = with_cached_queries(RagPipeline(QueryEncoder(embedder), table, index.AnnParams(), configured), (i.query for i in items))
+            results = {}
+            for candidate in selection.candidates(configured):
+                candidate_pipeline = RagPipeline(pipeline.encoder, table, pipeline.params, candidate)
+                results[selection.retrieval_key(candidate)] = {h: evaluate(candidate_pipeline, halves[h], candidate.mode)["all"] for h in HALVES}
+                print(row(f"context, {candidate.retrieval_label()}", results[selection.retrieval_key(candidate)]))
+            chosen = selection.select(configured, halves["select"], lambda c, its: results[selection.retrieval_key(c)]["select"])
+            # k by answer F1 where gold answers exist, as rag_model chooses it
+            chosen = selection.select_k(chosen, halves["select"], selection.answer_f1_over(pipeline))
+            winner = results[selection.retrieval_key(chosen.winner)]
+            print(row(f"SELECTED: {chosen.winner.retrieval_label()}", winner))
+            print(chosen.summary())
+            if answers is not None:
+                compare_answers(RagPipeline(pipeline.encoder, table, pipeline.params, chosen.winner), items, answers, answer_limit, bm25)
         report, base = winner["report"], bm25_reports["report"]
         print(
             f"report half: selected MRR@10 {report['mrr@10']:.3f} vs BM25 {base['mrr@10']:.3f}; "

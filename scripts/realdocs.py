@@ -33,6 +33,10 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from llmops_dagster.core.answer import split_sentences  # noqa: E402
+
 PACKAGES = {"debian-faq": "usr/share/doc/debian/FAQ/debian-faq.en.pdf.gz", "python3.11-doc": "usr/share/doc/python3.11/html/faq"}
 
 
@@ -99,9 +103,8 @@ def first_sentence_after(heading: str, text: str) -> str | None:
     at = flat.find(heading)
     if at < 0:
         return None
-    after = flat[at + len(heading) :].strip()
-    match = re.match(r"(.+?[.!?])(?=\s+[\"'(\[]?[A-Z0-9]|$)", after)
-    return match.group(1) if match else None
+    first = split_sentences(flat[at + len(heading) :].strip())[0]
+    return first if first.endswith((".", "!", "?")) else None
 
 
 def _write(path: Path, rows: list[dict]) -> None:

@@ -67,8 +67,14 @@ class CachedEncode:
         return np.stack([known[text] for text in texts])
 
 
+def split_sentences(text: str) -> list[str]:
+    """``text`` cut after each ., ! or ? that a capital, a digit or an opening quote follows."""
+    return [part.strip() for part in _SENTENCE.split(text)]
+
+
 def sentences(text: str) -> list[str]:
-    return [part.strip() for part in _SENTENCE.split(text) if len(part.split()) >= 3]
+    """The sentences of ``text`` that can answer something: three words or more."""
+    return [part for part in split_sentences(text) if len(part.split()) >= 3]
 
 
 def extractive_answer(question: str, passages: Sequence[str], encode: Encode, config: AnswerConfig = AnswerConfig()) -> Answer:

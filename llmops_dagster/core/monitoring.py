@@ -758,12 +758,13 @@ def _metrics(group: pd.DataFrame, values: pd.DataFrame, config: MonitoringConfig
     asks = values["asks_answer"].astype(bool)
     scores = [score for row in group["scores"] if isinstance(row, list) for score in row]
     retrieved = values["retrieved"]
+    latency = _answered(group)["latency_ms"]
     return {
         "request_count": len(group),
         "error_rate": _status_share(group["status_code"], SERVER_ERROR, 600),
         "client_error_rate": _status_share(group["status_code"], CLIENT_ERROR, SERVER_ERROR),
-        "latency_p50_ms": _percentile(_answered(group)["latency_ms"], 50),
-        "latency_p95_ms": _percentile(_answered(group)["latency_ms"], 95),
+        "latency_p50_ms": _percentile(latency, 50),
+        "latency_p95_ms": _percentile(latency, 95),
         "question_tokens_mean": _mean(group["question_tokens"]),
         "answer_tokens_mean": _mean(group["answer_tokens"][asks]),
         "flesch_kincaid_grade": _mean(values["flesch_kincaid_grade"]),
@@ -804,7 +805,8 @@ def _window_out_of_corpus(group: pd.DataFrame, floor: float) -> float | None:
         rate = out_of_corpus_rate(group["question_top_cosine"], floor)
         if rate is not None:
             return rate
-    vector_mode = group[(group["mode"] == "vector") & ~group["is_error"].map(lambda flag: _is(flag, True))]
+    answered = _answered(group)
+    vector_mode = answered[answered["mode"] == "vector"]
     return out_of_corpus_rate([row[0] for row in vector_mode["scores"] if isinstance(row, list) and row], floor)
 
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from llmops_dagster.core.index import AnnParams
-    from llmops_dagster.core.rag import QueryEncoder
+    from llmops_dagster.core.rag import QueryEncoder, RagPipeline
     from llmops_dagster.core.store import LanceStore
 
 KS = (3, 5, 8)  # passages handed to the answer generator, chosen by answer F1 where gold answers exist
@@ -179,6 +179,17 @@ def from_json(text: str) -> Selection:
     )
 
 
+def answer_f1_over(pipeline: RagPipeline) -> Callable[[RagConfig, Sequence[EvalItem]], float]:
+    """Answer F1 of a retrieval configuration on the items that carry a gold answer, over
+    ``pipeline``'s index (and its cached queries, when it has them): how ``select_k`` scores a k."""
+    from llmops_dagster.core.evaluation import evaluate, with_cached_queries
+
+    def answer_f1(config: RagConfig, answered: Sequence[EvalItem]) -> float:
+        return evaluate(with_cached_queries(pipeline, [], config), answered, config.mode, answers=True)["gold"]["answer_f1"]
+
+    return answer_f1
+
+
 def select_retrieval(
     configured: RagConfig,
     encoder: QueryEncoder,
@@ -206,12 +217,7 @@ def select_retrieval(
         reports[config] = evaluate(with_cached_queries(pipeline, [], config), chosen_items, config.mode)
         return reports[config]["all"]
 
-    chosen = select(configured, halves[SELECT], score)
-
-    def answer_f1(config: RagConfig, answered: Sequence[EvalItem]) -> float:
-        return evaluate(with_cached_queries(pipeline, [], config), answered, config.mode, answers=True)["gold"]["answer_f1"]
-
-    chosen = select_k(chosen, halves[SELECT], answer_f1)
+    chosen = select_k(select(configured, halves[SELECT], score), halves[SELECT], answer_f1_over(pipeline))
     rows = [("candidate", "", c.mode, c.retrieval_label(), SELECT, report) for c, report in reports.items()]
     table_rows = pa.Table.from_pylist(evaluation_rows(run_id, "", rows), store.EVALUATIONS_SCHEMA)
     lance.apply(store.EVALUATIONS, store.EVALUATIONS_SCHEMA, "id", table_rows, [])
