@@ -57,7 +57,8 @@ SECTIONS: list[tuple[str, list[str]]] = [
             "environment nobody monitors.",
             "All local state hangs off one directory, <font face='Courier'>LLMOPS_HOME</font>. When "
             "the variable is not set, the home is <font face='Courier'>.llmops/</font> beside "
-            "environments.yaml in a checkout, and in the working directory for an installed package. Two placeholders can be used in paths: <font face='Courier'>{home}"
+            "environments.yaml in a checkout, and in the working directory for an installed package. "
+            "Two placeholders can be used in paths: <font face='Courier'>{home}"
             "</font> for LLMOPS_HOME and <font face='Courier'>{env}</font> for the environment name. "
             "The defaults put the state of each environment in <font face='Courier'>{home}/{env}"
             "</font> and its landing zone in <font face='Courier'>{home}/landing/{env}</font>, so "
