@@ -33,6 +33,7 @@ def window_span(value: str) -> timedelta:
 def cmd_monitor(args: argparse.Namespace) -> int:
     from llmops_dagster.core import monitoring_table as table
     from llmops_dagster.core.monitoring import check_names, window_floor
+    from llmops_dagster.core.store import open_existing
 
     settings = settings_for(args)
     config = settings.monitoring
@@ -40,7 +41,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     span = args.window or length
     current = window_floor(datetime.now(UTC), length)
     starts = [current - length * back for back in reversed(range(max(1, math.ceil(span / length))))]
-    lance = table.open_existing(settings.lancedb_uri)
+    lance = open_existing(settings.lancedb_uri)
     if lance is None:
         if args.json:
             print(json.dumps({"environment": settings.name, "window": config.window, "drift_state": {"state": table.NO_DATA}, "windows": []}))

@@ -5,27 +5,18 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from llmops_dagster.cli.common import resources_for, settings_for
+from llmops_dagster.cli.common import settings_for
 from llmops_dagster.settings import EnvSettings
 
 _COLUMNS = ["path", "reason", "detail", "size_bytes", "quarantined_at"]
-
-
-def stored_tables(settings: EnvSettings):  # noqa: ANN201
-    """The environment's LanceDB store, or None when nothing was ingested into a local one yet
-    (opening it would create its folder: reading leaves no trace)."""
-    if "://" not in settings.lancedb_uri and not Path(settings.lancedb_uri).is_dir():
-        return None
-    return resources_for(settings)["lancedb"].store()
 
 
 def ingested(settings: EnvSettings) -> dict[str, int]:
     """How many documents the environment holds and how many files it set aside."""
     from llmops_dagster.core import store
 
-    lance = stored_tables(settings)
+    lance = store.open_existing(settings.lancedb_uri)
     return {"documents": lance.count(store.DOCUMENTS) if lance else 0, "quarantined": lance.count(store.QUARANTINE) if lance else 0}
 
 
@@ -33,7 +24,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     from llmops_dagster.core import store
 
     settings = settings_for(args)
-    lance = stored_tables(settings)
+    lance = store.open_existing(settings.lancedb_uri)
     rows = [] if lance is None else lance.read(store.QUARANTINE, store.QUARANTINE_SCHEMA, _COLUMNS).to_pylist()
     rows.sort(key=lambda row: row["path"])
     if args.json:

@@ -30,8 +30,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"ranked by {server.base_url} (the champion's query encoder)", file=sys.stderr)
         return show_passages(args, found["passages"])
     resources = resources_for(settings)
-    local = "://" not in settings.lancedb_uri
-    table = None if local and not Path(settings.lancedb_uri).is_dir() else resources["lancedb"].store().open(store.EMBEDDINGS)
+    lance = store.open_existing(settings.lancedb_uri)
+    table = lance.open(store.EMBEDDINGS) if lance is not None else None
     if table is None or table.count_rows() == 0:
         raise UserError(f"no index for environment '{settings.name}' at {settings.lancedb_uri}; run `llmops run --env {settings.name}` first")
     embedder = None

@@ -22,9 +22,10 @@ def describe(client, settings: EnvSettings) -> dict:
 def monitoring_state(settings: EnvSettings) -> dict:
     """The drift state and failing checks of the environment's latest monitored window with requests."""
     from llmops_dagster.core import monitoring_table
+    from llmops_dagster.core.store import open_existing
 
     try:
-        lance = monitoring_table.open_existing(settings.lancedb_uri)
+        lance = open_existing(settings.lancedb_uri)
         return monitoring_table.drift_state(monitoring_table.read_rows(lance) if lance else [])
     except Exception as error:  # the table is unreadable: say so, the rest of the status still shows
         return {"state": "unreadable", "error": (str(error).splitlines() or [""])[0], "failing": []}

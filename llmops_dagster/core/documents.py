@@ -88,7 +88,9 @@ def parse_bytes(data: bytes, fmt: str) -> ParsedDocument:
 
 def parse_file(path: Path, max_bytes: int) -> ParsedDocument:
     """Parse one landing file. Raises ParseError, or FileNotFoundError if the file vanished."""
-    if path.is_symlink() and not path.exists():
+    from llmops_dagster.core.landing import is_broken_link
+
+    if is_broken_link(path):
         raise ParseError(QuarantineReason.BROKEN_LINK, f"a link to {os.readlink(path)}, which does not exist")
     fmt = detect_format(path)
     if fmt is None:

@@ -138,16 +138,6 @@ _PREDICTION_COLUMNS = [
 # --- reading the sources -----------------------------------------------------------------------
 
 
-def open_existing(uri: str) -> store.LanceStore | None:
-    """The environment's database, or None when it is a local folder that does not exist yet
-    (connecting would create it: reading should leave no trace)."""
-    from pathlib import Path
-
-    if "://" not in uri and not Path(uri).exists():
-        return None
-    return store.LanceStore(uri)
-
-
 def window_key(start: datetime) -> str:
     return start.astimezone(UTC).isoformat()
 

@@ -293,3 +293,13 @@ class LanceStore:
         """Overwrite a table in one commit (used when the embedding model changes)."""
         table = self.db.create_table(name, data.select(schema.names).cast(schema), mode="overwrite")
         return WriteResult(upserted=data.num_rows, version=table.version)
+
+
+def open_existing(uri: str) -> LanceStore | None:
+    """The database at ``uri``, or None when it is a local folder that does not exist yet
+    (connecting would create it: reading should leave no trace)."""
+    from pathlib import Path
+
+    if "://" not in uri and not Path(uri).is_dir():
+        return None
+    return LanceStore(uri)
