@@ -134,6 +134,10 @@ def test_the_extractive_generator_cites_its_sentences_passages() -> None:
         "template": None,
     }
     assert generator(QUESTION, []) == (NO_ANSWER, False) and list(generator.stream(QUESTION, PASSAGES)) == [PASSAGES[1]]
+    # The canned no-answer counts no completion tokens, whether nothing was retrieved or nothing passed min_score.
+    unrelated = generator.generate(QUESTION, ["Zebras graze on the savanna at dawn."])
+    assert (unrelated.text, unrelated.found) == (NO_ANSWER, False) and unrelated.usage.completion_tokens == 0
+    assert unrelated.usage.prompt_tokens > 0 and generator.generate(QUESTION, []).usage.completion_tokens == 0
     generator.check()
 
 

@@ -410,7 +410,8 @@ class ExtractiveGenerator(_Generator):
             return GenerationStream.of(self._unprompted(question, (), self.count_tokens))
         answer = extractive_answer(question, texts, self.encode, self.answer_config)
         read = [question, *texts[: self.answer_config.max_passages]]
-        usage = Usage(sum(map(self.count_tokens, read)), self.count_tokens(answer.text), USAGE_COUNTED)
+        # The canned NO_ANSWER is nobody's output: 0 completion tokens, as when nothing was retrieved.
+        usage = Usage(sum(map(self.count_tokens, read)), self.count_tokens(answer.text) if answer.found else 0, USAGE_COUNTED)
         cited = tuple(index + 1 for index in answer.supporting)
         return GenerationStream.of(Generation(answer.text, answer.found, cited if answer.found else (), usage, dict(self.identity)))
 
