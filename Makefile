@@ -71,9 +71,10 @@ test: lint $(CHROMIUM)
 test-fast: lint
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# dagster dev on $(DAGSTER_HOME); Ctrl-C or SIGTERM stops it, also when started in the background.
 ui: $(STAMP)
-	@$(BIN)/python -c "from llmops_dagster.cli import ensure_dagster_home; ensure_dagster_home()"
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	$(BIN)/python -c 'import sys; from llmops_dagster.cli.instance import dagster_dev; dagster_dev(sys.argv[1:])' \
+		-w workspace.yaml -h 127.0.0.1 -p 3000
 
 # The environment's champion over HTTP (MLflow /invocations, OpenAI /v1/chat/completions); make serve ENV=prod
 serve: $(STAMP)

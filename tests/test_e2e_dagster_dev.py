@@ -18,7 +18,9 @@ Loopback only, a temp DAGSTER_HOME and LLMOPS_HOME, bounded waits.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -42,7 +44,8 @@ from helpers import REPO, SAMPLE_CORPUS, SHORT_DOCUMENTS, gold_questions, short_
 from processes import free_port, stop_group
 
 pytestmark = pytest.mark.slow
-DAGSTER = str(Path(sys.executable).with_name("dagster"))
+# The Python that `make ui` runs, read from the Makefile so that the test starts what a user starts.
+UI_COMMAND = re.search(r"python -c '([^']+)'", (REPO / "Makefile").read_text().split("\nui:", 1)[1]).group(1)
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts"
 LOCATIONS = ("llmops-test", "llmops-staging", "llmops-prod")
@@ -81,18 +84,33 @@ def dagster_dev(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     short_landing(home / "landing" / "staging")
     port = free_port()
     log = (tmp_path / "dagster-dev.log").open("w")
+    # SIGINT ignored, as a shell without job control starts `make ui &`: a plain SIGTERM must still stop it.
     process = subprocess.Popen(
-        [DAGSTER, "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-c", UI_COMMAND, "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
         cwd=REPO, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     base = f"http://127.0.0.1:{port}"
+    stopped = False
     try:
         wait_for(lambda: _answers(f"{base}/server_info") or process.poll() is not None, 180, "dagster-webserver", every=1)
         assert process.poll() is None, f"dagster dev exited; see {tmp_path / 'dagster-dev.log'}"
         yield base
+        process.terminate()
+        process.wait(timeout=120)
+        stopped = wait_for(lambda: _group_gone(process.pid), 60, "the webserver and daemon to exit after dagster dev")
     finally:
-        stop_group(process)
+        if not stopped:
+            stop_group(process)
         log.close()
+
+
+def _group_gone(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def _answers(url: str) -> bool:

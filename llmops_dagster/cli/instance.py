@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from llmops_dagster.cli.common import UserError
 from llmops_dagster.tags import ENV_TAG, HOST_TAG, PID_TAG
@@ -55,6 +57,19 @@ def ensure_dagster_home() -> Path:
             instance.get_runs(limit=1)
             instance.all_instigator_state()
     return home
+
+
+def dagster_dev(argv: list[str]) -> NoReturn:
+    """``make ui``: ``dagster dev`` with these arguments on the project's DAGSTER_HOME, in place of this process.
+
+    A shell without job control starts a background job with SIGINT ignored, and ``dagster dev`` and
+    the processes it starts give SIGTERM whatever SIGINT has, so ``kill`` would be ignored as well.
+    SIGINT goes back to its default first, so that Ctrl-C and SIGTERM both stop the webserver and daemon.
+    """
+    ensure_dagster_home()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    dagster = Path(sys.executable).with_name("dagster")
+    os.execv(dagster, [str(dagster), "dev", *argv])
 
 
 def open_instance():
