@@ -31,6 +31,7 @@ from llmops_dagster.core.training import TrainingConfig
 ENVIRONMENTS = ("test", "staging", "prod")
 ENGINES = ("local", "spark")
 COMPUTES = ("local", "databricks")  # where the heavy steps (Pipes entry points) run
+VOLUMES = "/Volumes/"  # Unity Catalog volumes: the one path a cluster and a Databricks-hosted Dagster both see
 DEFAULT_HOME = ".llmops"
 PACKAGE_ROOT = Path(__file__).resolve().parent
 # In a checkout, the declaration at the top of the project (and its state beside it); installed from the
@@ -315,7 +316,12 @@ def load_settings(env: str, declaration: Path | None = None, _adopting: tuple[st
     )
     if raw:
         raise SettingsError(f"environment '{env}': unknown setting(s) {sorted(raw)} in {path}")
+    if on_databricks(parsed["mlflow"].tracking_uri):
+        # Databricks names experiments by workspace path: a relative name means where the bundle deploys it.
+        parsed["mlflow"] = replace(parsed["mlflow"], experiment=databricks.experiment_path(parsed["mlflow"].experiment))
     _check_databricks_names(env, compute, parsed["mlflow"], databricks)
+    if compute == "databricks":
+        _check_shared_state(env, landing, lancedb_uri, parsed["mlflow"].tracking_uri)
     source = parsed["promotion"].source
     if source in _adopting:
         raise SettingsError(f"promotion sources form a cycle: {' → '.join((*_adopting, env, source))}")
@@ -336,6 +342,24 @@ def load_settings(env: str, declaration: Path | None = None, _adopting: tuple[st
         auth=auth,
         **parsed,
     )
+
+
+def on_databricks(tracking_uri: str) -> bool:
+    return tracking_uri == "databricks" or tracking_uri.startswith("databricks://")
+
+
+def _check_shared_state(env: str, landing: Path, lancedb_uri: str, tracking_uri: str) -> None:
+    """``compute: databricks`` runs steps on a cluster that sees none of this machine's disk: the
+    index, the MLflow store and the landing zone must be where both sides read and write the same
+    thing, or the remote steps would write to a disk that goes away with the cluster. Lance needs
+    object storage (a volume's FUSE mount has no atomic rename); the landing zone is read as files."""
+    where = f"environment '{env}': compute: databricks runs its steps on a cluster that cannot see this machine's disk"
+    if "://" not in lancedb_uri or lancedb_uri.startswith("file://"):
+        raise SettingsError(f"{where}; lancedb_uri {lancedb_uri!r} must be object storage (s3://, gs://, az://)")
+    if not (on_databricks(tracking_uri) or tracking_uri.startswith(("http://", "https://"))):
+        raise SettingsError(f"{where}; mlflow.tracking_uri {tracking_uri!r} must be databricks or an MLflow server's http(s) URL")
+    if not str(landing).startswith(VOLUMES):
+        raise SettingsError(f"{where}; landing {str(landing)!r} must be a Unity Catalog volume path ({VOLUMES}<catalog>/<schema>/<volume>/...)")
 
 
 def _check_databricks_names(env: str, compute: str, mlflow: MlflowSettings, databricks: DatabricksConfig) -> None:

@@ -48,13 +48,16 @@ def test_bundle_from_the_repository_declaration(llmops_home: Path, monkeypatch: 
     document = yaml.safe_load(text)
     assert validate_bundle(document) == []
     assert document["bundle"]["name"] == "llmops-dagster"
-    assert {name: target["mode"] for name, target in document["targets"].items()} == {
-        "test": "development",
-        "staging": "development",
-        "prod": "production",
-    }
+    # No development mode: it would deploy dev_<user>_rag_model and "[dev <user>] llmops-test", names
+    # the platform never uses. Each target is one shared copy; prod's root only its owner can write.
+    assert {name: target.get("mode") for name, target in document["targets"].items()} == {"test": None, "staging": None, "prod": "production"}
     assert [name for name, target in document["targets"].items() if target.get("default")] == ["test"]
-    assert document["targets"]["prod"]["workspace"]["root_path"].startswith("/Workspace/")
+    roots = {name: target["workspace"]["root_path"] for name, target in document["targets"].items()}
+    assert roots == {
+        "test": "/Workspace/Shared/.bundle/${bundle.name}/${bundle.target}",
+        "staging": "/Workspace/Shared/.bundle/${bundle.name}/${bundle.target}",
+        "prod": "/Workspace/Users/${workspace.current_user.userName}/.bundle/${bundle.name}/${bundle.target}",
+    }
     for env in ("test", "staging", "prod"):
         settings = load_settings(env, DECLARATION)
         resources = target_resources(document, env)
@@ -159,7 +162,8 @@ def test_databricks_settings(llmops_home: Path) -> None:
     assert validate_bundle(document) == []
     prod = document["targets"]["prod"]
     assert prod["run_as"] == {"service_principal_name": "llmops-sp"} and prod["workspace"]["profile"] == "llmops"
-    assert "run_as" not in document["targets"]["test"]  # development targets run as whoever deploys them
+    assert prod["workspace"]["root_path"] == "/Workspace/Users/llmops-sp/.bundle/${bundle.name}/${bundle.target}"  # the principal's own folder
+    assert "run_as" not in document["targets"]["test"]  # test and staging run as whoever deploys them
     job = prod["resources"]["jobs"][TRAINING_JOB]
     assert job["job_clusters"] == [
         {"job_cluster_key": "main", "new_cluster": {"spark_version": "15.4.x-scala2.12", "node_type_id": "i3.xlarge", "num_workers": 2}}

@@ -356,8 +356,8 @@ def test_a_server_of_another_model_is_not_taken_for_this_one() -> None:
 def test_the_endpoint_settings_come_from_the_databricks_section(tmp_path: Path, llmops_home: Path) -> None:
     declaration = tmp_path / "environments.yaml"
     declaration.write_text(
-        "environments:\n  test:\n    compute: databricks\n"
-        "    mlflow: {registered_model: 'main.rag.answers'}\n"
+        "environments:\n  test:\n    compute: databricks\n    lancedb_uri: 's3://rag/lancedb'\n    landing: /Volumes/main/rag/landing\n"
+        "    mlflow: {registered_model: 'main.rag.answers', tracking_uri: databricks, registry_uri: databricks-uc}\n"
         "    databricks: {serving_endpoint: 'answers-{env}', serving_workload_size: Medium, serving_scale_to_zero: false}\n"
     )
     spec = endpoint.endpoint_spec(BundleEnvironment.from_settings(load_settings("test", declaration)))

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from llmops_dagster.core.bundle import BundleEnvironment, target_names
 from llmops_dagster.settings import ENVIRONMENTS, SettingsError, load_settings
 
 
@@ -83,13 +84,41 @@ def test_the_upstream_model_comes_from_the_same_declaration(tmp_path: Path, llmo
         load_settings("test", cycle)
 
 
+SHARED_STATE = (
+    "    lancedb_uri: 's3://llmops-state/{env}/lancedb'\n    landing: '/Volumes/{env}/llmops/landing'\n"
+    "    mlflow: {tracking_uri: databricks, registry_uri: databricks-uc}\n"
+)
+
+
 def test_compute_is_declared_per_environment(tmp_path: Path, llmops_home: Path) -> None:
-    declaration = declare(tmp_path, "environments:\n  test: {}\n  staging:\n    compute: databricks\n  prod:\n    compute: gpu\n")
+    declaration = declare(tmp_path, f"environments:\n  test: {{}}\n  staging:\n    compute: databricks\n{SHARED_STATE}  prod:\n    compute: gpu\n")
     assert load_settings("test", declaration).compute == "local"
-    assert load_settings("staging", declaration).compute == "databricks"
+    staging = load_settings("staging", declaration)
+    assert staging.compute == "databricks" and staging.landing == Path("/Volumes/staging/llmops/landing")
+    # On Databricks an experiment is a workspace path: the one the bundle deploys, where the runs go.
+    assert staging.mlflow.experiment == "/Shared/llmops-staging" == target_names(BundleEnvironment.from_settings(staging)).experiment
     with pytest.raises(SettingsError, match="environment 'prod': compute must be one of local, databricks, got 'gpu'"):
         load_settings("prod", declaration)
     assert {load_settings(env).compute for env in ENVIRONMENTS} == {"local"}  # the repository's declaration
+
+
+@pytest.mark.parametrize(
+    ("local", "message"),
+    [
+        ("lancedb_uri: '{home}/lancedb'", "lancedb_uri '.*/lancedb' must be object storage"),
+        ("lancedb_uri: 'file:///srv/lancedb'", "lancedb_uri 'file:///srv/lancedb' must be object storage"),
+        ("landing: '{home}/landing'", "landing '.*/landing' must be a Unity Catalog volume path"),
+        ("mlflow: {tracking_uri: 'sqlite:///{home}/mlflow.db', registry_uri: databricks-uc}", "mlflow.tracking_uri 'sqlite:.*' must be databricks"),
+    ],
+)
+def test_compute_on_databricks_refuses_state_only_this_machine_sees(tmp_path: Path, llmops_home: Path, local: str, message: str) -> None:
+    """The remote steps would write the index or the MLflow runs to the cluster's own disk, gone with it."""
+    key = local.split(":")[0]
+    shared = "".join(line + "\n" for line in SHARED_STATE.splitlines() if not line.strip().startswith(key))
+    declaration = declare(tmp_path, f"environments:\n  test:\n    compute: databricks\n{shared}    {local}\n")
+    with pytest.raises(SettingsError, match=f"environment 'test': compute: databricks runs its steps on a cluster that cannot see .*; {message}"):
+        load_settings("test", declaration)
+    assert load_settings("test", declare(tmp_path, f"environments:\n  test:\n    compute: databricks\n{SHARED_STATE}")).compute == "databricks"
 
 
 def test_databricks_section_is_parsed_and_checked(tmp_path: Path, llmops_home: Path) -> None:
@@ -119,7 +148,8 @@ def test_unity_catalog_model_names_are_refused_at_load(tmp_path: Path, llmops_ho
     # Jobs on Databricks need Unity Catalog names too: a plain name needs databricks.catalog and schema.
     jobs = declare(
         tmp_path,
-        "defaults:\n  compute: databricks\n  mlflow:\n    registered_model: rag_model\n"
+        "defaults:\n  compute: databricks\n  mlflow:\n    registered_model: rag_model\n    tracking_uri: databricks\n"
+        "  lancedb_uri: 's3://llmops-state/{env}'\n  landing: '/Volumes/ml/{env}/landing'\n"
         "environments:\n  test: {}\n  prod:\n    databricks: {catalog: ml, schema: llmops_prod}\n",
     )
     with pytest.raises(SettingsError, match="environment 'test': .* set databricks.catalog and databricks.schema"):

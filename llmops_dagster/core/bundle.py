@@ -29,7 +29,8 @@ if typing.TYPE_CHECKING:
 
 BUNDLE_NAME = "llmops-dagster"
 UNITY_CATALOG_REGISTRY = "databricks-uc"
-PRODUCTION_TARGETS = frozenset({"prod"})  # every other environment deploys in development mode
+PRODUCTION_TARGETS = frozenset({"prod"})  # the others deploy with no mode: see _target
+SHARED_ROOT = "/Workspace/Shared/.bundle/${bundle.name}/${bundle.target}"
 WHEEL_PACKAGE = "llmops_dagster"
 WHEEL_FILES = "dist/*.whl"
 WHEEL_BUILD = "python -m pip wheel --no-deps --wheel-dir dist ."
@@ -270,17 +271,23 @@ def _target(env: BundleEnvironment, default: bool) -> dict[str, Any]:
     names = target_names(env)
     config = env.databricks
     production = env.name in PRODUCTION_TARGETS
-    target: dict[str, Any] = {"mode": "production" if production else "development"}
+    # Every environment is shared, so each target is deployed once, under one explicit root. Not
+    # development mode: it prefixes every name with the deployer's (dev_<user>_rag_model,
+    # "[dev <user>] llmops-test"), so its grants would land on objects the platform never uses.
+    # Prod's root is its service principal's (or the deployer's) own folder, which other users
+    # cannot write: a folder under /Shared would let anyone replace the wheel prod's jobs run.
+    target: dict[str, Any] = {"mode": "production"} if production else {}
     if default:
         target["default"] = True
     workspace: dict[str, Any] = {}
     if config.profile:
         workspace["profile"] = config.profile
-    if production:
-        # Production mode wants an explicit root so that exactly one copy is deployed.
-        workspace["root_path"] = "/Workspace/Shared/.bundle/${bundle.name}/${bundle.target}"
-    if workspace:
-        target["workspace"] = workspace
+    if not production:
+        workspace["root_path"] = SHARED_ROOT
+    else:
+        owner = config.service_principal or "${workspace.current_user.userName}"
+        workspace["root_path"] = f"/Workspace/Users/{owner}/.bundle/${{bundle.name}}/${{bundle.target}}"
+    target["workspace"] = workspace
     if production and config.service_principal:
         target["run_as"] = {"service_principal_name": config.service_principal}
     target["resources"] = {
