@@ -4,6 +4,7 @@ ephemeral instance and a real sqlite MLflow store (and a real MLflow server for 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -14,8 +15,13 @@ from pathlib import Path
 import dagster as dg
 import pyarrow as pa
 import pytest
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersionSearch
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.store.entities.paged_list import PagedList
 
-from llmops_dagster.core import promotion, registry
+from llmops_dagster.core import promotion, rag_model, registry
 from llmops_dagster.core import store as lancedb_store
 from llmops_dagster.resources import LanceDBResource, RegistryResource, SettingsSection, UpstreamRegistryResource
 from llmops_dagster.sensors import build_champion_sensor, build_upstream_sensor
@@ -240,6 +246,37 @@ def test_staging_adopts_a_new_validated_champion_from_test_once(store: str, tmp_
     assert str(registry.version_by_alias(client, STAGING_MODEL, registry.CHALLENGER).version) == copied
     assert "already copied" in tick(sensor, instance, resources).skip_message
     assert promotion.copy_from(client, TEST_MODEL, "1", STAGING_MODEL, "run-2") == copied  # idempotent
+
+
+class UnityCatalogSearch(MlflowClient):
+    """The real sqlite registry, searched as Unity Catalog's store searches (mlflow's
+    ``_unity_catalog`` rest store): one ``name =`` or ``run_id =`` condition, versions without their
+    tags, two to a page."""
+
+    def search_model_versions(self, filter_string=None, max_results=None, order_by=None, page_token=None):  # noqa: ANN001, ANN201
+        if not re.fullmatch(r"(name|run_id) = '[^']*'", filter_string or ""):
+            raise MlflowException(f"unsupported filter {filter_string!r}: one name or run_id condition", INVALID_PARAMETER_VALUE)
+        page = super().search_model_versions(filter_string, max_results=2, page_token=page_token)
+        fields = ("name", "version", "creation_timestamp", "last_updated_timestamp", "description", "user_id", "source", "run_id", "status")
+        searched = [ModelVersionSearch(**{field: getattr(found, field) for field in fields}) for found in page]
+        return PagedList(searched, page.token)
+
+
+def test_versions_are_found_by_their_tags_where_the_search_cannot_filter_on_tags(store: str, tmp_path: Path) -> None:
+    """Registration's content lookup and adoption's "already copied" lookup, under Unity Catalog's search."""
+    registry.configure(store, None)
+    client = UnityCatalogSearch(tracking_uri=store, registry_uri=store)
+    for digest in ("a", "b", "a", "c", "d"):
+        version = register(client, TEST_MODEL, registry.PASSED, tmp_path)
+        client.set_model_version_tag(TEST_MODEL, version, rag_model.CONTENT_TAG, digest)
+    assert str(registry.find_version(client, TEST_MODEL, **{rag_model.CONTENT_TAG: "a"}).version) == "3"  # the newest, across pages
+    assert registry.find_version(client, TEST_MODEL, **{rag_model.CONTENT_TAG: "z"}) is None
+    assert registry.find_version(client, "test.llmops.never_registered", **{rag_model.CONTENT_TAG: "a"}) is None
+    promotion.promote(client, TEST_MODEL, "5", "cli:alice", "test")
+    copied = promotion.copy_from(client, TEST_MODEL, "5", STAGING_MODEL, "run-1")
+    assert promotion.copied_version(client, TEST_MODEL, "5", STAGING_MODEL) == copied
+    assert promotion.copy_from(client, TEST_MODEL, "5", STAGING_MODEL, "run-2") == copied  # no second copy
+    assert promotion.copied_version(client, TEST_MODEL, "4", STAGING_MODEL) is None
 
 
 def _start_server(backend: str, port: int) -> subprocess.Popen:

@@ -33,6 +33,7 @@ from llmops_dagster.core.registry import (
     PENDING,
     VALIDATION_STATUS,
     failed_checks,
+    find_version,
     version_by_alias,
 )
 
@@ -227,14 +228,8 @@ def _verdict_tag(key: str) -> bool:
 
 
 def copied_version(client: MlflowClient, source_name: str, source_version: str, target_name: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    query = f"name = '{target_name}' and tags.`{SOURCE_MODEL}` = '{source_name}' and tags.`{SOURCE_VERSION}` = '{source_version}'"
-    try:
-        found = client.search_model_versions(query)
-    except MlflowException:
-        return None
-    return str(max(int(v.version) for v in found)) if found else None
+    found = find_version(client, target_name, **{SOURCE_MODEL: source_name, SOURCE_VERSION: source_version})
+    return None if found is None else str(found.version)
 
 
 def copy_from(client: MlflowClient, source_name: str, source_version: str, target_name: str, dagster_run_id: str) -> str:

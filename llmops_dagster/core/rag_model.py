@@ -163,7 +163,7 @@ def register_challenger(
     from llmops_dagster.core import registry
 
     digest = content_digest(spec, spec.index_embedding_model, adapter, generator)
-    existing = registry.find_version(client, name, CONTENT_TAG, digest)
+    existing = registry.find_version(client, name, **{CONTENT_TAG: digest})
     if existing is not None:
         version = str(existing.version)
     else:

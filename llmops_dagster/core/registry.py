@@ -82,17 +82,32 @@ def failed_checks(tags: dict[str, str]) -> list[str]:
     return sorted(k.removeprefix(CHECK_TAG_PREFIX) for k, v in tags.items() if k.startswith(CHECK_TAG_PREFIX) and v == FAILED)
 
 
-def find_version(client: MlflowClient, name: str, tag: str, value: str) -> ModelVersion | None:
-    """The newest version of ``name`` whose tag ``tag`` equals ``value``."""
+def find_version(client: MlflowClient, name: str, **tags: str) -> ModelVersion | None:
+    """The newest version of ``name`` that carries every one of ``tags`` with that value.
+
+    The tags are compared here, not in the search filter: Unity Catalog searches versions by name
+    alone and returns them without their tags, so each version is read, newest first, until one matches.
+    """
     from mlflow.exceptions import MlflowException
 
+    numbers: list[int] = []
+    token = None
     try:
-        versions = client.search_model_versions(f"name = '{name}' and tags.`{tag}` = '{value}'")
+        while True:
+            page = client.search_model_versions(f"name = '{name}'", page_token=token)
+            numbers += [int(found.version) for found in page]
+            token = page.token
+            if not token:
+                break
     except MlflowException as error:
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
         raise
-    return max(versions, key=lambda v: int(v.version), default=None)
+    for number in sorted(numbers, reverse=True):
+        version = client.get_model_version(name, str(number))
+        if all(version.tags.get(key) == value for key, value in tags.items()):
+            return version
+    return None
 
 
 def validation_status(tags: dict[str, str], required: Iterable[str]) -> str:
