@@ -122,6 +122,8 @@ class Workspace:
     fail_updates: bool = False  # endpoint updates end UPDATE_FAILED
     hang_updates: bool = False  # endpoint updates never end
     deny_endpoint_writes: bool = False  # the caller may read endpoints but not create or change them
+    lose_submit_replies: int = 0  # this many run submissions are accepted but answered 503, as if the reply was lost
+    idempotency_tokens: dict[str, int] = field(default_factory=dict)  # token -> the run it created
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -240,6 +242,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, status: int, code: str, message: str) -> None:
         self._reply(status, {"error_code": code, "message": message})
 
+    def _error_retry_after(self, status: int, code: str, message: str) -> None:
+        data = json.dumps({"error_code": code, "message": message}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Retry-After", "1")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def _body(self) -> bytes:
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
@@ -255,9 +266,18 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(200, {"userName": "dagster@example.com", "id": "1"})
         if path == "/api/2.2/jobs/runs/submit" and method == "POST":
             submission = json.loads(self._body())
+            token = submission.get("idempotency_token")
             with ws.lock:
-                run_id = 1000 + len(ws.runs)
-                ws.runs[run_id] = Run(run_id, submission, ws.scenario)
+                run_id = ws.idempotency_tokens.get(token) if token else None
+                if run_id is None:  # as Databricks does: a token already used returns the run it created
+                    run_id = 1000 + len(ws.runs)
+                    ws.runs[run_id] = Run(run_id, submission, ws.scenario)
+                    if token:
+                        ws.idempotency_tokens[token] = run_id
+                lost = ws.lose_submit_replies > 0
+                ws.lose_submit_replies -= lost
+            if lost:
+                return self._error_retry_after(503, "TEMPORARILY_UNAVAILABLE", "The service is temporarily unavailable.")
             return self._reply(200, {"run_id": run_id})
         if path == "/api/2.2/jobs/runs/get":
             run = ws.poll(int(query["run_id"][0]))

@@ -166,7 +166,10 @@ def test_databricks_settings(llmops_home: Path) -> None:
     assert "run_as" not in document["targets"]["test"]  # test and staging run as whoever deploys them
     job = prod["resources"]["jobs"][TRAINING_JOB]
     assert job["job_clusters"] == [
-        {"job_cluster_key": "main", "new_cluster": {"spark_version": "15.4.x-scala2.12", "node_type_id": "i3.xlarge", "num_workers": 2}}
+        {
+            "job_cluster_key": "main",
+            "new_cluster": {"spark_version": "15.4.x-scala2.12", "node_type_id": "i3.xlarge", "num_workers": 2, "data_security_mode": "SINGLE_USER"},
+        }
     ]
     assert all(task["job_cluster_key"] == "main" and task["libraries"] == [{"whl": "dist/*.whl"}] for task in job["tasks"])
 
@@ -175,6 +178,7 @@ def test_databricks_settings(llmops_home: Path) -> None:
         "unknown databricks.cluster setting\\(s\\) \\['workers'\\]": {"cluster": {"workers": 2}},
         "databricks.cluster.spark_version is required for a classic job cluster": {"cluster": {"node_type_id": "i3.xlarge"}},
         "databricks.cluster.num_workers must be a whole number": {"cluster": {"node_type_id": "a", "spark_version": "b", "num_workers": -1}},
+        "databricks.cluster.timeout_seconds must be a whole number": {"cluster": {"timeout_seconds": "1h"}},
         "databricks.token_env must name an environment variable": {"token_env": "my token"},
         "databricks.catalog must be one Unity Catalog name": {"catalog": "a.b"},
         "databricks.serving_endpoint gives 'llmops staging'": {"serving_endpoint": "llmops {env}"},

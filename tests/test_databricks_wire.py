@@ -69,6 +69,7 @@ def test_serverless_run_submits_the_wheel_task_and_receives_the_materialization(
     [environment] = submission["environments"]
     assert environment["environment_key"] == "default" and environment["spec"]["environment_version"] == "2"
     assert environment["spec"]["dependencies"][0].startswith(f"{VOLUME}/wheels/llmops_dagster-")
+    assert len(submission["idempotency_token"]) == 64 and submission["timeout_seconds"] == 6 * 3600
     # The context went through the volume (not DBFS), with the landing zone as an extra; temp folders are cleaned up.
     [context] = server.workspace.contexts
     assert context["extras"]["landing"] == str(load_settings("test").landing)
@@ -85,10 +86,22 @@ def test_a_classic_cluster_gets_a_new_cluster_with_the_wheel_and_env_var_bootstr
     [task] = submission["tasks"]
     cluster = task["new_cluster"]
     assert (cluster["spark_version"], cluster["node_type_id"], cluster["num_workers"]) == ("15.4.x-scala2.12", "Standard_DS3_v2", 2)
+    assert cluster["data_security_mode"] == "SINGLE_USER"  # an access mode, or the cluster has no Unity Catalog (the volume, the model)
     assert {"DAGSTER_PIPES_CONTEXT", "DAGSTER_PIPES_MESSAGES"} <= set(cluster["spark_env_vars"])
     assert task["libraries"][0]["whl"].startswith(f"{VOLUME}/wheels/")
     assert task["python_wheel_task"]["parameters"] == ["--env", "test"]
     assert "environments" not in submission
+
+
+def test_a_submission_whose_reply_is_lost_and_retried_starts_one_run(llmops_home: Path, server: WorkspaceServer) -> None:
+    """The SDK retries a 503; the idempotency token makes the retry return the run the first try
+    started, so one Databricks run writes, not two. Another Dagster run is another attempt."""
+    server.workspace.lose_submit_replies = 1
+    assert materialize(llmops_home, databricks_compute()).success
+    assert len(server.workspace.runs) == 1 and [path for _, path in server.workspace.requests].count("/api/2.2/jobs/runs/submit") == 2
+    assert materialize(llmops_home, databricks_compute()).success
+    tokens = [submission["idempotency_token"] for submission in server.workspace.submissions]
+    assert len(tokens) == 2 and len(set(tokens)) == 2
 
 
 @pytest.mark.parametrize("server", [FAIL], indirect=True)

@@ -77,10 +77,21 @@ class JobCompute:
     spark_version: str | None = None
     node_type_id: str | None = None
     num_workers: int = 1
+    timeout_seconds: int = 6 * 3600  # Databricks cancels a run, or a job's run, still going after this; 0: never
 
     @property
     def serverless(self) -> bool:
         return self.node_type_id is None
+
+    def new_cluster(self) -> dict[str, Any]:
+        """A classic job cluster in single-user access mode (the job's run-as identity): Unity Catalog
+        volumes and models need an access mode, and one created through the API without it has none."""
+        return {
+            "spark_version": self.spark_version,
+            "node_type_id": self.node_type_id,
+            "num_workers": self.num_workers,
+            "data_security_mode": "SINGLE_USER",
+        }
 
     def __post_init__(self) -> None:
         _text(self.environment_version, "databricks.cluster.environment_version")
@@ -89,8 +100,10 @@ class JobCompute:
         if (self.spark_version is None) != (self.node_type_id is None):
             missing = "spark_version" if self.spark_version is None else "node_type_id"
             raise ValueError(f"databricks.cluster.{missing} is required for a classic job cluster (leave both unset for serverless)")
-        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
-            raise ValueError(f"databricks.cluster.num_workers must be a whole number ≥ 0, got {self.num_workers!r}")
+        for name in ("num_workers", "timeout_seconds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"databricks.cluster.{name} must be a whole number ≥ 0, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -254,6 +267,7 @@ def _job(title: str, steps: tuple[str, ...], env: str, compute: JobCompute) -> d
         "name": f"llmops {env} {title}",
         "description": "Dagster Pipes entry points: " + ", ".join(pipes_module(step) for step in steps),
         "max_concurrent_runs": 1,  # two runs would race for the same registered model and alias
+        "timeout_seconds": compute.timeout_seconds,
         "tags": {"llmops_env": env},
     }
     if compute.serverless:
@@ -261,8 +275,7 @@ def _job(title: str, steps: tuple[str, ...], env: str, compute: JobCompute) -> d
             {"environment_key": "default", "spec": {"environment_version": compute.environment_version, "dependencies": [WHEEL_FILES]}}
         ]
     else:
-        cluster = {"spark_version": compute.spark_version, "node_type_id": compute.node_type_id, "num_workers": compute.num_workers}
-        job["job_clusters"] = [{"job_cluster_key": "main", "new_cluster": cluster}]
+        job["job_clusters"] = [{"job_cluster_key": "main", "new_cluster": compute.new_cluster()}]
     job["tasks"] = [_task(step, env, compute, steps[i - 1] if i else None) for i, step in enumerate(steps)]
     return job
 

@@ -14,13 +14,14 @@ anything is submitted, and never appear in logs, metadata or errors.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
-from llmops_dagster.core.bundle import WHEEL_PACKAGE, pipes_entry_point, pipes_module
+from llmops_dagster.core.bundle import WHEEL_PACKAGE, JobCompute, pipes_entry_point, pipes_module
 
 if TYPE_CHECKING:
     from databricks.sdk import WorkspaceClient
@@ -50,6 +51,7 @@ class PipesComputeResource(dg.ConfigurableResource):
     spark_version: str | None = None  # with node_type_id: a classic job cluster instead of serverless
     node_type_id: str | None = None
     num_workers: int = 1
+    timeout_seconds: int = JobCompute.timeout_seconds
     poll_interval_seconds: float = 5.0
     message_interval_seconds: float = 10.0
 
@@ -84,12 +86,19 @@ class PipesComputeResource(dg.ConfigurableResource):
         if self.serverless:
             task["environment_key"] = ENVIRONMENT_KEY
         else:
-            task["new_cluster"] = {"spark_version": self.spark_version, "node_type_id": self.node_type_id, "num_workers": self.num_workers}
+            task["new_cluster"] = self.job_compute().new_cluster()
             task["libraries"] = [{"whl": self.wheel_path()}]
         return task
 
-    def submit_args(self, step: str) -> dict[str, Any]:
-        args: dict[str, Any] = {"run_name": f"llmops {self.env} {step}"}
+    def job_compute(self) -> JobCompute:
+        return JobCompute(self.environment_version, self.spark_version, self.node_type_id, self.num_workers, self.timeout_seconds)
+
+    def submit_args(self, step: str, attempt: str) -> dict[str, Any]:
+        """``attempt`` names this try of the step (Dagster run id and retry number). It is the
+        idempotency token: a submission repeated after a lost reply, or by a step restarted within
+        the same try, gets the run already submitted instead of a second run writing beside it."""
+        token = hashlib.sha256(f"{self.env}:{step}:{attempt}".encode()).hexdigest()[:64]
+        args: dict[str, Any] = {"run_name": f"llmops {self.env} {step}", "idempotency_token": token, "timeout_seconds": self.timeout_seconds}
         if self.serverless:
             from databricks.sdk.service import compute, jobs
 
@@ -162,8 +171,9 @@ class PipesComputeResource(dg.ConfigurableResource):
         client = self.workspace_client()
         kind = "serverless" if self.serverless else f"a new {self.node_type_id} cluster"
         context.log.info(f"submitting {pipes_entry_point(step)} for {self.env} to Databricks ({kind}), messages via {self.volume_path}")
+        attempt = f"{context.run_id}:{context.retry_number}"
         return self.pipes_client(client).run(
-            context=context, extras=dict(extras or {}), task=jobs.SubmitTask.from_dict(self.task(step)), submit_args=self.submit_args(step)
+            context=context, extras=dict(extras or {}), task=jobs.SubmitTask.from_dict(self.task(step)), submit_args=self.submit_args(step, attempt)
         )
 
 
@@ -192,4 +202,5 @@ def compute_resource(settings: EnvSettings) -> PipesComputeResource:
         spark_version=config.cluster.spark_version,
         node_type_id=config.cluster.node_type_id,
         num_workers=config.cluster.num_workers,
+        timeout_seconds=config.cluster.timeout_seconds,
     )
