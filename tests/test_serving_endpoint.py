@@ -17,6 +17,13 @@ from typing import Any
 
 import dagster as dg
 import pytest
+from databricks.sdk.service.serving import (
+    AiGatewayConfig,
+    AiGatewayRateLimit,
+    AiGatewayRateLimitKey,
+    AiGatewayRateLimitRenewalPeriod,
+    AiGatewayUsageTrackingConfig,
+)
 from databricks_workspace import ENDPOINTS, WorkspaceServer
 
 from llmops_dagster.assets.endpoint import ENDPOINT_JOB, build_serving_endpoint
@@ -276,12 +283,18 @@ def test_an_existing_endpoint_without_an_inference_table_gets_one(server: Worksp
     spec = endpoint.endpoint_spec(BundleEnvironment.from_settings(databricks_settings()))
     workspace = WorkspaceClient(host=server.host, token=TOKEN, auth_type="pat")
     server.workspace.settle_after = 0  # live at the next read
-    workspace.serving_endpoints.create(ENDPOINT, config=endpoint.desired_config(spec, "1"))  # made by hand, no inference table
+    # Made by hand, with a rate limit and usage tracking but no inference table.
+    limits = [AiGatewayRateLimit(calls=100, key=AiGatewayRateLimitKey.USER, renewal_period=AiGatewayRateLimitRenewalPeriod.MINUTE)]
+    gateway = AiGatewayConfig(rate_limits=limits, usage_tracking_config=AiGatewayUsageTrackingConfig(enabled=True))
+    workspace.serving_endpoints.create(ENDPOINT, config=endpoint.desired_config(spec, "1"), ai_gateway=gateway)
     outcome = endpoint.ensure_endpoint(workspace, spec, "1", poll_s=0.01, timeout_s=5)
     assert (outcome.action, outcome.served_version, outcome.inference_table_enabled) == ("unchanged", "1", True)
     method, path, body = endpoint_writes(server)[-1]
     assert (method, path) == ("PUT", f"{ENDPOINTS}/{ENDPOINT}/ai-gateway")
     assert body["inference_table_config"]["enabled"] is True and body["inference_table_config"]["table_name_prefix"] == "llmops_test"
+    # The gateway is replaced whole, so what was there is sent back with the inference table.
+    assert body["rate_limits"] == [{"calls": 100, "key": "user", "renewal_period": "minute"}] and body["usage_tracking_config"] == {"enabled": True}
+    assert server.workspace.endpoints[ENDPOINT].ai_gateway["rate_limits"] == body["rate_limits"]
 
 
 # ---- locally: what llmops serve follows --------------------------------------------------------

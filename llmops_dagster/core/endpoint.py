@@ -302,13 +302,19 @@ def ensure_endpoint(
     return _outcome(spec, UPDATED, ready, previous)
 
 
+_GATEWAY_KEPT = ("fallback_config", "guardrails", "rate_limits", "usage_tracking_config")
+
+
 def _with_inference_table(
     calls: _Calls, spec: EndpointSpec, endpoint: ServingEndpointDetailed, log: Callable[[str], None]
 ) -> ServingEndpointDetailed:
     if inference_table_enabled(endpoint):
         return endpoint
     log(f"enabling the inference table {spec.inference_table} on {spec.name}")
-    calls("enabling its inference table", calls.api.put_ai_gateway, spec.name, inference_table_config=inference_table_config(spec))
+    # The AI Gateway is replaced whole (PUT): its rate limits, guardrails, usage tracking and fallback are sent back as they are.
+    gateway = endpoint.ai_gateway
+    kept = {key: getattr(gateway, key) for key in _GATEWAY_KEPT if gateway is not None and getattr(gateway, key) is not None}
+    calls("enabling its inference table", calls.api.put_ai_gateway, spec.name, inference_table_config=inference_table_config(spec), **kept)
     return calls("reading it", calls.api.get, spec.name)
 
 
