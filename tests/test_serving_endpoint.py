@@ -28,7 +28,7 @@ from databricks_workspace import ENDPOINTS, WorkspaceServer
 
 from llmops_dagster.assets.endpoint import ENDPOINT_JOB, build_serving_endpoint
 from llmops_dagster.core import endpoint, promotion, registry
-from llmops_dagster.core.bundle import BundleEnvironment
+from llmops_dagster.core.bundle import BundleEnvironment, DatabricksConfig
 from llmops_dagster.resources import settings_resources
 from llmops_dagster.sensors import build_endpoint_sensor
 from llmops_dagster.settings import EnvSettings, load_settings
@@ -295,6 +295,36 @@ def test_an_existing_endpoint_without_an_inference_table_gets_one(server: Worksp
     # The gateway is replaced whole, so what was there is sent back with the inference table.
     assert body["rate_limits"] == [{"calls": 100, "key": "user", "renewal_period": "minute"}] and body["usage_tracking_config"] == {"enabled": True}
     assert server.workspace.endpoints[ENDPOINT].ai_gateway["rate_limits"] == body["rate_limits"]
+
+
+def test_the_served_model_gets_its_secret_variables_and_a_change_to_them_updates_the_endpoint(
+    server: WorkspaceServer, client, tmp_path: Path
+) -> None:
+    """The model reads its index from object storage and may call a generator: the endpoint passes it
+    the credentials as secret references, and a new reference reaches the live version."""
+    from databricks.sdk import WorkspaceClient
+
+    promotion.promote(client, MODEL, register(client, tmp_path), "test", "passed")
+    workspace = WorkspaceClient(host=server.host, token=TOKEN, auth_type="pat")
+    server.workspace.settle_after = 0
+
+    def spec_with(variables: dict[str, str]) -> endpoint.EndpointSpec:
+        settings = databricks_settings()
+        configured = replace(settings.databricks, serving_environment_vars=variables)
+        return endpoint.endpoint_spec(BundleEnvironment.from_settings(replace(settings, databricks=configured)))
+
+    first = {"AWS_ACCESS_KEY_ID": "{{secrets/llmops/aws-id}}", "OPENAI_API_KEY": "{{secrets/llmops/openai}}"}
+    assert endpoint.ensure_endpoint(workspace, spec_with(first), "1", poll_s=0.01, timeout_s=5).action == "created"
+    [(_, _, body)] = [call for call in endpoint_writes(server) if call[0] == "POST"]
+    assert body["config"]["served_entities"][0]["environment_vars"] == first
+    assert endpoint.ensure_endpoint(workspace, spec_with(first), "1", poll_s=0.01, timeout_s=5).action == "unchanged"
+    rotated = {**first, "AWS_ACCESS_KEY_ID": "{{secrets/llmops/aws-id-2}}"}
+    outcome = endpoint.ensure_endpoint(workspace, spec_with(rotated), "1", poll_s=0.01, timeout_s=5)
+    assert (outcome.action, outcome.served_version) == ("updated", "1")
+    method, path, body = endpoint_writes(server)[-1]
+    assert (method, path) == ("PUT", f"{ENDPOINTS}/{ENDPOINT}/config") and body["served_entities"][0]["environment_vars"] == rotated
+    with pytest.raises(ValueError, match=r"serving_environment_vars.OPENAI_API_KEY must be a secret reference \{\{secrets/<scope>/<key>\}\}"):
+        DatabricksConfig.from_mapping({"serving_environment_vars": {"OPENAI_API_KEY": "sk-live-123"}})
 
 
 # ---- locally: what llmops serve follows --------------------------------------------------------

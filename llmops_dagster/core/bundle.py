@@ -58,6 +58,7 @@ PIPES_ENTRY_POINTS = {pipes_entry_point(step): f"{pipes_module(step)}:main" for 
 _ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _UC_NAME = re.compile(r"^[^.\s/]+$")  # one Unity Catalog name part: no dot, slash or whitespace
 _ENDPOINT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+_SECRET_REFERENCE = re.compile(r"^\{\{secrets/[^/{}\s]+/[^/{}\s]+\}\}$")  # {{secrets/<scope>/<key>}}
 
 
 def _text(value: Any, setting: str, *, optional: bool = False) -> str | None:
@@ -124,6 +125,9 @@ class DatabricksConfig:
     serving_endpoint: str = "llmops-{env}"
     serving_workload_size: str = "Small"  # the served entity's size: Small, Medium, Large (or a workspace's custom size)
     serving_scale_to_zero: bool = True  # an idle endpoint scales to zero; the first request after that waits for it
+    # Variables the served model reads (the index's object-store credentials, a generator's key), each a
+    # Databricks secret reference {{secrets/<scope>/<key>}}, never a value: {"AWS_ACCESS_KEY_ID": "{{secrets/llmops/aws-id"}}.
+    serving_environment_vars: Mapping[str, str] = field(default_factory=dict)
     users_group: str = "users"  # workspace group that may read the experiment
     account_users_group: str = "account users"  # account group that may load (EXECUTE) the model
     experiment_root: str = "/Shared"  # Databricks experiments are workspace paths; relative names go here
@@ -149,6 +153,16 @@ class DatabricksConfig:
         _text(self.serving_workload_size, "databricks.serving_workload_size")
         if not isinstance(self.serving_scale_to_zero, bool):
             raise ValueError(f"databricks.serving_scale_to_zero must be true or false, got {self.serving_scale_to_zero!r}")
+        if not isinstance(self.serving_environment_vars, Mapping):
+            raise ValueError(f"databricks.serving_environment_vars must be a mapping, got {self.serving_environment_vars!r}")
+        for name, value in self.serving_environment_vars.items():
+            if not isinstance(name, str) or not _ENV_VAR.match(name):
+                raise ValueError(f"databricks.serving_environment_vars: {name!r} is not an environment variable name")
+            if not isinstance(value, str) or not _SECRET_REFERENCE.match(value):
+                raise ValueError(
+                    f"databricks.serving_environment_vars.{name} must be a secret reference {{{{secrets/<scope>/<key>}}}}, "
+                    "not a value: environments.yaml is committed"
+                )
         if not isinstance(self.cluster, JobCompute):
             raise ValueError("databricks.cluster must be a mapping")
         self.endpoint_name("staging")  # validates the pattern

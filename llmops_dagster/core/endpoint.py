@@ -54,6 +54,7 @@ class EndpointSpec:
     schema: str
     workload_size: str = "Small"
     scale_to_zero: bool = True
+    environment_vars: tuple[tuple[str, str], ...] = ()  # (name, secret reference), sorted
 
     @property
     def table_prefix(self) -> str:
@@ -79,6 +80,7 @@ def endpoint_spec(env: BundleEnvironment) -> EndpointSpec:
         schema=names.schema,
         workload_size=config.serving_workload_size,
         scale_to_zero=config.serving_scale_to_zero,
+        environment_vars=tuple(sorted(config.serving_environment_vars.items())),
     )
 
 
@@ -106,6 +108,7 @@ def served_entities(spec: EndpointSpec, version: str) -> list[Any]:
             entity_version=str(version),
             workload_size=spec.workload_size,
             scale_to_zero_enabled=spec.scale_to_zero,
+            environment_vars=dict(spec.environment_vars) or None,
         )
     ]
 
@@ -140,6 +143,13 @@ def _version_in(config: Any, model: str) -> str | None:
 def served_version(endpoint: ServingEndpointDetailed, model: str) -> str | None:
     """The version of ``model`` the endpoint's live config serves (None: another model, or none yet)."""
     return _version_in(endpoint.config, model)
+
+
+def served_environment_vars(endpoint: ServingEndpointDetailed, model: str) -> tuple[tuple[str, str], ...]:
+    """The variables the live config gives the served version of ``model``, as ``EndpointSpec`` holds them."""
+    entities = (endpoint.config.served_entities or []) if endpoint.config is not None else []
+    served = [e for e in entities if e.entity_name == model and str(e.entity_version) == served_version(endpoint, model)]
+    return tuple(sorted((served[0].environment_vars or {}).items())) if served else ()
 
 
 def pending_version(endpoint: ServingEndpointDetailed, model: str) -> str | None:
@@ -286,9 +296,13 @@ def ensure_endpoint(
             return _outcome(spec, UPDATED, _with_inference_table(calls, spec, endpoint, log), previous)
         previous = served_version(endpoint, spec.model)
     endpoint = _with_inference_table(calls, spec, endpoint, log)
-    if previous == version:
+    same_variables = served_environment_vars(endpoint, spec.model) == spec.environment_vars
+    if previous == version and same_variables:
         return _outcome(spec, UNCHANGED, endpoint, None)  # nothing moved; the caller keeps its record
-    log(f"updating serving endpoint {spec.name}: {spec.model} v{previous or 'none'} → v{version}")
+    if previous == version:
+        log(f"updating serving endpoint {spec.name}: v{version}'s environment variables changed ({', '.join(n for n, _ in spec.environment_vars)})")
+    else:
+        log(f"updating serving endpoint {spec.name}: {spec.model} v{previous or 'none'} → v{version}")
     calls(
         "updating its config",
         calls.api.update_config,
