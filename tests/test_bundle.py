@@ -145,13 +145,16 @@ def test_unity_catalog_model_names(tmp_path: Path, llmops_home: Path) -> None:
         target_names(BundleEnvironment("test", "e", "test.llmops.rag_model", "databricks-uc", DatabricksConfig(catalog="main")))
 
 
+PRINCIPAL = "6e0c1f2a-93b4-4c5d-8e7f-0a1b2c3d4e5f"  # an application ID, the form run_as takes
+
+
 def test_databricks_settings(llmops_home: Path) -> None:
     assert DatabricksConfig.from_mapping(None) == DatabricksConfig()
     assert DatabricksConfig().cluster.serverless
     classic = DatabricksConfig.from_mapping(
         {
             "profile": "llmops",
-            "service_principal": "llmops-sp",
+            "service_principal": PRINCIPAL,
             "serving_endpoint": "rag-{env}",
             "cluster": {"spark_version": "15.4.x-scala2.12", "node_type_id": "i3.xlarge", "num_workers": 2},
         }
@@ -161,8 +164,8 @@ def test_databricks_settings(llmops_home: Path) -> None:
     document = yaml.safe_load(render_bundle(envs))
     assert validate_bundle(document) == []
     prod = document["targets"]["prod"]
-    assert prod["run_as"] == {"service_principal_name": "llmops-sp"} and prod["workspace"]["profile"] == "llmops"
-    assert prod["workspace"]["root_path"] == "/Workspace/Users/llmops-sp/.bundle/${bundle.name}/${bundle.target}"  # the principal's own folder
+    assert prod["run_as"] == {"service_principal_name": PRINCIPAL} and prod["workspace"]["profile"] == "llmops"
+    assert prod["workspace"]["root_path"] == f"/Workspace/Users/{PRINCIPAL}/.bundle/${{bundle.name}}/${{bundle.target}}"  # its own folder
     assert "run_as" not in document["targets"]["test"]  # test and staging run as whoever deploys them
     job = prod["resources"]["jobs"][TRAINING_JOB]
     assert job["job_clusters"] == [
@@ -180,6 +183,7 @@ def test_databricks_settings(llmops_home: Path) -> None:
         "databricks.cluster.num_workers must be a whole number": {"cluster": {"node_type_id": "a", "spark_version": "b", "num_workers": -1}},
         "databricks.cluster.timeout_seconds must be a whole number": {"cluster": {"timeout_seconds": "1h"}},
         "databricks.token_env must name an environment variable": {"token_env": "my token"},
+        "databricks.service_principal must be the service principal's application ID": {"service_principal": "llmops-sp"},
         "databricks.catalog must be one Unity Catalog name": {"catalog": "a.b"},
         "databricks.serving_endpoint gives 'llmops staging'": {"serving_endpoint": "llmops {env}"},
         "databricks.serving_endpoint may only use \\{env\\}": {"serving_endpoint": "llmops-{name}"},

@@ -58,6 +58,7 @@ PIPES_ENTRY_POINTS = {pipes_entry_point(step): f"{pipes_module(step)}:main" for 
 _ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _UC_NAME = re.compile(r"^[^.\s/]+$")  # one Unity Catalog name part: no dot, slash or whitespace
 _ENDPOINT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+_APPLICATION_ID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _SECRET_REFERENCE = re.compile(r"^\{\{secrets/[^/{}\s]+/[^/{}\s]+\}\}$")  # {{secrets/<scope>/<key>}}
 
 
@@ -147,7 +148,11 @@ class DatabricksConfig:
         for name in ("users_group", "account_users_group"):
             _text(getattr(self, name), f"databricks.{name}")
         _text(self.profile, "databricks.profile", optional=True)
-        _text(self.service_principal, "databricks.service_principal", optional=True)
+        principal = _text(self.service_principal, "databricks.service_principal", optional=True)
+        if principal is not None and not _APPLICATION_ID.match(principal):
+            raise ValueError(
+                f"databricks.service_principal must be the service principal's application ID (a UUID), as run_as wants it; got {principal!r}"
+            )
         if not _text(self.experiment_root, "databricks.experiment_root").startswith("/"):
             raise ValueError(f"databricks.experiment_root must be an absolute workspace path, got {self.experiment_root!r}")
         _text(self.serving_workload_size, "databricks.serving_workload_size")
