@@ -183,6 +183,39 @@ class Workspace:
             run.state, run.result, run.message = "TERMINATING", "CANCELED", "Run cancelled by the user"
 
 
+def invalid_submission(submission: dict[str, Any]) -> str | None:
+    """What the Jobs API refuses in a one-off run (runs/submit), as far as this stand-in knows it."""
+    tasks = submission.get("tasks") or []
+    if not tasks:
+        return "At least one task is required."
+    environments = {e.get("environment_key"): e.get("spec") or {} for e in submission.get("environments") or []}
+    for task in tasks:
+        if not task.get("task_key"):
+            return "Task key is required."
+        wheel = task.get("python_wheel_task")
+        if not wheel or not wheel.get("package_name") or not wheel.get("entry_point"):
+            return f"Task {task.get('task_key')}: python_wheel_task needs package_name and entry_point."
+        if "new_cluster" in task:
+            cluster = task["new_cluster"]
+            missing = [key for key in ("spark_version", "node_type_id") if not cluster.get(key)]
+            if missing:
+                return f"Task {task['task_key']}: new_cluster.{missing[0]} is required."
+            if not task.get("libraries"):
+                return f"Task {task['task_key']}: a wheel task on a new cluster needs the wheel in libraries."
+        elif "environment_key" in task:
+            spec = environments.get(task["environment_key"])
+            if spec is None:
+                return f"Task {task['task_key']}: environment_key {task['environment_key']!r} is not in environments."
+            if not spec.get("environment_version") and not spec.get("client"):
+                return f"Task {task['task_key']}: the environment spec needs environment_version."
+        else:
+            return f"Task {task['task_key']}: serverless tasks need an environment_key; others a cluster."
+    token = submission.get("idempotency_token")
+    if token is not None and len(token) > 64:
+        return "idempotency_token must be at most 64 characters."
+    return None
+
+
 ENDPOINTS = "/api/2.0/serving-endpoints"
 
 
@@ -266,6 +299,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(200, {"userName": "dagster@example.com", "id": "1"})
         if path == "/api/2.2/jobs/runs/submit" and method == "POST":
             submission = json.loads(self._body())
+            refusal = invalid_submission(submission)
+            if refusal:
+                return self._error(400, "INVALID_PARAMETER_VALUE", refusal)
             token = submission.get("idempotency_token")
             with ws.lock:
                 run_id = ws.idempotency_tokens.get(token) if token else None

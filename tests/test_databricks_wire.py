@@ -104,6 +104,13 @@ def test_a_submission_whose_reply_is_lost_and_retried_starts_one_run(llmops_home
     assert len(tokens) == 2 and len(set(tokens)) == 2
 
 
+def test_a_submission_the_jobs_api_refuses_fails_the_run_with_its_reason(llmops_home: Path, server: WorkspaceServer) -> None:
+    result = materialize(llmops_home, databricks_compute(environment_version=""))
+    assert not result.success and not server.workspace.runs
+    assert "the environment spec needs environment_version" in str(result.failure_data_for_node("batch_predictions").error)
+    nothing_written(llmops_home)
+
+
 @pytest.mark.parametrize("server", [FAIL], indirect=True)
 def test_a_remote_failure_fails_the_run_with_its_error_and_writes_nothing(llmops_home: Path, server: WorkspaceServer) -> None:
     instance = dg.DagsterInstance.ephemeral()
