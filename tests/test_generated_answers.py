@@ -97,6 +97,26 @@ def test_the_served_local_model_answers_with_citations_and_streams_its_tokens(ge
     assert "".join(pieces) == answer  # greedy decoding: the same answer, streamed
 
 
+def test_a_client_that_leaves_mid_answer_stops_the_generation_and_is_logged_as_499(generated: tuple[Server, str]) -> None:
+    server, version = generated
+    body = {"model": NAME, "messages": [{"role": "user", "content": QUESTION}], "stream": True}
+    received = []
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, headers={"X-Client-Request-Id": "left"}, timeout=300) as response:
+        for line in response.iter_lines():
+            delta = json.loads(line.removeprefix("data: "))["choices"][0]["delta"] if line.startswith("data: {") else {}
+            received.append(delta.get("content") or "")
+            if sum(1 for piece in received if piece) == 2:
+                break  # two pieces of text, then the client hangs up
+    deadline = time.monotonic() + 120  # the server notices at its next token: well before another whole answer
+    while not (rows := [row for row in server.log_rows() if row["client_request_id"] == "left"]) and time.monotonic() < deadline:
+        time.sleep(FLUSH_SECONDS)
+    [row] = rows
+    assert row["status_code"] == 499 and row["served_model_version"] == version
+    assert row["error"] == "the client closed the stream before the answer was complete"
+    assert row["answer"].startswith("".join(received)) and not row["found"]  # what was sent, not a failure message
+    assert httpx.get(server.url + "/health", timeout=30).json()["status"] == "ready"
+
+
 def test_the_projects_openai_generator_talks_to_llmops_serve(generated: tuple[Server, str]) -> None:
     from llmops_dagster.core.generation import USAGE_FROM_ENDPOINT, GeneratorConfig, OpenAIGenerator
 

@@ -10,11 +10,13 @@ needs it when one is configured.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -204,7 +206,7 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] = lambda: Non
         def respond(exchange: Exchange) -> Any:
             if exchange.streaming is None:
                 return chat_completion(exchange)
-            return StreamingResponse(live_chunks(exchange, finish), media_type="text/event-stream", headers=exchange.headers())
+            return EventStream(live_chunks(exchange, finish), headers=exchange.headers())
 
         return await answer(request, CHAT, lambda payload, served: protocol.chat(payload, state.limits), respond)
 
@@ -290,8 +292,12 @@ def chat_completion(exchange: Exchange) -> dict[str, Any]:
 
 def live_chunks(exchange: Exchange, finish: Callable[[Exchange, int, Any], None]) -> Iterator[str]:
     """Server-sent ``chat.completion.chunk`` events as the generator writes: the role, each piece of
-    text, then the finish reason with usage and the ``llmops`` field, then ``[DONE]``. The request is
-    logged when the answer is complete, or when the client leaves before that."""
+    text, then the finish reason with usage and the ``llmops`` field, then ``[DONE]``.
+
+    The request is logged once, when the generator ends or is closed: a 200 once the answer is
+    complete (a client that leaves during the last two events has had all of its text), a 499 with
+    the text sent so far when the client leaves before that, a 500 when the stream itself failed.
+    """
     served, question = exchange.served, exchange.query.questions[0]
     passages, stream = exchange.streaming
     base = {"id": f"chatcmpl-{exchange.request_id}", "object": "chat.completion.chunk",
@@ -301,25 +307,62 @@ def live_chunks(exchange: Exchange, finish: Callable[[Exchange, int, Any], None]
         chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": extra.pop("finish_reason", None)}], **extra}
         return "data: " + json.dumps(chunk, ensure_ascii=False) + "\n\n"
 
-    complete = False
+    status, completion, sent = 499, None, []
     try:
         yield event({"role": "assistant", "content": ""})
         for piece in stream:
+            sent.append(piece)
             yield event({"content": piece})
-        complete = True
+        exchange.predictions = [RagPipeline.prediction(question, passages, stream.result, exchange.started)]
+        completion = chat_completion(exchange)
+        if stream.result.error:  # the text so far was streamed; the failure rides in llmops.error
+            exchange.error = stream.result.error
+        status = 200
+        yield event({}, finish_reason="stop", usage=completion["usage"], llmops=completion["llmops"])
+        yield "data: [DONE]\n\n"
+    except Exception as error:
+        status, exchange.error = 500, f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:500]}"
+        raise
     finally:
-        if not complete:  # the client went away: stop generating, and log what there was
+        if status == 499:  # the client went away: stop generating, and log what it was sent
             stream.close()
             exchange.error = "the client closed the stream before the answer was complete"
-            exchange.predictions = [RagPipeline.prediction(question, passages, stream.result, exchange.started)]
-            finish(exchange, 499, None)
-    exchange.predictions = [RagPipeline.prediction(question, passages, stream.result, exchange.started)]
-    completion = chat_completion(exchange)
-    if stream.result.error:  # the text so far was streamed; the failure rides in llmops.error
-        exchange.error = stream.result.error
-    yield event({}, finish_reason="stop", usage=completion["usage"], llmops=completion["llmops"])
-    yield "data: [DONE]\n\n"
-    finish(exchange, 200, completion)
+            cut = dataclasses.replace(stream.result, text="".join(sent), found=False, cited=(), error=None)
+            exchange.predictions = [RagPipeline.prediction(question, passages, cut, exchange.started)]
+        finish(exchange, status, completion)
+
+
+class EventStream(StreamingResponse):
+    """Server-sent events from a blocking generator: each chunk made in one worker thread of its own,
+    which also closes the generator once the response is over, however it ended.
+
+    Starlette runs a plain generator one chunk at a time in its thread pool and, when the client
+    disconnects, only stops asking: the generator stayed open until the garbage collector came, so a
+    request cut short was logged late or not at all. Here the close is queued behind any chunk still
+    being made and runs in that thread as soon as it is done.
+    """
+
+    def __init__(self, chunks: Generator[str, None, None], headers: dict[str, str]) -> None:
+        self.chunks = chunks
+        self.first = next(chunks)  # started now, so that closing it always ends it (an unstarted generator ignores close)
+        self.worker = ThreadPoolExecutor(1, thread_name_prefix="llmops-stream")
+        super().__init__(self._made_in_worker(), media_type="text/event-stream", headers=headers)
+
+    async def _made_in_worker(self) -> AsyncIterator[str]:
+        yield self.first
+        loop = asyncio.get_running_loop()
+        while (chunk := await loop.run_in_executor(self.worker, next, self.chunks, _END)) is not _END:
+            yield chunk
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.worker.submit(self.chunks.close)
+            self.worker.shutdown(wait=False)
+
+
+_END = object()
 
 
 def log_row(exchange: Exchange, status: int, response: Any, elapsed_ms: float, field_chars: int) -> dict[str, Any]:
