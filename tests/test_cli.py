@@ -119,6 +119,9 @@ def test_tick_promotes_once_and_status_and_rollback_read_the_history(
         (["search", "--env", "test", "--k", "0", "anything"], "must be at least 1"),
         (["search", "--env", "test", "--mode", "fuzzy", "anything"], "invalid choice: 'fuzzy'"),
         (["search", "--env", "test", "   "], "the query is empty"),
+        # A byte that is not UTF-8 in an argument arrives as a lone surrogate (Python's surrogateescape).
+        (["search", "--env", "test", "roll back \udcff"], "the query is not valid text: a lone surrogate '\\udcff' at character 11"),
+        (["ask", "--env", "test", "--local", "roll back \udcff"], "the question is not valid text: a lone surrogate"),
         (["run", "--env", "test", "--landing", "/does/not/exist"], "landing folder not found"),
         (["run", "--env", "test"], "landing folder not found"),
         (["run", "--env", "test", "--landing", __file__], f"landing folder {__file__} is a file, not a folder"),

@@ -18,7 +18,9 @@ def test_bad_lines_are_reported_with_line_numbers_and_the_rest_kept(tmp_path: Pa
         '{"question": "Where are chunks stored?", "source": "chunking-notes.md"}\n'
         '{"question": "Typed?", "answer": 3}\n'
         '{"text": "no question key"}\n'
-        '{"question": 42}\n',
+        '{"question": 42}\n'
+        '{"question": "What is \\ud800 overlap?"}\n'
+        '{"question": "Fine?", "answer": "yes \\udcff"}\n',
         encoding="utf-8",
     )
     questions, rejected = read_questions(path)
@@ -33,6 +35,8 @@ def test_bad_lines_are_reported_with_line_numbers_and_the_rest_kept(tmp_path: Pa
         'q.jsonl:7: "answer" must be a string, got int',
         'q.jsonl:8: no "question" key',
         'q.jsonl:9: "question" must be a string, got int',
+        "q.jsonl:10: \"question\" is not valid text: a lone surrogate '\\ud800' at character 9 (or a byte that is not UTF-8)",
+        "q.jsonl:11: \"answer\" is not valid text: a lone surrogate '\\udcff' at character 5 (or a byte that is not UTF-8)",
     ]
 
 

@@ -126,6 +126,13 @@ def test_every_protocol_answers_as_the_pyfunc_does(served: Server) -> None:
         ({"dataframe_records": []}, 400, "the input holds no questions"),
         ({"inputs": "What is HNSW?"}, 400, "the input must be named columns or records"),
         ({"dataframe_records": [{"question": "ok?"}], "client_request_id": {"a": 1}}, 400, "client_request_id must be a string"),
+        # MLflow's parser of inputs and instances would turn these into strings; they are refused as sent.
+        ({"inputs": {"question": [5, True, None]}}, 400, "question 1 must be a string, got int"),
+        ({"instances": [{"question": 5}]}, 400, "question 1 must be a string, got int"),
+        ({"inputs": {"question": {"a": 1}}}, 400, "question 1 must be a string, got dict"),
+        ({"instances": [{"question": "ok?"}, {"other": "x"}]}, 400, "question 2 is missing"),
+        ({"dataframe_records": [{"question": "ok?"}, {"other": "x"}]}, 400, "question 2 is missing"),
+        (b"[" * 5000 + b"]" * 5000, 400, "nested too deeply"),  # under the body limit, over the parser's depth
     ],
 )
 def test_bad_input_gets_a_4xx_with_one_message_and_the_request_id(served: Server, payload, status: int, message: str) -> None:
@@ -143,6 +150,8 @@ def test_bad_input_gets_a_4xx_with_one_message_and_the_request_id(served: Server
         ({"messages": [{"role": "system", "content": "hi"}]}, "no user message"),
         ({"messages": [{"role": "user", "content": 7}]}, "must be a string"),
         ({"messages": [{"role": "user", "content": "ok?"}], "stream": "yes"}, "stream must be true or false"),
+        ({"messages": [{"role": "user", "content": "ok?"}], "n": 2}, "n must be 1"),
+        ({"messages": [{"role": "user", "content": [1, 2]}]}, "content parts of the last user message must be objects"),
         ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "text part 1 of the last user message must be a string"),
     ],
 )

@@ -102,7 +102,8 @@ def test_clip_flags_what_it_cuts() -> None:
         ({"query": "ok", "k": 11}, "k must be within 1-10"),
         ({"query": "ok", "k": True}, "k must be a whole number"),
         ({"query": "x" * 51}, "the limit is 50"),
-        ({"query": None}, "query must be a string"),
+        ({"query": None}, "query is missing"),
+        ({"query": 5}, "query must be a string"),
         ({"query": "ok", "extra": 1}, "unknown field(s) ['extra']"),
     ],
 )

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from llmops_dagster.cli.common import UserError, existing_file, registry_client, resources_for, settings_for, writable_file
+from llmops_dagster.core.questions import not_text
 from llmops_dagster.serving.client import ServerError, running_server
 from llmops_dagster.settings import EnvSettings
 
@@ -21,6 +22,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     settings = settings_for(args)
     if not args.query.strip():
         raise UserError("the query is empty")
+    if problem := not_text(args.query):
+        raise UserError(f"the query is not valid text: {problem}")
     server = _server(args, settings)
     if server is not None:
         try:
@@ -94,6 +97,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
     settings = settings_for(args)
     if not args.question.strip():
         raise UserError("the question is empty")
+    if problem := not_text(args.question):
+        raise UserError(f"the question is not valid text: {problem}")
     server = _server(args, settings)
     if server is not None:
         alias = "champion"

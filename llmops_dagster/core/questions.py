@@ -33,12 +33,25 @@ class Rejected:
         return f"{self.origin}: {self.reason}"
 
 
-def _optional_text(row: dict, key: str) -> str | None:
+def not_text(value: str) -> str | None:
+    """Why ``value`` is no text a tokenizer or an Arrow column takes, or None. JSON allows a lone
+    surrogate ("\\ud800"), and a command-line argument with a byte that is not UTF-8 arrives as one."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return f"a lone surrogate {value[error.start]!r} at character {error.start + 1} (or a byte that is not UTF-8)"
+    return None
+
+
+def _text(row: dict, key: str, required: bool = False) -> str | None:
     value = row.get(key)
-    if value is None:
+    if value is None and not required:
         return None
     if not isinstance(value, str):
         raise ValueError(f'"{key}" must be a string, got {type(value).__name__}')
+    problem = not_text(value)
+    if problem:
+        raise ValueError(f'"{key}" is not valid text: {problem}')
     return value.strip() or None
 
 
@@ -52,21 +65,19 @@ def parse_line(line: str, origin: str) -> Question:
         raise ValueError(f"expected a JSON object, got {type(row).__name__}")
     if "question" not in row:
         raise ValueError('no "question" key')
-    question = row["question"]
-    if not isinstance(question, str):
-        raise ValueError(f'"question" must be a string, got {type(question).__name__}')
-    if not question.strip():
+    question = _text(row, "question", required=True)
+    if not question:
         raise ValueError('"question" is empty')
     if len(question) > MAX_QUESTION_CHARS:
         raise ValueError(f'"question" is longer than {MAX_QUESTION_CHARS} characters')
     page = row.get("page")
     if page is not None and (not isinstance(page, int) or isinstance(page, bool) or page < 1):
         raise ValueError(f'"page" must be a positive integer, got {page!r}')
-    source = _optional_text(row, "source")
-    section = _optional_text(row, "section")
+    source = _text(row, "source")
+    section = _text(row, "section")
     if (page is not None or section is not None) and source is None:
         raise ValueError('"page" and "section" need a "source"')
-    return Question(question.strip(), _optional_text(row, "answer"), source, origin, page, section)
+    return Question(question, _text(row, "answer"), source, origin, page, section)
 
 
 def read_questions(path: Path) -> tuple[list[Question], list[Rejected]]:

@@ -10,10 +10,12 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from llmops_dagster.core.index import SEARCH_MODES
+from llmops_dagster.core.questions import not_text
 from llmops_dagster.core.rag import QUESTION_COLUMN
 
 PARAMS = ("k", "mode")
@@ -48,12 +50,16 @@ def decode(body: bytes) -> dict[str, Any]:
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BadRequest(f"the body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise BadRequest("the body is nested too deeply to read as JSON") from None
     if not isinstance(payload, dict):
         raise BadRequest(f"the body must be a JSON object, got {type(payload).__name__}")
     return payload
 
 
 def question(value: Any, limits: Limits, what: str = "question") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):  # a record without one: pandas fills in NaN
+        raise BadRequest(f"{what} is missing")
     if not isinstance(value, str):
         raise BadRequest(f"{what} must be a string, got {type(value).__name__}")
     if not value.strip():
@@ -65,11 +71,9 @@ def question(value: Any, limits: Limits, what: str = "question") -> str:
 
 
 def encodable(value: str, what: str) -> None:
-    """JSON allows a lone surrogate ("\\ud800"); no tokenizer, and no Arrow string in the log, takes one."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise BadRequest(f"{what} is not valid text: a lone surrogate {value[error.start]!r} at character {error.start + 1}") from None
+    problem = not_text(value)
+    if problem:
+        raise BadRequest(f"{what} is not valid text: {problem}")
 
 
 def client_request_id(payload: dict[str, Any]) -> str | None:
@@ -116,6 +120,9 @@ def invocations(payload: dict[str, Any], input_schema: Any, limits: Limits) -> Q
         raise BadRequest(f"unknown field(s) {extra}; send one of {sorted(SUPPORTED_FORMATS)} and optionally params")
     if len(data) != 1:
         raise BadRequest(f"send exactly one of {sorted(SUPPORTED_FORMATS)}, got {sorted(data) or 'none'}")
+    for position, value in enumerate(sent_questions(data)):
+        if not isinstance(value, str):  # MLflow's parser of these two formats would make 5 into "5"
+            question(value, limits, f"question {position + 1}")
     try:
         frame = as_frame(infer_and_parse_data(data, input_schema))
     except BadRequest:
@@ -135,6 +142,18 @@ def invocations(payload: dict[str, Any], input_schema: Any, limits: Limits) -> Q
         raise BadRequest(f"{len(questions)} questions in one request; the limit is {limits.max_questions}")
     checked = [question(value, limits, f"question {position + 1}") for position, value in enumerate(questions)]
     return Query(checked, *retrieval_params(payload.get("params"), limits))
+
+
+def sent_questions(data: dict[str, Any]) -> list[Any]:
+    """The question values of an ``instances`` or ``inputs`` payload as they were sent, before
+    MLflow's schema-driven parser turns each into a string (a number, null or an object alike)."""
+    value = data.get("instances", data.get("inputs"))
+    if isinstance(value, dict):
+        column = value.get(QUESTION_COLUMN, [])
+        return column if isinstance(column, list) else [column]
+    if isinstance(value, list):
+        return [row.get(QUESTION_COLUMN) if isinstance(row, dict) else row for row in value]
+    return []
 
 
 def as_frame(parsed: Any) -> Any:
@@ -161,7 +180,9 @@ def chat(payload: dict[str, Any], limits: Limits) -> Query:
         raise BadRequest("messages hold no user message to answer")
     content = users[-1].get("content")
     if isinstance(content, list):  # content parts: keep the text ones
-        texts = [part.get("text") for part in content if isinstance(part, dict) and part.get("type") == "text"]
+        if not all(isinstance(part, dict) for part in content):
+            raise BadRequest('the content parts of the last user message must be objects such as {"type": "text", "text": ...}')
+        texts = [part.get("text") for part in content if part.get("type") == "text"]
         for position, text in enumerate(texts, 1):
             if not isinstance(text, str):
                 raise BadRequest(f"text part {position} of the last user message must be a string, got {type(text).__name__}")
@@ -169,6 +190,9 @@ def chat(payload: dict[str, Any], limits: Limits) -> Query:
     stream = payload.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest(f"stream must be true or false, got {stream!r}")
+    choices = payload.get("n", 1)
+    if choices is not None and choices != 1:  # sampling parameters are the model's own; several choices it cannot give
+        raise BadRequest(f"n must be 1: the model gives one answer per question, got {choices!r}")
     params = {name: payload[name] for name in PARAMS if name in payload}
     return Query([question(content, limits, "the last user message")], *retrieval_params(params or None, limits), stream=stream)
 
