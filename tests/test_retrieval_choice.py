@@ -178,7 +178,10 @@ def test_k_is_chosen_by_answer_f1_only_where_gold_answers_exist() -> None:
     picked = selection.select_k(chosen, answered, lambda config, its: f1[config.k])
     assert picked.winner.k == 3 and picked.answer_f1_by_k == f1 and "k=3 by answer F1" in picked.summary()
     f1[3] = 0.42  # within 0.5/20 of k=5: noise
-    assert selection.select_k(chosen, answered, lambda config, its: f1[config.k]).winner.k == 5
+    kept = selection.select_k(chosen, answered, lambda config, its: f1[config.k])
+    assert kept.winner.k == 5 and kept.k_margin == pytest.approx(0.025)
+    assert "kept the configured k=5: no k beat it by more than noise (0.025) in answer F1 (k=3: 0.420" in kept.summary()
+    assert selection.from_json(selection.to_json(kept)) == kept
     unanswered = [replace(item, answer=None) for item in answered]
     assert selection.select_k(chosen, unanswered, lambda config, its: 1.0) == chosen
 

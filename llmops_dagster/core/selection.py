@@ -106,6 +106,7 @@ class Selection:
     candidates: list[Candidate]  # best first
     margin: float  # the gain needed to leave the configured retrieval
     answer_f1_by_k: dict[int, float] | None = None  # None: no gold answers to choose k by
+    k_margin: float | None = None  # the answer F1 gain needed to leave the configured k
 
     @property
     def gain(self) -> float:
@@ -124,6 +125,10 @@ class Selection:
         if self.answer_f1_by_k is None:
             return text + f"; k={self.winner.k} as configured (no gold answers to choose it by)"
         scores = ", ".join(f"k={k}: {f1:.3f}" for k, f1 in sorted(self.answer_f1_by_k.items()))
+        best = max(self.answer_f1_by_k, key=lambda k: self.answer_f1_by_k[k])
+        if best != self.winner.k:  # the configured k, kept: the best one did not beat it by more than noise
+            noise = f" ({self.k_margin:.3f})" if self.k_margin is not None else ""
+            return text + f"; kept the configured k={self.winner.k}: no k beat it by more than noise{noise} in answer F1 ({scores})"
         return text + f"; k={self.winner.k} by answer F1 ({scores})"
 
 
@@ -148,8 +153,9 @@ def select_k(selection: Selection, items: Sequence[EvalItem], answer_f1: Callabl
         return selection
     scores = {k: answer_f1(replace(selection.winner, k=k), answered) for k in dict.fromkeys((selection.winner.k, *KS))}
     best = max(scores, key=lambda k: scores[k])
-    k = best if scores[best] > scores[selection.winner.k] + margin(len(answered)) else selection.winner.k
-    return replace(selection, winner=replace(selection.winner, k=k), answer_f1_by_k=scores)
+    needed = margin(len(answered))
+    k = best if scores[best] > scores[selection.winner.k] + needed else selection.winner.k
+    return replace(selection, winner=replace(selection.winner, k=k), answer_f1_by_k=scores, k_margin=needed)
 
 
 def to_json(selection: Selection) -> str:
@@ -160,6 +166,7 @@ def to_json(selection: Selection) -> str:
             "candidates": [{"config": asdict(c.config), "metrics": c.metrics} for c in selection.candidates],
             "margin": selection.margin,
             "answer_f1_by_k": selection.answer_f1_by_k,
+            "k_margin": selection.k_margin,
         },
         sort_keys=True,
     )
@@ -176,6 +183,7 @@ def from_json(text: str) -> Selection:
         candidates=[Candidate(rag_config(c["config"]), c["metrics"]) for c in stored["candidates"]],
         margin=stored["margin"],
         answer_f1_by_k={int(k): f1 for k, f1 in by_k.items()} if by_k is not None else None,
+        k_margin=stored.get("k_margin"),  # not in selections stored before it was kept
     )
 
 
