@@ -251,7 +251,7 @@ def test_monitor_and_status_commands(monitored: Monitored, monkeypatch: pytest.M
     shown = subprocess.run([LLMOPS, "monitor", "--env", "test", "--window", "2d", "--json"], env=env, capture_output=True, text=True, timeout=300)
     summary = json.loads(shown.stdout)
     assert [w["window_start"] for w in summary["windows"]] == [monitored.yesterday.isoformat(), monitored.today.isoformat()]
-    assert all(w["stored"] and not w["computed_now"] for w in summary["windows"])
+    assert all(w["stored"] and not w["computed_now"] and w["computed_at"] for w in summary["windows"])
     today = summary["windows"][-1]
     assert summary["latest_with_requests"] == today["window_start"]
     assert today["malformed"] == {"endpoint.bad_status_code": 1, "endpoint.missing_question": 1}
@@ -265,6 +265,9 @@ def test_monitor_and_status_commands(monitored: Monitored, monkeypatch: pytest.M
     assert main(["monitor", "--env", "test"]) == shown.returncode
     text = capsys.readouterr()
     assert "WARN: error_rate" in text.out and f"{monitored.today.isoformat()}  {today['requests']:>6} rows" in text.out, text.out
+    # A stored window says when it was computed; the one still under way, that later requests are not in it.
+    [line] = [line for line in text.out.splitlines() if line.startswith(f"  {monitored.today.isoformat()}")]
+    assert f"(stored {today['computed_at'][:10]}" in line and "later requests are not in it" in line, line
     with pytest.raises(SystemExit) as bad:
         main(["monitor", "--env", "test", "--window", "soon"])
     stderr = capsys.readouterr().err

@@ -58,12 +58,15 @@ def cmd_monitor(args: argparse.Namespace) -> int:
             scoring = table.lazy_scoring(lance, resources_for(settings)["embedder"].load, config.scorers)
             rows, computed_now = table.compute_window(lance, start, start + length, config, scoring).rows, True
         verdicts = table.window_verdicts(rows, names) if rows else []
+        stamps = [row["computed_at"] for row in rows or [] if row.get("computed_at") is not None]
         windows.append(
             {
                 "window_start": start,
                 "window_end": start + length,
                 "stored": start in stored,
                 "computed_now": computed_now,
+                "computed_at": datetime.now(UTC) if computed_now else max(stamps, default=None),
+                "under_way": start == current,
                 "requests": sum(int(row.get("request_count") or 0) for row in rows or []),
                 "drift_state": table.drift_state(rows)["state"] if rows else None,
                 "rows": rows or [],
@@ -98,14 +101,24 @@ def _print(settings: EnvSettings, windows: list[dict[str, Any]], latest: dict[st
             continue
         failing = [verdict for verdict in entry["checks"] if not verdict.passed]
         worst = "ERROR" if any(v.status == table.ERROR for v in failing) else "WARN" if failing else "OK"
-        origin = " (computed now, not stored)" if entry["computed_now"] else ""
-        print(f"  {start}  {entry['requests']:>6} rows  drift {entry['drift_state']:<7}  checks {worst}: {len(failing)} failing{origin}")
+        print(f"  {start}  {entry['requests']:>6} rows  drift {entry['drift_state']:<7}  checks {worst}: {len(failing)} failing{_origin(entry)}")
     if latest is None:
         print("\nno requests or predictions in these windows")
         return
-    note = " (computed now, not stored)" if latest["computed_now"] else ""
+    note = _origin(latest)
     print()
     print(table.summary_markdown(latest["window_start"], latest["window_end"], latest["rows"], latest["checks"], note=note))
+
+
+def _origin(entry: dict[str, Any]) -> str:
+    """Where a window's figures come from: computed now, or stored at some time (for the window still
+    under way, requests since then are not in them)."""
+    if entry["computed_now"]:
+        return " (computed now, not stored)"
+    if entry["computed_at"] is None:
+        return ""
+    stamp = entry["computed_at"].astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return f" (stored {stamp}; later requests are not in it until monitoring is materialized again)" if entry["under_way"] else f" (stored {stamp})"
 
 
 def _as_json(env: str, window: str, span: timedelta, windows: list[dict[str, Any]], latest: dict[str, Any] | None) -> dict[str, Any]:
@@ -126,6 +139,7 @@ def _as_json(env: str, window: str, span: timedelta, windows: list[dict[str, Any
                 "window_end": entry["window_end"].isoformat(),
                 "stored": entry["stored"],
                 "computed_now": entry["computed_now"],
+                "computed_at": entry["computed_at"].isoformat() if entry["computed_at"] else None,
                 "requests": entry["requests"],
                 "drift_state": entry["drift_state"],
                 "checks": [verdict(v) for v in entry["checks"]],
