@@ -207,6 +207,8 @@ def test_two_days_an_empty_one_and_a_second_run(monitored: Monitored, monkeypatc
         assert {entry["column"] for entry in served["drift"]} >= {"latency_ms", "question_tokens", "question_top_cosine"}
         assert any(entry["population_stability_index"] is not None for entry in served["drift"])
         assert {row["source"] for row in by_day[monitored.yesterday]} == {"endpoint", "batch"}
+        # Yesterday is the first window, the reference: it is not judged against itself.
+        assert all(row["drift"] == [] and "which holds this window: no drift" in row["reference"] for row in by_day[monitored.yesterday])
         # Malformed rows are counted by reason, never dropped silently.
         malformed = _metadata(today, "monitoring")["malformed_by_reason"].value
         assert malformed == {"endpoint.bad_status_code": 1, "endpoint.missing_question": 1}
