@@ -351,8 +351,9 @@ def on_databricks(tracking_uri: str) -> bool:
 def _check_shared_state(env: str, landing: Path, lancedb_uri: str, tracking_uri: str) -> None:
     """``compute: databricks`` runs steps on a cluster that sees none of this machine's disk: the
     index, the MLflow store and the landing zone must be where both sides read and write the same
-    thing, or the remote steps would write to a disk that goes away with the cluster. Lance needs
-    object storage (a volume's FUSE mount has no atomic rename); the landing zone is read as files."""
+    thing, or the remote steps would write to a disk that goes away with the cluster. The index is
+    kept to object storage, where Lance commits atomically; a volume's FUSE mount is untested for
+    that. The landing zone is read as files, so it is a volume path."""
     where = f"environment '{env}': compute: databricks runs its steps on a cluster that cannot see this machine's disk"
     if "://" not in lancedb_uri or lancedb_uri.startswith("file://"):
         raise SettingsError(f"{where}; lancedb_uri {lancedb_uri!r} must be object storage (s3://, gs://, az://)")

@@ -15,7 +15,7 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -290,7 +290,7 @@ def chat_completion(exchange: Exchange) -> dict[str, Any]:
     }
 
 
-def live_chunks(exchange: Exchange, finish: Callable[[Exchange, int, Any], None]) -> Iterator[str]:
+def live_chunks(exchange: Exchange, finish: Callable[[Exchange, int, Any], None]) -> Generator[str, None, None]:
     """Server-sent ``chat.completion.chunk`` events as the generator writes: the role, each piece of
     text, then the finish reason with usage and the ``llmops`` field, then ``[DONE]``.
 
