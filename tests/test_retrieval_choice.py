@@ -182,6 +182,8 @@ def test_k_is_chosen_by_answer_f1_only_where_gold_answers_exist() -> None:
     assert kept.winner.k == 5 and kept.k_margin == pytest.approx(0.025)
     assert "kept the configured k=5: no k beat it by more than noise (0.025) in answer F1 (k=3: 0.420" in kept.summary()
     assert selection.from_json(selection.to_json(kept)) == kept
+    tied = selection.select_k(chosen, answered, lambda config, its: 0.366)  # no k scores higher: kept, not "chosen"
+    assert tied.winner.k == 5 and "; kept the configured k=5: no k beat it" in tied.summary()
     unanswered = [replace(item, answer=None) for item in answered]
     assert selection.select_k(chosen, unanswered, lambda config, its: 1.0) == chosen
 

@@ -125,8 +125,7 @@ class Selection:
         if self.answer_f1_by_k is None:
             return text + f"; k={self.winner.k} as configured (no gold answers to choose it by)"
         scores = ", ".join(f"k={k}: {f1:.3f}" for k, f1 in sorted(self.answer_f1_by_k.items()))
-        best = max(self.answer_f1_by_k, key=lambda k: self.answer_f1_by_k[k])
-        if best != self.winner.k:  # the configured k, kept: the best one did not beat it by more than noise
+        if self.winner.k == self.configured.k:  # kept: no k beat it by more than noise, a tie included
             noise = f" ({self.k_margin:.3f})" if self.k_margin is not None else ""
             return text + f"; kept the configured k={self.winner.k}: no k beat it by more than noise{noise} in answer F1 ({scores})"
         return text + f"; k={self.winner.k} by answer F1 ({scores})"
