@@ -14,16 +14,21 @@ from llmops_dagster.serving.client import ServerError, running_server
 from llmops_dagster.settings import EnvSettings
 
 
+def checked_text(text: str, what: str) -> None:
+    """A query or question from the command line: not blank, and text a tokenizer takes."""
+    if not text.strip():
+        raise UserError(f"the {what} is empty")
+    if problem := not_text(text):
+        raise UserError(f"the {what} is not valid text: {problem}")
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from llmops_dagster.core import store
     from llmops_dagster.core.index import search
     from llmops_dagster.core.rag import index_models, index_problem
 
     settings = settings_for(args)
-    if not args.query.strip():
-        raise UserError("the query is empty")
-    if problem := not_text(args.query):
-        raise UserError(f"the query is not valid text: {problem}")
+    checked_text(args.query, "query")
     server = _server(args, settings)
     if server is not None:
         try:
@@ -95,10 +100,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     import pandas as pd
 
     settings = settings_for(args)
-    if not args.question.strip():
-        raise UserError("the question is empty")
-    if problem := not_text(args.question):
-        raise UserError(f"the question is not valid text: {problem}")
+    checked_text(args.question, "question")
     server = _server(args, settings)
     if server is not None:
         alias = "champion"

@@ -150,7 +150,7 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] = lambda: Non
         state.log.record(log_row(exchange, status, response, elapsed * 1000, state.field_chars))
 
     def failed(exchange: Exchange, what: str, error: Exception) -> JSONResponse:
-        exchange.error = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:500]}"
+        exchange.error = error_summary(error)
         body = error_body(exchange.endpoint, 500, f"{what}: {exchange.error}", exchange.request_id)
         finish(exchange, 500, body)
         return JSONResponse(body, 500, headers=exchange.headers())
@@ -242,6 +242,11 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] = lambda: Non
     return app
 
 
+def error_summary(error: Exception) -> str:
+    """A failure as the log and the 500's message show it: its type and the first line of its message."""
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:500]}"
+
+
 def effective(exchange: Exchange) -> tuple[int, str]:
     """The k and mode the request was answered with: its own, else the model's."""
     config = exchange.served.pipeline.config
@@ -321,7 +326,7 @@ def live_chunks(exchange: Exchange, finish: Callable[[Exchange, int, Any], None]
         yield event({}, finish_reason="stop", usage=completion["usage"], llmops=completion["llmops"])
         yield "data: [DONE]\n\n"
     except Exception as error:
-        status, exchange.error = 500, f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:500]}"
+        status, exchange.error = 500, error_summary(error)
         raise
     finally:
         if status == 499:  # the client went away: stop generating, and log what it was sent
