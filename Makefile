@@ -8,6 +8,9 @@ export DAGSTER_HOME ?= $(LLMOPS_HOME)/dagster
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 PYTEST_ARGS ?=
+# make test runs the suite on this many pytest-xdist workers, one test module at a time each: much of
+# its time is spent waiting on subprocesses, servers and the Dagster daemon, so two overlap on 2 cores.
+TEST_WORKERS ?= 2
 
 ENV ?= test
 
@@ -65,7 +68,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check llmops_dagster tests bench scripts
 
 test: lint $(CHROMIUM)
-	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 test-fast: lint
