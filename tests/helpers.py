@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,9 @@ SECRETS = {
     "MLFLOW_TRACKING_PASSWORD": "mlflow-password-9a8b7c",
     "AWS_SECRET_ACCESS_KEY": "aws-secret-0a1b2c3d4e",
 }
+# A tag key the databricks-uc registry accepts on a model version or registered model: none of
+# . , - = / : (at most registry.UC_TAG_LIMIT tags on one object).
+UC_TAG_KEY = re.compile(r"[^.,\-=/:]+")
 SHORT_DOCUMENTS = ("chunking-notes.md", "release-checklist.txt", "vector-search-primer.html")  # no PDF: seconds, not minutes
 
 

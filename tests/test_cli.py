@@ -93,7 +93,7 @@ def test_tick_promotes_once_and_status_and_rollback_read_the_history(
     assert served.status == dg.DagsterRunStatus.SUCCESS and served.tags["dagster/run_key"].startswith("local-v1-")
     monkeypatch.setenv("LLMOPS_HOME", str(home))
     settings = load_settings("test")
-    registry.configure(settings.mlflow.tracking_uri, None).delete_registered_model_tag(settings.mlflow.registered_model, "serving_endpoint.local")
+    registry.configure(settings.mlflow.tracking_uri, None).delete_registered_model_tag(settings.mlflow.registered_model, "serving_endpoint_local")
     third = llmops("tick", "--env", "test", home=home)
     assert third.returncode == 0 and f"run key {served.tags['dagster/run_key']} already ran as {served.run_id} (SUCCESS); skipped" in third.stdout
 

@@ -32,10 +32,13 @@ def test_champion_comparison_allows_the_tolerance_and_no_more() -> None:
 
 def test_validation_status_fails_fast_and_passes_only_when_every_check_passed() -> None:
     required = ("a", "b")
-    assert validation_status({"check.a": PASSED}, required) == PENDING
-    assert validation_status({"check.a": PASSED, "check.b": FAILED}, required) == FAILED
-    assert validation_status({"check.a": FAILED}, required) == FAILED
-    assert validation_status({"check.a": PASSED, "check.b": PASSED}, required) == PASSED
+    assert validation_status({"check_a": PASSED}, required) == PENDING
+    assert validation_status({"check_a": PASSED, "check_b": FAILED}, required) == FAILED
+    assert validation_status({"check_a": FAILED}, required) == FAILED
+    assert validation_status({"check_a": PASSED, "check_b": PASSED}, required) == PASSED
+    # verdicts written before the Unity Catalog key scheme still count; the current key wins
+    assert validation_status({"check.a": PASSED, "check_b": PASSED}, required) == PASSED
+    assert validation_status({"check.a": FAILED, "check_a": PASSED, "check_b": PASSED}, required) == PASSED
 
 
 def test_gold_questions_about_unindexed_files_are_skipped_with_a_reason() -> None:

@@ -29,7 +29,7 @@ from llmops_dagster.definitions import INGEST_JOB, build_defs, environment_asset
 from llmops_dagster.resources import build_resources
 from llmops_dagster.settings import EnvSettings, load_settings
 
-from helpers import SECRETS, SHORT_DOCUMENTS, TrainedHome, gold_questions, short_landing
+from helpers import SECRETS, SHORT_DOCUMENTS, UC_TAG_KEY, TrainedHome, gold_questions, short_landing
 
 pytestmark = pytest.mark.slow
 
@@ -92,10 +92,12 @@ def test_a_run_trains_registers_and_validates_a_challenger(first: Run) -> None:
     version = registry.version_by_alias(mlflow_client, MODEL, registry.CHALLENGER)
     assert version is not None and str(version.version) == "1"
     assert version.tags[registry.VALIDATION_STATUS] == registry.PASSED
-    assert {name for name in CHECKS if version.tags.get(f"check.{name}") == registry.PASSED} == CHECKS
+    assert {name for name in CHECKS if version.tags.get(f"check_{name}") == registry.PASSED} == CHECKS
     assert version.tags[registry.DAGSTER_RUN_TAG] == first.run_id
     assert version.tags["embedder_variant"] == "trained"
-    assert float(version.tags["metric.mrr_at_10"]) >= first.settings.evaluation.min_mrr_at_10
+    assert float(version.tags["metric_mrr_at_10"]) >= first.settings.evaluation.min_mrr_at_10
+    # What the whole graph wrote is what the databricks-uc registry accepts (tests/test_promotion.py)
+    assert all(UC_TAG_KEY.fullmatch(key) for key in version.tags) and len(version.tags) <= registry.UC_TAG_LIMIT, sorted(version.tags)
 
     # One MLflow run per Dagster run, linked by dagster-mlflow's tag, finished, with the training record.
     runs = mlflow.search_runs(
@@ -233,7 +235,7 @@ def test_a_degraded_model_fails_the_gate_and_is_tagged_failed(small: Run, random
     challenger = registry.version_by_alias(mlflow_client, MODEL, registry.CHALLENGER)
     assert str(challenger.version) == "2"
     assert challenger.tags[registry.VALIDATION_STATUS] == registry.FAILED
-    assert challenger.tags["check.no_worse_than_champion"] == registry.FAILED
+    assert challenger.tags["check_no_worse_than_champion"] == registry.FAILED
     assert str(registry.version_by_alias(mlflow_client, MODEL, registry.CHAMPION).version) == "1"  # a failed check moves nothing
 
     # The champion still answers: it serves from the table version it was registered against.

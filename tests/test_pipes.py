@@ -212,7 +212,7 @@ def test_evaluate_then_register_under_pipes_select_register_and_record_the_gate(
 
     new = client.get_model_version(name, new.version)
     assert new.tags[registry.VALIDATION_STATUS] == registry.PASSED == evaluation[registry.VALIDATION_STATUS].value
-    assert all(new.tags[f"check.{check}.dagster_run_id"] == result.run_id for check in REQUIRED_CHECKS)
+    assert all(new.tags[f"check_{check}_dagster_run_id"] == result.run_id for check in REQUIRED_CHECKS)
     rows = store.LanceStore(settings.lancedb_uri).read(store.EVALUATIONS, store.EVALUATIONS_SCHEMA, where=f"dagster_run_id = '{result.run_id}'")
     assert {"select", "report", "all"} <= set(rows.column("split").to_pylist())
     assert evaluation["model_version"].value == str(new.version) and evaluation["gold_questions_skipped"].value == 2

@@ -3,6 +3,7 @@ ephemeral instance and a real sqlite MLflow store (and a real MLflow server for 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import socket
@@ -21,13 +22,15 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.store.entities.paged_list import PagedList
 
-from llmops_dagster.core import promotion, rag_model, registry
+from llmops_dagster.assets.model_registry import REQUIRED_CHECKS
+from llmops_dagster.core import endpoint, promotion, rag_model, registry
 from llmops_dagster.core import store as lancedb_store
 from llmops_dagster.resources import LanceDBResource, RegistryResource, SettingsSection, UpstreamRegistryResource
 from llmops_dagster.sensors import build_champion_sensor, build_upstream_sensor
 from llmops_dagster.sensors.promotion import RegistryUnavailableError
 from llmops_dagster.settings import MlflowSettings
 
+from helpers import UC_TAG_KEY
 from processes import free_port, stop_group
 
 TEST_MODEL, STAGING_MODEL = "test.llmops.rag_model", "staging.llmops.rag_model"
@@ -54,7 +57,7 @@ def register(client, name: str, status: str, tmp_path: Path, failed: tuple[str, 
     version = str(client.create_model_version(name, source=str(source)).version)
     client.set_model_version_tag(name, version, registry.VALIDATION_STATUS, status)
     for check in failed:
-        client.set_model_version_tag(name, version, f"check.{check}", registry.FAILED)
+        client.set_model_version_tag(name, version, f"check_{check}", registry.FAILED)
     client.set_registered_model_alias(name, registry.CHALLENGER, version)
     return version
 
@@ -224,7 +227,7 @@ def test_staging_adopts_a_new_validated_champion_from_test_once(store: str, tmp_
         "lancedb": LanceDBResource(uri=str(lance)),
     }
     register(client, TEST_MODEL, registry.PASSED, tmp_path)
-    client.set_model_version_tag(TEST_MODEL, "1", "check.meets_thresholds", registry.PASSED)  # test's own verdicts
+    client.set_model_version_tag(TEST_MODEL, "1", "check_meets_thresholds", registry.PASSED)  # test's own verdicts
     client.set_model_version_tag(TEST_MODEL, "1", "index_embedding_model", "m")  # what the model needs, travels with it
     assert tick(sensor, instance, resources).skip_message == f"{TEST_MODEL} has no champion yet"
     promotion.promote(client, TEST_MODEL, "1", "cli:alice", "test")
@@ -241,7 +244,7 @@ def test_staging_adopts_a_new_validated_champion_from_test_once(store: str, tmp_
     assert version.source == f"models:/{TEST_MODEL}/1"
     tags = version.tags
     assert tags[promotion.SOURCE_VERSION] == "1" and tags[registry.VALIDATION_STATUS] == registry.PENDING
-    assert "check.meets_thresholds" not in tags  # staging judges the copy on its own data
+    assert "check_meets_thresholds" not in tags  # staging judges the copy on its own data
     assert tags["index_embedding_model"] == "m" and tags["dagster_run_id"] == "run-1"
     assert str(registry.version_by_alias(client, STAGING_MODEL, registry.CHALLENGER).version) == copied
     assert "already copied" in tick(sensor, instance, resources).skip_message
@@ -277,6 +280,104 @@ def test_versions_are_found_by_their_tags_where_the_search_cannot_filter_on_tags
     assert promotion.copied_version(client, TEST_MODEL, "5", STAGING_MODEL) == copied
     assert promotion.copy_from(client, TEST_MODEL, "5", STAGING_MODEL, "run-2") == copied  # no second copy
     assert promotion.copied_version(client, TEST_MODEL, "4", STAGING_MODEL) is None
+
+
+
+class UnityCatalog(UnityCatalogSearch):
+    """UnityCatalogSearch that also keeps Unity Catalog's tag rules: no ``. , - = / :`` in a key,
+    and at most ``UC_TAG_LIMIT`` tags on a registered model or a model version, refused as UC refuses."""
+
+    @staticmethod
+    def _allowed(key: str, keys: set[str]) -> None:
+        if not UC_TAG_KEY.fullmatch(key):
+            raise MlflowException(f"Tag name {key} contains one or more of the reserved characters . , - = / :", INVALID_PARAMETER_VALUE)
+        if key not in keys and len(keys) >= registry.UC_TAG_LIMIT:
+            raise MlflowException(f"cannot add tag {key}: the object already has {len(keys)} tags", INVALID_PARAMETER_VALUE)
+
+    def set_model_version_tag(self, name, version, key, value, stage=None):  # noqa: ANN001, ANN201
+        self._allowed(key, set(self.get_model_version(name, version).tags))
+        return super().set_model_version_tag(name, version, key, value)
+
+    def set_registered_model_tag(self, name, key, value):  # noqa: ANN001, ANN201
+        self._allowed(key, set(self.get_registered_model(name).tags))
+        return super().set_registered_model_tag(name, key, value)
+
+    def create_model_version(self, name, source, run_id=None, tags=None, **kwargs):  # noqa: ANN001, ANN201, ANN003
+        for key in tags or {}:
+            self._allowed(key, set())
+        return super().create_model_version(name, source, run_id=run_id, tags=tags, **kwargs)
+
+
+def _deployment(where: str, version: str) -> endpoint.Deployment:
+    return endpoint.Deployment(where, f"{where}-endpoint", version, None, "2026-11-24T00:00:00Z", "run-1")
+
+
+def test_the_registry_keeps_unity_catalogs_tag_rules_through_a_long_life(store: str, tmp_path: Path) -> None:
+    """Checks, metrics, content digests, approvals, rollbacks, copies, endpoint records and more
+    champion changes than Unity Catalog keeps tags for, all through a client that refuses what UC
+    refuses. The registered model keeps the newest HISTORY_KEPT changes, and rollback still works."""
+    registry.configure(store, None)
+    client = UnityCatalog(tracking_uri=store, registry_uri=store)
+    metrics = {"recall_at_5": 0.9, "mrr_at_10": 0.8, "recall@1": 0.5}  # a name UC would refuse as written
+    for number in ("1", "2"):
+        register(client, TEST_MODEL, registry.PENDING, tmp_path)
+        client.set_model_version_tag(TEST_MODEL, number, rag_model.CONTENT_TAG, f"digest-{number}")
+        for check in REQUIRED_CHECKS:
+            registry.record_check(client, TEST_MODEL, number, check, True, REQUIRED_CHECKS, f"run-{number}", metrics)
+    assert registry.validation_status(client.get_model_version(TEST_MODEL, "2").tags, REQUIRED_CHECKS) == registry.PASSED
+    assert registry.recorded_metrics(client.get_model_version(TEST_MODEL, "2").tags) == {"recall_at_5": 0.9, "mrr_at_10": 0.8, "recall_1": 0.5}
+    assert str(registry.find_version(client, TEST_MODEL, **{rag_model.CONTENT_TAG: "digest-1"}).version) == "1"
+    for where in ("local", "databricks"):
+        endpoint.record(client, TEST_MODEL, _deployment(where, "1"))
+    moves = promotion.HISTORY_KEPT + 7
+    for move in range(moves):
+        promotion.promote(client, TEST_MODEL, "12"[move % 2], "sensor:champion", f"move {move}")
+    kept = promotion.history(client, TEST_MODEL)
+    assert [entry.reason for entry in kept] == [f"move {move}" for move in range(moves - promotion.HISTORY_KEPT, moves)]
+    assert endpoint.recorded(client, TEST_MODEL, "databricks") == _deployment("databricks", "1")
+
+    champion = champion_of(client)
+    promotion.approve(client, TEST_MODEL, "12"[champion == "1"], "cli:alice")  # the earlier champion
+    rolled = promotion.rollback(client, TEST_MODEL, "cli:alice")
+    assert rolled.previous == champion and champion_of(client) != champion
+    copied = promotion.copy_from(client, TEST_MODEL, champion_of(client), STAGING_MODEL, "run-3")
+    tags = client.get_model_version(STAGING_MODEL, copied).tags
+    assert not [key for key in tags if key.startswith((registry.CHECK_TAG_PREFIX, registry.METRIC_TAG_PREFIX))]
+    assert len(client.get_registered_model(TEST_MODEL).tags) <= registry.UC_TAG_LIMIT
+
+
+def test_a_registry_written_with_the_keys_before_unity_catalogs_reads_the_same(store: str, tmp_path: Path) -> None:
+    """Verdicts, metrics, content digest, champion history and endpoint record under the old dotted
+    keys: read as before, and the next promotion, rollback and copy carry on from them."""
+    client = registry.configure(store, None)
+    register(client, TEST_MODEL, registry.PASSED, tmp_path)
+    for check in REQUIRED_CHECKS:
+        client.set_model_version_tag(TEST_MODEL, "1", f"check.{check}", registry.PASSED)
+        client.set_model_version_tag(TEST_MODEL, "1", f"check.{check}.dagster_run_id", "run-0")
+    client.set_model_version_tag(TEST_MODEL, "1", "metric.mrr_at_10", "0.9000")
+    client.set_model_version_tag(TEST_MODEL, "1", "llmops.content_digest", "old-digest")
+    entry = promotion.HistoryEntry("2026-01-01T00:00:00.000000Z", "1", None, "sensor:champion", "promote", "first")
+    client.set_registered_model_tag(TEST_MODEL, "champion_history.2026-01-01T00:00:00.000000Z.abcd1234", json.dumps(dataclasses.asdict(entry)))
+    client.set_registered_model_alias(TEST_MODEL, registry.CHAMPION, "1")
+    client.set_registered_model_tag(TEST_MODEL, "serving_endpoint.local", json.dumps(dataclasses.asdict(_deployment("local", "1"))))
+
+    old = client.get_model_version(TEST_MODEL, "1").tags
+    assert registry.validation_status(old, REQUIRED_CHECKS) == registry.PASSED and registry.recorded_metrics(old) == {"mrr_at_10": 0.9}
+    client.set_model_version_tag(TEST_MODEL, "1", f"check.{REQUIRED_CHECKS[0]}", registry.FAILED)
+    assert registry.failed_checks(client.get_model_version(TEST_MODEL, "1").tags) == [REQUIRED_CHECKS[0]]
+    client.set_model_version_tag(TEST_MODEL, "1", f"check_{REQUIRED_CHECKS[0]}", registry.PASSED)  # the current key wins
+    assert registry.failed_checks(client.get_model_version(TEST_MODEL, "1").tags) == []
+    assert str(registry.find_version(client, TEST_MODEL, **{rag_model.CONTENT_TAG: "old-digest"}).version) == "1"  # not registered again
+    assert endpoint.recorded(client, TEST_MODEL, "local") == _deployment("local", "1")
+    assert promotion.history(client, TEST_MODEL) == [entry]
+
+    register(client, TEST_MODEL, registry.PASSED, tmp_path)
+    promotion.promote(client, TEST_MODEL, "2", "sensor:champion", "second")
+    assert [e.reason for e in promotion.history(client, TEST_MODEL)] == ["first", "second"]
+    assert promotion.rollback(client, TEST_MODEL, "cli:alice").version == "1"
+    copied = promotion.copy_from(client, TEST_MODEL, "1", STAGING_MODEL, "run-1")
+    tags = client.get_model_version(STAGING_MODEL, copied).tags
+    assert tags[rag_model.CONTENT_TAG] == "old-digest" and not [key for key in tags if key.startswith(("check", "metric", "llmops."))]
 
 
 def _start_server(backend: str, port: int) -> subprocess.Popen:

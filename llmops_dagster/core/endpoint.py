@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from llmops_dagster.core import registry
 from llmops_dagster.core.bundle import BundleEnvironment, target_names
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 DATABRICKS, LOCAL = "databricks", "local"
-ENDPOINT_TAG = "serving_endpoint.{where}"  # on the registered model: JSON of the last ``Deployment`` there
+ENDPOINT_TAG = "serving_endpoint_{where}"  # on the registered model: JSON of the last ``Deployment`` there
 CREATED, UPDATED, UNCHANGED = "created", "updated", "unchanged"
 INFERENCE_TABLE_SUFFIX = "_payload"  # AI Gateway names the request table <prefix>_payload
 HEALTH_TIMEOUT_S = 0.5  # a server on loopback answers /health in milliseconds
@@ -385,7 +386,7 @@ class Deployment:
 
 
 def tag_key(where: str) -> str:
-    return ENDPOINT_TAG.format(where=where)
+    return registry.tag_key(ENDPOINT_TAG.format(where=where))
 
 
 def recorded(client: MlflowClient, model: str, where: str) -> Deployment | None:
@@ -396,7 +397,7 @@ def recorded(client: MlflowClient, model: str, where: str) -> Deployment | None:
         tags: Mapping[str, str] = client.get_registered_model(model).tags
     except MlflowException:
         return None
-    raw = tags.get(tag_key(where))
+    raw = registry.current_tags(tags).get(tag_key(where))
     if not raw:
         return None
     try:

@@ -6,7 +6,8 @@
 - ``promote``: moves ``champion`` and records a history entry (version, previous champion, time,
   actor, reason) as its own registered-model tag. One tag per entry, under a unique key, so two
   writers never overwrite each other's entry; an alias has one version, so there is never a second
-  champion.
+  champion. The newest ``HISTORY_KEPT`` entries are kept, so that the registered model stays within
+  the tags Unity Catalog allows on one object.
 - ``rollback``: moves ``champion`` back to the most recent earlier champion that was not rolled
   back itself, or to a named version that was champion before; the version taken down is marked
   rolled back and loses its approval.
@@ -31,16 +32,22 @@ from llmops_dagster.core.registry import (
     METRIC_TAG_PREFIX,
     PASSED,
     PENDING,
+    UC_TAG_LIMIT,
     VALIDATION_STATUS,
+    current_tags,
     failed_checks,
     find_version,
+    recorded_metrics,
+    tag_key,
     version_by_alias,
 )
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-HISTORY_TAG_PREFIX = "champion_history."
+HISTORY_TAG_PREFIX = "champion_history_"
+# Entries kept on the registered model: with the endpoint records beside them, under UC_TAG_LIMIT.
+HISTORY_KEPT = UC_TAG_LIMIT - 10
 APPROVED_BY, APPROVED_AT = "approved_by", "approved_at"
 ROLLED_BACK_AT = "rolled_back_at"
 SOURCE_MODEL, SOURCE_VERSION = "source_model", "source_version"
@@ -61,7 +68,7 @@ class HistoryEntry:
 
     def key(self) -> str:
         # Sortable by time; the random suffix keeps two entries of the same instant apart.
-        return f"{HISTORY_TAG_PREFIX}{self.at}.{uuid.uuid4().hex[:8]}"
+        return tag_key(HISTORY_TAG_PREFIX + self.at.replace("-", "").replace(":", ""), uuid.uuid4().hex[:8])
 
 
 @dataclass(frozen=True)
@@ -76,10 +83,21 @@ def _now() -> str:
 
 
 def history(client: MlflowClient, name: str) -> list[HistoryEntry]:
-    """Every recorded champion change of ``name``, oldest first."""
-    model = client.get_registered_model(name)
-    entries = [(key, json.loads(value)) for key, value in model.tags.items() if key.startswith(HISTORY_TAG_PREFIX)]
-    return [HistoryEntry(**entry) for _, entry in sorted(entries)]
+    """Every recorded champion change of ``name`` that is kept, oldest first."""
+    return [entry for _, entry in _history_tags(client.get_registered_model(name).tags)]
+
+
+def _history_tags(tags: dict[str, str]) -> list[tuple[str, HistoryEntry]]:
+    """(tag key as written, entry) for each history entry, oldest first: by time, then key."""
+    entries = [(key, HistoryEntry(**json.loads(value))) for key, value in tags.items() if tag_key(key).startswith(HISTORY_TAG_PREFIX)]
+    return sorted(entries, key=lambda item: (item[1].at, tag_key(item[0])))
+
+
+def _forget_oldest(client: MlflowClient, name: str) -> None:
+    """Delete the entries beyond the newest ``HISTORY_KEPT``."""
+    entries = _history_tags(client.get_registered_model(name).tags)
+    for key, _ in entries[: max(0, len(entries) - HISTORY_KEPT)]:
+        client.delete_registered_model_tag(name, key)
 
 
 def champion_decision(client: MlflowClient, name: str, requires_approval: bool) -> Decision:
@@ -120,6 +138,7 @@ def promote(client: MlflowClient, name: str, version: str, actor: str, reason: s
             client.delete_registered_model_tag(name, key)
         finally:
             raise
+    _forget_oldest(client, name)
     return entry
 
 
@@ -249,7 +268,7 @@ def copy_from(client: MlflowClient, source_name: str, source_version: str, targe
         except MlflowException:
             client.create_registered_model(target_name)
         source = client.get_model_version(source_name, source_version)
-        tags = {key: value for key, value in source.tags.items() if not _verdict_tag(key)}
+        tags = {key: value for key, value in current_tags(source.tags).items() if not _verdict_tag(key)}
         tags.update(
             {SOURCE_MODEL: source_name, SOURCE_VERSION: str(source_version), VALIDATION_STATUS: PENDING, "dagster_run_id": dagster_run_id}
         )
@@ -287,7 +306,7 @@ def status(client: MlflowClient, name: str, requires_approval: bool) -> dict[str
             "version": str(version.version),
             "validation_status": tags.get(VALIDATION_STATUS, PENDING),
             "failed_checks": failed_checks(tags),
-            "metrics": {k.removeprefix(METRIC_TAG_PREFIX): float(v) for k, v in tags.items() if k.startswith(METRIC_TAG_PREFIX)},
+            "metrics": recorded_metrics(tags),
             "approved_by": tags.get(APPROVED_BY),
             "rolled_back_at": tags.get(ROLLED_BACK_AT),
             "source": f"{tags[SOURCE_MODEL]} v{tags[SOURCE_VERSION]}" if SOURCE_MODEL in tags else None,

@@ -30,7 +30,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # Models from code: MLflow stores this script, not a pickle, and runs it to build the model at load.
 MODEL_SCRIPT = Path(__file__).resolve().with_name("rag_pyfunc.py")
 MODEL_NAME_IN_RUN = "rag_model"
-CONTENT_TAG = "llmops.content_digest"
+CONTENT_TAG = "llmops_content_digest"
 # What the pyfunc imports at load time; the package itself travels with the model (code_paths).
 PIP_REQUIREMENTS = [
     "torch>=2.5,<2.14",
@@ -167,7 +167,7 @@ def register_challenger(
     if existing is not None:
         version = str(existing.version)
     else:
-        version = log_rag_model(spec, embedder_dir, adapter, generator, name, tags={"llmops.variant": spec.embedder_variant})
+        version = log_rag_model(spec, embedder_dir, adapter, generator, name, tags={"llmops_variant": spec.embedder_variant})
         for key, value in {CONTENT_TAG: digest, **tags, registry.VALIDATION_STATUS: registry.PENDING}.items():
             client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, registry.CHALLENGER, version)

@@ -1,14 +1,20 @@
 """The MLflow registry as the contract between runs and environments.
 
-Each blocking check writes its verdict to the model version as a tag (``check.<name>``), and
+Each blocking check writes its verdict to the model version as a tag (``check_<name>``), and
 ``validation_status`` is derived from all of them: FAILED as soon as one fails, PASSED only when
 every required check has passed, PENDING otherwise. A promotion sensor reads these tags; it never
 has to trust a run's status, because a failed check does not fail a run.
+
+Tag keys on versions and registered models are ones the ``databricks-uc`` registry accepts: letters,
+digits and underscores (Unity Catalog refuses ``. , - = / :`` in a key), and no more than
+``UC_TAG_LIMIT`` on one object. Keys written before this scheme (``check.<name>``, ``metric.<key>``,
+``llmops.content_digest``, ...) are read as their current spelling by ``current_tags``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -18,10 +24,23 @@ if TYPE_CHECKING:
 
 VALIDATION_STATUS = "validation_status"
 PASSED, FAILED, PENDING = "PASSED", "FAILED", "PENDING"
-CHECK_TAG_PREFIX = "check."
-METRIC_TAG_PREFIX = "metric."
+CHECK_TAG_PREFIX = "check_"
+METRIC_TAG_PREFIX = "metric_"
+UC_TAG_LIMIT = 50  # tags Unity Catalog keeps on one registered model or model version
 DAGSTER_RUN_TAG = "dagster_run_id"
 CHALLENGER, CHAMPION = "challenger", "champion"
+
+
+def tag_key(*parts: str) -> str:
+    """A tag key Unity Catalog accepts: the parts joined by underscores, any other character made one."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", "_".join(parts))
+
+
+def current_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """``tags`` under their current keys: one written before the Unity Catalog scheme (``check.x``)
+    is read as its current spelling (``check_x``), and the current key wins where both are there."""
+    older = {tag_key(key): value for key, value in tags.items() if tag_key(key) != key}
+    return {**older, **{key: value for key, value in tags.items() if tag_key(key) == key}}
 
 
 def configure(tracking_uri: str, registry_uri: str | None) -> MlflowClient:
@@ -77,9 +96,16 @@ def serving_version(client: MlflowClient, name: str) -> tuple[str, ModelVersion]
     return None
 
 
-def failed_checks(tags: dict[str, str]) -> list[str]:
+def failed_checks(tags: Mapping[str, str]) -> list[str]:
     """Names of the checks whose verdict tag on a version is FAILED."""
+    tags = current_tags(tags)
     return sorted(k.removeprefix(CHECK_TAG_PREFIX) for k, v in tags.items() if k.startswith(CHECK_TAG_PREFIX) and v == FAILED)
+
+
+def recorded_metrics(tags: Mapping[str, str]) -> dict[str, float]:
+    """The evaluation metrics recorded on a version."""
+    tags = current_tags(tags)
+    return {k.removeprefix(METRIC_TAG_PREFIX): float(v) for k, v in tags.items() if k.startswith(METRIC_TAG_PREFIX)}
 
 
 def find_version(client: MlflowClient, name: str, **tags: str) -> ModelVersion | None:
@@ -105,13 +131,15 @@ def find_version(client: MlflowClient, name: str, **tags: str) -> ModelVersion |
         raise
     for number in sorted(numbers, reverse=True):
         version = client.get_model_version(name, str(number))
-        if all(version.tags.get(key) == value for key, value in tags.items()):
+        found = current_tags(version.tags)
+        if all(found.get(key) == value for key, value in tags.items()):
             return version
     return None
 
 
-def validation_status(tags: dict[str, str], required: Iterable[str]) -> str:
-    verdicts = [tags.get(CHECK_TAG_PREFIX + name) for name in required]
+def validation_status(tags: Mapping[str, str], required: Iterable[str]) -> str:
+    tags = current_tags(tags)
+    verdicts = [tags.get(tag_key(CHECK_TAG_PREFIX + name)) for name in required]
     if FAILED in verdicts:
         return FAILED
     if all(verdict == PASSED for verdict in verdicts):
@@ -130,10 +158,10 @@ def record_check(
     metrics: dict[str, float] | None = None,
 ) -> str:
     """Write one check's verdict (and any metrics) to the version; returns the new validation_status."""
-    client.set_model_version_tag(name, version, CHECK_TAG_PREFIX + check, PASSED if passed else FAILED)
-    client.set_model_version_tag(name, version, f"{CHECK_TAG_PREFIX}{check}.dagster_run_id", dagster_run_id)
+    client.set_model_version_tag(name, version, tag_key(CHECK_TAG_PREFIX + check), PASSED if passed else FAILED)
+    client.set_model_version_tag(name, version, tag_key(CHECK_TAG_PREFIX + check, DAGSTER_RUN_TAG), dagster_run_id)
     for key, value in (metrics or {}).items():
-        client.set_model_version_tag(name, version, f"{METRIC_TAG_PREFIX}{key}", f"{value:.4f}")
+        client.set_model_version_tag(name, version, tag_key(METRIC_TAG_PREFIX + key), f"{value:.4f}")
     tags = client.get_model_version(name, version).tags
     status = validation_status(tags, required)
     client.set_model_version_tag(name, version, VALIDATION_STATUS, status)
