@@ -282,6 +282,24 @@ def test_versions_are_found_by_their_tags_where_the_search_cannot_filter_on_tags
     assert promotion.copied_version(client, TEST_MODEL, "4", STAGING_MODEL) is None
 
 
+def test_where_the_search_returns_tags_no_version_is_read_again(store: str, tmp_path: Path) -> None:
+    reads = []
+
+    class Counting(MlflowClient):
+        def get_model_version(self, name, version):  # noqa: ANN001, ANN201
+            reads.append(version)
+            return super().get_model_version(name, version)
+
+    registry.configure(store, None)
+    client = Counting(tracking_uri=store, registry_uri=store)
+    for digest in ("a", "b", "c"):
+        version = register(client, TEST_MODEL, registry.PASSED, tmp_path)
+        client.set_model_version_tag(TEST_MODEL, version, rag_model.CONTENT_TAG, digest)
+    reads.clear()
+    assert str(registry.find_version(client, TEST_MODEL, **{rag_model.CONTENT_TAG: "a"}).version) == "1"
+    assert reads == []
+
+
 
 class UnityCatalog(UnityCatalogSearch):
     """UnityCatalogSearch that also keeps Unity Catalog's tag rules: no ``. , - = / :`` in a key,

@@ -112,16 +112,18 @@ def find_version(client: MlflowClient, name: str, **tags: str) -> ModelVersion |
     """The newest version of ``name`` that carries every one of ``tags`` with that value.
 
     The tags are compared here, not in the search filter: Unity Catalog searches versions by name
-    alone and returns them without their tags, so each version is read, newest first, until one matches.
+    alone and returns them without their tags (``ModelVersionSearch``), so there each version is
+    read, newest first, until one matches. Other stores return the tags with the search.
     """
+    from mlflow.entities.model_registry import ModelVersionSearch
     from mlflow.exceptions import MlflowException
 
-    numbers: list[int] = []
+    found: list[ModelVersion] = []
     token = None
     try:
         while True:
             page = client.search_model_versions(f"name = '{name}'", page_token=token)
-            numbers += [int(found.version) for found in page]
+            found += page
             token = page.token
             if not token:
                 break
@@ -129,10 +131,11 @@ def find_version(client: MlflowClient, name: str, **tags: str) -> ModelVersion |
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
         raise
-    for number in sorted(numbers, reverse=True):
-        version = client.get_model_version(name, str(number))
-        found = current_tags(version.tags)
-        if all(found.get(key) == value for key, value in tags.items()):
+    for version in sorted(found, key=lambda version: int(version.version), reverse=True):
+        if isinstance(version, ModelVersionSearch):
+            version = client.get_model_version(name, str(version.version))
+        carried = current_tags(version.tags)
+        if all(carried.get(key) == value for key, value in tags.items()):
             return version
     return None
 
