@@ -1,7 +1,7 @@
 """A stand-in for a Databricks workspace's REST API on 127.0.0.1, for ``WorkspaceClient(host=...)``.
 
 It answers the calls dagster-databricks' Pipes clients really make (databricks-sdk 0.60): who am I
-(the credential check), ``/api/2.2/jobs/runs/submit|get|cancel`` and the Files API on volumes
+(the credential check), ``/api/2.2/jobs/runs/submit|get|list|cancel`` and the Files API on volumes
 (``/api/2.0/fs/files|directories``). A submitted run does what a real run of a Pipes entry point
 does to the volume: it reads the injected context and writes message chunks (``1.json``, ...)
 into the messages folder, then ends as the scenario says (success, failure, or running until it
@@ -49,6 +49,16 @@ class Run:
     state: str = "PENDING"
     result: str | None = None
     message: str = ""
+    run_type: str = "SUBMIT_RUN"
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("PENDING", "RUNNING", "TERMINATING")
+
+    def listed(self) -> dict[str, Any]:
+        state = {"life_cycle_state": self.state, **({"result_state": self.result} if self.result else {})}
+        url = f"http://workspace/#job/run/{self.run_id}"
+        return {"run_id": self.run_id, "run_name": self.submission.get("run_name"), "run_type": self.run_type, "state": state, "run_page_url": url}
 
 
 @dataclass
@@ -321,6 +331,16 @@ class _Handler(BaseHTTPRequestHandler):
             if run.result:
                 state["result_state"] = run.result
             return self._reply(200, {"run_id": run.run_id, "state": state, "run_page_url": f"http://workspace/#job/run/{run.run_id}"})
+        if path == "/api/2.2/jobs/runs/list":
+            # Two to a page, newest first, so that a caller has to follow next_page_token.
+            with ws.lock:
+                runs = [run for run in sorted(ws.runs.values(), key=lambda run: -run.run_id)
+                        if (query.get("active_only") != ["true"] or run.active) and query.get("run_type", [run.run_type]) == [run.run_type]]
+            start = int(query.get("page_token", ["0"])[0])
+            body: dict[str, Any] = {"runs": [run.listed() for run in runs[start : start + 2]], "has_more": start + 2 < len(runs)}
+            if body["has_more"]:
+                body["next_page_token"] = str(start + 2)
+            return self._reply(200, body)
         if path == "/api/2.2/jobs/runs/cancel" and method == "POST":
             ws.cancel(int(json.loads(self._body())["run_id"]))
             return self._reply(200, {})

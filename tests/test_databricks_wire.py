@@ -5,6 +5,7 @@ dagster-databricks Pipes clients and databricks-sdk, against a stand-in workspac
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import threading
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from databricks_workspace import FAIL, FAILURE_MESSAGE, HANG, REMOTE_ERROR, WorkspaceServer
+from databricks_workspace import FAIL, FAILURE_MESSAGE, HANG, REMOTE_ERROR, Run, WorkspaceServer
 
 from llmops_dagster.assets.predictions import batch_predictions
 from llmops_dagster.core import store
@@ -59,7 +60,7 @@ def test_serverless_run_submits_the_wheel_task_and_receives_the_materialization(
     assert metadata["dagster/row_count"].value == 11 and metadata["table_version"].value == 4
 
     [submission] = server.workspace.submissions
-    assert submission["run_name"] == "llmops test predict"
+    assert submission["run_name"] == f"llmops test predict (try {result.run_id}:0)"
     [task] = submission["tasks"]
     wheel = task["python_wheel_task"]
     assert wheel["package_name"] == "llmops_dagster" and wheel["entry_point"] == "llmops-pipes-predict"
@@ -102,6 +103,30 @@ def test_a_submission_whose_reply_is_lost_and_retried_starts_one_run(llmops_home
     assert materialize(llmops_home, databricks_compute()).success
     tokens = [submission["idempotency_token"] for submission in server.workspace.submissions]
     assert len(tokens) == 2 and len(set(tokens)) == 2
+
+
+def test_a_run_an_earlier_try_left_running_is_cancelled_before_the_step_submits_again(llmops_home: Path, server: WorkspaceServer) -> None:
+    """A Dagster worker killed while it followed a Databricks run leaves that run writing. The next
+    try of the step cancels it (every page of active one-off runs is read), and leaves alone what
+    is not its own: another step, another environment, a finished run, a job's run."""
+    ws = server.workspace
+
+    def left(run_id: int, name: str, state: str = "RUNNING", run_type: str = "SUBMIT_RUN") -> None:
+        ws.runs[run_id] = Run(run_id, {"run_name": name}, HANG, state=state, run_type=run_type)
+
+    left(1, "llmops test predict (try 5f1e2d3c-dead-4bee-8f00-000000000001:0)")
+    left(2, "llmops test predict (try 5f1e2d3c-dead-4bee-8f00-000000000001:1)", state="PENDING")
+    left(3, "llmops test embed (try 5f1e2d3c-dead-4bee-8f00-000000000001:0)")
+    left(4, "llmops staging predict (try 6a7b8c9d-0000-4000-8000-000000000002:0)")
+    left(5, "llmops test predict (try 4e3d2c1b-0000-4000-8000-000000000003:0)", state="TERMINATED")
+    left(6, "llmops test predict (try 5f1e2d3c-dead-4bee-8f00-000000000001:0)", run_type="JOB_RUN")
+    instance = dg.DagsterInstance.ephemeral()
+    result = materialize(llmops_home, databricks_compute(), instance)
+    assert result.success
+    assert sorted(ws.cancelled) == [1, 2]
+    assert all(ws.runs[number].state == "RUNNING" for number in (3, 4, 6))
+    warnings = [record.user_message for record in instance.all_logs(result.run_id) if record.level == logging.WARNING]
+    assert sum("cancelled Databricks run" in message and "an earlier try of this step left it running" in message for message in warnings) == 2
 
 
 def test_a_submission_the_jobs_api_refuses_fails_the_run_with_its_reason(llmops_home: Path, server: WorkspaceServer) -> None:

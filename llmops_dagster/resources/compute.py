@@ -10,6 +10,12 @@ the DBFS root.
 Credentials come from the variables ``databricks.host_env`` / ``databricks.token_env`` name (read
 through ``dg.EnvVar``) or from a ``~/.databrickscfg`` profile. They are checked once, before
 anything is submitted, and never appear in logs, metadata or errors.
+
+Each submission is named after the environment, step and try (``run_name``). Runs of one
+environment are queued one at a time, so a run of the same step from another try that is still
+active when the step submits again was left by a Dagster process that died (a killed worker does
+not cancel what it submitted): it is cancelled first, and logged, so that two runs never write the
+same tables.
 """
 
 from __future__ import annotations
@@ -61,7 +67,7 @@ class PipesComputeResource(dg.ConfigurableResource):
 
     @property
     def serverless(self) -> bool:
-        return self.node_type_id is None
+        return self.job_compute().serverless
 
     # ---- local -------------------------------------------------------------------------------
 
@@ -93,12 +99,16 @@ class PipesComputeResource(dg.ConfigurableResource):
     def job_compute(self) -> JobCompute:
         return JobCompute(self.environment_version, self.spark_version, self.node_type_id, self.num_workers, self.timeout_seconds)
 
+    def run_name(self, step: str, attempt: str = "") -> str:
+        """The submitted run's name; without ``attempt``, the start every try of the step shares."""
+        return f"llmops {self.env} {step} (" + (f"try {attempt})" if attempt else "")
+
     def submit_args(self, step: str, attempt: str) -> dict[str, Any]:
         """``attempt`` names this try of the step (Dagster run id and retry number). It is the
         idempotency token: a submission repeated after a lost reply, or by a step restarted within
         the same try, gets the run already submitted instead of a second run writing beside it."""
         token = hashlib.sha256(f"{self.env}:{step}:{attempt}".encode()).hexdigest()[:64]
-        args: dict[str, Any] = {"run_name": f"llmops {self.env} {step}", "idempotency_token": token, "timeout_seconds": self.timeout_seconds}
+        args: dict[str, Any] = {"run_name": self.run_name(step, attempt), "idempotency_token": token, "timeout_seconds": self.timeout_seconds}
         if self.serverless:
             from databricks.sdk.service import compute, jobs
 
@@ -172,9 +182,27 @@ class PipesComputeResource(dg.ConfigurableResource):
         kind = "serverless" if self.serverless else f"a new {self.node_type_id} cluster"
         context.log.info(f"submitting {pipes_entry_point(step)} for {self.env} to Databricks ({kind}), messages via {self.volume_path}")
         attempt = f"{context.run_id}:{context.retry_number}"
+        self.cancel_left_runs(client, step, attempt, context.log)
         return self.pipes_client(client).run(
             context=context, extras=dict(extras or {}), task=jobs.SubmitTask.from_dict(self.task(step)), submit_args=self.submit_args(step, attempt)
         )
+
+    def cancel_left_runs(self, client: WorkspaceClient, step: str, attempt: str, log: Any) -> list[int]:
+        """Cancel the active runs of ``step`` in this environment that another try submitted."""
+        from databricks.sdk.service import jobs
+
+        shared, own = self.run_name(step), self.run_name(step, attempt)
+        left = [
+            run for run in client.jobs.list_runs(active_only=True, run_type=jobs.RunType.SUBMIT_RUN)
+            if (run.run_name or "").startswith(shared) and run.run_name != own
+        ]
+        for run in left:
+            client.jobs.cancel_run(run.run_id)
+            log.warning(
+                f"cancelled Databricks run {run.run_id} ('{run.run_name}'): an earlier try of this step left it running, "
+                f"and no Dagster process follows it any more ({run.run_page_url or 'no run page'})"
+            )
+        return [run.run_id for run in left]
 
 
 def _without_secrets(text: str, kwargs: Mapping[str, Any]) -> str:
