@@ -105,3 +105,21 @@ def test_full_fine_tune_saves_a_model_the_embedder_loads(corpus, tmp_path: Path)
     tuned = Embedder(EmbedderConfig(model=str(saved), device="cpu"))
     assert tuned.fingerprint != embedder.fingerprint and tuned.encode(["a query"]).shape == (1, 384)
     assert 0 <= report.trained["mrr@10"] <= 1
+
+
+def test_a_retried_training_adds_no_second_loss_curve_to_the_run(tmp_path: Path) -> None:
+    import mlflow
+
+    from llmops_dagster.core.training import log_losses
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    try:
+        with mlflow.start_run() as run:
+            log_losses([0.9, 0.5, 0.3])
+            log_losses([0.9, 0.5, 0.3])  # the step again, in the same run
+            log_losses([0.9, 0.5, 0.3, 0.2])  # a longer try adds only its new step
+        history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train_loss")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert sorted((metric.step, metric.value) for metric in history) == [(0, 0.9), (1, 0.5), (2, 0.3), (3, 0.2)]

@@ -382,6 +382,20 @@ def index_chunks(table: Table) -> tuple[list[ChunkRecord], np.ndarray]:
     return chunks, vectors
 
 
+def log_losses(losses: list[float]) -> None:
+    """``train_loss`` per step on the active MLflow run, leaving out the steps it already holds: a
+    retried step logs into the same run, and MLflow would otherwise keep both curves as one."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
+    logged = {metric.step for metric in client.get_metric_history(run_id, "train_loss")}
+    now = int(time.time() * 1000)
+    metrics = [Metric("train_loss", loss, now, step) for step, loss in enumerate(losses) if step not in logged]
+    for start in range(0, len(metrics), 1000):  # log_batch takes at most 1000 metrics
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+
 def train_embedding_model(
     table: Table, embedder: Embedder, config: TrainingConfig, log: Callable[[str], None] = lambda _: None
 ) -> TrainedEmbeddingModel:
@@ -412,8 +426,7 @@ def train_embedding_model(
                 "training.pairs_digest": pairs_digest(report.train + report.held_out),
             }
         )
-        for step, loss in enumerate(report.result.losses):
-            mlflow.log_metric("train_loss", loss, step=step)
+        log_losses(report.result.losses)
         mlflow.log_metrics({**mlflow_metrics("held_out.base", report.base), **mlflow_metrics("held_out.trained", report.trained)})
         mlflow.log_metric("training_seconds", report.result.seconds)
         mlflow.log_text("\n".join(p.to_json() for p in report.held_out) + "\n", f"{ARTIFACT_DIR}/{HELD_OUT_FILE}")
