@@ -115,7 +115,8 @@ def test_a_retried_training_adds_no_second_loss_curve_to_the_run(tmp_path: Path)
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     try:
-        with mlflow.start_run() as run:
+        experiment = mlflow.MlflowClient().create_experiment("losses")  # not whichever experiment an earlier test set
+        with mlflow.start_run(experiment_id=experiment) as run:
             log_losses([0.9, 0.5, 0.3])
             log_losses([0.9, 0.5, 0.3])  # the step again, in the same run
             log_losses([0.9, 0.5, 0.3, 0.2])  # a longer try adds only its new step

@@ -67,7 +67,7 @@ class PipesComputeResource(dg.ConfigurableResource):
 
     @property
     def serverless(self) -> bool:
-        return self.job_compute().serverless
+        return self.node_type_id is None
 
     # ---- local -------------------------------------------------------------------------------
 
