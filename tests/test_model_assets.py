@@ -98,6 +98,7 @@ def test_a_run_trains_registers_and_validates_a_challenger(first: Run) -> None:
     assert float(version.tags["metric_mrr_at_10"]) >= first.settings.evaluation.min_mrr_at_10
     # What the whole graph wrote is what the databricks-uc registry accepts (tests/test_promotion.py)
     assert all(UC_TAG_KEY.fullmatch(key) for key in version.tags) and len(version.tags) <= registry.UC_TAG_LIMIT, sorted(version.tags)
+    assert all(len(value) <= registry.UC_TAG_VALUE_CHARS for value in version.tags.values())
 
     # One MLflow run per Dagster run, linked by dagster-mlflow's tag, finished, with the training record.
     runs = mlflow.search_runs(

@@ -302,27 +302,30 @@ def test_where_the_search_returns_tags_no_version_is_read_again(store: str, tmp_
 
 
 class UnityCatalog(UnityCatalogSearch):
-    """UnityCatalogSearch that also keeps Unity Catalog's tag rules: no ``. , - = / :`` in a key,
-    and at most ``UC_TAG_LIMIT`` tags on a registered model or a model version, refused as UC refuses."""
+    """UnityCatalogSearch that also keeps Unity Catalog's tag rules: no ``. , - = / :`` in a key, values
+    of at most ``UC_TAG_VALUE_CHARS``, and at most ``UC_TAG_LIMIT`` tags on a registered model or a
+    model version, refused as UC refuses."""
 
     @staticmethod
-    def _allowed(key: str, keys: set[str]) -> None:
+    def _allowed(key: str, keys: set[str], value: str = "") -> None:
+        if len(value) > registry.UC_TAG_VALUE_CHARS:
+            raise MlflowException(f"tag {key}: the value has {len(value)} characters, over {registry.UC_TAG_VALUE_CHARS}", INVALID_PARAMETER_VALUE)
         if not UC_TAG_KEY.fullmatch(key):
             raise MlflowException(f"Tag name {key} contains one or more of the reserved characters . , - = / :", INVALID_PARAMETER_VALUE)
         if key not in keys and len(keys) >= registry.UC_TAG_LIMIT:
             raise MlflowException(f"cannot add tag {key}: the object already has {len(keys)} tags", INVALID_PARAMETER_VALUE)
 
     def set_model_version_tag(self, name, version, key, value, stage=None):  # noqa: ANN001, ANN201
-        self._allowed(key, set(self.get_model_version(name, version).tags))
+        self._allowed(key, set(self.get_model_version(name, version).tags), value)
         return super().set_model_version_tag(name, version, key, value)
 
     def set_registered_model_tag(self, name, key, value):  # noqa: ANN001, ANN201
-        self._allowed(key, set(self.get_registered_model(name).tags))
+        self._allowed(key, set(self.get_registered_model(name).tags), value)
         return super().set_registered_model_tag(name, key, value)
 
     def create_model_version(self, name, source, run_id=None, tags=None, **kwargs):  # noqa: ANN001, ANN201, ANN003
-        for key in tags or {}:
-            self._allowed(key, set())
+        for key, value in (tags or {}).items():
+            self._allowed(key, set(), value)
         return super().create_model_version(name, source, run_id=run_id, tags=tags, **kwargs)
 
 

@@ -27,6 +27,7 @@ PASSED, FAILED, PENDING = "PASSED", "FAILED", "PENDING"
 CHECK_TAG_PREFIX = "check_"
 METRIC_TAG_PREFIX = "metric_"
 UC_TAG_LIMIT = 50  # tags Unity Catalog keeps on one registered model or model version
+UC_TAG_VALUE_CHARS = 1000  # and the longest value it takes
 DAGSTER_RUN_TAG = "dagster_run_id"
 CHALLENGER, CHAMPION = "challenger", "champion"
 
