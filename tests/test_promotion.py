@@ -367,6 +367,26 @@ def test_the_registry_keeps_unity_catalogs_tag_rules_through_a_long_life(store: 
     assert len(client.get_registered_model(TEST_MODEL).tags) <= registry.UC_TAG_LIMIT
 
 
+def test_history_that_cannot_make_room_moves_no_champion(store: str, tmp_path: Path) -> None:
+    """With the kept history full, a promotion first deletes the oldest entry. When the registry
+    refuses that, the champion has not moved: a rollback is not left half done."""
+
+    class NoDeletes(MlflowClient):
+        def delete_registered_model_tag(self, name, key):  # noqa: ANN001, ANN201
+            raise MlflowException(f"User does not have permission to delete tag {key}", INVALID_PARAMETER_VALUE)
+
+    plain = registry.configure(store, None)
+    for _ in range(2):
+        register(plain, TEST_MODEL, registry.PASSED, tmp_path)
+    for move in range(promotion.HISTORY_KEPT):
+        promotion.promote(plain, TEST_MODEL, "12"[move % 2], "sensor:champion", f"move {move}")
+    champion = champion_of(plain)
+    with pytest.raises(MlflowException, match="permission"):
+        promotion.rollback(NoDeletes(tracking_uri=store, registry_uri=store), TEST_MODEL, "cli:alice")
+    assert champion_of(plain) == champion and promotion.ROLLED_BACK_AT not in plain.get_model_version(TEST_MODEL, champion).tags
+    assert len(promotion.history(plain, TEST_MODEL)) == promotion.HISTORY_KEPT
+
+
 def test_a_registry_written_with_the_keys_before_unity_catalogs_reads_the_same(store: str, tmp_path: Path) -> None:
     """Verdicts, metrics, content digest, champion history and endpoint record under the old dotted
     keys: read as before, and the next promotion, rollback and copy carry on from them."""

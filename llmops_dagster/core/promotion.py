@@ -93,10 +93,10 @@ def _history_tags(tags: dict[str, str]) -> list[tuple[str, HistoryEntry]]:
     return sorted(entries, key=lambda item: (item[1].at, tag_key(item[0])))
 
 
-def _forget_oldest(client: MlflowClient, name: str) -> None:
-    """Delete the entries beyond the newest ``HISTORY_KEPT``."""
+def _make_room(client: MlflowClient, name: str) -> None:
+    """Delete the oldest entries, so that with the one about to be written there are ``HISTORY_KEPT``."""
     entries = _history_tags(client.get_registered_model(name).tags)
-    for key, _ in entries[: max(0, len(entries) - HISTORY_KEPT)]:
+    for key, _ in entries[: max(0, len(entries) - HISTORY_KEPT + 1)]:
         client.delete_registered_model_tag(name, key)
 
 
@@ -127,8 +127,10 @@ def promote(client: MlflowClient, name: str, version: str, actor: str, reason: s
     if previous == str(version):
         raise PromotionError(f"v{version} is already the champion of {name}")
     entry = HistoryEntry(_now(), str(version), previous, actor, action, reason)
-    # History first: if the alias move then fails, the entry is taken back; if the alias moved,
-    # its entry is already there, so a change is never left unrecorded.
+    # Room first, while a failure still leaves the champion where it was (a rollback then has not
+    # half happened). Then the history: if the alias move then fails, the entry is taken back; if
+    # the alias moved, its entry is already there, so a change is never left unrecorded.
+    _make_room(client, name)
     key = entry.key()
     client.set_registered_model_tag(name, key, json.dumps(asdict(entry)))
     try:
@@ -138,7 +140,6 @@ def promote(client: MlflowClient, name: str, version: str, actor: str, reason: s
             client.delete_registered_model_tag(name, key)
         finally:
             raise
-    _forget_oldest(client, name)
     return entry
 
 
