@@ -53,7 +53,7 @@ class Run:
 
     @property
     def active(self) -> bool:
-        return self.state in ("PENDING", "RUNNING", "TERMINATING")
+        return self.state in ("QUEUED", "PENDING", "RUNNING", "TERMINATING")
 
     def listed(self) -> dict[str, Any]:
         state = {"life_cycle_state": self.state, **({"result_state": self.result} if self.result else {})}
@@ -134,6 +134,7 @@ class Workspace:
     deny_endpoint_writes: bool = False  # the caller may read endpoints but not create or change them
     lose_submit_replies: int = 0  # this many run submissions are accepted but answered 503, as if the reply was lost
     idempotency_tokens: dict[str, int] = field(default_factory=dict)  # token -> the run it created
+    uncancellable: set[int] = field(default_factory=set)  # runs the caller may not cancel (another user's)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -342,7 +343,10 @@ class _Handler(BaseHTTPRequestHandler):
                 body["next_page_token"] = str(start + 2)
             return self._reply(200, body)
         if path == "/api/2.2/jobs/runs/cancel" and method == "POST":
-            ws.cancel(int(json.loads(self._body())["run_id"]))
+            run_id = int(json.loads(self._body())["run_id"])
+            if run_id in ws.uncancellable:
+                return self._error(403, "PERMISSION_DENIED", f"User does not have permission to cancel run {run_id}.")
+            ws.cancel(run_id)
             return self._reply(200, {})
         if path == ENDPOINTS or path.startswith(ENDPOINTS + "/"):
             raw = self._body()

@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import threading
+import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -105,28 +107,37 @@ def test_a_submission_whose_reply_is_lost_and_retried_starts_one_run(llmops_home
     assert len(tokens) == 2 and len(set(tokens)) == 2
 
 
-def test_a_run_an_earlier_try_left_running_is_cancelled_before_the_step_submits_again(llmops_home: Path, server: WorkspaceServer) -> None:
+def test_a_run_an_ended_try_left_running_is_cancelled_before_the_step_submits_again(llmops_home: Path, server: WorkspaceServer) -> None:
     """A Dagster worker killed while it followed a Databricks run leaves that run writing. The next
-    try of the step cancels it (every page of active one-off runs is read), and leaves alone what
-    is not its own: another step, another environment, a finished run, a job's run."""
-    ws = server.workspace
+    try of the step cancels it when this instance holds its Dagster run as ended (every page of
+    active one-off runs is read). It leaves alone, with a warning, a run whose Dagster run is still
+    going or unknown here (another Dagster home), and one it may not cancel; and, without a word,
+    another step's, another environment's, a finished run and a job's run."""
+    ws, instance = server.workspace, dg.DagsterInstance.ephemeral()
+    ended, going, unknown = (str(uuid.uuid4()) for _ in range(3))
+    instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id=ended, status=dg.DagsterRunStatus.FAILURE))
+    instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id=going, status=dg.DagsterRunStatus.STARTED))
 
     def left(run_id: int, name: str, state: str = "RUNNING", run_type: str = "SUBMIT_RUN") -> None:
         ws.runs[run_id] = Run(run_id, {"run_name": name}, HANG, state=state, run_type=run_type)
 
-    left(1, "llmops test predict (try 5f1e2d3c-dead-4bee-8f00-000000000001:0)")
-    left(2, "llmops test predict (try 5f1e2d3c-dead-4bee-8f00-000000000001:1)", state="PENDING")
-    left(3, "llmops test embed (try 5f1e2d3c-dead-4bee-8f00-000000000001:0)")
-    left(4, "llmops staging predict (try 6a7b8c9d-0000-4000-8000-000000000002:0)")
-    left(5, "llmops test predict (try 4e3d2c1b-0000-4000-8000-000000000003:0)", state="TERMINATED")
-    left(6, "llmops test predict (try 5f1e2d3c-dead-4bee-8f00-000000000001:0)", run_type="JOB_RUN")
-    instance = dg.DagsterInstance.ephemeral()
+    left(1, f"llmops test predict (try {ended}:0)")
+    left(2, f"llmops test predict (try {ended}:1)", state="QUEUED")
+    left(3, f"llmops test predict (try {going}:0)")
+    left(4, f"llmops test predict (try {unknown}:0)")
+    left(5, f"llmops test predict (try {ended}:2)")
+    ws.uncancellable.add(5)
+    left(6, f"llmops test embed (try {ended}:0)")
+    left(7, f"llmops staging predict (try {ended}:0)")
+    left(8, f"llmops test predict (try {ended}:3)", state="TERMINATED")
+    left(9, f"llmops test predict (try {ended}:4)", run_type="JOB_RUN")
     result = materialize(llmops_home, databricks_compute(), instance)
     assert result.success
     assert sorted(ws.cancelled) == [1, 2]
-    assert all(ws.runs[number].state == "RUNNING" for number in (3, 4, 6))
+    assert all(ws.runs[number].state == "RUNNING" for number in (3, 4, 5, 6, 7, 9))
     warnings = [record.user_message for record in instance.all_logs(result.run_id) if record.level == logging.WARNING]
-    assert sum("cancelled Databricks run" in message and "an earlier try of this step left it running" in message for message in warnings) == 2
+    assert sorted(int(re.search(r"Databricks run (\d+)", message)[1]) for message in warnings) == [1, 2, 3, 4, 5]
+    assert sum("left running" in message for message in warnings) == 2 and sum("could not cancel" in message for message in warnings) == 1
 
 
 def test_a_submission_the_jobs_api_refuses_fails_the_run_with_its_reason(llmops_home: Path, server: WorkspaceServer) -> None:

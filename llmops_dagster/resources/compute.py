@@ -11,16 +11,15 @@ Credentials come from the variables ``databricks.host_env`` / ``databricks.token
 through ``dg.EnvVar``) or from a ``~/.databrickscfg`` profile. They are checked once, before
 anything is submitted, and never appear in logs, metadata or errors.
 
-Each submission is named after the environment, step and try (``run_name``). Runs of one
-environment are queued one at a time, so a run of the same step from another try that is still
-active when the step submits again was left by a Dagster process that died (a killed worker does
-not cancel what it submitted): it is cancelled first, and logged, so that two runs never write the
-same tables.
+Each submission is named after the environment, step and try (``run_name``). A Dagster worker that
+is killed does not cancel the run it followed, so before a step submits, the active runs of the same
+step and environment that an ended try left are cancelled and logged (``cancel_left_runs``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -182,28 +181,42 @@ class PipesComputeResource(dg.ConfigurableResource):
         kind = "serverless" if self.serverless else f"a new {self.node_type_id} cluster"
         context.log.info(f"submitting {pipes_entry_point(step)} for {self.env} to Databricks ({kind}), messages via {self.volume_path}")
         attempt = f"{context.run_id}:{context.retry_number}"
-        self.cancel_left_runs(client, step, attempt, context.log)
+        self.cancel_left_runs(client, context, step)
         return self.pipes_client(client).run(
             context=context, extras=dict(extras or {}), task=jobs.SubmitTask.from_dict(self.task(step)), submit_args=self.submit_args(step, attempt)
         )
 
-    def cancel_left_runs(self, client: WorkspaceClient, step: str, attempt: str, log: Any) -> list[int]:
-        """Cancel the active runs of ``step`` in this environment that another try submitted."""
+    def cancel_left_runs(self, client: WorkspaceClient, context: dg.AssetExecutionContext, step: str) -> list[int]:
+        """Cancel the active Databricks runs of ``step`` in this environment that no Dagster process
+        follows any more: an earlier try of this step in this Dagster run, or one from a Dagster run
+        this instance holds as finished. A run of a Dagster run that is still going, or that this
+        instance does not know (another Dagster home on the same workspace), is left alone with a
+        warning, and so is one the workspace will not let us cancel."""
         from databricks.sdk.service import jobs
 
-        shared, own = self.run_name(step), self.run_name(step, attempt)
-        left = [
-            run for run in client.jobs.list_runs(active_only=True, run_type=jobs.RunType.SUBMIT_RUN)
-            if (run.run_name or "").startswith(shared) and run.run_name != own
-        ]
-        for run in left:
-            client.jobs.cancel_run(run.run_id)
-            log.warning(
-                f"cancelled Databricks run {run.run_id} ('{run.run_name}'): an earlier try of this step left it running, "
-                f"and no Dagster process follows it any more ({run.run_page_url or 'no run page'})"
-            )
-        return [run.run_id for run in left]
-
+        ours = re.compile(re.escape(self.run_name(step)) + r"try (?P<run_id>[0-9a-f-]+):(?P<retry>\d+)\)")
+        cancelled = []
+        for run in client.jobs.list_runs(active_only=True, run_type=jobs.RunType.SUBMIT_RUN):
+            found = ours.fullmatch(run.run_name or "")
+            if found is None or (found["run_id"], int(found["retry"])) == (context.run_id, context.retry_number):
+                continue
+            named = f"Databricks run {run.run_id} ('{run.run_name}', {run.run_page_url or 'no run page'})"
+            if found["run_id"] == context.run_id:
+                left = int(found["retry"]) < context.retry_number
+            else:
+                dagster_run = context.instance.get_run_by_id(found["run_id"])
+                left = dagster_run is not None and dagster_run.is_finished
+            if not left:
+                context.log.warning(f"{named} is still active and may be followed by another Dagster process; left running")
+                continue
+            try:
+                client.jobs.cancel_run(run.run_id)
+            except Exception as error:  # noqa: BLE001 - the step goes on; the run is named for someone to cancel
+                context.log.warning(f"could not cancel {named}, left by an earlier try of this step: {type(error).__name__}: {error}")
+                continue
+            context.log.warning(f"cancelled {named}: an earlier try of this step left it running, and it has ended in Dagster")
+            cancelled.append(run.run_id)
+        return cancelled
 
 def _without_secrets(text: str, kwargs: Mapping[str, Any]) -> str:
     token = kwargs.get("token")
