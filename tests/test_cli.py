@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -272,6 +273,34 @@ def test_run_is_refused_while_the_environment_has_a_run_in_progress(tmp_path: Pa
     assert result.returncode == 2, result.stderr
     assert f"run {running.run_id} for environment 'test' is still in progress" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_second_llmops_process_in_the_same_environment_is_refused_until_the_first_ends(tmp_path: Path, sample_landing: Path) -> None:
+    """Two `llmops run` started together both found no run in progress; now the second one finds the
+    first holding the environment's lock, and says so. The lock goes with the process that holds it."""
+    from filelock import FileLock
+
+    from llmops_dagster.cli.instance import lock_path
+
+    home = tmp_path / "home"
+    env = {**os.environ, "LLMOPS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+    (home / "dagster").mkdir(parents=True)
+    command = [LLMOPS, "run", "--env", "test", "--landing", str(sample_landing)]
+    with pytest.MonkeyPatch.context() as scoped:
+        scoped.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])
+        path = lock_path("test")
+    hold = f"import filelock, time; lock = filelock.FileLock({str(path)!r}); lock.acquire(); print('held', flush=True); time.sleep(600)"
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert refused.returncode == 2, refused.stderr
+        said = f"another llmops process is running a job in environment 'test' (it holds {path}); try again when it ends"
+        assert refused.stderr.strip().endswith(said) and "Traceback" not in refused.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    assert FileLock(str(path), timeout=0).acquire()  # killed: the lock went with it
 
 
 def test_status_of_an_empty_registry(tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -80,8 +82,37 @@ def open_instance():
     return dg.DagsterInstance.get()
 
 
+def lock_path(env: str) -> Path:
+    """The file an llmops process locks while it runs a job in ``env`` (beside dagster.yaml)."""
+    return Path(os.environ["DAGSTER_HOME"]) / f"llmops-{env}.lock"
+
+
+@contextmanager
+def running_alone(instance, env: str) -> Iterator[None]:
+    """The CLI runs in process, outside the run queue: it runs a job in ``env`` only while no other
+    llmops process on this machine does (a file lock, held until the job ends), and no run of the
+    environment is in progress in the instance (``refuse_if_running``).
+
+    The lock is the operating system's: it goes with the process holding it, so a crash never
+    leaves the environment locked.
+    """
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(lock_path(env), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise UserError(f"another llmops process is running a job in environment '{env}' (it holds {lock_path(env)}); "
+                        "try again when it ends") from None
+    try:
+        refuse_if_running(instance, env)
+        yield
+    finally:
+        lock.release()
+
+
 def refuse_if_running(instance, env: str) -> None:
-    """The CLI runs in process, outside the run queue: check for a run of this environment first.
+    """Refuse while a run of this environment is in progress: one the daemon or the UI started.
 
     A CLI run whose process is gone (killed, or its machine restarted) is marked failed with the
     reason, so that a crash never locks the environment.

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from llmops_dagster.cli.access import acting_account
 from llmops_dagster.cli.common import UserError, existing_folder, settings_for
 from llmops_dagster.cli.execution import execute
-from llmops_dagster.cli.instance import open_instance, refuse_if_running
+from llmops_dagster.cli.instance import open_instance, running_alone
 from llmops_dagster.tags import RUN_KEY_TAG, SENSOR_NAME_TAG, TRIGGER_TAG
 
 if TYPE_CHECKING:
@@ -27,8 +27,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     job = build_defs(settings).resolve_job_def(INGEST_JOB)
     instance = open_instance()
-    refuse_if_running(instance, settings.name)
-    with acting_account(settings):  # registers and tags versions: the service account, where auth: is declared
+    with running_alone(instance, settings.name), acting_account(settings):  # acting: registers and tags versions
         return execute(job, instance, {TRIGGER_TAG: "cli"})
 
 
@@ -84,11 +83,11 @@ def _tick(settings: EnvSettings, defs: dg.Definitions, instance: dg.DagsterInsta
                 print(f"{settings.name}/{name}: run key {request.run_key} already ran as {earlier.run_id} ({earlier.status.value}); skipped")
                 continue
             print(f"{settings.name}/{name}: starting {sensor.job_name} ({request.run_key})")
-            refuse_if_running(instance, settings.name)
             tags = {**request.tags, TRIGGER_TAG: f"cli-tick:{name}", SENSOR_NAME_TAG: name}
             if request.run_key:
                 tags[RUN_KEY_TAG] = request.run_key
-            status = max(status, execute(defs.resolve_job_def(sensor.job_name), instance, tags))
+            with running_alone(instance, settings.name):
+                status = max(status, execute(defs.resolve_job_def(sensor.job_name), instance, tags))
     return status
 
 
