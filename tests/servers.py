@@ -44,10 +44,10 @@ class Server:
         return registry.configure(f"sqlite:///{self.home}/mlflow.db", None)
 
 
-def declare(folder: Path, port: int) -> Path:
+def declare(folder: Path, port: int, **serving: object) -> Path:
     declaration = yaml.safe_load((REPO / "environments.yaml").read_text())
     declaration["defaults"]["serving"].update(
-        {"port": port, "poll_seconds": 0.5, "log_flush_seconds": FLUSH_SECONDS, "token_env": TOKEN_ENV, "max_body_kb": 16}
+        {"port": port, "poll_seconds": 0.5, "log_flush_seconds": FLUSH_SECONDS, "token_env": TOKEN_ENV, "max_body_kb": 16, **serving}
     )
     path = folder / "environments.yaml"
     path.write_text(yaml.safe_dump(declaration))
@@ -63,9 +63,10 @@ def champion_home(trained_home: TrainedHome, folder: Path) -> Path:
     return home
 
 
-def start(home: Path, folder: Path, token: str | None = None) -> Server:
+def start(home: Path, folder: Path, token: str | None = None, **serving: object) -> Server:
+    """``llmops serve --env test``; ``serving`` overrides settings of the declaration's serving section."""
     port = free_port()
-    env = {**os.environ, "LLMOPS_HOME": str(home), "HF_HUB_OFFLINE": "1", "LLMOPS_ENVIRONMENTS": str(declare(folder, port))}
+    env = {**os.environ, "LLMOPS_HOME": str(home), "HF_HUB_OFFLINE": "1", "LLMOPS_ENVIRONMENTS": str(declare(folder, port, **serving))}
     env.pop(TOKEN_ENV, None)
     if token:
         env[TOKEN_ENV] = token

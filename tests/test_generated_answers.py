@@ -7,6 +7,7 @@ streaming, and the inference log records who answered and what it cost."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -57,7 +58,7 @@ def generated(trained_home: TrainedHome, tmp_path_factory: pytest.TempPathFactor
     version, reused = register_with(home, {})
     assert not reused
     registry.configure(f"sqlite:///{home}/mlflow.db", None).set_registered_model_alias(NAME, registry.CHAMPION, version)
-    server = start(home, folder)
+    server = start(home, folder, max_concurrent=1)  # one prediction at a time: a stream's slot shows
     yield server, version
     code, printed = stop(server)
     assert code == 0, printed[-2000:]
@@ -115,6 +116,37 @@ def test_a_client_that_leaves_mid_answer_stops_the_generation_and_is_logged_as_4
     assert row["error"] == "the client closed the stream before the answer was complete"
     assert row["answer"].startswith("".join(received)) and not row["found"]  # what was sent, not a failure message
     assert httpx.get(server.url + "/health", timeout=30).json()["status"] == "ready"
+
+
+def test_a_streamed_answer_holds_its_prediction_slot_until_it_ends(generated: tuple[Server, str]) -> None:
+    """serving.max_concurrent is 1 here: a search sent while an answer streams waits for the stream
+    to end, because the generation runs in a prediction slot as a request's without a stream does
+    (streams do not pile up on the cores beside the predictions)."""
+    server, _ = generated
+    body = {"model": NAME, "messages": [{"role": "user", "content": QUESTION}], "stream": True}
+    searched: dict[str, httpx.Response] = {}
+
+    def search() -> None:
+        headers = {"X-Client-Request-Id": "slot-search"}
+        searched["reply"] = httpx.post(server.url + "/search", json={"query": QUESTION}, headers=headers, timeout=300)
+
+    streamed = {"X-Client-Request-Id": "slot-stream"}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, headers=streamed, timeout=300) as response:
+        lines = response.iter_lines()
+        for line in lines:
+            if line.startswith("data: {") and json.loads(line.removeprefix("data: "))["choices"][0]["delta"].get("content"):
+                break  # the answer is being generated
+        searcher = threading.Thread(target=search)
+        searcher.start()
+        rest = [line for line in lines if line]
+    searcher.join(300)
+    assert rest[-1] == "data: [DONE]" and searched["reply"].status_code == 200
+    deadline = time.monotonic() + 30
+    while len(rows := {row["client_request_id"]: row for row in server.log_rows() if row["client_request_id"] in ("slot-stream", "slot-search")}) < 2:
+        assert time.monotonic() < deadline, rows
+        time.sleep(FLUSH_SECONDS)
+    ended = {name: row["timestamp_ms"] + row["execution_time_ms"] for name, row in rows.items()}
+    assert rows["slot-stream"]["status_code"] == 200 and ended["slot-search"] >= ended["slot-stream"] - 1, ended  # 1 ms: whole-ms start times
 
 
 def test_the_projects_openai_generator_talks_to_llmops_serve(generated: tuple[Server, str]) -> None:

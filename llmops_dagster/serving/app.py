@@ -206,7 +206,7 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] = lambda: Non
         def respond(exchange: Exchange) -> Any:
             if exchange.streaming is None:
                 return chat_completion(exchange)
-            return EventStream(live_chunks(exchange, finish), headers=exchange.headers())
+            return EventStream(live_chunks(exchange, finish), headers=exchange.headers(), slot=running)
 
         return await answer(request, CHAT, lambda payload, served: protocol.chat(payload, state.limits), respond)
 
@@ -347,10 +347,11 @@ class EventStream(StreamingResponse):
     being made and runs in that thread as soon as it is done.
     """
 
-    def __init__(self, chunks: Generator[str, None, None], headers: dict[str, str]) -> None:
+    def __init__(self, chunks: Generator[str, None, None], headers: dict[str, str], slot: asyncio.Semaphore) -> None:
         self.chunks = chunks
         self.first = next(chunks)  # started now, so that closing it always ends it (an unstarted generator ignores close)
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="llmops-stream")
+        self.slot = slot
         super().__init__(self._made_in_worker(), media_type="text/event-stream", headers=headers)
 
     async def _made_in_worker(self) -> AsyncIterator[str]:
@@ -361,7 +362,8 @@ class EventStream(StreamingResponse):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            async with self.slot:  # the answer is generated in a prediction slot, as a request's without a stream
+                await super().__call__(scope, receive, send)
         finally:
             self.worker.submit(self.chunks.close)
             self.worker.shutdown(wait=False)
