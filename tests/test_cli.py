@@ -245,6 +245,49 @@ def test_the_queue_tags_runs_launched_from_the_asset_graph_with_their_environmen
         assert (home / "dagster.yaml").read_text() == user_written  # the user's, or edited by the user: left alone
 
 
+def test_a_run_whose_worker_is_gone_is_marked_failed_and_the_others_are_left(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A run the daemon launched names its run worker's process on its RUN_START event. When
+    `dagster dev` was killed with it, nothing else marks it failed and its environment's queue stays
+    held: the next llmops command, or `make ui`, does. A run whose worker lives, or one still being
+    launched, is left in progress."""
+    import dagster as dg
+
+    from llmops_dagster.cli import DAGSTER_YAML
+    from llmops_dagster.cli.common import UserError
+    from llmops_dagster.cli.instance import mark_orphaned_failed, refuse_if_running
+    from llmops_dagster.tags import ENV_TAG
+
+    @dg.op
+    def nothing() -> None:
+        pass
+
+    @dg.job
+    def idle() -> None:
+        nothing()
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (tmp_path / "dagster.yaml").write_text(DAGSTER_YAML)
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+
+        def run(env: str, worker: int | None, status: dg.DagsterRunStatus = dg.DagsterRunStatus.STARTED) -> dg.DagsterRun:
+            created = instance.create_run_for_job(idle, status=status, tags={ENV_TAG: env})
+            if worker is not None:
+                started = dg.DagsterEvent(event_type_value=dg.DagsterEventType.RUN_START.value, job_name=created.job_name, pid=worker)
+                instance.report_dagster_event(started, created.run_id)
+            return created
+
+        orphan, alive, launching = run("test", gone.pid), run("staging", os.getpid()), run("prod", None, dg.DagsterRunStatus.STARTING)
+        assert {live.run_id for live in mark_orphaned_failed(instance)} == {alive.run_id, launching.run_id}
+        assert instance.get_run_by_id(orphan.run_id).status == dg.DagsterRunStatus.FAILURE
+        [failure] = instance.all_logs(orphan.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+        assert f"its run worker, process {gone.pid} on " in failure.dagster_event.message
+        assert f"run {orphan.run_id} was left unfinished" in capsys.readouterr().err
+        refuse_if_running(instance, "test")  # nothing in progress any more
+        with pytest.raises(UserError, match=f"run {alive.run_id} for environment 'staging' is still in progress"):
+            refuse_if_running(instance, "staging")
+
+
 @pytest.mark.parametrize("started_by", ["daemon", "live cli process"])
 def test_run_is_refused_while_the_environment_has_a_run_in_progress(tmp_path: Path, sample_landing: Path, started_by: str) -> None:
     """A run the daemon started, or one whose CLI process is alive on this host, is in progress, not orphaned."""

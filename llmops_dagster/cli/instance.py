@@ -67,8 +67,14 @@ def dagster_dev(argv: list[str]) -> NoReturn:
     A shell without job control starts a background job with SIGINT ignored, and ``dagster dev`` and
     the processes it starts give SIGTERM whatever SIGINT has, so ``kill`` would be ignored as well.
     SIGINT goes back to its default first, so that Ctrl-C and SIGTERM both stop the webserver and daemon.
+    Runs that an earlier ``dagster dev`` left in progress when it was killed are marked failed first:
+    otherwise they would hold their environments' queues for good.
     """
-    ensure_dagster_home()
+    import dagster as dg
+
+    home = ensure_dagster_home()
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        mark_orphaned_failed(instance)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     dagster = Path(sys.executable).with_name("dagster")
     os.execv(dagster, [str(dagster), "dev", *argv])
@@ -114,36 +120,61 @@ def running_alone(instance, env: str) -> Iterator[None]:
 def refuse_if_running(instance, env: str) -> None:
     """Refuse while a run of this environment is in progress: one the daemon or the UI started.
 
-    A CLI run whose process is gone (killed, or its machine restarted) is marked failed with the
-    reason, so that a crash never locks the environment.
+    A run whose process is gone (killed, or its machine restarted) is marked failed with the reason
+    (``mark_orphaned_failed``), so that a crash never locks the environment.
+    """
+    for run in mark_orphaned_failed(instance, {ENV_TAG: env}):
+        raise UserError(f"run {run.run_id} for environment '{env}' is still in progress; try again when it ends")
+
+
+def mark_orphaned_failed(instance, tags: dict[str, str] | None = None) -> list:
+    """Mark failed, with the reason, each run in progress whose process is gone; return the others.
+
+    A run the CLI started names its host and process in its tags. A run the daemon or the UI
+    launched has its run worker's process on its RUN_START event: the instance is the sqlite files
+    under DAGSTER_HOME, so those workers ran on this machine. A worker killed under a live code
+    server is marked failed by that server; one whose code server went with it (``dagster dev``
+    killed) stays STARTED, and its environment's queue with it, until this finds it.
     """
     import dagster as dg
 
-    active = instance.get_runs(
-        filters=dg.RunsFilter(
-            tags={ENV_TAG: env},
-            statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED],
-        ),
-    )
-    for run in active:
-        reason = _orphaned(run.tags)
+    in_progress = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+    live = []
+    for run in instance.get_runs(filters=dg.RunsFilter(tags=tags or {}, statuses=in_progress)):
+        reason = _orphaned(instance, run)
         if reason is None:
-            raise UserError(f"run {run.run_id} for environment '{env}' is still in progress; try again when it ends")
+            live.append(run)
+            continue
         instance.report_run_failed(run, message=f"{reason}; marked failed by a later llmops command")
         print(f"llmops: run {run.run_id} was left unfinished ({reason}); marked it failed", file=sys.stderr)
+    return live
 
 
-def _orphaned(tags: dict[str, str]) -> str | None:
-    """Why a run started by the CLI on this host can no longer be running, or None if it may be."""
+def _orphaned(instance, run) -> str | None:
+    """Why a run can no longer be running, or None if it may be."""
     import socket
 
-    host, pid = tags.get(HOST_TAG), tags.get(PID_TAG)
-    if host != socket.gethostname() or not (pid or "").isdigit():
-        return None  # started elsewhere (the daemon, another machine): not ours to judge
+    import dagster as dg
+
+    if HOST_TAG in run.tags or PID_TAG in run.tags:  # started by the CLI
+        host, pid = run.tags.get(HOST_TAG), run.tags.get(PID_TAG)
+        if host != socket.gethostname() or not (pid or "").isdigit():
+            return None  # another machine's: not ours to judge
+        return None if _alive(int(pid)) else f"its process {pid} on {host} is gone"
+    if run.status != dg.DagsterRunStatus.STARTED:
+        return None  # queued, or being launched: the daemon's
+    started = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_START)
+    pid = started[-1].dagster_event.pid if started else None
+    if pid is None or _alive(pid):
+        return None
+    return f"its run worker, process {pid} on {socket.gethostname()}, is gone"
+
+
+def _alive(pid: int) -> bool:
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
-        return f"its process {pid} on {host} is gone"
+        return False
     except PermissionError:
-        return None  # alive, under another user
-    return None
+        return True  # alive, under another user
+    return True
