@@ -131,8 +131,8 @@ def mark_orphaned_failed(instance, tags: dict[str, str] | None = None) -> list:
     """Mark failed, with the reason, each run in progress whose process is gone; return the others.
 
     A run the CLI started names its host and process in its tags. A run the daemon or the UI
-    launched has its run worker's process on its RUN_START event: the instance is the sqlite files
-    under DAGSTER_HOME, so those workers ran on this machine. A worker killed under a live code
+    launched has its run worker's process on its RUN_START event: with the default run launcher and
+    the instance in sqlite files under DAGSTER_HOME, those workers ran on this machine. A worker killed under a live code
     server is marked failed by that server; one whose code server went with it (``dagster dev``
     killed) stays STARTED, and its environment's queue with it, until this finds it.
     """
@@ -161,8 +161,8 @@ def _orphaned(instance, run) -> str | None:
         if host != socket.gethostname() or not (pid or "").isdigit():
             return None  # another machine's: not ours to judge
         return None if _alive(int(pid)) else f"its process {pid} on {host} is gone"
-    if run.status != dg.DagsterRunStatus.STARTED:
-        return None  # queued, or being launched: the daemon's
+    if run.status != dg.DagsterRunStatus.STARTED or type(instance.run_launcher) is not dg.DefaultRunLauncher:
+        return None  # queued or being launched (the daemon's), or a worker in a container or on another machine
     started = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_START)
     pid = started[-1].dagster_event.pid if started else None
     if pid is None or _alive(pid):
