@@ -68,9 +68,9 @@ def wait_for(condition, timeout: float, what: str, every: float = 2.0):
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-@pytest.fixture
-def dagster_dev(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """``make ui``'s command on a free loopback port; yields the webserver's base URL."""
+def start_dagster_dev(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log) -> tuple[subprocess.Popen, str]:  # noqa: ANN001
+    """``make ui``'s command on a free loopback port, on a new LLMOPS_HOME whose staging landing zone
+    holds the short documents; (process, the webserver's base URL) once it answers."""
     home = tmp_path / "home"
     declaration = yaml.safe_load((REPO / "environments.yaml").read_text())
     declaration["defaults"]["sensor_interval_seconds"] = 3  # the daemon ticks each sensor every 3 s
@@ -83,7 +83,6 @@ def dagster_dev(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     (home / "landing" / "test").mkdir(parents=True)
     short_landing(home / "landing" / "staging")
     port = free_port()
-    log = (tmp_path / "dagster-dev.log").open("w")
     # SIGINT ignored, as a shell without job control starts `make ui &`: a plain SIGTERM must still stop it.
     process = subprocess.Popen(
         [sys.executable, "-c", UI_COMMAND, "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
@@ -91,10 +90,26 @@ def dagster_dev(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     base = f"http://127.0.0.1:{port}"
-    stopped = False
     try:
         wait_for(lambda: _answers(f"{base}/server_info") or process.poll() is not None, 180, "dagster-webserver", every=1)
         assert process.poll() is None, f"dagster dev exited; see {tmp_path / 'dagster-dev.log'}"
+    except BaseException:
+        stop_group(process)
+        raise
+    return process, base
+
+
+@pytest.fixture
+def dagster_dev(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``make ui``'s command (``start_dagster_dev``); yields the webserver's base URL."""
+    log = (tmp_path / "dagster-dev.log").open("w")
+    try:
+        process, base = start_dagster_dev(tmp_path, monkeypatch, log)
+    except BaseException:
+        log.close()
+        raise
+    stopped = False
+    try:
         yield base
         process.terminate()
         process.wait(timeout=120)
@@ -186,6 +201,43 @@ def test_a_dropped_file_becomes_a_champion_in_test_and_then_in_staging(dagster_d
     assert len(rows) == len(gold_questions(SHORT_DOCUMENTS)) and all(row["answer"] and row["passages"] for row in rows)
 
     check_ui(dagster_dev)
+
+
+def test_a_run_left_by_a_killed_dagster_dev_is_marked_failed_and_the_next_run_completes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 of `make ui` (webserver, daemon, code servers and the run worker, one process group)
+    while staging's sensor run embeds: the run is left STARTED, holding staging's queue. The next
+    `llmops run --env staging` marks it failed with the reason, completes, and the index holds every
+    chunk once."""
+    with (tmp_path / "dagster-dev.log").open("w") as log:
+        process, _ = start_dagster_dev(tmp_path, monkeypatch, log)
+        try:
+            instance = dg.DagsterInstance.get()
+
+            def embedding() -> dg.DagsterRun | None:
+                runs = instance.get_runs(filters=dg.RunsFilter(tags={ENV_TAG: "staging"}, statuses=[dg.DagsterRunStatus.STARTED]))
+                steps = {record.step_key for run in runs for record in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)}
+                return runs[0] if runs and "embeddings" in steps else None
+
+            left = wait_for(embedding, 600, "staging's sensor run to start embedding", every=0.5)
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=60)
+        finally:
+            if process.poll() is None:
+                stop_group(process)
+    assert instance.get_run_by_id(left.run_id).status == dg.DagsterRunStatus.STARTED  # nothing else marks it
+
+    again = subprocess.run([str(Path(sys.executable).with_name("llmops")), "run", "--env", "staging"],
+                           env=os.environ.copy(), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"run {left.run_id} was left unfinished (its run worker, process " in again.stderr
+    assert instance.get_run_by_id(left.run_id).status == dg.DagsterRunStatus.FAILURE
+    staging = load_settings("staging")
+    lance = store.LanceStore(staging.lancedb_uri)
+    chunk_ids = lance.read(store.CHUNKS, store.CHUNKS_SCHEMA, ["id"]).column("id").to_pylist()
+    vector_ids = lance.read(store.EMBEDDINGS, store.embeddings_schema(384), ["id"]).column("id").to_pylist()
+    assert chunk_ids and sorted(vector_ids) == sorted(chunk_ids) and len(set(vector_ids)) == len(vector_ids)
 
 
 def check_ui(base: str) -> None:
