@@ -69,6 +69,16 @@ def llmops_here(*args: str, home: Path, capsys) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["llmops", *args], code, out, err)
 
 
+def assert_every_chunk_embedded_once(lancedb_uri: str) -> None:
+    """After a re-run that followed a kill: the index holds every chunk, each vector once."""
+    from llmops_dagster.core import store
+
+    lance = store.LanceStore(lancedb_uri)
+    chunk_ids = lance.read(store.CHUNKS, store.CHUNKS_SCHEMA, ["id"]).column("id").to_pylist()
+    vector_ids = lance.read(store.EMBEDDINGS, store.embeddings_schema(384), ["id"]).column("id").to_pylist()
+    assert chunk_ids and sorted(vector_ids) == sorted(chunk_ids) and len(set(vector_ids)) == len(vector_ids)
+
+
 @dataclass
 class TrainedHome:
     """What ``llmops run --env test`` left behind: its LLMOPS_HOME, landing zone and output."""

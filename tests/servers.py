@@ -38,6 +38,15 @@ class Server:
         db = lancedb.connect(str(self.home / "test" / "lancedb"))
         return db.open_table("inference_log").to_arrow().to_pylist() if "inference_log" in db.table_names() else []
 
+    def logged(self, client_ids: list[str], timeout: float = 60) -> list[dict]:
+        """The log rows of these client request ids, once every one of them has been flushed (bounded wait)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = [row for row in self.log_rows() if row["client_request_id"] in client_ids]
+            if {row["client_request_id"] for row in rows} == set(client_ids) or time.monotonic() > deadline:
+                return rows
+            time.sleep(FLUSH_SECONDS)
+
     def registry(self):  # noqa: ANN201
         from llmops_dagster.core import registry
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import LLMOPS, SAMPLE_CORPUS, TrainedHome, llmops, llmops_here
+from helpers import LLMOPS, SAMPLE_CORPUS, TrainedHome, assert_every_chunk_embedded_once, llmops, llmops_here
 
 
 @pytest.mark.slow
@@ -361,8 +361,6 @@ def test_a_run_killed_mid_embedding_does_not_lock_the_environment(tmp_path: Path
     and the index holds every chunk exactly once."""
     import dagster as dg
 
-    from llmops_dagster.core import store
-
     home = tmp_path / "home"
     landing = tmp_path / "landing"
     shutil.copytree(SAMPLE_CORPUS, landing, ignore=shutil.ignore_patterns("questions"))
@@ -388,7 +386,4 @@ def test_a_run_killed_mid_embedding_does_not_lock_the_environment(tmp_path: Path
     assert f"run {killed.run_id} was left unfinished (its process {victim.pid}" in again.stderr
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         assert instance.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.FAILURE
-    lance = store.LanceStore(str(home / "test" / "lancedb"))
-    chunk_ids = lance.read(store.CHUNKS, store.CHUNKS_SCHEMA, ["id"]).column("id").to_pylist()
-    vector_ids = lance.read(store.EMBEDDINGS, store.embeddings_schema(384), ["id"]).column("id").to_pylist()
-    assert chunk_ids and sorted(vector_ids) == sorted(chunk_ids) and len(set(vector_ids)) == len(vector_ids)
+    assert_every_chunk_embedded_once(str(home / "test" / "lancedb"))

@@ -40,7 +40,7 @@ from llmops_dagster.sensors import NEW_DOCUMENTS, UPSTREAM_SENSOR
 from llmops_dagster.settings import EnvSettings, load_settings
 from llmops_dagster.tags import ENV_TAG, LANDING_CHANGE_TAG, SOURCE_VERSION_TAG, TRIGGER_TAG
 
-from helpers import REPO, SAMPLE_CORPUS, SHORT_DOCUMENTS, gold_questions, short_landing
+from helpers import REPO, SAMPLE_CORPUS, SHORT_DOCUMENTS, assert_every_chunk_embedded_once, gold_questions, short_landing
 from processes import free_port, stop_group
 
 pytestmark = pytest.mark.slow
@@ -233,11 +233,7 @@ def test_a_run_left_by_a_killed_dagster_dev_is_marked_failed_and_the_next_run_co
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"run {left.run_id} was left unfinished (its run worker, process " in again.stderr
     assert instance.get_run_by_id(left.run_id).status == dg.DagsterRunStatus.FAILURE
-    staging = load_settings("staging")
-    lance = store.LanceStore(staging.lancedb_uri)
-    chunk_ids = lance.read(store.CHUNKS, store.CHUNKS_SCHEMA, ["id"]).column("id").to_pylist()
-    vector_ids = lance.read(store.EMBEDDINGS, store.embeddings_schema(384), ["id"]).column("id").to_pylist()
-    assert chunk_ids and sorted(vector_ids) == sorted(chunk_ids) and len(set(vector_ids)) == len(vector_ids)
+    assert_every_chunk_embedded_once(load_settings("staging").lancedb_uri)
 
 
 def check_ui(base: str) -> None:

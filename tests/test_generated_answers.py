@@ -108,10 +108,7 @@ def test_a_client_that_leaves_mid_answer_stops_the_generation_and_is_logged_as_4
             received.append(delta.get("content") or "")
             if sum(1 for piece in received if piece) == 2:
                 break  # two pieces of text, then the client hangs up
-    deadline = time.monotonic() + 120  # the server notices at its next token: well before another whole answer
-    while not (rows := [row for row in server.log_rows() if row["client_request_id"] == "left"]) and time.monotonic() < deadline:
-        time.sleep(FLUSH_SECONDS)
-    [row] = rows
+    [row] = server.logged(["left"], timeout=120)  # the server notices at its next token: well before another whole answer
     assert row["status_code"] == 499 and row["served_model_version"] == version
     assert row["error"] == "the client closed the stream before the answer was complete"
     assert row["answer"].startswith("".join(received)) and not row["found"]  # what was sent, not a failure message
@@ -141,10 +138,8 @@ def test_a_streamed_answer_holds_its_prediction_slot_until_it_ends(generated: tu
         rest = [line for line in lines if line]
     searcher.join(300)
     assert rest[-1] == "data: [DONE]" and searched["reply"].status_code == 200
-    deadline = time.monotonic() + 30
-    while len(rows := {row["client_request_id"]: row for row in server.log_rows() if row["client_request_id"] in ("slot-stream", "slot-search")}) < 2:
-        assert time.monotonic() < deadline, rows
-        time.sleep(FLUSH_SECONDS)
+    rows = {row["client_request_id"]: row for row in server.logged(["slot-stream", "slot-search"], timeout=30)}
+    assert set(rows) == {"slot-stream", "slot-search"}, rows
     ended = {name: row["timestamp_ms"] + row["execution_time_ms"] for name, row in rows.items()}
     assert rows["slot-stream"]["status_code"] == 200 and ended["slot-search"] >= ended["slot-stream"] - 1, ended  # 1 ms: whole-ms start times
 

@@ -162,16 +162,6 @@ def test_bad_chat_requests_get_openai_errors(served: Server, payload: dict, mess
     assert message in error["message"] and error["type"] == "invalid_request_error" and error["request_id"]
 
 
-def logged(server: Server, client_ids: list[str], timeout: float = 60) -> list[dict]:
-    """The log rows of these client request ids, once every one of them has been flushed (bounded wait)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = [row for row in server.log_rows() if row["client_request_id"] in client_ids]
-        if {row["client_request_id"] for row in rows} == set(client_ids) or time.monotonic() > deadline:
-            return rows
-        time.sleep(FLUSH_SECONDS)
-
-
 def test_every_stream_a_client_leaves_is_logged_once(served: Server) -> None:
     """Clients that read the first event and hang up: each request is one row, 200 when the answer was
     complete before the server noticed, 499 otherwise, and the metrics count each once."""
@@ -183,7 +173,7 @@ def test_every_stream_a_client_leaves_is_logged_once(served: Server) -> None:
         with httpx.stream("POST", f"{served.url}/v1/chat/completions", json=body, headers=headers, timeout=120) as response:
             assert response.status_code == 200
             assert next(response.iter_lines()).startswith("data: ")
-    rows = logged(served, ids)
+    rows = served.logged(ids)
     assert sorted(row["client_request_id"] for row in rows) == sorted(ids)
     assert {row["status_code"] for row in rows} <= {200, 499} and all(row["question"] == QUESTIONS[0] for row in rows)
 
