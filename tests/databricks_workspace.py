@@ -55,8 +55,9 @@ class Run:
     def active(self) -> bool:
         return self.state in ("QUEUED", "PENDING", "RUNNING", "TERMINATING")
 
-    def listed(self) -> dict[str, Any]:
-        state = {"life_cycle_state": self.state, **({"result_state": self.result} if self.result else {})}
+    def described(self) -> dict[str, Any]:
+        """The run as runs/get and runs/list return it."""
+        state = {"life_cycle_state": self.state, "state_message": self.message, **({"result_state": self.result} if self.result else {})}
         url = f"http://workspace/#job/run/{self.run_id}"
         return {"run_id": self.run_id, "run_name": self.submission.get("run_name"), "run_type": self.run_type, "state": state, "run_page_url": url}
 
@@ -327,18 +328,14 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._error_retry_after(503, "TEMPORARILY_UNAVAILABLE", "The service is temporarily unavailable.")
             return self._reply(200, {"run_id": run_id})
         if path == "/api/2.2/jobs/runs/get":
-            run = ws.poll(int(query["run_id"][0]))
-            state = {"life_cycle_state": run.state, "state_message": run.message}
-            if run.result:
-                state["result_state"] = run.result
-            return self._reply(200, {"run_id": run.run_id, "state": state, "run_page_url": f"http://workspace/#job/run/{run.run_id}"})
+            return self._reply(200, ws.poll(int(query["run_id"][0])).described())
         if path == "/api/2.2/jobs/runs/list":
             # Two to a page, newest first, so that a caller has to follow next_page_token.
             with ws.lock:
                 runs = [run for run in sorted(ws.runs.values(), key=lambda run: -run.run_id)
                         if (query.get("active_only") != ["true"] or run.active) and query.get("run_type", [run.run_type]) == [run.run_type]]
             start = int(query.get("page_token", ["0"])[0])
-            body: dict[str, Any] = {"runs": [run.listed() for run in runs[start : start + 2]], "has_more": start + 2 < len(runs)}
+            body: dict[str, Any] = {"runs": [run.described() for run in runs[start : start + 2]], "has_more": start + 2 < len(runs)}
             if body["has_more"]:
                 body["next_page_token"] = str(start + 2)
             return self._reply(200, body)
