@@ -104,12 +104,12 @@ def running_alone(instance, env: str) -> Iterator[None]:
     """
     from filelock import FileLock, Timeout
 
-    lock = FileLock(lock_path(env), timeout=0)
+    path = lock_path(env)
+    lock = FileLock(path, timeout=0)
     try:
         lock.acquire()
     except Timeout:
-        raise UserError(f"another llmops process is running a job in environment '{env}' (it holds {lock_path(env)}); "
-                        "try again when it ends") from None
+        raise UserError(f"another llmops process is running a job in environment '{env}' (it holds {path}); try again when it ends") from None
     try:
         refuse_if_running(instance, env)
         yield
@@ -132,9 +132,10 @@ def mark_orphaned_failed(instance, tags: dict[str, str] | None = None) -> list:
 
     A run the CLI started names its host and process in its tags. A run the daemon or the UI
     launched has its run worker's process on its RUN_START event: with the default run launcher and
-    the instance in sqlite files under DAGSTER_HOME, those workers ran on this machine. A worker killed under a live code
-    server is marked failed by that server; one whose code server went with it (``dagster dev``
-    killed) stays STARTED, and its environment's queue with it, until this finds it.
+    the instance in sqlite files under DAGSTER_HOME, those workers ran on this machine. A worker
+    killed under a live code server is marked failed by that server; one whose code server went
+    with it (``dagster dev`` killed) stays STARTED, and its environment's queue with it, until this
+    finds it.
     """
     import dagster as dg
 

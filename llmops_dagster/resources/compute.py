@@ -186,7 +186,7 @@ class PipesComputeResource(dg.ConfigurableResource):
             context=context, extras=dict(extras or {}), task=jobs.SubmitTask.from_dict(self.task(step)), submit_args=self.submit_args(step, attempt)
         )
 
-    def cancel_left_runs(self, client: WorkspaceClient, context: dg.AssetExecutionContext, step: str) -> list[int]:
+    def cancel_left_runs(self, client: WorkspaceClient, context: dg.AssetExecutionContext, step: str) -> None:
         """Cancel the active Databricks runs of ``step`` in this environment that no Dagster process
         follows any more: an earlier try of this step in this Dagster run, or one from a Dagster run
         this instance holds as finished. A run of a Dagster run that is still going, or that this
@@ -195,7 +195,6 @@ class PipesComputeResource(dg.ConfigurableResource):
         from databricks.sdk.service import jobs
 
         ours = re.compile(re.escape(self.run_name(step)) + r"try (?P<run_id>[0-9a-f-]+):(?P<retry>\d+)\)")
-        cancelled = []
         for run in client.jobs.list_runs(active_only=True, run_type=jobs.RunType.SUBMIT_RUN):
             found = ours.fullmatch(run.run_name or "")
             if found is None or (found["run_id"], int(found["retry"])) == (context.run_id, context.retry_number):
@@ -215,8 +214,7 @@ class PipesComputeResource(dg.ConfigurableResource):
                 context.log.warning(f"could not cancel {named}, left by an earlier try of this step: {type(error).__name__}: {error}")
                 continue
             context.log.warning(f"cancelled {named}: an earlier try of this step left it running, and it has ended in Dagster")
-            cancelled.append(run.run_id)
-        return cancelled
+
 
 def _without_secrets(text: str, kwargs: Mapping[str, Any]) -> str:
     token = kwargs.get("token")
