@@ -277,13 +277,88 @@ def test_cuda_without_a_gpu_is_refused() -> None:
 
 
 def test_int8_weights_cannot_saturate_the_u8s8_kernel() -> None:
-    # Without VNNI, ORT adds two uint8 x int8 products in a saturating int16.
+    # Without VNNI, ORT adds two uint8 x int8 products in a saturating int16; VNNI and AMX add in int32.
     from llmops_dagster.core import quantization
 
-    quantized, scales = quantization.quantize_weight(np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32))
+    weight = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
+    quantized, scales = quantization.quantize_weight(weight, quantization.SATURATING_WEIGHT_LEVELS)
     assert quantized.dtype == np.int8 and scales.shape == (8,)
-    assert np.abs(quantized.astype(np.int32)).max() == quantization.WEIGHT_LEVELS
-    assert 2 * 255 * quantization.WEIGHT_LEVELS < 2**15
+    assert np.abs(quantized.astype(np.int32)).max() == quantization.SATURATING_WEIGHT_LEVELS
+    assert 2 * 255 * quantization.SATURATING_WEIGHT_LEVELS < 2**15
+    assert np.abs(quantization.quantize_weight(weight)[0].astype(np.int32)).max() == 127
+    vnni = any(quantization.has_cpu_flag(flag) for flag in quantization.VNNI_FLAGS)
+    assert quantization.weight_levels() == (127 if vnni else quantization.SATURATING_WEIGHT_LEVELS)
+
+
+def test_the_int8_gate_probes_prose_it_was_not_calibrated_on() -> None:
+    # A probe made of the calibration texts (about fifty passages) passed int8 that real documents fail.
+    from llmops_dagster.core import quantization
+
+    queries, passages = quantization.probe()
+    assert len(passages) == len(set(passages)) == len(queries) == quantization.PROBE_PASSAGES
+    assert not set(passages) & set(quantization.CALIBRATION)
+    pairs = list(zip(queries, passages, strict=True))
+    assert all(passage.startswith(query) and len(passage.split()) >= quantization.PROBE_MIN_WORDS for query, passage in pairs)
+    assert sum(query != passage for query, passage in pairs) > 0.75 * len(passages), "queries are first sentences"
+
+
+def gelu_graph(path, rng: np.random.Generator) -> None:
+    """x -> BiasGelu -> MatMul -> Add(bias): the second half of a transformer's feed-forward block as ORT fuses it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    initializers = {
+        "b1": rng.standard_normal(48).astype(np.float32) / 4,
+        # Integers up to 63 in every column: 7-bit per-column weights hold them exactly, so the
+        # graph's only rounding is its input's.
+        "w2": np.vstack([np.full((1, 16), 63), rng.integers(-63, 64, (47, 16))]).astype(np.float32) / 400,
+        "b2": rng.standard_normal(16).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("BiasGelu", ["x", "b1"], ["g"], name="gelu", domain="com.microsoft"),
+        helper.make_node("MatMul", ["g", "w2"], ["o"], name="down"),
+        helper.make_node("Add", ["o", "b2"], ["y"], name="bias"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "ffn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "tokens", 48])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "tokens", 16])],
+        [numpy_helper.from_array(value, name) for name, value in initializers.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    onnx.save(model, str(path))
+
+
+def test_a_gelu_output_is_quantised_unsigned_and_its_lift_comes_back_out_through_the_bias(tmp_path, monkeypatch) -> None:
+    """GELU never falls below -0.17, so its output is lifted by 0.17 and gets all 256 levels; the
+    lift times the weight leaves through the bias the next op adds, so the result stays unbiased."""
+    import onnx
+    import onnxruntime as ort
+
+    from llmops_dagster.core import quantization
+
+    rng = np.random.default_rng(7)
+    fp32 = tmp_path / "ffn.onnx"
+    gelu_graph(fp32, rng)
+    x = 2 * rng.standard_normal((2, 40, 48)).astype(np.float32)
+    ranges = quantization.calibrate(fp32, [{"x": x}])
+    reference = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    def error(floors: dict) -> float:
+        monkeypatch.setattr(quantization, "FLOORS", floors)
+        out = tmp_path / f"ffn-{len(floors)}.int8.onnx"
+        quantization.quantize(fp32, ranges, out, levels=quantization.SATURATING_WEIGHT_LEVELS, alpha=0)
+        graph = onnx.load(str(out)).graph
+        down = next(node for node in graph.node if node.name == "down")
+        assert down.op_type == "MatMulIntegerToFloat"
+        assert down.input[4] == ("row_unsigned_zero" if floors else "row_zero")
+        got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        assert np.abs(got - reference).mean() < 0.02 * np.abs(reference).mean(), "unbiased: the lift came back out"
+        return float(np.square(got - reference).mean())
+
+    # Twice the levels over the row's range: about a quarter of the squared error.
+    assert error(quantization.FLOORS) < 0.4 * error({})
 
 
 def test_tokens_are_counted_from_any_thread_while_the_model_encodes(fp32: Embedder) -> None:

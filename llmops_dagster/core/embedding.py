@@ -212,6 +212,7 @@ class Embedder:
             "mean_cosine": float((int8[1] * fp32[1]).sum(1).mean()),
             "batch_cosine": batch_cosine,
             "probe": [len(queries), len(passages)],
+            "probe_source": "pydoc_data.topics",
             "recipe": quantization.RECIPE,
         }
 
