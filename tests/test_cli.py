@@ -206,8 +206,8 @@ def test_the_queue_tags_runs_launched_from_the_asset_graph_with_their_environmen
     from dagster_graphql.client.query import LAUNCH_PIPELINE_EXECUTION_MUTATION
     from dagster_graphql.test.utils import execute_dagster_graphql, infer_job_selector, materialize_assets
 
-    from llmops_dagster.cli import ensure_dagster_home
-    from llmops_dagster.cli.instance import EARLIER_DAGSTER_YAML
+    from llmops_dagster.cli import DAGSTER_YAML, ensure_dagster_home
+    from llmops_dagster.cli.instance import EARLIER_DAGSTER_YAML, RUN_RETRIES
     from llmops_dagster.definitions import INGEST_JOB
     from llmops_dagster.run_queue import EnvironmentRunQueue
 
@@ -215,11 +215,16 @@ def test_the_queue_tags_runs_launched_from_the_asset_graph_with_their_environmen
     monkeypatch.setenv("LLMOPS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     home.mkdir()
-    (home / "dagster.yaml").write_text(EARLIER_DAGSTER_YAML[0])
-    ensure_dagster_home()  # an earlier version's file is brought up to date
+    for earlier in reversed(EARLIER_DAGSTER_YAML):
+        (home / "dagster.yaml").write_text(earlier)
+        ensure_dagster_home()  # an earlier version's file is brought up to date
+        assert (home / "dagster.yaml").read_text() == DAGSTER_YAML
     origin = LoadableTargetOrigin(module_name="llmops_dagster.definitions", attribute="staging_defs")
     with dg.DagsterInstance.get() as instance, in_process_test_workspace(instance, origin) as workspace:
         assert isinstance(instance.run_coordinator, EnvironmentRunQueue)
+        # a dead run worker's run is run again, a failing asset's is not
+        assert instance.run_retries_enabled and instance.run_retries_max_retries == RUN_RETRIES
+        assert not instance.run_retries_retry_on_asset_or_op_failure
 
         def launched(result) -> dg.DagsterRun:  # noqa: ANN001
             outcome = result.data["launchPipelineExecution"]
@@ -251,6 +256,7 @@ def test_a_run_whose_worker_is_gone_is_marked_failed_and_the_others_are_left(tmp
     held: the next llmops command, or `make ui`, does. A run whose worker lives, or one still being
     launched, is left in progress."""
     import dagster as dg
+    from dagster._core.storage.tags import WILL_RETRY_TAG
 
     from llmops_dagster.cli import DAGSTER_YAML
     from llmops_dagster.cli.common import UserError
@@ -278,7 +284,19 @@ def test_a_run_whose_worker_is_gone_is_marked_failed_and_the_others_are_left(tmp
             return created
 
         orphan, alive, launching = run("test", gone.pid), run("staging", os.getpid()), run("prod", None, dg.DagsterRunStatus.STARTING)
-        assert {live.run_id for live in mark_orphaned_failed(instance)} == {alive.run_id, launching.run_id}
+        # Killed and not yet reaped, as a run worker whose code server went with it: a zombie.
+        zombie = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        zombie.kill()
+        stat = Path(f"/proc/{zombie.pid}/stat")
+        deadline = time.monotonic() + 30
+        while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        undead = run("test", zombie.pid)
+        try:
+            assert {live.run_id for live in mark_orphaned_failed(instance)} == {alive.run_id, launching.run_id}
+        finally:
+            zombie.wait()
+        assert instance.get_run_by_id(undead.run_id).status == dg.DagsterRunStatus.FAILURE
         assert instance.get_run_by_id(orphan.run_id).status == dg.DagsterRunStatus.FAILURE
         [failure] = instance.all_logs(orphan.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
         assert f"its run worker, process {gone.pid} on " in failure.dagster_event.message
@@ -286,6 +304,13 @@ def test_a_run_whose_worker_is_gone_is_marked_failed_and_the_others_are_left(tmp
         refuse_if_running(instance, "test")  # nothing in progress any more
         with pytest.raises(UserError, match=f"run {alive.run_id} for environment 'staging' is still in progress"):
             refuse_if_running(instance, "staging")
+        # Marked by `make ui`, the daemon may run it again (run_retries); marked by the CLI, which
+        # runs the environment itself next, it is not to be.
+        assert instance.get_run_by_id(orphan.run_id).tags[WILL_RETRY_TAG] == "true"
+        taken_over = run("test", gone.pid)
+        refuse_if_running(instance, "test")
+        assert instance.get_run_by_id(taken_over.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert instance.get_run_by_id(taken_over.run_id).tags[WILL_RETRY_TAG] == "false"
 
 
 @pytest.mark.parametrize("started_by", ["daemon", "live cli process"])

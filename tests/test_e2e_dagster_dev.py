@@ -31,6 +31,7 @@ import dagster as dg
 import numpy as np
 import pytest
 import yaml
+from dagster._core.storage.tags import PARENT_RUN_ID_TAG, RETRY_NUMBER_TAG, WILL_RETRY_TAG
 
 from llmops_dagster.cli import ensure_dagster_home
 from llmops_dagster.core import promotion, registry, store
@@ -82,6 +83,11 @@ def start_dagster_dev(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log) -> t
     ensure_dagster_home()
     (home / "landing" / "test").mkdir(parents=True)
     short_landing(home / "landing" / "staging")
+    return launch_ui(tmp_path, log)
+
+
+def launch_ui(tmp_path: Path, log) -> tuple[subprocess.Popen, str]:  # noqa: ANN001
+    """``make ui``'s command on the environment as it is; (process, the webserver's base URL) once it answers."""
     port = free_port()
     # SIGINT ignored, as a shell without job control starts `make ui &`: a plain SIGTERM must still stop it.
     process = subprocess.Popen(
@@ -214,15 +220,7 @@ def test_a_run_left_by_a_killed_dagster_dev_is_marked_failed_and_the_next_run_co
         process, _ = start_dagster_dev(tmp_path, monkeypatch, log)
         try:
             instance = dg.DagsterInstance.get()
-
-            def embedding() -> dg.DagsterRun | None:
-                runs = instance.get_runs(filters=dg.RunsFilter(tags={ENV_TAG: "staging"}, statuses=[dg.DagsterRunStatus.STARTED]))
-                steps = {record.step_key for run in runs for record in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)}
-                return runs[0] if runs and "embeddings" in steps else None
-
-            left = wait_for(embedding, 600, "staging's sensor run to start embedding", every=0.5)
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=60)
+            left = kill_while_staging_embeds(instance, process)
         finally:
             if process.poll() is None:
                 stop_group(process)
@@ -233,7 +231,55 @@ def test_a_run_left_by_a_killed_dagster_dev_is_marked_failed_and_the_next_run_co
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"run {left.run_id} was left unfinished (its run worker, process " in again.stderr
     assert instance.get_run_by_id(left.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert instance.get_run_by_id(left.run_id).tags[WILL_RETRY_TAG] == "false", "the CLI ran it; the daemon is not to as well"
     assert_every_chunk_embedded_once(load_settings("staging").lancedb_uri)
+
+
+def test_a_run_left_by_a_killed_dagster_dev_is_run_again_by_the_next_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kill -9 of `make ui` while staging's sensor run embeds, then `make ui` again and nothing else:
+    the new one marks the run failed (its run worker is gone), its daemon runs it again from the
+    steps it had not finished (run_retries), and the retry completes with every chunk embedded once."""
+    with (tmp_path / "dagster-dev.log").open("w") as log:
+        process, _ = start_dagster_dev(tmp_path, monkeypatch, log)
+        try:
+            instance = dg.DagsterInstance.get()
+            left = kill_while_staging_embeds(instance, process)
+        finally:
+            if process.poll() is None:
+                stop_group(process)
+
+    def retried() -> dg.DagsterRun | None:
+        runs = instance.get_runs(filters=dg.RunsFilter(tags={PARENT_RUN_ID_TAG: left.run_id}))
+        return runs[0] if runs and runs[0].is_finished else None
+
+    with (tmp_path / "dagster-dev-again.log").open("w") as log:
+        process, _ = launch_ui(tmp_path, log)
+        try:
+            retry = wait_for(retried, 600, "the daemon's retry of the killed run to finish", every=1)
+        finally:
+            stop_group(process)
+    killed = instance.get_run_by_id(left.run_id)
+    assert killed.status == dg.DagsterRunStatus.FAILURE and killed.tags[WILL_RETRY_TAG] == "true"
+    assert retry.status == dg.DagsterRunStatus.SUCCESS, f"see {tmp_path / 'dagster-dev-again.log'}"
+    assert retry.tags[ENV_TAG] == "staging" and retry.tags[RETRY_NUMBER_TAG] == "1"
+    done = {record.step_key for record in instance.all_logs(retry.run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)}
+    assert "embeddings" in done and "documents" not in done, "run again from the steps it had not finished"
+    assert_every_chunk_embedded_once(load_settings("staging").lancedb_uri)
+
+
+def kill_while_staging_embeds(instance: dg.DagsterInstance, process: subprocess.Popen) -> dg.DagsterRun:
+    """Wait until staging's sensor run is embedding, then kill -9 `make ui`'s whole process group
+    (webserver, daemon, code servers and the run worker); the run it left."""
+
+    def embedding() -> dg.DagsterRun | None:
+        runs = instance.get_runs(filters=dg.RunsFilter(tags={ENV_TAG: "staging"}, statuses=[dg.DagsterRunStatus.STARTED]))
+        steps = {record.step_key for run in runs for record in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)}
+        return runs[0] if runs and "embeddings" in steps else None
+
+    left = wait_for(embedding, 600, "staging's sensor run to start embedding", every=0.5)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    return left
 
 
 def check_ui(base: str) -> None:

@@ -13,6 +13,8 @@ from typing import NoReturn
 from llmops_dagster.cli.common import UserError
 from llmops_dagster.tags import ENV_TAG, HOST_TAG, PID_TAG
 
+RUN_RETRIES = 2
+
 # Local sqlite storage under DAGSTER_HOME. Queued runs (sensor, UI) of one environment run one at a
 # time, so two ingest runs never write the same tables at once; the queue tags the runs launched from
 # the asset graph, which no job tags (run_queue.EnvironmentRunQueue).
@@ -32,10 +34,18 @@ _LIMITS = f"""concurrency:
           applyLimitPerUniqueValue: true
         limit: 1
 """
-DAGSTER_YAML = _HEADER + _QUEUE + _LIMITS
+# A run whose worker died (killed, out of memory, its `dagster dev` gone) is run again by the daemon
+# from the steps it had not finished, up to twice; a run that failed in an asset or check is not:
+# its cause needs new data or a person, and the next sensor tick or `llmops run` starts it again.
+_RETRIES = f"""run_retries:
+  enabled: true
+  max_retries: {RUN_RETRIES}
+  retry_on_asset_or_op_failure: false
+"""
+DAGSTER_YAML = _HEADER + _QUEUE + _LIMITS + _RETRIES
 # What earlier versions wrote, word for word: such a file is brought up to date. Any other file,
 # an edited copy of one of these included, is the user's and is left as it is.
-EARLIER_DAGSTER_YAML = (_HEADER + _LIMITS,)
+EARLIER_DAGSTER_YAML = (_HEADER + _LIMITS, _HEADER + _QUEUE + _LIMITS)
 
 
 def ensure_dagster_home() -> Path:
@@ -68,7 +78,8 @@ def dagster_dev(argv: list[str]) -> NoReturn:
     the processes it starts give SIGTERM whatever SIGINT has, so ``kill`` would be ignored as well.
     SIGINT goes back to its default first, so that Ctrl-C and SIGTERM both stop the webserver and daemon.
     Runs that an earlier ``dagster dev`` left in progress when it was killed are marked failed first:
-    otherwise they would hold their environments' queues for good.
+    otherwise they would hold their environments' queues for good. The daemon then runs them again
+    from their unfinished steps (``run_retries`` in dagster.yaml).
     """
     import dagster as dg
 
@@ -121,14 +132,18 @@ def refuse_if_running(instance, env: str) -> None:
     """Refuse while a run of this environment is in progress: one the daemon or the UI started.
 
     A run whose process is gone (killed, or its machine restarted) is marked failed with the reason
-    (``mark_orphaned_failed``), so that a crash never locks the environment.
+    (``mark_orphaned_failed``), so that a crash never locks the environment. The CLI runs the
+    environment itself next, so the daemon is told not to run it again as well.
     """
-    for run in mark_orphaned_failed(instance, {ENV_TAG: env}):
+    for run in mark_orphaned_failed(instance, {ENV_TAG: env}, retry=False):
         raise UserError(f"run {run.run_id} for environment '{env}' is still in progress; try again when it ends")
 
 
-def mark_orphaned_failed(instance, tags: dict[str, str] | None = None) -> list:
+def mark_orphaned_failed(instance, tags: dict[str, str] | None = None, retry: bool = True) -> list:
     """Mark failed, with the reason, each run in progress whose process is gone; return the others.
+
+    With ``retry``, Dagster's run retries decide whether the daemon runs it again (a run launched
+    from a code location, with retries left); without, it is tagged not to be.
 
     A run the CLI started names its host and process in its tags. A run the daemon or the UI
     launched has its run worker's process on its RUN_START event: with the default run launcher and
@@ -138,6 +153,7 @@ def mark_orphaned_failed(instance, tags: dict[str, str] | None = None) -> list:
     finds it.
     """
     import dagster as dg
+    from dagster._core.storage.tags import WILL_RETRY_TAG
 
     in_progress = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
     live = []
@@ -147,6 +163,8 @@ def mark_orphaned_failed(instance, tags: dict[str, str] | None = None) -> list:
             live.append(run)
             continue
         instance.report_run_failed(run, message=f"{reason}; marked failed by a later llmops command")
+        if not retry:
+            instance.add_run_tags(run.run_id, {WILL_RETRY_TAG: "false"})
         print(f"llmops: run {run.run_id} was left unfinished ({reason}); marked it failed", file=sys.stderr)
     return live
 
@@ -172,10 +190,18 @@ def _orphaned(instance, run) -> str | None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs. A killed process whose parent went with it stays a zombie until
+    init reaps it: `make ui` started again at once found its old run worker so, and left its run
+    STARTED. A zombie runs nothing, so it counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # alive, under another user
-    return True
+        pass  # alive, or a zombie, under another user
+    try:
+        # /proc/<pid>/stat: "pid (command) state ...", and the command may hold spaces and parentheses.
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux), or it ended just now: the next check sees it gone
+    return state not in ("Z", "X")
