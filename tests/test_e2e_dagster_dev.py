@@ -216,14 +216,7 @@ def test_a_run_left_by_a_killed_dagster_dev_is_marked_failed_and_the_next_run_co
     while staging's sensor run embeds: the run is left STARTED, holding staging's queue. The next
     `llmops run --env staging` marks it failed with the reason, completes, and the index holds every
     chunk once."""
-    with (tmp_path / "dagster-dev.log").open("w") as log:
-        process, _ = start_dagster_dev(tmp_path, monkeypatch, log)
-        try:
-            instance = dg.DagsterInstance.get()
-            left = kill_while_staging_embeds(instance, process)
-        finally:
-            if process.poll() is None:
-                stop_group(process)
+    instance, left = left_by_a_killed_ui(tmp_path, monkeypatch)
     assert instance.get_run_by_id(left.run_id).status == dg.DagsterRunStatus.STARTED  # nothing else marks it
 
     again = subprocess.run([str(Path(sys.executable).with_name("llmops")), "run", "--env", "staging"],
@@ -239,14 +232,7 @@ def test_a_run_left_by_a_killed_dagster_dev_is_run_again_by_the_next_one(tmp_pat
     """kill -9 of `make ui` while staging's sensor run embeds, then `make ui` again and nothing else:
     the new one marks the run failed (its run worker is gone), its daemon runs it again from the
     steps it had not finished (run_retries), and the retry completes with every chunk embedded once."""
-    with (tmp_path / "dagster-dev.log").open("w") as log:
-        process, _ = start_dagster_dev(tmp_path, monkeypatch, log)
-        try:
-            instance = dg.DagsterInstance.get()
-            left = kill_while_staging_embeds(instance, process)
-        finally:
-            if process.poll() is None:
-                stop_group(process)
+    instance, left = left_by_a_killed_ui(tmp_path, monkeypatch)
 
     def retried() -> dg.DagsterRun | None:
         runs = instance.get_runs(filters=dg.RunsFilter(tags={PARENT_RUN_ID_TAG: left.run_id}))
@@ -267,19 +253,26 @@ def test_a_run_left_by_a_killed_dagster_dev_is_run_again_by_the_next_one(tmp_pat
     assert_every_chunk_embedded_once(load_settings("staging").lancedb_uri)
 
 
-def kill_while_staging_embeds(instance: dg.DagsterInstance, process: subprocess.Popen) -> dg.DagsterRun:
-    """Wait until staging's sensor run is embedding, then kill -9 `make ui`'s whole process group
-    (webserver, daemon, code servers and the run worker); the run it left."""
+def left_by_a_killed_ui(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dg.DagsterInstance, dg.DagsterRun]:
+    """`make ui` on a new home until staging's sensor run is embedding, then kill -9 of its whole
+    process group (webserver, daemon, code servers and the run worker); the instance, and the run it left."""
 
     def embedding() -> dg.DagsterRun | None:
         runs = instance.get_runs(filters=dg.RunsFilter(tags={ENV_TAG: "staging"}, statuses=[dg.DagsterRunStatus.STARTED]))
         steps = {record.step_key for run in runs for record in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)}
         return runs[0] if runs and "embeddings" in steps else None
 
-    left = wait_for(embedding, 600, "staging's sensor run to start embedding", every=0.5)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=60)
-    return left
+    with (tmp_path / "dagster-dev.log").open("w") as log:
+        process, _ = start_dagster_dev(tmp_path, monkeypatch, log)
+        try:
+            instance = dg.DagsterInstance.get()
+            left = wait_for(embedding, 600, "staging's sensor run to start embedding", every=0.5)
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=60)
+        finally:
+            if process.poll() is None:
+                stop_group(process)
+    return instance, left
 
 
 def check_ui(base: str) -> None:
