@@ -1,0 +1,143 @@
+"""How close can row-wise int8 get to fp32's top-10 on MiniLM? A simulation in torch.
+
+    .venv/bin/python scripts/int8_ceiling.py [--corpus DIR]
+
+Runs the embedder in fp32 with every Linear layer's rounding simulated as the int8 graph does it
+(``core.quantization``): SmoothQuant factors from the calibration texts, each token row of a
+Linear's input on its own scale (a GELU output lifted and unsigned), per-output-channel weights.
+Then the same with parts left in fp32, to show where the error comes from and what the best case
+of this recipe is. Prints, per configuration, the top-10 overlap with fp32 (queries: the first
+sentence of each chunk, as ``bench/embed.py``) and the mean cosine error of the chunks' vectors.
+The simulation's arithmetic is float32 and ORT's rounding of the scales differs slightly, so its
+figures are within about 0.01 of the real graph's, not equal to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+from embed import corpus_chunks, overlap, top10  # noqa: E402
+
+from llmops_dagster.core import quantization  # noqa: E402
+from llmops_dagster.core.embedding import INT8_MIN_OVERLAP, Embedder, EmbedderConfig  # noqa: E402
+
+
+def feed_forward(name: str) -> bool:
+    return name.endswith("intermediate.dense") or (name.endswith("output.dense") and "attention" not in name)
+
+
+def is_gelu_input(name: str) -> bool:
+    return name.endswith("output.dense") and "attention" not in name
+
+
+class Simulation:
+    def __init__(self, embedder: Embedder) -> None:
+        import torch
+
+        self.embedder = embedder
+        self.linears = {name: module for name, module in embedder.model.named_modules() if isinstance(module, torch.nn.Linear)}
+        self.weights = {name: module.weight.data.clone() for name, module in self.linears.items()}
+        self.hooks: list = []
+        # Largest magnitude of each Linear's input channels over the calibration texts, one text at a time.
+        self.ranges: dict[str, torch.Tensor] = {}
+        for name, module in self.linears.items():
+            self.hooks.append(module.register_forward_pre_hook(self._recorder(name)))
+        for text in quantization.CALIBRATION:
+            embedder.encode([text])
+        self.reset()
+
+    def _recorder(self, name: str):  # noqa: ANN202
+        import torch
+
+        def record(_module, inputs) -> None:  # noqa: ANN001
+            seen = inputs[0].abs().amax(dim=(0, 1))
+            self.ranges[name] = seen if name not in self.ranges else torch.maximum(self.ranges[name], seen)
+
+        return record
+
+    def reset(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks = []
+        for name, module in self.linears.items():
+            module.weight.data = self.weights[name].clone()
+
+    def apply(self, weight_levels: int | None, activations: bool, keep=lambda name: False) -> None:  # noqa: ANN001
+        import torch
+
+        self.reset()
+        for name, module in self.linears.items():
+            if keep(name):
+                continue
+            weight = self.weights[name]  # [out, in]
+            smooth = quantization.smoothing(self.ranges[name].numpy(), weight.abs().amax(0).numpy(), quantization.SMOOTHING)
+            smooth = torch.from_numpy(smooth)
+            scaled = weight * smooth[None, :]
+            if weight_levels:
+                step = scaled.abs().amax(1, keepdim=True).clamp(min=1e-12) / weight_levels
+                scaled = (scaled / step).round().clamp(-weight_levels, weight_levels) * step
+            module.weight.data = scaled
+            self.hooks.append(module.register_forward_pre_hook(self._rounder(smooth, activations, is_gelu_input(name))))
+
+    @staticmethod
+    def _rounder(smooth, activations: bool, lifted: bool):  # noqa: ANN001, ANN205
+        floor = quantization.GELU_FLOOR
+
+        def rounded(_module, inputs):  # noqa: ANN001, ANN202
+            x = inputs[0] / smooth
+            if not activations:
+                return (x,)
+            if lifted:
+                lift = floor / smooth
+                shifted = x + lift
+                step = shifted.amax(-1, keepdim=True).clamp(min=1e-8) / quantization.UNSIGNED_LEVELS
+                return ((shifted / step).round().clamp(0, quantization.UNSIGNED_LEVELS) * step - lift,)
+            levels = quantization.ACTIVATION_LEVELS
+            step = x.abs().amax(-1, keepdim=True).clamp(min=1e-8) / levels
+            return ((x / step).round().clamp(-levels, levels) * step,)
+
+        return rounded
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    default = Path(__file__).resolve().parents[1] / ".llmops" / "realdocs" / "debian-faq-pdf"
+    parser.add_argument("--corpus", type=Path, default=default if default.is_dir() else Path(__file__).resolve().parents[1] / "sample_corpus")
+    args = parser.parse_args()
+
+    chunks = corpus_chunks(args.corpus)
+    queries = [re.split(r"(?<=[.!?])\s", chunk, maxsplit=1)[0] for chunk in chunks[:200]]
+    embedder = Embedder(EmbedderConfig(precision="fp32", device="cpu"))
+    reference_chunks = embedder.encode(chunks)
+    reference = top10(embedder.encode(queries), reference_chunks)
+    simulation = Simulation(embedder)
+    print(f"{len(chunks)} chunks from {args.corpus}, {len(queries)} queries\n")
+    print(f"{'simulated':<58}{'top-10 vs fp32':>16}{'cosine error':>14}")
+    configurations = [
+        ("the recipe, 8-bit weights (VNNI, AMX)", quantization.WEIGHT_LEVELS, True, lambda name: False),
+        ("the recipe, 7-bit weights (AVX2)", quantization.SATURATING_WEIGHT_LEVELS, True, lambda name: False),
+        ("8-bit weights only, inputs in fp32", quantization.WEIGHT_LEVELS, False, lambda name: False),
+        ("inputs only, weights in fp32", None, True, lambda name: False),
+        ("8-bit, the second feed-forward MatMul in fp32", quantization.WEIGHT_LEVELS, True, is_gelu_input),
+        ("8-bit, both feed-forward MatMuls in fp32", quantization.WEIGHT_LEVELS, True, feed_forward),
+    ]
+    for name, levels, activations, keep in configurations:
+        simulation.apply(levels, activations, keep)
+        vectors = embedder.encode(chunks)
+        found = overlap(top10(embedder.encode(queries), vectors), reference)
+        error = float(1 - (vectors * reference_chunks).sum(1).mean())
+        print(f"{name:<58}{found:>16.3f}{error:>14.2e}")
+    simulation.reset()
+    print(f"\nthe int8 gate asks for {INT8_MIN_OVERLAP:.2f}")
+
+
+if __name__ == "__main__":
+    main()
