@@ -143,7 +143,7 @@ def mark_orphaned_failed(instance, tags: dict[str, str] | None = None, retry: bo
     """Mark failed, with the reason, each run in progress whose process is gone; return the others.
 
     With ``retry``, Dagster's run retries decide whether the daemon runs it again (a run launched
-    from a code location, with retries left); without, it is tagged not to be.
+    from a code location, with retries left); without, it gets no retries left.
 
     A run the CLI started names its host and process in its tags. A run the daemon or the UI
     launched has its run worker's process on its RUN_START event: with the default run launcher and
@@ -153,7 +153,7 @@ def mark_orphaned_failed(instance, tags: dict[str, str] | None = None, retry: bo
     finds it.
     """
     import dagster as dg
-    from dagster._core.storage.tags import WILL_RETRY_TAG
+    from dagster._core.storage.tags import MAX_RETRIES_TAG
 
     in_progress = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
     live = []
@@ -162,9 +162,10 @@ def mark_orphaned_failed(instance, tags: dict[str, str] | None = None, retry: bo
         if reason is None:
             live.append(run)
             continue
-        instance.report_run_failed(run, message=f"{reason}; marked failed by a later llmops command")
         if not retry:
-            instance.add_run_tags(run.run_id, {WILL_RETRY_TAG: "false"})
+            # Before the failure is reported: Dagster decides "will retry" from it as it stores the event.
+            instance.add_run_tags(run.run_id, {MAX_RETRIES_TAG: "0"})
+        instance.report_run_failed(run, message=f"{reason}; marked failed by a later llmops command")
         print(f"llmops: run {run.run_id} was left unfinished ({reason}); marked it failed", file=sys.stderr)
     return live
 
