@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from llmops_dagster.core.embedding import (  # noqa: E402
     default_model_path,
     load_tokenizer,
 )
+from llmops_dagster.core.quantization import first_sentence  # noqa: E402
 
 
 def corpus_chunks(root: Path) -> list[str]:
@@ -78,7 +78,7 @@ def main() -> None:
 
     chunks = corpus_chunks(args.corpus)
     texts = [chunks[i % len(chunks)] for i in range(max(args.texts, len(chunks)))]
-    queries = [re.split(r"(?<=[.!?])\s", c, maxsplit=1)[0] for c in chunks[:200]]
+    queries = [first_sentence(c) for c in chunks[:200]]
     print(f"{len(chunks)} distinct chunks from {args.corpus}, {len(texts)} texts per timing, "
           f"{len(queries)} queries; torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")

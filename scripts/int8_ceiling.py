@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -114,7 +113,7 @@ def main() -> None:
     args = parser.parse_args()
 
     chunks = corpus_chunks(args.corpus)
-    queries = [re.split(r"(?<=[.!?])\s", chunk, maxsplit=1)[0] for chunk in chunks[:200]]
+    queries = [quantization.first_sentence(chunk) for chunk in chunks[:200]]
     embedder = Embedder(EmbedderConfig(precision="fp32", device="cpu"))
     reference_chunks = embedder.encode(chunks)
     reference = top10(embedder.encode(queries), reference_chunks)

@@ -245,7 +245,8 @@ def quantize(model: Path, ranges: dict[str, np.ndarray], out: Path, levels: int,
         low, high = ranges[source]
         producer = producers.get(source)
         floor = FLOORS.get(producer.op_type) if producer is not None else None
-        if floor is not None and any(reader_bias(node, readers, weights) is None for node in nodes):
+        biases = {node.name: reader_bias(node, readers, weights) for node in nodes}
+        if floor is not None and None in biases.values():
             floor = None  # nowhere to take the lift back out: quantise it symmetric
         smooth = smoothing(np.maximum(-low, high), np.max([np.abs(weights[node.input[1]]).max(1) for node in nodes], axis=0), alpha)
         stem = source.strip("/").replace("/", "_")
@@ -256,7 +257,7 @@ def quantize(model: Path, ranges: dict[str, np.ndarray], out: Path, levels: int,
             quantized, column_scales = quantize_weight(weights[name] * smooth[:, None], levels)
             if floor:
                 # The integers stand for (x + floor) / s: take floor / s times the quantised weight back out.
-                bias = reader_bias(node, readers, weights)
+                bias = biases[node.name]
                 weights[bias] = weights[bias] - (floor / smooth) @ (quantized.astype(np.float32) * column_scales)
                 added.append(numpy_helper.from_array(weights[bias].astype(np.float32), bias))
             added += [
@@ -464,4 +465,9 @@ def probe(size: int = PROBE_PASSAGES) -> tuple[list[str], list[str]]:
                 paragraphs.append(text)
     paragraphs = list(dict.fromkeys(paragraphs))
     passages = paragraphs[:: max(1, len(paragraphs) // size)][:size]
-    return [re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0] for text in passages], passages
+    return [first_sentence(text) for text in passages], passages
+
+
+def first_sentence(text: str) -> str:
+    """A passage's first sentence: the probe's and the embedding benchmark's query for it."""
+    return re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0]
