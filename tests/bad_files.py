@@ -8,6 +8,7 @@ alone, so it is covered by passing a small ``max_bytes`` to ``parse_file``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from llmops_dagster.core.documents import QuarantineReason
@@ -186,8 +187,35 @@ def write_broken_link(path: str | Path) -> Path:
     return path
 
 
+def write_link_loop(path: str | Path) -> Path:
+    """A link to itself: it cannot be followed, and a scan must not fail on it."""
+    path = _target(path)
+    path.symlink_to(path.name)
+    return path
+
+
+def write_named_pipe(path: str | Path) -> Path:
+    """A named pipe with a document's name: opening it to read would wait for a writer forever."""
+    path = _target(path)
+    os.mkfifo(path)
+    return path
+
+
+def write_unreadable(path: str | Path) -> Path:
+    """A Markdown file nobody may read (only a user other than root is kept out of it)."""
+    path = _target(path)
+    path.write_text("# Private\n\nNot for the pipeline.")
+    path.chmod(0)
+    return path
+
+
+# root reads a file whatever its mode, so ``write_unreadable`` only yields an unreadable file for other users.
+UNREADABLE_POSSIBLE = os.geteuid() != 0
+
+
 def write_bad_corpus(directory: str | Path) -> dict[str, str]:
-    """One file of every bad kind under ``directory``; returns {relative POSIX path: QuarantineReason value}."""
+    """One file of every bad kind under ``directory`` (an unreadable one only where the user can be
+    kept out of it); returns {relative POSIX path: QuarantineReason value}."""
     directory = Path(directory)
     writers = {
         "corrupt.pdf": (write_corrupt_pdf, QuarantineReason.CORRUPT),
@@ -200,7 +228,11 @@ def write_bad_corpus(directory: str | Path) -> dict[str, str]:
         "report.docx": (write_unsupported, QuarantineReason.UNSUPPORTED_TYPE),
         "diagram.png": (write_unsupported, QuarantineReason.UNSUPPORTED_TYPE),
         "links/handbook.md": (write_broken_link, QuarantineReason.BROKEN_LINK),
+        "links/loop.md": (write_link_loop, QuarantineReason.BROKEN_LINK),
+        "feed.md": (write_named_pipe, QuarantineReason.UNSUPPORTED_TYPE),
     }
+    if UNREADABLE_POSSIBLE:
+        writers["private/secret.md"] = (write_unreadable, QuarantineReason.UNREADABLE)
     expected = {}
     for relative, (writer, reason) in writers.items():
         writer(directory / relative)

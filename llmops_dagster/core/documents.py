@@ -8,6 +8,7 @@ file cannot fail a run.
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -26,6 +27,7 @@ class QuarantineReason(StrEnum):
     TOO_LARGE = "too_large"
     UNSUPPORTED_TYPE = "unsupported_type"
     BROKEN_LINK = "broken_link"
+    UNREADABLE = "unreadable"
 
 
 class ParseError(Exception):
@@ -87,25 +89,44 @@ def parse_bytes(data: bytes, fmt: str) -> ParsedDocument:
 
 
 def parse_file(path: Path, max_bytes: int) -> ParsedDocument:
-    """Parse one landing file. Raises ParseError, or FileNotFoundError if the file vanished."""
-    from llmops_dagster.core.landing import is_broken_link
+    """Parse one landing entry. Raises ParseError, or FileNotFoundError if the file vanished."""
+    from llmops_dagster.core.landing import is_broken_link, special_kind
 
     if is_broken_link(path):
+        try:
+            path.stat()
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise ParseError(QuarantineReason.BROKEN_LINK, f"a link to {os.readlink(path)}, which leads back to itself") from None
         raise ParseError(QuarantineReason.BROKEN_LINK, f"a link to {os.readlink(path)}, which does not exist")
-    fmt = detect_format(path)
-    if fmt is None:
-        raise ParseError(QuarantineReason.UNSUPPORTED_TYPE, f"'{path.suffix or path.name}' is not PDF, HTML, Markdown or text")
     try:
-        size = path.stat().st_size
+        stat = path.stat()
     except FileNotFoundError:
         raise
     except OSError as error:
-        raise ParseError(QuarantineReason.CORRUPT, f"cannot be read ({error.strerror})") from None
-    if size > max_bytes:
-        raise ParseError(QuarantineReason.TOO_LARGE, f"{size} bytes is over the {max_bytes}-byte limit")
+        raise ParseError(QuarantineReason.UNREADABLE, f"cannot be read ({error.strerror})") from None
+    kind = special_kind(stat.st_mode)
+    if kind == "folder":
+        try:
+            os.listdir(path)
+        except OSError as error:
+            raise ParseError(QuarantineReason.UNREADABLE, f"a folder whose files cannot be listed ({error.strerror})") from None
+    if kind is not None:  # never opened: reading a named pipe waits for a writer forever
+        raise ParseError(QuarantineReason.UNSUPPORTED_TYPE, f"a {kind}, not a regular file")
+    fmt = detect_format(path)
+    if fmt is None:
+        raise ParseError(QuarantineReason.UNSUPPORTED_TYPE, f"'{path.suffix or path.name}' is not PDF, HTML, Markdown or text")
+    if stat.st_size > max_bytes:
+        raise ParseError(QuarantineReason.TOO_LARGE, f"{stat.st_size} bytes is over the {max_bytes}-byte limit")
     try:
-        return parse_bytes(path.read_bytes(), fmt)
-    except (ParseError, FileNotFoundError):
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise ParseError(QuarantineReason.UNREADABLE, f"cannot be read ({error.strerror})") from None
+    try:
+        return parse_bytes(data, fmt)
+    except ParseError:
         raise
     except UnicodeDecodeError as error:
         raise ParseError(QuarantineReason.UNDECODABLE, str(error)) from None
