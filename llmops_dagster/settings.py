@@ -49,6 +49,10 @@ class SettingsError(ValueError):
 class IngestionSettings:
     max_file_mb: float = 50.0
 
+    def __post_init__(self) -> None:
+        if not self.max_file_mb > 0:  # also refuses NaN
+            raise ValueError(f"max_file_mb must be positive, got {self.max_file_mb}")
+
 
 @dataclass(frozen=True)
 class IndexSettings(AnnParams):

@@ -7,6 +7,8 @@ import hashlib
 import os
 from pathlib import Path
 
+import pytest
+
 from llmops_dagster.core.landing import (
     QUESTIONS_DIR,
     LandingDiff,
@@ -255,6 +257,40 @@ def test_a_broken_link_is_listed_with_its_target_as_content_and_reads_as_changed
     assert fixed.sha256 == sha("# Back") and diff([fixed], {"gone.md": broken}).changed == [fixed]
 
 
+def test_entries_that_are_not_files_are_listed_with_what_they_are_and_never_opened(tmp_path: Path) -> None:
+    """A named pipe opened for its hash would wait for a writer forever; a loop of links cannot be
+    followed; neither may fail the scan or go unlisted."""
+    root = tmp_path / "landing"
+    write(root, "a.md", "# A")
+    os.mkfifo(root / "pipe.md")
+    (root / "loop.md").symlink_to("loop.md")
+    assert list_paths(root) == ["a.md", "loop.md", "pipe.md"]
+    found = by_path(scan(root))
+    assert found["pipe.md"].size_bytes == 0 and found["pipe.md"].sha256 == sha("named pipe")
+    assert found["loop.md"].sha256 == sha("link to loop.md")
+    assert by_path(scan(root, found)) == found, "the same entries: the same hashes, nothing changed"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file and folder whatever its mode")
+def test_an_unreadable_file_or_folder_is_listed_and_reads_as_changed_once_readable(tmp_path: Path) -> None:
+    root = tmp_path / "landing"
+    secret = write(root, "secret.md", "# Secret")
+    write(root, "locked/inner.md", "# Inner")
+    secret.chmod(0)
+    (root / "locked").chmod(0)
+    try:
+        found = by_path(scan(root))
+        assert sorted(found) == ["locked", "secret.md"]
+        assert found["secret.md"].sha256 == sha("cannot be read: Permission denied") and found["secret.md"].mtime_ns == -1
+        assert found["locked"].sha256 == sha("folder")
+        assert by_path(scan(root, found)) == found
+    finally:
+        secret.chmod(0o644)
+        (root / "locked").chmod(0o755)
+    readable = by_path(scan(root, found))
+    assert readable["secret.md"].sha256 == sha("# Secret") and sorted(readable) == ["locked/inner.md", "secret.md"]
+
+
 # --- what ingest looks at again -------------------------------------------------------------------
 
 
@@ -284,6 +320,44 @@ def test_a_file_too_large_is_looked_at_again_once_the_limit_allows_it(tmp_path: 
     raised = _ingest(root, tmp_path, max_bytes=10_000)
     assert [item.path for item in raised.diff.to_parse] == ["big.md"]
     assert (raised.documents, raised.quarantined) == (2, 0) and "big.md" in _stored(tmp_path, store.DOCUMENTS)
+
+
+def test_a_document_over_a_lowered_limit_moves_to_quarantine_and_stays_there(tmp_path: Path) -> None:
+    from llmops_dagster.core import store
+
+    root = tmp_path / "landing"
+    write(root, "big.md", "# Big\n\n" + "word " * 400)
+    write(root, "small.md", "# Small\n\nA short note.")
+    assert _ingest(root, tmp_path, max_bytes=10_000).documents == 2
+    lowered = _ingest(root, tmp_path, max_bytes=1000)
+    assert [item.path for item in lowered.diff.to_parse] == ["big.md"]
+    assert (lowered.documents, lowered.reasons) == (1, {"too_large": 1})
+    assert "big.md" not in _stored(tmp_path, store.DOCUMENTS)
+    assert _stored(tmp_path, store.QUARANTINE)["big.md"]["detail"].endswith("over the 1000-byte limit")
+    again = _ingest(root, tmp_path, max_bytes=1000)
+    assert not again.diff.to_parse and again.documents_write.version == lowered.documents_write.version, "the same limit: no new version"
+
+
+def test_a_named_pipe_and_a_loop_of_links_are_quarantined_and_the_run_goes_on(tmp_path: Path) -> None:
+    from llmops_dagster.core import store
+    from llmops_dagster.core.checks import no_files_lost
+
+    root = tmp_path / "landing"
+    write(root, "a.md", "# A\n\nA note.")
+    os.mkfifo(root / "pipe.md")
+    (root / "loop.md").symlink_to("loop.md")
+    first = _ingest(root, tmp_path)
+    quarantined = _stored(tmp_path, store.QUARANTINE)
+    assert (first.landing_files, first.documents) == (3, 1)
+    assert {path: (row["reason"], row["detail"]) for path, row in quarantined.items()} == {
+        "pipe.md": ("unsupported_type", "a named pipe, not a regular file"),
+        "loop.md": ("broken_link", "a link to loop.md, which leads back to itself"),
+    }
+    assert no_files_lost(set(list_paths(root)), set(_stored(tmp_path, store.DOCUMENTS)), set(quarantined)).passed
+    assert not _ingest(root, tmp_path).diff.to_parse
+    (root / "pipe.md").unlink()
+    write(root, "pipe.md", "# Pipe\n\nA file now.")
+    assert _ingest(root, tmp_path).documents == 2
 
 
 def test_a_broken_link_is_quarantined_and_becomes_a_document_once_its_target_exists(tmp_path: Path) -> None:

@@ -58,6 +58,13 @@ def test_invalid_chunking_is_a_settings_error(tmp_path: Path, llmops_home: Path)
         load_settings("test", declaration)
 
 
+@pytest.mark.parametrize("value", ["-5", "0", ".nan"])
+def test_a_file_size_limit_that_admits_nothing_is_a_settings_error(tmp_path: Path, llmops_home: Path, value: str) -> None:
+    declaration = declare(tmp_path, f"defaults:\n  ingestion:\n    max_file_mb: {value}\nenvironments:\n  test: {{}}\n")
+    with pytest.raises(SettingsError, match="invalid ingestion settings: max_file_mb must be positive"):
+        load_settings("test", declaration)
+
+
 def test_engine_is_declared_per_environment(tmp_path: Path, llmops_home: Path) -> None:
     declaration = declare(
         tmp_path,

@@ -46,7 +46,7 @@ PARSED_BY = f"llmops parse v{PARSE_VERSION}"
 def known_files(lance: LanceStore, max_bytes: int | None = None) -> tuple[dict[str, landing.LandingFile], set[str], set[str]]:
     """Files already stored, by path. A document parsed, or a file set aside, by an older release
     counts as unknown, so it is looked at again with today's parsers; so does a file set aside as
-    too large that ``max_bytes`` now allows."""
+    too large that ``max_bytes`` now allows, and a document that it no longer allows."""
     known: dict[str, landing.LandingFile] = {}
     paths: dict[str, set[str]] = {}
     for name, schema, columns in (
@@ -58,7 +58,10 @@ def known_files(lance: LanceStore, max_bytes: int | None = None) -> tuple[dict[s
         for row in rows:
             if not (row["parser"] or "").endswith(PARSED_BY):
                 continue
-            if row.get("reason") == QuarantineReason.TOO_LARGE and max_bytes is not None and row["size_bytes"] <= max_bytes:
+            if max_bytes is not None and (
+                (row.get("reason") == QuarantineReason.TOO_LARGE and row["size_bytes"] <= max_bytes)
+                or (name == store.DOCUMENTS and row["size_bytes"] > max_bytes)
+            ):
                 continue
             known[row["path"]] = landing.LandingFile(row["path"], row["size_bytes"], row["mtime_ns"], row["doc_id"])
     return known, paths[store.DOCUMENTS], paths[store.QUARANTINE]
