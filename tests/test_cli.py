@@ -117,7 +117,10 @@ def test_tick_promotes_once_and_status_and_rollback_read_the_history(
         (["rollback", "--env", "prod"], "prod.llmops.rag_model has no champion to roll back"),
         (["predict", "--env", "test", "--questions", "/no/such.jsonl", "--out", "x.jsonl"], "questions file not found"),
         (["search", "--env", "dev", "anything"], "invalid choice: 'dev'"),
-        (["search", "--env", "test", "--k", "0", "anything"], "must be at least 1"),
+        (["search", "--env", "test", "--k", "0", "anything"], "must be within 1-10000, got 0"),
+        (["ask", "--env", "test", "--k", "99999999999999999999", "anything"], "must be within 1-10000, got 99999999999999999999"),
+        (["approve", "--env", "prod", "--version", "99999999999999999999"], "must be within 1-2147483647"),
+        (["monitor", "--env", "test", "--window", "99999999999999999999d"], "expected a duration such as 1d, 7d, 12h or 1w"),
         (["search", "--env", "test", "--mode", "fuzzy", "anything"], "invalid choice: 'fuzzy'"),
         (["search", "--env", "test", "   "], "the query is empty"),
         # A byte that is not UTF-8 in an argument arrives as a lone surrogate (Python's surrogateescape).
@@ -127,6 +130,9 @@ def test_tick_promotes_once_and_status_and_rollback_read_the_history(
         (["run", "--env", "test"], "landing folder not found"),
         (["run", "--env", "test", "--landing", __file__], f"landing folder {__file__} is a file, not a folder"),
         (["predict", "--env", "test", "--questions", __file__, "--out", "/"], "--out / is a folder; name a file"),
+        (["predict", "--env", "test", "--questions", __file__, "--out", "/proc/answers.jsonl"], "--out /proc/answers.jsonl cannot be written"),
+        (["predict", "--env", "test", "--questions", __file__, "--out", __file__], "is the questions file; the answers would replace the questions"),
+        (["bundle", "--out", "/tmp"], "--out /tmp is a folder; name a file"),
         (["serve", "--env", "test", "--port", "99999"], "a port is within 1-65535, got 99999"),
         (["frobnicate"], "invalid choice"),
     ],
@@ -159,7 +165,7 @@ def test_quarantine_lists_the_files_set_aside_with_their_reasons_and_status_coun
 
     home = tmp_path / "home"
     empty = llmops_here("quarantine", "--env", "test", home=home, capsys=capsys)
-    assert (empty.returncode, empty.stdout) == (0, "test: no quarantined files\n")
+    assert (empty.returncode, empty.stdout) == (0, "test: no quarantined files (nothing ingested yet: run `llmops run --env test`)\n")
     assert not (home / "state").exists() and not any(home.rglob("lancedb")), "reading leaves no trace"
 
     landing = tmp_path / "landing"
@@ -412,3 +418,27 @@ def test_a_run_killed_mid_embedding_does_not_lock_the_environment(tmp_path: Path
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         assert instance.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.FAILURE
     assert_every_chunk_embedded_once(str(home / "test" / "lancedb"))
+
+
+def test_monitor_lists_no_window_before_monitoring_start_and_a_run_of_missing_windows_as_one_line(
+    llmops_home: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from datetime import UTC, date, datetime, timedelta
+
+    from llmops_dagster.cli.monitor import _print, window_count
+    from llmops_dagster.settings import load_settings
+
+    day, start = timedelta(days=1), date(2026, 1, 1)
+    now = datetime(2026, 1, 10, tzinfo=UTC)
+    assert window_count(3 * day, day, now, start) == 3
+    assert capsys.readouterr().err == ""
+    assert window_count(400 * day, day, now, start) == 10 == window_count(10**6 * day, day, now, start)
+    assert "windows begin at monitoring.start (2026-01-01); the 390 asked for before it are not listed" in capsys.readouterr().err
+    # Weekly windows are epoch-aligned Thursdays; 2026-01-01 is one, and the window under way began 2026-01-08.
+    assert window_count(52 * 7 * day, 7 * day, datetime(2026, 1, 8, tzinfo=UTC), start) == 2
+
+    windows = [{"window_start": now - n * day, "rows": []} for n in (3, 2, 1, 0)]
+    _print(load_settings("test"), windows, None)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("  2026-01-07T00:00:00+00:00 … 2026-01-10T00:00:00+00:00  4 windows not materialized;")
+    assert lines[1].endswith("--select test/monitoring --partition 2026-01-07 (to 2026-01-10)") and len(lines) == 4, lines

@@ -197,6 +197,8 @@ def test_ask_and_search_use_the_running_server(served: Server) -> None:
     beyond = subprocess.run([LLMOPS, "search", "--env", "test", "--k", "51", QUESTIONS[1]], env=served.env,
                             capture_output=True, text=True, timeout=120)
     assert beyond.returncode == 2 and beyond.stderr.strip().endswith("limit of 50 (serving.max_k); pass --local to search in process")
+    beyond = subprocess.run([LLMOPS, "ask", "--env", "test", "--k", "51", QUESTIONS[1]], env=served.env, capture_output=True, text=True, timeout=120)
+    assert beyond.returncode == 2 and beyond.stderr.strip().endswith("limit of 50 (serving.max_k); pass --local to answer in process")
     def since() -> list[tuple[str, str]]:
         return sorted((row["endpoint"], row["question"]) for row in served.log_rows() if row["timestamp_ms"] >= began_ms)
 

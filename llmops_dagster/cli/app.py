@@ -9,7 +9,7 @@ from typing import NoReturn
 
 from llmops_dagster.cli.access import cmd_access
 from llmops_dagster.cli.bundle import cmd_bundle
-from llmops_dagster.cli.common import EXIT_USAGE, UserError, port, positive
+from llmops_dagster.cli.common import EXIT_USAGE, UserError, passages, port, positive
 from llmops_dagster.cli.monitor import cmd_monitor, window_span
 from llmops_dagster.cli.promotion import cmd_approve, cmd_rollback
 from llmops_dagster.cli.quarantine import cmd_quarantine
@@ -39,16 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     find = commands.add_parser("search", help="ranked passages for a query, with sources and scores")
     find.add_argument("--env", required=True, choices=ENVIRONMENTS)
-    find.add_argument("--k", type=positive, default=5, help="passages to return (default 5)")
+    find.add_argument("--k", type=passages, default=5, help="passages to return (default 5)")
     find.add_argument("--mode", choices=SEARCH_MODES, default="hybrid")
-    find.add_argument("--json", action="store_true", help='print {"query", "passages": [...]} as JSON')
+    find.add_argument("--json", action="store_true", help='print {"query", "mode", "passages": [...]} as JSON')
     find.add_argument("--local", action="store_true", help="search in this process even when the environment's server is up")
     find.add_argument("query")
     find.set_defaults(handler=cmd_search)
 
     ask = commands.add_parser("ask", help="answer a question with the champion (or the challenger), with sources")
     ask.add_argument("--env", required=True, choices=ENVIRONMENTS)
-    ask.add_argument("--k", type=positive, help="passages to retrieve (default: the model's setting)")
+    ask.add_argument("--k", type=passages, help="passages to retrieve (default: the model's setting)")
     ask.add_argument("--json", action="store_true", help="print the answer, passages and sources as JSON")
     ask.add_argument("--local", action="store_true", help="load the model in this process even when the environment's server is up")
     ask.add_argument("question")

@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from llmops_dagster.cli.common import UserError
+from llmops_dagster.cli.common import UserError, writable_file
 from llmops_dagster.settings import declaration_path
 
 BUNDLE_FILE = "databricks.yml"
@@ -62,6 +62,6 @@ def cmd_bundle(args: argparse.Namespace) -> int:
             return EXIT_DIFFERS
         print(f"{_shown(out)} is up to date with {_shown(declaration)} (targets: {targets})")
         return 0
-    _write(out, text)
+    _write(writable_file(out, "--out" if args.out else "the bundle file"), text)
     print(f"wrote {_shown(out)} from {_shown(declaration)} (targets: {targets}); `databricks bundle validate -t ENV` checks it against a workspace")
     return 0

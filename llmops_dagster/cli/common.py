@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from pathlib import Path
 
 from llmops_dagster.settings import EnvSettings, SettingsError, load_settings
@@ -55,6 +56,10 @@ def writable_file(path: Path, what: str) -> Path:
         raise UserError(f"{what} {path} cannot be created: {folder} is a file")
     if not os.access(folder, os.W_OK):
         raise UserError(f"{what} {path} cannot be written: no write permission in {folder}")
+    try:  # a file system mounted read-only, or one of the kernel's, says so only when a file is made
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise UserError(f"{what} {path} cannot be written: {error.strerror} in {folder}") from None
     return path
 
 
@@ -83,11 +88,23 @@ def port(value: str) -> int:
     return number
 
 
-def positive(value: str) -> int:
+# A version number, as MLflow stores it (a 32-bit integer); a larger one is no version, not a crash.
+MAX_WHOLE = 2**31 - 1
+# --k of a search or question run in process: more passages than this is a dump of the index, not a
+# ranking (the server refuses above serving.max_k).
+MAX_PASSAGES = 10_000
+
+
+def positive(value: str, most: int = MAX_WHOLE) -> int:
     try:
         number = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got '{value}'") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    if not 1 <= number <= most:
+        raise argparse.ArgumentTypeError(f"must be within 1-{most}, got {value if len(value) <= 20 else value[:20] + '…'}")
     return number
+
+
+def passages(value: str) -> int:
+    """--k: how many passages, at least one and at most ``MAX_PASSAGES``."""
+    return positive(value, MAX_PASSAGES)

@@ -13,7 +13,7 @@ import argparse
 import json
 import math
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from llmops_dagster.cli.common import resources_for, settings_for
@@ -30,6 +30,20 @@ def window_span(value: str) -> timedelta:
         raise argparse.ArgumentTypeError(f"expected a duration such as 1d, 7d, 12h or 1w, got '{value}'") from None
 
 
+def window_count(span: timedelta, length: timedelta, current: datetime, start: date) -> int:
+    """How many windows, up to ``current``, the last ``span`` covers: none before ``monitoring.start``,
+    where the partitions begin (a window before it cannot be materialized or backfilled)."""
+    from llmops_dagster.core.monitoring import window_floor
+
+    first = datetime.combine(start, time(), UTC)
+    first = window_floor(first, length) + (length if window_floor(first, length) < first else timedelta(0))
+    asked = max(1, math.ceil(span / length))
+    kept = max(1, (current - first) // length + 1)
+    if asked > kept:
+        print(f"llmops monitor: windows begin at monitoring.start ({start}); the {asked - kept} asked for before it are not listed", file=sys.stderr)
+    return min(asked, kept)
+
+
 def cmd_monitor(args: argparse.Namespace) -> int:
     from llmops_dagster.core import monitoring_table as table
     from llmops_dagster.core.monitoring import check_names, window_floor
@@ -40,7 +54,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     length = config.window_length
     span = args.window or length
     current = window_floor(datetime.now(UTC), length)
-    starts = [current - length * back for back in reversed(range(max(1, math.ceil(span / length))))]
+    starts = [current - length * back for back in reversed(range(window_count(span, length, current, config.start)))]
     lance = open_existing(settings.lancedb_uri)
     if lance is None:
         if args.json:
@@ -82,23 +96,41 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return 1 if failing_error else 0
 
 
-def _backfill_hint(settings: EnvSettings, start: datetime) -> str:
+def _partition_key(settings: EnvSettings, start: datetime) -> str:
     from llmops_dagster.assets.monitoring import monitoring_partitions
 
-    key = monitoring_partitions(settings.monitoring).get_partition_key_for_timestamp(start.timestamp())
+    return monitoring_partitions(settings.monitoring).get_partition_key_for_timestamp(start.timestamp())
+
+
+def _backfill_hint(settings: EnvSettings, starts: list[datetime]) -> str:
+    """How to backfill these consecutive windows: the command for one; for a run of them, the UI's
+    partition range, or the command one partition at a time."""
     env = settings.name
-    return f"dagster asset materialize -m llmops_dagster.definitions -a {env}_defs --select {env}/monitoring --partition {key}"
+    command = f"dagster asset materialize -m llmops_dagster.definitions -a {env}_defs --select {env}/monitoring --partition"
+    first = _partition_key(settings, starts[0])
+    if len(starts) == 1:
+        return f"not materialized; backfill: {command} {first}"
+    return (
+        f"{len(starts)} windows not materialized; backfill them as a partition range from the monitoring asset's page "
+        f"in the Dagster UI, or one at a time: {command} {first} (to {_partition_key(settings, starts[-1])})"
+    )
 
 
 def _print(settings: EnvSettings, windows: list[dict[str, Any]], latest: dict[str, Any] | None) -> None:
     from llmops_dagster.core import monitoring_table as table
 
     print(f"{settings.name}: monitoring, {settings.monitoring.window} windows (UTC)")
-    for entry in windows:
-        start = entry["window_start"].isoformat()
+    missing: list[datetime] = []  # consecutive windows without rows, shown as one line
+    for index, entry in enumerate(windows):
         if not entry["rows"]:
-            print(f"  {start}  not materialized; backfill: {_backfill_hint(settings, entry['window_start'])}")
+            missing.append(entry["window_start"])
+            if index + 1 < len(windows) and not windows[index + 1]["rows"]:
+                continue
+            shown = missing[0].isoformat() + (f" … {missing[-1].isoformat()}" if len(missing) > 1 else "")
+            print(f"  {shown}  {_backfill_hint(settings, missing)}")
+            missing = []
             continue
+        start = entry["window_start"].isoformat()
         failing = [verdict for verdict in entry["checks"] if not verdict.passed]
         worst = "ERROR" if any(v.status == table.ERROR for v in failing) else "WARN" if failing else "OK"
         print(f"  {start}  {entry['requests']:>6} rows  drift {entry['drift_state']:<7}  checks {worst}: {len(failing)} failing{_origin(entry)}")

@@ -31,7 +31,8 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         print(json.dumps([{**row, "quarantined_at": row["quarantined_at"].isoformat()} for row in rows], indent=2))
         return 0
     if not rows:
-        print(f"{settings.name}: no quarantined files")
+        ingested = lance is not None and lance.exists(store.DOCUMENTS)
+        print(f"{settings.name}: no quarantined files" + ("" if ingested else f" (nothing ingested yet: run `llmops run --env {settings.name}`)"))
         return 0
     print(f"{settings.name}: {len(rows)} quarantined file{'s' if len(rows) > 1 else ''} (paths inside the landing zone of its last run)")
     width = max(len(row["path"]) for row in rows)

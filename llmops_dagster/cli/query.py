@@ -29,7 +29,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     settings = settings_for(args)
     checked_text(args.query, "query")
-    server = _server(args, settings)
+    server = _server(args, settings, "search")
     if server is not None:
         try:
             found = server.search(args.query, args.k, args.mode)
@@ -53,13 +53,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     return show_passages(args, [passage.as_json() for passage in passages])
 
 
-def _server(args: argparse.Namespace, settings: EnvSettings):  # noqa: ANN202
+def _server(args: argparse.Namespace, settings: EnvSettings, doing: str):  # noqa: ANN202
     """The environment's running server unless --local; a --k it would refuse is refused here, with the way round it."""
     server = None if args.local else running_server(settings)
     if server is not None and args.k and args.k > settings.serving.max_k:
         raise UserError(
             f"--k {args.k} is above the {server.base_url} server's limit of {settings.serving.max_k} (serving.max_k); "
-            "pass --local to search in process"
+            f"pass --local to {doing} in process"
         )
     return server
 
@@ -101,7 +101,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     settings = settings_for(args)
     checked_text(args.question, "question")
-    server = _server(args, settings)
+    server = _server(args, settings, "answer")
     if server is not None:
         alias = "champion"
         try:
@@ -143,6 +143,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     settings = settings_for(args)
     source = existing_file(Path(args.questions).expanduser(), "questions file")
     out = writable_file(Path(args.out).expanduser(), "--out")
+    if out.exists() and out.resolve() == source.resolve():
+        raise UserError(f"--out {out} is the questions file; the answers would replace the questions (name another file)")
     questions, rejected = read_questions(source)
     for problem in rejected:
         print(f"llmops: skipped {problem}", file=sys.stderr)

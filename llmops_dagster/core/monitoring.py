@@ -273,7 +273,10 @@ def parse_window(window: str) -> timedelta:
     match = _WINDOW.match(str(window))
     if not match or int(match.group(1)) < 1:
         raise ValueError(f"monitoring.window: a positive duration such as '1d', '6h', '30m' or '1w', got {window!r}")
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    except OverflowError:
+        raise ValueError(f"monitoring.window: {window!r} is longer than any calendar holds") from None
 
 
 def _number(value: Any, name: str, kind: type = float) -> Any:
