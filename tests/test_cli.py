@@ -263,6 +263,7 @@ def test_a_run_whose_worker_is_gone_is_marked_failed_and_the_others_are_left(tmp
     launched, is left in progress."""
     import dagster as dg
     from dagster._core.storage.tags import WILL_RETRY_TAG
+    from dagster._daemon.auto_run_reexecution.event_log_consumer import DAGSTER_EVENT_TYPES, _create_cursor_key
 
     from llmops_dagster.cli import DAGSTER_YAML
     from llmops_dagster.cli.common import UserError
@@ -298,10 +299,17 @@ def test_a_run_whose_worker_is_gone_is_marked_failed_and_the_others_are_left(tmp
         while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z" and time.monotonic() < deadline:
             time.sleep(0.05)
         undead = run("test", zombie.pid)
+        # This home's daemon never ran: its run-retry consumer has no cursor, and would start at the
+        # latest event, after the failures marked below. They start it first, before them.
+        cursors = {_create_cursor_key(event_type) for event_type in DAGSTER_EVENT_TYPES}
+        assert not instance.daemon_cursor_storage.get_cursor_values(cursors)
+        before = instance.event_log_storage.get_maximum_record_id()
         try:
             assert {live.run_id for live in mark_orphaned_failed(instance)} == {alive.run_id, launching.run_id}
         finally:
             zombie.wait()
+        assert instance.daemon_cursor_storage.get_cursor_values(cursors) == dict.fromkeys(cursors, str(before))
+        assert instance.event_log_storage.get_maximum_record_id() > before, "the failures come after the cursor: the daemon reads them"
         assert instance.get_run_by_id(undead.run_id).status == dg.DagsterRunStatus.FAILURE
         assert instance.get_run_by_id(orphan.run_id).status == dg.DagsterRunStatus.FAILURE
         [failure] = instance.all_logs(orphan.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
@@ -315,6 +323,8 @@ def test_a_run_whose_worker_is_gone_is_marked_failed_and_the_others_are_left(tmp
         assert instance.get_run_by_id(orphan.run_id).tags[WILL_RETRY_TAG] == "true"
         taken_over = run("test", gone.pid)
         refuse_if_running(instance, "test")
+        mark_orphaned_failed(instance)  # the daemon's cursors are there now: left where they are
+        assert instance.daemon_cursor_storage.get_cursor_values(cursors) == dict.fromkeys(cursors, str(before))
         assert instance.get_run_by_id(taken_over.run_id).status == dg.DagsterRunStatus.FAILURE
         assert instance.get_run_by_id(taken_over.run_id).tags[WILL_RETRY_TAG] == "false"
 

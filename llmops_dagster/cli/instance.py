@@ -155,6 +155,8 @@ def mark_orphaned_failed(instance, tags: dict[str, str] | None = None, retry: bo
     import dagster as dg
     from dagster._core.storage.tags import MAX_RETRIES_TAG
 
+    if retry:
+        start_retry_cursors(instance)
     in_progress = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
     live = []
     for run in instance.get_runs(filters=dg.RunsFilter(tags=tags or {}, statuses=in_progress)):
@@ -168,6 +170,24 @@ def mark_orphaned_failed(instance, tags: dict[str, str] | None = None, retry: bo
         instance.report_run_failed(run, message=f"{reason}; marked failed by a later llmops command")
         print(f"llmops: run {run.run_id} was left unfinished ({reason}); marked it failed", file=sys.stderr)
     return live
+
+
+def start_retry_cursors(instance) -> None:
+    """Where the daemon's run-retry consumer has no cursor yet, start it at the latest event now.
+
+    The consumer retries the failures it reads after its cursor, and on its first pass it starts the
+    cursor at the latest event, so that enabling retries does not retry every old failure. A home
+    whose daemon never made that pass (its first `make ui` killed within seconds) would then skip
+    the failures marked here just before the daemon starts. Starting the cursor here first is that
+    same first pass, made before those failures are written, so the daemon reads them.
+    """
+    from dagster._daemon.auto_run_reexecution.event_log_consumer import DAGSTER_EVENT_TYPES, _create_cursor_key
+
+    keys = {_create_cursor_key(event_type) for event_type in DAGSTER_EVENT_TYPES}
+    missing = keys - set(instance.daemon_cursor_storage.get_cursor_values(keys))
+    if missing:
+        latest = str(instance.event_log_storage.get_maximum_record_id() or 0)
+        instance.daemon_cursor_storage.set_cursor_values(dict.fromkeys(missing, latest))
 
 
 def _orphaned(instance, run) -> str | None:
