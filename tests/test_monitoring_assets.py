@@ -66,7 +66,7 @@ BACKFILL_TAG, PARTITION_TAG = "dagster/backfill", "dagster/partition"
 UI_BACKFILL_DAYS = 2  # the days before yesterday that the UI backfills: a range, one queued run per day
 CHROMIUM = "/usr/bin/chromium"
 # Drift needs this many values on each side; the default (20) is more than a test window holds.
-MONITORING = {"drift_min_count": 3}
+MONITORING = {"drift_min_count": 3, "psi_min_count": 3}  # a few dozen requests: PSI on samples this small is noise, but it must run
 
 
 @dataclass

@@ -243,8 +243,28 @@ def test_drift_statistics_of_known_distributions() -> None:
     assert drift_metrics([], [1.0])["population_stability_index"] is None
     too_few = drift_metrics(reference[:10], reference[:10], min_count=20)
     assert too_few["js_distance"] is None and too_few["current_count"] == 10
-    constant = drift_metrics([5.0] * 50, [5.0] * 40 + [9.0] * 10)  # one distinct reference value: two bins
+    constant = drift_metrics([5.0] * 50, [5.0] * 40 + [9.0] * 10)  # one distinct reference value: below, equal, above
     assert constant["population_stability_index"] > 0.25
+    two_values = drift_metrics([0.0] * 50 + [1.0] * 50, [0.0] * 90 + [1.0] * 10)  # split at the upper value
+    assert two_values["population_stability_index"] > 0.25
+
+
+def test_psi_stays_quiet_on_samples_of_one_distribution_and_is_null_below_its_minimum() -> None:
+    """A fresh sample always has values just past the reference's range: PSI's outer bins are open,
+    so they are no drift. On 500 values a side the 0.1 level is seldom crossed by chance, and 0.25
+    never; on 50 it would be nearly always, so PSI is null there while the KS test, valid at any
+    size, is not."""
+    rng = np.random.default_rng(11)
+    quiet = np.array([drift_metrics(rng.lognormal(size=500), rng.lognormal(size=500))["population_stability_index"] for _ in range(200)])
+    assert np.mean(quiet > 0.1) <= 0.02 and quiet.max() < 0.25 and np.median(quiet) < 0.05, (np.mean(quiet > 0.1), quiet.max())
+    noisy = np.array([drift_metrics(rng.lognormal(size=50), rng.lognormal(size=50))["population_stability_index"] for _ in range(200)])
+    assert np.mean(noisy > 0.1) > 0.9, "why PSI needs its minimum: on 50 a side, noise alone crosses 0.1"
+    reference = rng.normal(size=500)
+    beyond = drift_metrics(reference, np.append(reference[:499], reference.max() + 0.01))
+    assert beyond["population_stability_index"] < 1e-3, "one value past the maximum is no drift"
+    small = drift_metrics(rng.normal(size=50), rng.normal(size=50), min_count=20, psi_min_count=500)
+    assert small["population_stability_index"] is None and small["ks_test"]["pvalue"] > 0.01 and small["js_distance"] is not None
+    assert MonitoringConfig().psi_min_count == 500
 
 
 def test_column_drift_names_every_drift_column(normalised) -> None:
@@ -411,3 +431,51 @@ def test_unanswered_questions_group_by_meaning(embedder_and_corpus) -> None:
     assert set(groups[1]["questions"]) == set(questions[3:5])
     assert group_unanswered([], np.zeros((0, 384))) == []
     assert group_unanswered(["only one"], np.ones((1, 384)))[0]["size"] == 1
+
+
+def _monitoring_store(tmp_path: Path, log: list[dict[str, object]], batch: list[dict[str, object]] | None = None) -> store.LanceStore:
+    lance = store.LanceStore(str(tmp_path / "lancedb"))
+    lance.append(store.INFERENCE_LOG, store.INFERENCE_LOG_SCHEMA, pa.Table.from_pylist(log, store.INFERENCE_LOG_SCHEMA))
+    if batch:
+        lance.append(store.PREDICTIONS, store.PREDICTIONS_SCHEMA, pa.Table.from_pylist(batch, store.PREDICTIONS_SCHEMA))
+    return lance
+
+
+def _day_of_requests(day: int, count: int, slower: float = 0.0, **fields: object) -> list[dict[str, object]]:
+    return [log_row(f"d{day}-{n}", day * 1440 + n, execution_time_ms=100.0 + 7 * n + slower, **fields) for n in range(count)]
+
+
+def test_the_first_window_reference_is_the_first_with_rows_that_can_be_read(tmp_path: Path) -> None:
+    """A first day of malformed rows only (no status codes) left the reference empty, drift unmeasured
+    for good, and the drift state said OK. The reference is now the first readable window, and a
+    window whose drift was not measured has the state NO_DATA."""
+    from llmops_dagster.core import monitoring_table
+
+    log = _day_of_requests(0, 3, status_code=None) + _day_of_requests(1, 30) + _day_of_requests(2, 30, slower=800.0)
+    lance = _monitoring_store(tmp_path, log)
+    config = MonitoringConfig.from_mapping({"drift_min_count": 3, "psi_min_count": 3, "thresholds": {"out_of_corpus_rate": None}})
+    day = timedelta(days=1)
+    second = monitoring_table.compute_window(lance, DAY + day, DAY + 2 * day, config, monitoring_table.Scoring())
+    assert second.reference == f"first window {(DAY + day).isoformat()}, which holds this window: no drift is measured in it"
+    assert monitoring_table.drift_state(second.rows)["state"] == monitoring_table.NO_DATA
+    third = monitoring_table.compute_window(lance, DAY + 2 * day, DAY + 3 * day, config, monitoring_table.Scoring())
+    assert third.reference == f"first window {(DAY + day).isoformat()} (30 rows)"
+    [latency] = [entry for entry in third.rows[0]["drift"] if entry["column"] == "latency_ms"]
+    assert latency["population_stability_index"] > 0.25
+    assert monitoring_table.drift_state(third.rows)["state"] == monitoring_table.ERROR
+
+
+def test_the_evaluation_run_is_not_judged_against_itself(tmp_path: Path) -> None:
+    """With ``reference: evaluation``, the served version's latest batch run is the reference and
+    also falls in a window: that window's batch slice has no drift measured, while its endpoint
+    slice is judged against the run."""
+    from llmops_dagster.core import monitoring_table
+
+    batch = [{**predictions()[0], "id": f"p{n}", "dagster_run_id": "eval", "latency_ms": 40.0 + n} for n in range(30)]
+    lance = _monitoring_store(tmp_path, _day_of_requests(0, 30), batch)
+    config = MonitoringConfig.from_mapping({"reference": "evaluation", "drift_min_count": 3, "psi_min_count": 3})
+    report = monitoring_table.compute_window(lance, DAY, DAY + timedelta(days=1), config, monitoring_table.Scoring())
+    by_source = {row["source"]: row for row in report.rows}
+    assert by_source["batch"]["request_count"] == 30 and by_source["batch"]["drift"] == []
+    [latency] = [entry for entry in by_source["endpoint"]["drift"] if entry["column"] == "latency_ms"]
+    assert latency["reference_count"] == 30 and latency["population_stability_index"] > 0.25

@@ -229,7 +229,7 @@ def test_window_metrics_with_scorers(models: Models) -> None:
 def test_a_window_in_the_table_with_scorers_drift_and_plots(models: Models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """compute_window over a Lance inference log: the scores reach the table, drift compares them
     with the first window's (here: neutral answers, then toxic ones), and they are plotted."""
-    config = _config(models, drift_min_count=2)
+    config = _config(models, drift_min_count=2, psi_min_count=2)
     lance = store.LanceStore(str(tmp_path / "lancedb"))
     calm = [log_row(f"c{n}", n, NEUTRAL[n % 3]) for n in range(6)]
     rough = [log_row(f"r{n}", 24 * 60 + n, TOXIC[n % 3]) for n in range(6)]

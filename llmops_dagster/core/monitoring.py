@@ -162,6 +162,9 @@ class MonitoringConfig:
     plot_windows: int = 30
     drift_bins: int = 10
     drift_min_count: int = 20  # fewer values on either side: drift statistics are null, not noise
+    # PSI's 0.1/0.25 rule of thumb holds for samples in the hundreds: on identical distributions, ten
+    # bins and 200 values a side give PSI above 0.1 in a third of windows, 500 a side in none.
+    psi_min_count: int = 500
     unanswered_distance: float = 0.3  # cosine distance under which unanswered questions group
     start: date = date(2026, 1, 1)  # the first window a backfill can pick (Dagster partitions need a start)
     retrain_on_drift: bool = False  # drift at ERROR here starts the training environment's ingest job, once per episode
@@ -188,6 +191,8 @@ class MonitoringConfig:
             raise ValueError(f"monitoring.drift_bins: at least 2, got {self.drift_bins}")
         if self.drift_min_count < 1:
             raise ValueError(f"monitoring.drift_min_count: at least 1, got {self.drift_min_count}")
+        if self.psi_min_count < 1:
+            raise ValueError(f"monitoring.psi_min_count: at least 1, got {self.psi_min_count}")
         if not 0.0 < self.unanswered_distance <= 2.0:
             raise ValueError(f"monitoring.unanswered_distance: a cosine distance within (0, 2], got {self.unanswered_distance}")
 
@@ -214,6 +219,7 @@ class MonitoringConfig:
             "plot_windows",
             "drift_bins",
             "drift_min_count",
+            "psi_min_count",
             "unanswered_distance",
             "start",
             "retrain_on_drift",
@@ -232,6 +238,7 @@ class MonitoringConfig:
             ("plot_windows", int),
             ("drift_bins", int),
             ("drift_min_count", int),
+            ("psi_min_count", int),
             ("unanswered_distance", float),
         ):
             if name in raw:
@@ -888,14 +895,19 @@ def drift_values(frame: pd.DataFrame, names: Sequence[str] = DRIFT_COLUMNS) -> d
 
 
 def column_drift(
-    reference: pd.DataFrame, current: pd.DataFrame, bins: int = 10, min_count: int = 1, columns: Sequence[str] | None = None
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    bins: int = 10,
+    min_count: int = 1,
+    columns: Sequence[str] | None = None,
+    psi_min_count: int = 1,
 ) -> dict[str, dict[str, Any]]:
     """``drift_metrics`` for every column of ``columns`` (by default ``DRIFT_COLUMNS`` and the score
     columns either frame has), reference rows against current rows."""
     if columns is None:
         columns = (*DRIFT_COLUMNS, *(name for name in SCORE_COLUMNS if name in reference or name in current))
     before, after = drift_values(reference, columns), drift_values(current, columns)
-    return {name: drift_metrics(before[name], after[name], bins, min_count) for name in columns}
+    return {name: drift_metrics(before[name], after[name], bins, min_count, psi_min_count) for name in columns}
 
 
 def reference_bins(reference: np.ndarray, bins: int) -> np.ndarray:
@@ -905,14 +917,19 @@ def reference_bins(reference: np.ndarray, bins: int) -> np.ndarray:
 
 
 def binned_shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Shares of ``values`` in the bins the edges make, plus one bin below the reference's minimum
-    and one above its maximum: the reference leaves those two empty, so values beyond its range
-    count as drift. The last quantile bin is closed at the maximum; a constant reference (one edge)
-    gives three bins: below, equal, above."""
-    top = max(len(edges) - 1, 1)
-    inside = np.minimum(np.searchsorted(edges, values, side="right"), top)
-    index = np.where(values < edges[0], 0, np.where(values > edges[-1], top + 1, inside))
-    counts = np.bincount(index, minlength=top + 2)
+    """Shares of ``values`` in the bins the reference's quantile edges make, the outer two open to
+    −∞ and +∞ as PSI's bins are: a fresh sample of the reference's own distribution always has
+    values just beyond the reference's range, which are no drift. Two distinct edges (a reference of
+    two values) split at the upper one. A constant reference (one edge) gives three bins, below,
+    equal and above, since any other value is then new."""
+    if len(edges) == 1:
+        index = np.where(values < edges[0], 0, np.where(values > edges[0], 2, 1))
+        count = 3
+    else:
+        cuts = edges[1:-1] if len(edges) > 2 else edges[1:]
+        index = np.searchsorted(cuts, values, side="right")
+        count = len(cuts) + 1
+    counts = np.bincount(index, minlength=count)
     return counts / counts.sum()
 
 
@@ -924,22 +941,27 @@ def population_stability_index(reference: np.ndarray, current: np.ndarray, edges
     return float(np.sum((after - before) * np.log(after / before)))
 
 
-def drift_metrics(reference_values: Iterable[Any], current_values: Iterable[Any], bins: int = 10, min_count: int = 1) -> dict[str, Any]:
+def drift_metrics(
+    reference_values: Iterable[Any], current_values: Iterable[Any], bins: int = 10, min_count: int = 1, psi_min_count: int = 1
+) -> dict[str, Any]:
     """PSI, Jensen-Shannon distance (base 2, so within [0, 1]) over the same reference-quantile bins,
     and the two-sample Kolmogorov-Smirnov test, named as in Databricks' drift metrics table. Null
-    statistics when either side has fewer than ``min_count`` values (at least one)."""
+    statistics when either side has fewer than ``min_count`` values (at least one), and a null PSI
+    below ``psi_min_count``: on small samples its noise alone crosses the usual levels, while the
+    KS test's p-value holds at any size."""
     from scipy.spatial.distance import jensenshannon
     from scipy.stats import ks_2samp
 
     reference, current = _numbers(reference_values), _numbers(current_values)
     result: dict[str, Any] = {"reference_count": int(reference.size), "current_count": int(current.size)}
-    if min(reference.size, current.size) < max(min_count, 1):
+    fewest = min(reference.size, current.size)
+    if fewest < max(min_count, 1):
         return {**result, "population_stability_index": None, "js_distance": None, "ks_test": None}
     edges = reference_bins(reference, bins)
     test = ks_2samp(reference, current)
     return {
         **result,
-        "population_stability_index": population_stability_index(reference, current, edges),
+        "population_stability_index": population_stability_index(reference, current, edges) if fewest >= psi_min_count else None,
         "js_distance": float(jensenshannon(binned_shares(reference, edges), binned_shares(current, edges), base=2)),
         "ks_test": {"statistic": float(test.statistic), "pvalue": float(test.pvalue)},
     }

@@ -182,13 +182,16 @@ def evaluation_rows(lance: store.LanceStore, version: str) -> pa.Table | None:
     return _read(lance, store.PREDICTIONS, _PREDICTION_COLUMNS, f"model_version = '{quoted}' AND dagster_run_id = '{latest}'")
 
 
-def first_moment(lance: store.LanceStore) -> datetime | None:
-    """The earliest request or prediction on record: where the ``first_window`` reference lies."""
+def first_moment(lance: store.LanceStore, since: datetime | None = None) -> datetime | None:
+    """The earliest request or prediction on record (at or after ``since``): where the
+    ``first_window`` reference lies, or where to look for it next."""
     moments = []
-    log = _read(lance, store.INFERENCE_LOG, ["timestamp_ms"], "timestamp_ms IS NOT NULL")
+    log_where = "timestamp_ms IS NOT NULL" + (f" AND timestamp_ms >= {_ms(since)}" if since else "")
+    log = _read(lance, store.INFERENCE_LOG, ["timestamp_ms"], log_where)
     if log is not None and log.num_rows:
         moments.append(datetime.fromtimestamp(min(log.column("timestamp_ms").to_pylist()) / 1000, UTC))
-    batch = _read(lance, store.PREDICTIONS, ["predicted_at"], "predicted_at IS NOT NULL")
+    batch_where = "predicted_at IS NOT NULL" + (f" AND predicted_at >= {_sql_time(since)}" if since else "")
+    batch = _read(lance, store.PREDICTIONS, ["predicted_at"], batch_where)
     if batch is not None and batch.num_rows:
         moments.append(min(batch.column("predicted_at").to_pylist()).astimezone(UTC))
     return min(moments) if moments else None
@@ -321,21 +324,41 @@ def load_reference(
             frame, _ = monitoring.normalise_rows(None, evaluation_rows(lance, version), count_tokens=scoring.count_tokens)
             frames[version] = _with_vectors(frame, scoring) if not frame.empty else None
         return Reference("the evaluation set as each served version answered it in its latest batch run", by_version=frames)
-    if config.reference == "fixed":
-        begin, end = config.reference_start, config.reference_end
-        description = f"fixed window {begin.isoformat()} – {end.isoformat()}"
-    else:
-        first = first_moment(lance)
-        if first is None:
-            return Reference("first window: none yet")
-        begin = monitoring.window_floor(first, config.window_length)
-        end = begin + config.window_length
-        description = f"first window {begin.isoformat()}"
-    if current is not None and current[0] < end and begin < current[1]:
-        # Judged against itself, or a range that holds it, a window's drift would only say how alike its parts are.
+    if config.reference == "first_window":
+        return first_window_reference(lance, config, scoring, current)
+    begin, end = config.reference_start, config.reference_end
+    description = f"fixed window {begin.isoformat()} – {end.isoformat()}"
+    if _holds(begin, end, current):
         return Reference(f"{description}, which holds this window: no drift is measured in it")
     frame, _ = frame_between(lance, begin, end, scoring)
     return Reference(f"{description} ({len(frame)} rows)", frame=frame)
+
+
+def _holds(begin: datetime, end: datetime, current: tuple[datetime, datetime] | None) -> bool:
+    """Whether the reference [begin, end) overlaps the window judged: judged against itself, or a
+    range that holds it, a window's drift would only say how alike its parts are."""
+    return current is not None and current[0] < end and begin < current[1]
+
+
+def first_window_reference(
+    lance: store.LanceStore, config: MonitoringConfig, scoring: Scoring, current: tuple[datetime, datetime] | None
+) -> Reference:
+    """The first window with rows that can be read: a window of malformed rows only (a client that
+    logged no status codes) would leave the reference empty, and drift unmeasured for good."""
+    moment = first_moment(lance)
+    while moment is not None:
+        begin = monitoring.window_floor(moment, config.window_length)
+        end = begin + config.window_length
+        description = f"first window {begin.isoformat()}"
+        if _holds(begin, end, current):
+            return Reference(f"{description}, which holds this window: no drift is measured in it")
+        if current is not None and begin >= current[1]:
+            break  # later than the window judged: not a reference it could have had
+        frame, _ = frame_between(lance, begin, end, scoring)
+        if not frame.empty:
+            return Reference(f"{description} ({len(frame)} rows)", frame=frame)
+        moment = first_moment(lance, since=end)
+    return Reference("first window: none with rows that can be read yet")
 
 
 @dataclass
@@ -365,14 +388,25 @@ def compute_window(
     for metrics in metric_rows:
         drift: dict[str, dict[str, Any]] = {}
         if metrics["request_count"] and reference is not None:
-            current = _slice(frame, metrics["served_model_version"], metrics["source"])
             before = reference.rows_for(metrics["served_model_version"], metrics["source"])
-            if before is not None:
-                drift = monitoring.column_drift(before, current, config.drift_bins, config.drift_min_count, config.drift_columns)
+            current = None if before is None else _not_in(_slice(frame, metrics["served_model_version"], metrics["source"]), before)
+            if current is not None and not current.empty:
+                drift = monitoring.column_drift(
+                    before, current, config.drift_bins, config.drift_min_count, config.drift_columns, config.psi_min_count
+                )
         outcomes = monitoring.evaluate_thresholds(metrics, drift, config)
         described = reference.description if reference else "none: no rows"
         rows.append(_table_row(metrics, drift, outcomes, problems, described, run_id, computed_at, scoring.scorers_description))
     return WindowReport(begin, end, rows, frame, problems, reference.description if reference else "none: no rows in this window")
+
+
+def _not_in(current: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``current`` that are not rows of ``reference`` (by source and request id): the
+    batch run an ``evaluation`` reference is made of falls in a window too, and judged against
+    itself it would show no drift whatever happened."""
+    held = set(zip(reference["source"], reference["request_id"], strict=True))
+    pairs = zip(current["source"], current["request_id"], strict=True)
+    return current[[request is None or (source, request) not in held for source, request in pairs]]
 
 
 def _slice(frame: pd.DataFrame, version: str | None, source: str) -> pd.DataFrame:
@@ -559,14 +593,18 @@ def by_window(rows: Iterable[Mapping[str, Any]]) -> dict[datetime, list[Mapping[
 
 def drift_state(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The drift state of the latest window that had requests: ERROR, WARN or OK by the worst
-    failing drift check (``monitoring.is_drift_check``), with every failing check of that window."""
+    failing drift check (``monitoring.is_drift_check``), with every failing check of that window;
+    NO_DATA where no drift check of it had a value to judge (too few rows, a window the reference
+    holds), since drift that was not measured is not OK."""
     windows = [(start, members) for start, members in by_window(rows).items() if any(row.get("request_count") for row in members)]
     if not windows:
         return {"state": NO_DATA, "window_start": None, "requests": 0, "failing": [], "drift_failing": [], "drift_error": []}
     start, members = windows[-1]
-    verdicts = [verdict for verdict in window_verdicts(members, check_names_of(members)) if not verdict.passed]
+    judged = window_verdicts(members, check_names_of(members))
+    verdicts = [verdict for verdict in judged if not verdict.passed]
     drifting = [verdict for verdict in verdicts if monitoring.is_drift_check(verdict.name)]
-    state = ERROR if any(v.status == ERROR for v in drifting) else WARN if drifting else "OK"
+    measured = any(verdict.status == PASSED and monitoring.is_drift_check(verdict.name) for verdict in judged)
+    state = ERROR if any(v.status == ERROR for v in drifting) else WARN if drifting else "OK" if measured else NO_DATA
     return {
         "state": state,
         "window_start": start.isoformat(),
