@@ -134,6 +134,7 @@ class Workspace:
     hang_updates: bool = False  # endpoint updates never end
     deny_endpoint_writes: bool = False  # the caller may read endpoints but not create or change them
     lose_submit_replies: int = 0  # this many run submissions are accepted but answered 503, as if the reply was lost
+    fail_run_gets: int = 0  # this many runs/get of a running run are answered 500, as a workspace's bad moment is
     idempotency_tokens: dict[str, int] = field(default_factory=dict)  # token -> the run it created
     uncancellable: set[int] = field(default_factory=set)  # runs the caller may not cancel (another user's)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -328,7 +329,13 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._error_retry_after(503, "TEMPORARILY_UNAVAILABLE", "The service is temporarily unavailable.")
             return self._reply(200, {"run_id": run_id})
         if path == "/api/2.2/jobs/runs/get":
-            return self._reply(200, ws.poll(int(query["run_id"][0])).described())
+            run_id = int(query["run_id"][0])
+            with ws.lock:
+                failing = ws.fail_run_gets > 0 and ws.runs[run_id].state == "RUNNING"
+                ws.fail_run_gets -= failing
+            if failing:
+                return self._error(500, "INTERNAL_ERROR", "Internal error while reading the run.")
+            return self._reply(200, ws.poll(run_id).described())
         if path == "/api/2.2/jobs/runs/list":
             # Two to a page, newest first, so that a caller has to follow next_page_token.
             with ws.lock:

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from llmops_dagster.settings import EnvSettings
 
 TASK_KEY_PREFIX = "llmops"
+# Tries of a step after the workspace answered 500 or 504 while following its run.
+TRANSIENT_RETRIES = 2
 ENVIRONMENT_KEY = "default"
 
 
@@ -58,6 +60,7 @@ class PipesComputeResource(dg.ConfigurableResource):
     num_workers: int = 1
     timeout_seconds: int = JobCompute.timeout_seconds
     poll_interval_seconds: float = 5.0
+    transient_wait_seconds: float = 30.0  # before the step's next try, after the workspace answered 500 or 504
     message_interval_seconds: float = 10.0
 
     @property
@@ -180,11 +183,35 @@ class PipesComputeResource(dg.ConfigurableResource):
         client = self.workspace_client()
         kind = "serverless" if self.serverless else f"a new {self.node_type_id} cluster"
         context.log.info(f"submitting {pipes_entry_point(step)} for {self.env} to Databricks ({kind}), messages via {self.volume_path}")
+        from databricks.sdk.errors import DeadlineExceeded, InternalError
+
         attempt = f"{context.run_id}:{context.retry_number}"
         self.cancel_left_runs(client, context, step)
-        return self.pipes_client(client).run(
-            context=context, extras=dict(extras or {}), task=jobs.SubmitTask.from_dict(self.task(step)), submit_args=self.submit_args(step, attempt)
-        )
+        try:
+            done = self.pipes_client(client).run(
+                context=context, extras=dict(extras or {}), task=jobs.SubmitTask.from_dict(self.task(step)), submit_args=self.submit_args(step, attempt)
+            )
+        except (InternalError, DeadlineExceeded) as error:
+            # A 500 or 504 while the run was followed (the SDK itself retries only 429, 503 and lost
+            # connections): the remote run may be fine. The step's next try cancels it as left by an
+            # earlier try and submits again, rather than the whole Dagster run failing on one reply.
+            context.log.warning(f"the workspace answered {type(error).__name__} while {step} ran: {error}; trying the step again")
+            raise dg.RetryRequested(max_retries=TRANSIENT_RETRIES, seconds_to_wait=self.transient_wait_seconds) from error
+        self.raise_if_interrupted(client, done)
+        return done
+
+    @staticmethod
+    def raise_if_interrupted(client: WorkspaceClient, done: dg.PipesClientCompletedInvocation) -> None:
+        """dagster-databricks cancels the remote run when the step is interrupted (the Dagster run
+        terminated), then returns as if it had succeeded: a caller would go on to its next step
+        (``rag_model`` would register after a cancelled evaluation). A run that did not succeed
+        is an interruption here, raised again."""
+        from databricks.sdk.service import jobs
+
+        run_id = done.metadata.get("Databricks Job Run ID")  # a TextMetadataValue
+        state = client.jobs.get_run(int(run_id.value)).state if run_id is not None else None
+        if state is not None and state.result_state != jobs.RunResultState.SUCCESS:
+            raise dg.DagsterExecutionInterruptedError(f"Databricks run {run_id} ended {state.result_state}: the step was interrupted")
 
     def cancel_left_runs(self, client: WorkspaceClient, context: dg.AssetExecutionContext, step: str) -> None:
         """Cancel the active Databricks runs of ``step`` in this environment that no Dagster process
