@@ -187,10 +187,9 @@ class PipesComputeResource(dg.ConfigurableResource):
 
         attempt = f"{context.run_id}:{context.retry_number}"
         self.cancel_left_runs(client, context, step)
+        task, submit_args = jobs.SubmitTask.from_dict(self.task(step)), self.submit_args(step, attempt)
         try:
-            done = self.pipes_client(client).run(
-                context=context, extras=dict(extras or {}), task=jobs.SubmitTask.from_dict(self.task(step)), submit_args=self.submit_args(step, attempt)
-            )
+            done = self.pipes_client(client).run(context=context, extras=dict(extras or {}), task=task, submit_args=submit_args)
         except (InternalError, DeadlineExceeded) as error:
             # A 500 or 504 while the run was followed (the SDK itself retries only 429, 503 and lost
             # connections): the remote run may be fine. The step's next try cancels it as left by an
