@@ -135,6 +135,7 @@ class Workspace:
     deny_endpoint_writes: bool = False  # the caller may read endpoints but not create or change them
     lose_submit_replies: int = 0  # this many run submissions are accepted but answered 503, as if the reply was lost
     fail_run_gets: int = 0  # this many runs/get of a running run are answered 500, as a workspace's bad moment is
+    down: bool = False  # every call is answered 502, as by a proxy in front of a workspace that is down
     idempotency_tokens: dict[str, int] = field(default_factory=dict)  # token -> the run it created
     uncancellable: set[int] = field(default_factory=set)  # runs the caller may not cancel (another user's)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -305,6 +306,9 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         path, query = unquote(url.path), parse_qs(url.query)
         ws.requests.append((method, path))
+        if ws.down:
+            self._body()
+            return self._error(502, "BAD_GATEWAY", "Bad Gateway")
         if self.headers.get("Authorization") != f"Bearer {ws.token}":
             self._body()
             return self._error(401, "UNAUTHENTICATED", "Invalid access token.")

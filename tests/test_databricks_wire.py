@@ -199,6 +199,14 @@ def test_invalid_credentials_are_refused_before_submission_without_showing_the_t
     assert wrong not in everything and TOKEN not in everything
 
 
+def test_a_workspace_that_is_down_is_not_blamed_on_the_credentials(llmops_home: Path, server: WorkspaceServer) -> None:
+    server.workspace.down = True
+    result = materialize(llmops_home, databricks_compute())
+    message = str(result.failure_data_for_node("batch_predictions").error.message)
+    assert "did not answer who we are" in message and "check that it is up and reachable" in message, message
+    assert "refused the credentials" not in message and TOKEN not in message and server.workspace.submissions == []
+
+
 @pytest.mark.slow  # ~20 s: after a cancel, the Pipes reader waits 10 s for messages that never come
 @pytest.mark.skipif(os.name != "posix", reason="SIGINT to the own process")
 @pytest.mark.parametrize("server", [HANG], indirect=True)

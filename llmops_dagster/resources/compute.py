@@ -140,14 +140,22 @@ class PipesComputeResource(dg.ConfigurableResource):
                     f"or databricks.profile in environments.yaml. Nothing was submitted."
                 )
             kwargs = {"host": host, "token": token, "auth_type": "pat"}
+        from databricks.sdk.errors import PermissionDenied, Unauthenticated
+
         try:
             client = WorkspaceClient(**kwargs)
             client.current_user.me()
-        except Exception as error:  # noqa: BLE001 - any failure here means: fix the credentials
+        except (Unauthenticated, PermissionDenied) as error:
             reason = _without_secrets(f"{type(error).__name__}: {error}", kwargs)
             raise DatabricksCredentialsError(
                 f"environment '{self.env}': the Databricks workspace refused the credentials from {where} ({reason}). "
                 f"Nothing was submitted."
+            ) from None
+        except Exception as error:  # noqa: BLE001 - a workspace that is down, unreachable or misnamed: not the credentials' fault
+            reason = _without_secrets(f"{type(error).__name__}: {error}", kwargs)
+            raise DatabricksCredentialsError(
+                f"environment '{self.env}': the Databricks workspace named by {where} did not answer who we are ({reason}); "
+                f"check that it is up and reachable from here. Nothing was submitted."
             ) from None
         return client
 
