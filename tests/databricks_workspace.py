@@ -16,6 +16,7 @@ keeps the old one); an update while one is in progress is refused as the API ref
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from dataclasses import dataclass, field
@@ -136,6 +137,7 @@ class Workspace:
     lose_submit_replies: int = 0  # this many run submissions are accepted but answered 503, as if the reply was lost
     fail_run_gets: int = 0  # this many runs/get of a running run are answered 500, as a workspace's bad moment is
     down: bool = False  # every call is answered 502, as by a proxy in front of a workspace that is down
+    secrets: dict[tuple[str, str], bytes] = field(default_factory=dict)  # (scope, key) -> value, for /api/2.0/secrets/get
     idempotency_tokens: dict[str, int] = field(default_factory=dict)  # token -> the run it created
     uncancellable: set[int] = field(default_factory=set)  # runs the caller may not cancel (another user's)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -340,6 +342,11 @@ class _Handler(BaseHTTPRequestHandler):
             if failing:
                 return self._error(500, "INTERNAL_ERROR", "Internal error while reading the run.")
             return self._reply(200, ws.poll(run_id).described())
+        if path == "/api/2.0/secrets/get":
+            scope, key = query["scope"][0], query["key"][0]
+            if (scope, key) not in ws.secrets:
+                return self._error(404, "RESOURCE_DOES_NOT_EXIST", f"Secret does not exist with scope: {scope} and key: {key}")
+            return self._reply(200, {"key": key, "value": base64.b64encode(ws.secrets[scope, key]).decode()})
         if path == "/api/2.2/jobs/runs/list":
             # Two to a page, newest first, so that a caller has to follow next_page_token.
             with ws.lock:

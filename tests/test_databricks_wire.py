@@ -230,3 +230,40 @@ def test_an_interrupted_dagster_run_cancels_the_databricks_run(llmops_home: Path
     assert workspace.cancelled == [run_id]
     assert workspace.runs[run_id].state == "TERMINATED" and workspace.runs[run_id].result == "CANCELED"
     nothing_written(llmops_home)
+
+
+def test_a_step_on_databricks_reads_its_storage_credentials_from_secret_scopes(
+    tmp_path: Path, llmops_home: Path, server: WorkspaceServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A serverless task has no environment variables of its own: the object-store credentials the
+    index needs are read by the step itself, from the secret scopes databricks.job_environment_vars
+    names, when it starts on Databricks. A variable already set is left as it is."""
+    import argparse
+
+    from llmops_dagster.core.bundle import DatabricksConfig
+    from llmops_dagster.pipes import _session
+
+    monkeypatch.setattr(os, "environ", os.environ.copy())  # what the steps set stays in this test
+    os.environ.pop("AWS_ACCESS_KEY_ID", None)
+    os.environ["AWS_SESSION_TOKEN"] = "set by the cluster"
+    server.workspace.secrets[("llmops", "aws-id")] = b"AKIA-wire-7"
+    declaration = tmp_path / "environments.yaml"
+    declaration.write_text(
+        "environments:\n  test:\n    databricks:\n      job_environment_vars:\n"
+        "        AWS_ACCESS_KEY_ID: '{{secrets/llmops/aws-id}}'\n        AWS_SESSION_TOKEN: '{{secrets/llmops/aws-session}}'\n"
+    )
+    monkeypatch.setenv("LLMOPS_ENVIRONMENTS", str(declaration))
+    args = argparse.Namespace(env="test", landing=None)
+    _session.environment(args, None)
+    assert "AWS_ACCESS_KEY_ID" not in os.environ, "off Databricks nothing is read"
+    os.environ[_session.DATABRICKS_RUNTIME] = "16.4"
+    _session.environment(args, None)
+    assert os.environ["AWS_ACCESS_KEY_ID"] == "AKIA-wire-7" and os.environ["AWS_SESSION_TOKEN"] == "set by the cluster"
+    assert [path for _, path in server.workspace.requests].count("/api/2.0/secrets/get") == 1
+
+    del os.environ["AWS_SESSION_TOKEN"]
+    with pytest.raises(SystemExit) as missing:
+        _session.environment(args, None)
+    assert str(missing.value).startswith("databricks.job_environment_vars.AWS_SESSION_TOKEN: cannot read {{secrets/llmops/aws-session}}")
+    with pytest.raises(ValueError, match=r"job_environment_vars.AWS_SECRET_ACCESS_KEY must be a secret reference"):
+        DatabricksConfig.from_mapping({"job_environment_vars": {"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI"}})

@@ -59,7 +59,7 @@ _ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _UC_NAME = re.compile(r"^[^.\s/]+$")  # one Unity Catalog name part: no dot, slash or whitespace
 _ENDPOINT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 _APPLICATION_ID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_SECRET_REFERENCE = re.compile(r"^\{\{secrets/[^/{}\s]+/[^/{}\s]+\}\}$")  # {{secrets/<scope>/<key>}}
+SECRET_REFERENCE = re.compile(r"^\{\{secrets/(?P<scope>[^/{}\s]+)/(?P<key>[^/{}\s]+)\}\}$")  # {{secrets/<scope>/<key>}}
 
 
 def _text(value: Any, setting: str, *, optional: bool = False) -> str | None:
@@ -129,6 +129,10 @@ class DatabricksConfig:
     # Variables the served model reads (the index's object-store credentials, a generator's key), each a
     # Databricks secret reference {{secrets/<scope>/<key>}}, never a value: {"AWS_ACCESS_KEY_ID": "{{secrets/llmops/aws-id"}}.
     serving_environment_vars: Mapping[str, str] = field(default_factory=dict)
+    # The same for the job steps (ingest, embed, train, evaluate, register, predict): each step reads
+    # them from their secret scopes when it starts on Databricks, serverless included, where a task
+    # has no environment variables of its own. The job's identity needs READ on the scope.
+    job_environment_vars: Mapping[str, str] = field(default_factory=dict)
     users_group: str = "users"  # workspace group that may read the experiment
     account_users_group: str = "account users"  # account group that may load (EXECUTE) the model
     experiment_root: str = "/Shared"  # Databricks experiments are workspace paths; relative names go here
@@ -158,16 +162,18 @@ class DatabricksConfig:
         _text(self.serving_workload_size, "databricks.serving_workload_size")
         if not isinstance(self.serving_scale_to_zero, bool):
             raise ValueError(f"databricks.serving_scale_to_zero must be true or false, got {self.serving_scale_to_zero!r}")
-        if not isinstance(self.serving_environment_vars, Mapping):
-            raise ValueError(f"databricks.serving_environment_vars must be a mapping, got {self.serving_environment_vars!r}")
-        for name, value in self.serving_environment_vars.items():
-            if not isinstance(name, str) or not _ENV_VAR.match(name):
-                raise ValueError(f"databricks.serving_environment_vars: {name!r} is not an environment variable name")
-            if not isinstance(value, str) or not _SECRET_REFERENCE.match(value):
-                raise ValueError(
-                    f"databricks.serving_environment_vars.{name} must be a secret reference {{{{secrets/<scope>/<key>}}}}, "
-                    "not a value: environments.yaml is committed"
-                )
+        for setting in ("serving_environment_vars", "job_environment_vars"):
+            variables = getattr(self, setting)
+            if not isinstance(variables, Mapping):
+                raise ValueError(f"databricks.{setting} must be a mapping, got {variables!r}")
+            for name, value in variables.items():
+                if not isinstance(name, str) or not _ENV_VAR.match(name):
+                    raise ValueError(f"databricks.{setting}: {name!r} is not an environment variable name")
+                if not isinstance(value, str) or not SECRET_REFERENCE.match(value):
+                    raise ValueError(
+                        f"databricks.{setting}.{name} must be a secret reference {{{{secrets/<scope>/<key>}}}}, "
+                        "not a value: environments.yaml is committed"
+                    )
         if not isinstance(self.cluster, JobCompute):
             raise ValueError("databricks.cluster must be a mapping")
         self.endpoint_name("staging")  # validates the pattern

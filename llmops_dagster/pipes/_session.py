@@ -85,12 +85,41 @@ def logger(pipes: PipesContext) -> logging.Logger:
 
 
 def environment(args: argparse.Namespace, pipes: PipesContext) -> EnvSettings:
-    """The environment's settings, with the landing zone the extras (or ``--landing``) name."""
+    """The environment's settings, with the landing zone the extras (or ``--landing``) name. On
+    Databricks, the variables ``databricks.job_environment_vars`` names are read from their secret
+    scopes first (``export_secrets``): the index's object-store credentials, for one."""
     settings = load_settings(args.env)
+    if DATABRICKS_RUNTIME in os.environ:
+        export_secrets(settings.databricks.job_environment_vars)
     landing = extra(pipes, "landing") or args.landing
     if landing:
         settings = settings.with_landing(Path(landing))
     return settings
+
+
+def export_secrets(variables: Mapping[str, str], client: Any = None) -> list[str]:
+    """Set each variable of ``variables`` (name: ``{{secrets/<scope>/<key>}}``) that is not set
+    yet to its secret's value, through ``dbutils.secrets`` (the runtime's own on Databricks, the
+    Secrets API elsewhere); returns the names set. A secret that cannot be read ends the step with
+    the variable and reference named, never a value."""
+    from llmops_dagster.core.bundle import SECRET_REFERENCE
+
+    pending = {name: SECRET_REFERENCE.match(reference) for name, reference in variables.items() if name not in os.environ}
+    if not pending:
+        return []
+    if client is None:
+        from databricks.sdk import WorkspaceClient
+
+        client = WorkspaceClient()
+    for name, reference in pending.items():
+        try:
+            os.environ[name] = client.dbutils.secrets.get(scope=reference["scope"], key=reference["key"])
+        except Exception as error:  # noqa: BLE001 - whatever the cause, the step cannot reach its storage without it
+            raise SystemExit(
+                f"databricks.job_environment_vars.{name}: cannot read {reference[0]} ({type(error).__name__}: {error}); "
+                "the job's identity needs READ on that secret scope"
+            ) from None
+    return sorted(pending)
 
 
 def resources(settings: EnvSettings) -> dict[str, Any]:
