@@ -93,7 +93,29 @@ def test_a_classic_cluster_gets_a_new_cluster_with_the_wheel_and_env_var_bootstr
     assert {"DAGSTER_PIPES_CONTEXT", "DAGSTER_PIPES_MESSAGES"} <= set(cluster["spark_env_vars"])
     assert task["libraries"][0]["whl"].startswith(f"{VOLUME}/wheels/")
     assert task["python_wheel_task"]["parameters"] == ["--env", "test"]
-    assert "environments" not in submission
+    assert "environments" not in submission and "run_as" not in submission  # as the token's owner, as test's bundle jobs run
+
+
+def test_prods_runs_are_submitted_as_the_service_principal_its_bundle_jobs_run_as(
+    tmp_path: Path, llmops_home: Path, server: WorkspaceServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmops_dagster.resources.compute import compute_resource
+
+    principal = "9f0621ee-b2e1-4a0b-8f2e-6d1c2b3a4f5e"
+    declaration = tmp_path / "environments.yaml"
+    declaration.write_text(
+        "defaults:\n  compute: databricks\n  lancedb_uri: 's3://llmops/{env}/lancedb'\n  landing: '/Volumes/main/llmops/landing_{env}'\n"
+        "  mlflow:\n    registered_model: 'main.llmops.rag_{env}'\n    registry_uri: databricks-uc\n    tracking_uri: databricks\n"
+        f"  databricks:\n    service_principal: {principal}\n"
+        "environments:\n  staging: {}\n  prod: {}\n"
+    )
+    monkeypatch.setenv("LLMOPS_ENVIRONMENTS", str(declaration))
+    assert compute_resource(load_settings("staging")).run_as_service_principal is None, "only production targets run as it"
+    assert compute_resource(load_settings("prod")).run_as_service_principal == principal
+    monkeypatch.delenv("LLMOPS_ENVIRONMENTS")  # the step below runs in the repository's test environment
+    assert materialize(llmops_home, databricks_compute(run_as_service_principal=principal)).success
+    [submission] = server.workspace.submissions
+    assert submission["run_as"] == {"service_principal_name": principal}
 
 
 def test_a_submission_whose_reply_is_lost_and_retried_starts_one_run(llmops_home: Path, server: WorkspaceServer) -> None:

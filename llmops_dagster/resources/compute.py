@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
-from llmops_dagster.core.bundle import WHEEL_PACKAGE, JobCompute, pipes_entry_point, pipes_module
+from llmops_dagster.core.bundle import PRODUCTION_TARGETS, WHEEL_PACKAGE, JobCompute, pipes_entry_point, pipes_module
 
 if TYPE_CHECKING:
     from databricks.sdk import WorkspaceClient
@@ -61,6 +61,10 @@ class PipesComputeResource(dg.ConfigurableResource):
     timeout_seconds: int = JobCompute.timeout_seconds
     poll_interval_seconds: float = 5.0
     transient_wait_seconds: float = 30.0  # before the step's next try, after the workspace answered 500 or 504
+    # Production targets: the service principal the bundle's jobs run as (databricks.service_principal).
+    # Runs Dagster submits run as it too, not as whoever owns the token, so that they may write
+    # where the bundle's jobs write (the deployer's model, the Pipes volume).
+    run_as_service_principal: str | None = None
     message_interval_seconds: float = 10.0
 
     @property
@@ -111,6 +115,10 @@ class PipesComputeResource(dg.ConfigurableResource):
         the same try, gets the run already submitted instead of a second run writing beside it."""
         token = hashlib.sha256(f"{self.env}:{step}:{attempt}".encode()).hexdigest()[:64]
         args: dict[str, Any] = {"run_name": self.run_name(step, attempt), "idempotency_token": token, "timeout_seconds": self.timeout_seconds}
+        if self.run_as_service_principal:
+            from databricks.sdk.service import jobs
+
+            args["run_as"] = jobs.JobRunAs(service_principal_name=self.run_as_service_principal)
         if self.serverless:
             from databricks.sdk.service import compute, jobs
 
@@ -276,4 +284,5 @@ def compute_resource(settings: EnvSettings) -> PipesComputeResource:
         node_type_id=config.cluster.node_type_id,
         num_workers=config.cluster.num_workers,
         timeout_seconds=config.cluster.timeout_seconds,
+        run_as_service_principal=config.service_principal if settings.name in PRODUCTION_TARGETS else None,
     )
