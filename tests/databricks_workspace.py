@@ -134,6 +134,7 @@ class Workspace:
     fail_updates: bool = False  # endpoint updates end UPDATE_FAILED
     hang_updates: bool = False  # endpoint updates never end
     deny_endpoint_writes: bool = False  # the caller may read endpoints but not create or change them
+    gateway_updates: bool = False  # a PUT of the AI Gateway sets the endpoint updating, as a workspace may
     lose_submit_replies: int = 0  # this many run submissions are accepted but answered 503, as if the reply was lost
     fail_run_gets: int = 0  # this many runs/get of a running run are answered 500, as a workspace's bad moment is
     down: bool = False  # every call is answered 502, as by a proxy in front of a workspace that is down
@@ -270,6 +271,8 @@ def serving_endpoints(ws: Workspace, method: str, path: str, body: dict[str, Any
             return 200, endpoint.as_dict()
         if parts[1:] == ["ai-gateway"] and method == "PUT":
             endpoint.ai_gateway = {key: value for key, value in body.items() if value}
+            if ws.gateway_updates:
+                endpoint.start_update({k: v for k, v in (endpoint.config or {}).items() if k != "config_version"}, ws.settle_after)
             return 200, endpoint.ai_gateway
     return 404, {"error_code": "ENDPOINT_NOT_FOUND", "message": f"no such endpoint {method} {path}"}
 

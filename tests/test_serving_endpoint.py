@@ -297,6 +297,26 @@ def test_an_existing_endpoint_without_an_inference_table_gets_one(server: Worksp
     assert server.workspace.endpoints[ENDPOINT].ai_gateway["rate_limits"] == body["rate_limits"]
 
 
+def test_a_gateway_change_that_sets_the_endpoint_updating_is_waited_for_before_the_config_update(
+    server: WorkspaceServer, client, tmp_path: Path
+) -> None:
+    """Enabling the inference table on an endpoint made by hand, then moving it to a new version:
+    a workspace may set the endpoint updating for the gateway change, and refuses (409) a config
+    update sent before that is over."""
+    from databricks.sdk import WorkspaceClient
+
+    promotion.promote(client, MODEL, register(client, tmp_path), "test", "passed")
+    spec = endpoint.endpoint_spec(BundleEnvironment.from_settings(databricks_settings()))
+    workspace = WorkspaceClient(host=server.host, token=TOKEN, auth_type="pat")
+    server.workspace.settle_after = 0
+    workspace.serving_endpoints.create(ENDPOINT, config=endpoint.desired_config(spec, "1"))
+    workspace.serving_endpoints.get(ENDPOINT)  # live
+    server.workspace.settle_after, server.workspace.gateway_updates = 2, True
+    outcome = endpoint.ensure_endpoint(workspace, spec, "2", poll_s=0.01, timeout_s=5)
+    assert (outcome.action, outcome.served_version, outcome.inference_table_enabled) == ("updated", "2", True)
+    assert [(method, path.rsplit("/", 1)[-1]) for method, path, _ in endpoint_writes(server)][-2:] == [("PUT", "ai-gateway"), ("PUT", "config")]
+
+
 def test_the_served_model_gets_its_secret_variables_and_a_change_to_them_updates_the_endpoint(
     server: WorkspaceServer, client, tmp_path: Path
 ) -> None:

@@ -294,9 +294,9 @@ def ensure_endpoint(
         # Whether that update took or not, ours follows it.
         endpoint = wait_ready(calls, underway or version, fail_on_failed_update=False, **wait)
         if underway == version and served_version(endpoint, spec.model) == version:
-            return _outcome(spec, UPDATED, _with_inference_table(calls, spec, endpoint, log), previous)
+            return _outcome(spec, UPDATED, _with_inference_table(calls, spec, endpoint, log, wait), previous)
         previous = served_version(endpoint, spec.model)
-    endpoint = _with_inference_table(calls, spec, endpoint, log)
+    endpoint = _with_inference_table(calls, spec, endpoint, log, wait)
     same_variables = served_environment_vars(endpoint, spec.model) == spec.environment_vars
     if previous == version and same_variables:
         return _outcome(spec, UNCHANGED, endpoint, None)  # nothing moved; the caller keeps its record
@@ -321,8 +321,10 @@ _GATEWAY_KEPT = ("fallback_config", "guardrails", "rate_limits", "usage_tracking
 
 
 def _with_inference_table(
-    calls: _Calls, spec: EndpointSpec, endpoint: ServingEndpointDetailed, log: Callable[[str], None]
+    calls: _Calls, spec: EndpointSpec, endpoint: ServingEndpointDetailed, log: Callable[[str], None], wait: dict[str, Any]
 ) -> ServingEndpointDetailed:
+    """The endpoint with its inference table on; where the gateway change sets it updating, once
+    that is over, since a config update sent meanwhile would be refused (409)."""
     if inference_table_enabled(endpoint):
         return endpoint
     log(f"enabling the inference table {spec.inference_table} on {spec.name}")
@@ -330,7 +332,7 @@ def _with_inference_table(
     gateway = endpoint.ai_gateway
     kept = {key: getattr(gateway, key) for key in _GATEWAY_KEPT if gateway is not None and getattr(gateway, key) is not None}
     calls("enabling its inference table", calls.api.put_ai_gateway, spec.name, inference_table_config=inference_table_config(spec), **kept)
-    return calls("reading it", calls.api.get, spec.name)
+    return wait_ready(calls, served_version(endpoint, spec.model) or "?", fail_on_failed_update=False, **wait)
 
 
 def _outcome(spec: EndpointSpec, action: str, endpoint: ServingEndpointDetailed, previous: str | None) -> EndpointOutcome:
