@@ -14,6 +14,7 @@ import json
 import math
 import sys
 from datetime import UTC, date, datetime, time, timedelta
+from itertools import groupby
 from typing import Any
 
 from llmops_dagster.cli.common import resources_for, settings_for
@@ -35,8 +36,9 @@ def window_count(span: timedelta, length: timedelta, current: datetime, start: d
     where the partitions begin (a window before it cannot be materialized or backfilled)."""
     from llmops_dagster.core.monitoring import window_floor
 
-    first = datetime.combine(start, time(), UTC)
-    first = window_floor(first, length) + (length if window_floor(first, length) < first else timedelta(0))
+    midnight = datetime.combine(start, time(), UTC)
+    floor = window_floor(midnight, length)
+    first = floor if floor == midnight else floor + length  # the first window that begins on or after it
     asked = max(1, math.ceil(span / length))
     kept = max(1, (current - first) // length + 1)
     if asked > kept:
@@ -120,20 +122,17 @@ def _print(settings: EnvSettings, windows: list[dict[str, Any]], latest: dict[st
     from llmops_dagster.core import monitoring_table as table
 
     print(f"{settings.name}: monitoring, {settings.monitoring.window} windows (UTC)")
-    missing: list[datetime] = []  # consecutive windows without rows, shown as one line
-    for index, entry in enumerate(windows):
-        if not entry["rows"]:
-            missing.append(entry["window_start"])
-            if index + 1 < len(windows) and not windows[index + 1]["rows"]:
-                continue
+    for has_rows, run in groupby(windows, key=lambda entry: bool(entry["rows"])):
+        if not has_rows:  # consecutive windows without rows: one line
+            missing = [entry["window_start"] for entry in run]
             shown = missing[0].isoformat() + (f" … {missing[-1].isoformat()}" if len(missing) > 1 else "")
             print(f"  {shown}  {_backfill_hint(settings, missing)}")
-            missing = []
             continue
-        start = entry["window_start"].isoformat()
-        failing = [verdict for verdict in entry["checks"] if not verdict.passed]
-        worst = "ERROR" if any(v.status == table.ERROR for v in failing) else "WARN" if failing else "OK"
-        print(f"  {start}  {entry['requests']:>6} rows  drift {entry['drift_state']:<7}  checks {worst}: {len(failing)} failing{_origin(entry)}")
+        for entry in run:
+            failing = [verdict for verdict in entry["checks"] if not verdict.passed]
+            worst = "ERROR" if any(v.status == table.ERROR for v in failing) else "WARN" if failing else "OK"
+            start = entry["window_start"].isoformat()
+            print(f"  {start}  {entry['requests']:>6} rows  drift {entry['drift_state']:<7}  checks {worst}: {len(failing)} failing{_origin(entry)}")
     if latest is None:
         print("\nno requests or predictions in these windows")
         return

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # Bumped when parsing changes what a file yields, so that stored documents are parsed again.
 PARSE_VERSION = 3
@@ -88,6 +92,16 @@ def parse_bytes(data: bytes, fmt: str) -> ParsedDocument:
     return parsers[fmt](data)
 
 
+def _readable(read: Callable[[], T]) -> T:
+    """``read()``, with an OS error other than a vanished file as an ``unreadable`` ParseError."""
+    try:
+        return read()
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise ParseError(QuarantineReason.UNREADABLE, f"cannot be read ({error.strerror})") from None
+
+
 def parse_file(path: Path, max_bytes: int) -> ParsedDocument:
     """Parse one landing entry. Raises ParseError, or FileNotFoundError if the file vanished."""
     from llmops_dagster.core.landing import is_broken_link, special_kind
@@ -99,12 +113,7 @@ def parse_file(path: Path, max_bytes: int) -> ParsedDocument:
             if error.errno == errno.ELOOP:
                 raise ParseError(QuarantineReason.BROKEN_LINK, f"a link to {os.readlink(path)}, which leads back to itself") from None
         raise ParseError(QuarantineReason.BROKEN_LINK, f"a link to {os.readlink(path)}, which does not exist")
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        raise
-    except OSError as error:
-        raise ParseError(QuarantineReason.UNREADABLE, f"cannot be read ({error.strerror})") from None
+    stat = _readable(path.stat)
     kind = special_kind(stat.st_mode)
     if kind == "folder":
         try:
@@ -118,12 +127,7 @@ def parse_file(path: Path, max_bytes: int) -> ParsedDocument:
         raise ParseError(QuarantineReason.UNSUPPORTED_TYPE, f"'{path.suffix or path.name}' is not PDF, HTML, Markdown or text")
     if stat.st_size > max_bytes:
         raise ParseError(QuarantineReason.TOO_LARGE, f"{stat.st_size} bytes is over the {max_bytes}-byte limit")
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise
-    except OSError as error:
-        raise ParseError(QuarantineReason.UNREADABLE, f"cannot be read ({error.strerror})") from None
+    data = _readable(path.read_bytes)
     try:
         return parse_bytes(data, fmt)
     except ParseError:

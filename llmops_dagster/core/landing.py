@@ -125,7 +125,7 @@ def scan(root: Path, known: Mapping[str, LandingFile] | None = None) -> list[Lan
                 target = os.readlink(path)
                 files.append(LandingFile(key, 0, path.lstat().st_mtime_ns, unreadable(f"link to {target}")))
             elif not isinstance(error, FileNotFoundError):
-                files.append(LandingFile(key, 0, -1, unreadable(f"cannot be read: {error.strerror}")))
+                files.append(_unreadable_file(key, error))
             continue  # else removed while we looked: the next scan records the deletion
         if (kind := special_kind(stat.st_mode)) is not None:
             files.append(LandingFile(key, 0, stat.st_mtime_ns, unreadable(kind)))
@@ -139,8 +139,14 @@ def scan(root: Path, known: Mapping[str, LandingFile] | None = None) -> list[Lan
         except FileNotFoundError:
             continue
         except OSError as error:
-            files.append(LandingFile(key, 0, -1, unreadable(f"cannot be read: {error.strerror}")))
+            files.append(_unreadable_file(key, error))
     return files
+
+
+def _unreadable_file(key: str, error: OSError) -> LandingFile:
+    """A file the scan may not read: the hash of the error, and mtime -1 so that no size-and-mtime
+    match skips trying it again."""
+    return LandingFile(key, 0, -1, unreadable(f"cannot be read: {error.strerror}"))
 
 
 def diff(current: list[LandingFile], known: Mapping[str, LandingFile]) -> LandingDiff:

@@ -113,15 +113,13 @@ class PipesComputeResource(dg.ConfigurableResource):
         """``attempt`` names this try of the step (Dagster run id and retry number). It is the
         idempotency token: a submission repeated after a lost reply, or by a step restarted within
         the same try, gets the run already submitted instead of a second run writing beside it."""
+        from databricks.sdk.service import compute, jobs
+
         token = hashlib.sha256(f"{self.env}:{step}:{attempt}".encode()).hexdigest()[:64]
         args: dict[str, Any] = {"run_name": self.run_name(step, attempt), "idempotency_token": token, "timeout_seconds": self.timeout_seconds}
         if self.run_as_service_principal:
-            from databricks.sdk.service import jobs
-
             args["run_as"] = jobs.JobRunAs(service_principal_name=self.run_as_service_principal)
         if self.serverless:
-            from databricks.sdk.service import compute, jobs
-
             spec = compute.Environment(environment_version=self.environment_version, dependencies=[self.wheel_path()])
             args["environments"] = [jobs.JobEnvironment(environment_key=ENVIRONMENT_KEY, spec=spec)]
         return args
