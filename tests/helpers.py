@@ -87,3 +87,72 @@ class TrainedHome:
     landing: Path
     run: subprocess.CompletedProcess
     run_id: str
+
+
+def requirement_closure(distribution: str, extras: tuple[str, ...] = ()) -> set[str]:
+    """The installed distributions that ``pip install distribution[extras]`` brings, by their
+    normalized names, read from the installed metadata (optional extras of dependencies followed as
+    they are asked for)."""
+    import importlib.metadata as metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    todo = [(distribution, extras)]
+    while todo:
+        name, asked = todo.pop()
+        if (canonicalize_name(name), asked) in seen:
+            continue
+        seen.add((canonicalize_name(name), asked))
+        for line in metadata.requires(name) or []:
+            requirement = Requirement(line)
+            if requirement.marker and not any(requirement.marker.evaluate({"extra": extra}) for extra in asked or ("",)):
+                continue
+            try:
+                metadata.distribution(requirement.name)
+            except metadata.PackageNotFoundError:  # an optional dependency nobody here installed
+                continue
+            todo.append((requirement.name, tuple(sorted(requirement.extras))))
+    return {name for name, _ in seen}
+
+
+def core_site_packages(root: Path) -> Path:
+    """A view of this interpreter's site-packages, under ``root``, with only what ``pip install
+    llmops-dagster`` brings: a link to each entry, less those that only the ``platform`` extra's
+    distributions own (their packages and metadata), as on Databricks compute where a job installs
+    the wheel alone."""
+    import importlib.metadata as metadata
+    import sysconfig
+
+    from packaging.utils import canonicalize_name
+
+    site = Path(sysconfig.get_paths()["purelib"])
+    view = root / "core-site-packages"
+    if view.is_dir():
+        return view
+    platform_only = requirement_closure("llmops-dagster", ("platform",)) - requirement_closure("llmops-dagster")
+    owners: dict[str, set[str]] = {}
+    for distribution in metadata.distributions():
+        for file in distribution.files or []:
+            top = file.parts[0]
+            if top != "..":
+                owners.setdefault(top, set()).add(canonicalize_name(distribution.metadata["Name"]))
+    staging = root / "core-site-packages.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for entry in site.iterdir():
+        if not (owners.get(entry.name) and owners[entry.name] <= platform_only):
+            (staging / entry.name).symlink_to(entry)
+    staging.rename(view)
+    return view
+
+
+CORE_ONLY = Path(__file__).resolve().parent / "core_only"
+
+
+def core_only_environment(root: Path) -> dict[str, str]:
+    """Environment variables under which a Python subprocess imports from ``core_site_packages``
+    instead of site-packages (``core_only/sitecustomize.py``)."""
+    path = os.pathsep.join(filter(None, [str(CORE_ONLY), os.environ.get("PYTHONPATH")]))
+    return {"PYTHONPATH": path, "LLMOPS_CORE_SITE": str(core_site_packages(root))}

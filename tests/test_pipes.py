@@ -22,9 +22,22 @@ from llmops_dagster.resources import build_resources
 from llmops_dagster.resources.compute import PipesComputeResource, compute_resource
 from llmops_dagster.settings import load_settings
 
-from helpers import REPO, SHORT_DOCUMENTS, TrainedHome, short_landing
+from helpers import REPO, SHORT_DOCUMENTS, TrainedHome, core_only_environment, short_landing
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def core_only(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return core_only_environment(tmp_path_factory.mktemp("core-install"))
+
+
+@pytest.fixture(autouse=True)
+def core_install_only(core_only: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each step's subprocess sees only the wheel's core dependencies, as a job on Databricks
+    compute does: nothing of the platform extra (pyspark, dagster-databricks, the webserver…)."""
+    for name, value in core_only.items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture

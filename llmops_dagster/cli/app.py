@@ -9,7 +9,7 @@ from typing import NoReturn
 
 from llmops_dagster.cli.access import cmd_access
 from llmops_dagster.cli.bundle import cmd_bundle
-from llmops_dagster.cli.common import EXIT_USAGE, UserError, passages, port, positive
+from llmops_dagster.cli.common import EXIT_USAGE, UserError, missing_extra, passages, port, positive
 from llmops_dagster.cli.monitor import cmd_monitor, window_span
 from llmops_dagster.cli.promotion import cmd_approve, cmd_rollback
 from llmops_dagster.cli.quarantine import cmd_quarantine
@@ -118,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("llmops: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as error:
+        if (line := missing_extra(error)) is None or os.environ.get("LLMOPS_DEBUG"):
+            raise
+        print(f"llmops: error: {line}", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as error:  # a bug or an outage: one line; LLMOPS_DEBUG=1 shows the traceback
         if os.environ.get("LLMOPS_DEBUG"):
             raise

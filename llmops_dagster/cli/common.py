@@ -10,6 +10,22 @@ from pathlib import Path
 from llmops_dagster.settings import EnvSettings, SettingsError, load_settings
 
 EXIT_USAGE = 2
+# The import names of the `platform` extra's own distributions (pyproject.toml): the package alone is
+# what a step on Databricks compute needs, and commands that drive Dagster, Spark or the server need more.
+PLATFORM_MODULES = frozenset(
+    {
+        "dagster_webserver", "dagster_databricks", "dagster_mlflow", "pyspark", "fastapi", "uvicorn", "prometheus_client",
+        "filelock", "textstat", "scipy", "matplotlib", "mpl_toolkits", "pylab",
+    }
+)
+
+
+def missing_extra(error: ModuleNotFoundError) -> str | None:
+    """The user's line for a module of the platform extra that is not installed; None for any other."""
+    module = (error.name or "").split(".")[0]
+    if module not in PLATFORM_MODULES:
+        return None
+    return f"this command needs the platform extra ({module} is not installed): pip install 'llmops-dagster[platform]'"
 
 
 class UserError(Exception):
