@@ -10,6 +10,7 @@ import dagster as dg
 
 from llmops_dagster.assets import stage_modules
 from llmops_dagster.assets.endpoint import build_endpoint_job, build_serving_endpoint
+from llmops_dagster.assets.inference_table import build_inference_table
 from llmops_dagster.assets.monitoring import build_monitor_job, build_monitoring_assets, monitoring_partitions
 from llmops_dagster.core.runtime import offline
 from llmops_dagster.jobs import operator_jobs
@@ -46,11 +47,14 @@ def build_defs(env: str | EnvSettings) -> dg.Definitions:
     definitions = environment_assets(settings)
     assets = [d for d in definitions if not isinstance(d, dg.AssetChecksDefinition)]
     checks = [d for d in definitions if isinstance(d, dg.AssetChecksDefinition)]
+    # The Databricks endpoint's inference table, read into inference_log on a schedule, where one is served there.
+    imported = build_inference_table(settings)
+    inference_table = [imported[0]] if imported else []
     # Partitioned by window and built from the monitoring settings: outside the ingest and adopt jobs.
-    monitoring = build_monitoring_assets(settings.name, settings.monitoring)
+    monitoring = build_monitoring_assets(settings.name, settings.monitoring, [asset.key for asset in inference_table])
     # The endpoint follows the champion alias, which sensors and rollback move: its own job too.
     serving_endpoint = build_serving_endpoint(settings)
-    apart = dg.AssetSelection.assets(*monitoring, serving_endpoint)
+    apart = dg.AssetSelection.assets(*monitoring, serving_endpoint, *inference_table)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dagster-mlflow's hook is marked beta
         from dagster_mlflow import end_mlflow_on_run_finished
@@ -67,6 +71,10 @@ def build_defs(env: str | EnvSettings) -> dg.Definitions:
     monitor_job = build_monitor_job(settings.name, settings.monitoring)
     endpoint_job = build_endpoint_job(settings.name)
     jobs = [ingest_job, monitor_job, endpoint_job, *operator_jobs(settings.name, settings.promotion.requires_approval)]
+    schedules = []
+    if imported:
+        jobs.append(imported[1])
+        schedules.append(imported[2])
     interval = settings.sensor_interval_seconds
     sensors = [
         build_new_documents_sensor(INGEST_JOB, interval),
@@ -91,10 +99,11 @@ def build_defs(env: str | EnvSettings) -> dg.Definitions:
         jobs.append(adopt_job)
         sensors.append(build_upstream_sensor(ADOPT_JOB, interval))
     return dg.Definitions(
-        assets=[*assets, *monitoring, serving_endpoint],
+        assets=[*assets, *monitoring, serving_endpoint, *inference_table],
         asset_checks=checks,
         jobs=jobs,
         sensors=sensors,
+        schedules=schedules,
         resources=resources,
         # One process: the embedding model and torch are loaded once per run, not once per step.
         executor=dg.in_process_executor,

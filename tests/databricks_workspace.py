@@ -12,6 +12,11 @@ It also keeps Model Serving endpoints (``/api/2.0/serving-endpoints``: list, get
 update leaves the endpoint ``IN_PROGRESS`` with a ``pending_config`` for ``Endpoint.settle_after``
 reads, then makes it the live ``config`` (or, with ``fail_updates``, ends ``UPDATE_FAILED`` and
 keeps the old one); an update while one is in progress is refused as the API refuses it.
+
+And a SQL warehouse (``/api/2.0/sql/statements``: execute, get, result chunks), whose statements a
+test gives to ``Workspace.sql`` (a real Spark session in ``tests/test_inference_table.py``); results
+come back in the JSON_ARRAY format, cut into chunks of ``chunk_rows``, after ``statement_polls``
+reads in RUNNING.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -117,6 +123,74 @@ class Endpoint:
 
 
 @dataclass
+class Statement:
+    """One SQL statement: its text and parameters, and its outcome once the warehouse ran it."""
+
+    statement_id: str
+    text: str
+    parameters: dict[str, Any]
+    reads_left: int
+    columns: list[str] = field(default_factory=list)
+    chunks: list[list[list[Any]]] = field(default_factory=list)
+    error: str | None = None
+
+    def chunk(self, index: int) -> dict[str, Any]:
+        offset = sum(len(chunk) for chunk in self.chunks[:index])
+        body = {"chunk_index": index, "row_offset": offset, "row_count": len(self.chunks[index]), "data_array": self.chunks[index]}
+        return body | ({"next_chunk_index": index + 1} if index + 1 < len(self.chunks) else {})
+
+    def described(self) -> dict[str, Any]:
+        if self.reads_left > 0:
+            return {"statement_id": self.statement_id, "status": {"state": "RUNNING"}}
+        if self.error is not None:
+            return {"statement_id": self.statement_id, "status": {"state": "FAILED", "error": {"error_code": "BAD_REQUEST", "message": self.error}}}
+        columns = [{"name": name, "position": position, "type_name": "STRING", "type_text": "STRING"} for position, name in enumerate(self.columns)]
+        manifest = {
+            "format": "JSON_ARRAY",
+            "schema": {"column_count": len(columns), "columns": columns},
+            "total_chunk_count": len(self.chunks),
+            "total_row_count": sum(len(chunk) for chunk in self.chunks),
+            "chunks": [{key: value for key, value in self.chunk(i).items() if key != "data_array"} for i in range(len(self.chunks))],
+        }
+        return {"statement_id": self.statement_id, "status": {"state": "SUCCEEDED"}, "manifest": manifest, "result": self.chunk(0)}
+
+
+PARAMETER_TYPES: dict[str, Callable[[str], Any]] = {"BIGINT": int, "INT": int, "STRING": str, "DOUBLE": float}
+
+
+def sql_statements(ws: Workspace, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
+    """Execute a statement (at once, answered RUNNING for ``statement_polls`` reads), read it, read a chunk."""
+    parts = path.removeprefix(STATEMENTS).strip("/").split("/")
+    if method == "POST" and parts == [""]:
+        parameters = {item["name"]: PARAMETER_TYPES[item.get("type", "STRING")](item["value"]) for item in body.get("parameters") or []}
+        with ws.lock:
+            statement = Statement(f"stmt-{len(ws.statements) + 1}", body["statement"], parameters, ws.statement_polls)
+            ws.statements[statement.statement_id] = statement
+            hang = ws.hang_statement == len(ws.statements)
+        if hang:
+            threading.Event().wait()  # never answered: the caller is killed while it waits
+        try:
+            statement.columns, rows = ws.sql(statement.text, parameters)
+        except Exception as error:  # noqa: BLE001 - the warehouse's own message, as the API reports it
+            statement.error = (str(error).splitlines() or [type(error).__name__])[0]
+        else:
+            statement.chunks = [rows[start : start + ws.chunk_rows] for start in range(0, len(rows), ws.chunk_rows)] or [[]]
+        return 200, statement.described()
+    statement = ws.statements.get(parts[0])
+    if statement is None:
+        return 404, {"error_code": "NOT_FOUND", "message": f"statement {parts[0]} not found"}
+    if method == "GET" and len(parts) == 1:
+        statement.reads_left -= 1
+        return 200, statement.described()
+    if method == "GET" and parts[1:3] == ["result", "chunks"]:
+        return 200, statement.chunk(int(parts[3]))
+    if method == "POST" and parts[1:] == ["cancel"]:
+        statement.error = "cancelled"
+        return 200, {}
+    return 404, {"error_code": "ENDPOINT_NOT_FOUND", "message": f"no such endpoint {method} {path}"}
+
+
+@dataclass
 class Workspace:
     token: str
     scenario: str = SUCCEED
@@ -141,6 +215,12 @@ class Workspace:
     secrets: dict[tuple[str, str], bytes] = field(default_factory=dict)  # (scope, key) -> value, for /api/2.0/secrets/get
     idempotency_tokens: dict[str, int] = field(default_factory=dict)  # token -> the run it created
     uncancellable: set[int] = field(default_factory=set)  # runs the caller may not cancel (another user's)
+    # The warehouse: statement, parameters (typed) -> column names and rows; an exception fails the statement.
+    sql: Callable[[str, dict[str, Any]], tuple[list[str], list[list[Any]]]] | None = None
+    statements: dict[str, Statement] = field(default_factory=dict)
+    statement_polls: int = 0  # reads of a statement in RUNNING before it is done
+    chunk_rows: int = 1000  # rows per result chunk
+    hang_statement: int | None = None  # this statement (1-based) is never answered, as a warehouse that stalls
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -234,6 +314,7 @@ def invalid_submission(submission: dict[str, Any]) -> str | None:
 
 
 ENDPOINTS = "/api/2.0/serving-endpoints"
+STATEMENTS = "/api/2.0/sql/statements"
 
 
 def serving_endpoints(ws: Workspace, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
@@ -366,6 +447,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._error(403, "PERMISSION_DENIED", f"User does not have permission to cancel run {run_id}.")
             ws.cancel(run_id)
             return self._reply(200, {})
+        if path.startswith(STATEMENTS):
+            raw = self._body()
+            status, body = sql_statements(ws, method, path, json.loads(raw) if raw else None)
+            return self._reply(status, body)
         if path == ENDPOINTS or path.startswith(ENDPOINTS + "/"):
             raw = self._body()
             status, body = serving_endpoints(ws, method, path, json.loads(raw) if raw else None)

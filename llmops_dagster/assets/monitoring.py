@@ -82,9 +82,10 @@ def _window_figures(rows: list[dict[str, Any]], config: MonitoringConfig) -> dic
     return figures
 
 
-def build_monitoring_assets(env: str, config: MonitoringConfig) -> list[dg.AssetsDefinition]:
+def build_monitoring_assets(env: str, config: MonitoringConfig, imports: list[dg.AssetKey] | None = None) -> list[dg.AssetsDefinition]:
     """The environment's ``monitoring`` asset, with one check per threshold, and its
-    ``unanswered_questions``, keys prefixed with the environment name."""
+    ``unanswered_questions``, keys prefixed with the environment name. ``imports``: the assets that
+    add requests to ``inference_log`` besides the server (the Databricks inference table)."""
     partitions = monitoring_partitions(config)
     key, unanswered_key = dg.AssetKey([env, MONITORING]), dg.AssetKey([env, UNANSWERED])
     names = check_names(config)
@@ -92,7 +93,7 @@ def build_monitoring_assets(env: str, config: MonitoringConfig) -> list[dg.Asset
 
     @dg.asset(
         key=key,
-        deps=[dg.AssetKey([env, "batch_predictions"]), dg.AssetKey([env, "inference_log"])],
+        deps=[dg.AssetKey([env, "batch_predictions"]), dg.AssetKey([env, "inference_log"]), *(imports or [])],
         partitions_def=partitions,
         check_specs=specs,
         group_name=GROUP,

@@ -137,6 +137,12 @@ class DatabricksConfig:
     account_users_group: str = "account users"  # account group that may load (EXECUTE) the model
     experiment_root: str = "/Shared"  # Databricks experiments are workspace paths; relative names go here
     service_principal: str | None = None  # production targets run their jobs as it
+    # The SQL warehouse that reads the serving endpoint's inference table into inference_log
+    # (the inference_table asset); unset: that asset is not defined and monitoring sees only llmops serve.
+    warehouse_id: str | None = None
+    # The inference table is filled up to an hour late and out of order: each import re-reads this far
+    # behind the newest request it already holds (the overlap is deduplicated by request id).
+    inference_table_lookback_hours: float = 6.0
 
     def __post_init__(self) -> None:
         for name in ("host_env", "token_env"):
@@ -160,6 +166,10 @@ class DatabricksConfig:
         if not _text(self.experiment_root, "databricks.experiment_root").startswith("/"):
             raise ValueError(f"databricks.experiment_root must be an absolute workspace path, got {self.experiment_root!r}")
         _text(self.serving_workload_size, "databricks.serving_workload_size")
+        _text(self.warehouse_id, "databricks.warehouse_id", optional=True)
+        lookback = self.inference_table_lookback_hours
+        if isinstance(lookback, bool) or not isinstance(lookback, int | float) or not 0 <= lookback <= 24 * 30:
+            raise ValueError(f"databricks.inference_table_lookback_hours must be a number of hours from 0 to 720, got {lookback!r}")
         if not isinstance(self.serving_scale_to_zero, bool):
             raise ValueError(f"databricks.serving_scale_to_zero must be true or false, got {self.serving_scale_to_zero!r}")
         for setting in ("serving_environment_vars", "job_environment_vars"):
