@@ -479,3 +479,32 @@ def test_the_evaluation_run_is_not_judged_against_itself(tmp_path: Path) -> None
     assert by_source["batch"]["request_count"] == 30 and by_source["batch"]["drift"] == []
     [latency] = [entry for entry in by_source["endpoint"]["drift"] if entry["column"] == "latency_ms"]
     assert latency["reference_count"] == 30 and latency["population_stability_index"] > 0.25
+
+
+def test_a_generator_that_failed_is_a_generation_error_not_a_missing_answer() -> None:
+    """An OpenAI-compatible endpoint that is down answers every question with its error: that is
+    the generator failing, not the corpus lacking an answer, and it is counted and judged apart."""
+    from llmops_dagster.core.monitoring import row_values, unanswered_questions
+
+    failure = "generation failed: APIConnectionError: Connection refused"
+    log = [
+        log_row("ok", 1),
+        log_row("none", 2, answer=NO_ANSWER, found=False, answer_tokens=12),
+        log_row("down-1", 3, answer="Generation failed: APIConnectionError", found=False, answer_tokens=7, error=failure),
+        log_row("down-2", 4, answer="Generation failed: APIConnectionError", found=False, answer_tokens=7, error=failure),
+        log_row("refused", 5, status_code=400, answer=None, found=None, error="the input needs a 'question' column"),
+    ]
+    batch = [{**predictions()[0], "error": "Connection refused"}, {**predictions()[1], "error": ""}]
+    log_table = pa.Table.from_pylist(log, store.INFERENCE_LOG_SCHEMA)
+    frame, problems = normalise_rows(log_table, pa.Table.from_pylist(batch, store.PREDICTIONS_SCHEMA), chunk_texts=CHUNKS)
+    assert problems == {}
+    rows = {row["source"]: row for row in window_metrics(frame, DAY, DAY + timedelta(days=1))}
+    endpoint, offline = rows["endpoint"], rows["batch"]
+    assert endpoint["generation_error_rate"] == pytest.approx(2 / 4)  # of the four that asked for an answer
+    assert endpoint["no_answer_rate"] == pytest.approx(1 / 2)  # "none" of the two the generator answered
+    assert endpoint["answer_tokens_mean"] == pytest.approx((9 + 12) / 2)  # the error text is no answer's length
+    assert endpoint["error_rate"] == 0.0 and endpoint["client_error_rate"] == pytest.approx(1 / 5)
+    assert offline["generation_error_rate"] == pytest.approx(1 / 2)
+    values = row_values(frame)
+    assert values["groundedness"][frame["request_id"] == "down-1"].tolist() == [None]
+    assert unanswered_questions(frame) == ["How much do chunks overlap?"]  # "none" only, not the failures

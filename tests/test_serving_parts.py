@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -132,3 +133,31 @@ def test_chat_takes_the_last_user_message_and_text_parts() -> None:
 def test_too_many_questions_in_one_request_are_refused() -> None:
     with pytest.raises(protocol.BadRequest, match="5 questions in one request; the limit is 4"):
         protocol.invocations({"dataframe_records": [{"question": "q?"}] * 5}, None, LIMITS)
+
+
+class Tokens:
+    """What ``log_row`` asks of the served model: its name, version, default k and mode, and token counts."""
+
+    name, version = "test.llmops.rag_model", "3"
+    pipeline = SimpleNamespace(config=SimpleNamespace(k=5, mode="hybrid"))
+
+    @staticmethod
+    def count_tokens(text: str) -> int:
+        return len(text.split())
+
+
+def test_an_answer_the_generator_failed_is_logged_with_its_error_for_monitoring() -> None:
+    from llmops_dagster.core.generation import Generation, Usage
+    from llmops_dagster.core.rag import RagPipeline
+    from llmops_dagster.serving.app import INVOCATIONS, Exchange, log_row
+
+    failed = Generation("", False, (), Usage(12, 0, "counted"), {"kind": "openai"}, error="http://llm:8080/v1: unreachable")
+    answered = Generation("Roll back [1].", True, (1,), Usage(12, 4, "endpoint"), {"kind": "openai"})
+    rows = []
+    for generation in (failed, answered):
+        exchange = Exchange(INVOCATIONS, body=b'{"dataframe_records": [{"question": "How?"}]}', served=Tokens())
+        exchange.query = protocol.Query(["How?"], None, None)
+        exchange.predictions = [RagPipeline.prediction("How?", [], generation, exchange.started)]
+        rows.append(log_row(exchange, 200, {"predictions": []}, 5.0, 1000))
+    assert rows[0]["error"] == "generation failed: http://llm:8080/v1: unreachable" and rows[0]["found"] is False
+    assert rows[1]["error"] is None and rows[1]["answer"] == "Roll back [1]."

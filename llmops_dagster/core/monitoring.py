@@ -64,6 +64,7 @@ WINDOW_METRICS = (
     "top1_score_mean",
     "score_mean",
     "no_answer_rate",
+    "generation_error_rate",
     "empty_retrieval_rate",
     "source_shares",
     "groundedness_mean",
@@ -92,6 +93,7 @@ FRAME_COLUMNS = (
     "answer_tokens",
     "mode",
     "generator",
+    "generation_error",
 )
 # error_rate is the server's failures (5xx: the model failed, none loaded); client_error_rate is the
 # requests it refused (4xx: a malformed body, a missing token, a client that hung up, 499), which a
@@ -132,6 +134,7 @@ DEFAULT_THRESHOLDS = (
     Threshold("error_rate", warn=0.05, error=0.2),
     Threshold("client_error_rate", warn=0.2),  # a client sending bad requests: look, but nothing to roll back
     Threshold("no_answer_rate", warn=0.3, error=0.6),
+    Threshold("generation_error_rate", warn=0.05, error=0.2),  # the generator failed: its endpoint down, the model erring
     Threshold("groundedness_mean", warn=0.7, error=0.5, bad="below"),
     Threshold("out_of_corpus_rate", warn=0.2, error=0.5),
     Threshold("population_stability_index", warn=0.1, error=0.25),  # the usual PSI rule of thumb
@@ -524,6 +527,8 @@ def _endpoint_row(raw: Mapping[str, Any], chunk_texts: Mapping[str, str] | None,
         "answer_tokens": _count(raw, "answer_tokens"),
         "mode": _text(raw, "mode"),
         "generator": _text(raw, "generator"),
+        # The log's error on a request that did not fail is its generator's: the answer is not a no-answer.
+        "generation_error": None if is_error else _text(raw, "error"),
     }
 
 
@@ -566,6 +571,7 @@ def _batch_row(raw: Mapping[str, Any], chunk_texts: Mapping[str, str] | None, co
         "answer_tokens": count_tokens(answer) if count_tokens and answer else None,
         "mode": None,
         "generator": _text(raw, "generator"),
+        "generation_error": _text(raw, "error"),
     }
 
 
@@ -581,6 +587,7 @@ def row_values(frame: pd.DataFrame) -> pd.DataFrame:
     values = []
     for row in frame.itertuples(index=False):
         asks, no_answer, answer = _answer_state(row)
+        failed = asks and _generation_failed(row)
         judged = asks and not no_answer and answer is not None and bool(answer.strip())
         scores = row.scores if isinstance(row.scores, list) else None
         passages = row.passages if isinstance(row.passages, list) else None
@@ -588,6 +595,7 @@ def row_values(frame: pd.DataFrame) -> pd.DataFrame:
             {
                 "asks_answer": asks,
                 "no_answer": no_answer if asks else None,
+                "generation_failed": failed if asks else None,
                 "retrieved": None if _is(row.is_error, True) or scores is None else bool(scores),
                 "top1_score": scores[0] if scores else None,
                 "groundedness": groundedness(answer, passages) if judged and passages is not None else None,
@@ -600,19 +608,28 @@ def row_values(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _answer_state(row: Any) -> tuple[bool, bool, str | None]:
-    """(whether the row asked for an answer, whether it got none, its answer text). Failed requests
-    and /search calls ask for none."""
+    """(whether the row asked for an answer, whether the model found none, its answer text). Failed
+    requests and /search calls ask for none; a generator that failed is not the model finding no
+    answer (``generation_error_rate`` counts it), so it is judged by neither."""
     found = None if _missing(row.found) else bool(row.found)
     answer = row.answer if isinstance(row.answer, str) else None
     asks = not _is(row.is_error, True) and row.endpoint != SEARCH_ENDPOINT and (found is not None or answer is not None)
+    if asks and _generation_failed(row):
+        return asks, False, None
     return asks, asks and (found is False or (found is None and is_no_answer(answer))), answer
+
+
+def _generation_failed(row: Any) -> bool:
+    error = getattr(row, "generation_error", None)
+    return isinstance(error, str) and bool(error.strip())
 
 
 def attach_answer_scores(frame: pd.DataFrame, scorers: AnswerScorers) -> pd.DataFrame:
     """The frame with a column of per-row scores for each configured scorer (``toxicity``,
     ``perplexity``) and one of the reasons a row that asked for an answer has none
     (``toxicity_skipped``, ...): ``no_answer`` (the model found none, so there is no answer to
-    judge, as for readability), ``empty_answer``, ``failed:<error>`` or ``not_finite``. Rows that
+    judge, as for readability), ``generation_failed`` (the generator failed: its error is no answer
+    either), ``empty_answer``, ``failed:<error>`` or ``not_finite``. Rows that
     asked for no answer (failed requests, /search) have neither."""
     frame = frame.copy()
     if not scorers.names:
@@ -621,8 +638,9 @@ def attach_answer_scores(frame: pd.DataFrame, scorers: AnswerScorers) -> pd.Data
     before: list[str | None] = []  # "" marks a row that asked for no answer
     for row in frame.itertuples(index=False):
         asks, no_answer, answer = _answer_state(row)
-        texts.append(answer if asks and not no_answer else None)
-        before.append("" if not asks else "no_answer" if no_answer else None)
+        failed = asks and _generation_failed(row)
+        texts.append(answer if asks and not no_answer and not failed else None)
+        before.append("" if not asks else "no_answer" if no_answer else "generation_failed" if failed else None)
     for name, scores in scorers.score(texts).items():
         frame[name] = [None if reason is not None else value for reason, value in zip(before, scores.values, strict=True)]
         reasons = [reason if reason is not None else why for reason, why in zip(before, scores.reasons, strict=True)]
@@ -633,6 +651,7 @@ def attach_answer_scores(frame: pd.DataFrame, scorers: AnswerScorers) -> pd.Data
 _ROW_VALUE_COLUMNS = (
     "asks_answer",
     "no_answer",
+    "generation_failed",
     "retrieved",
     "top1_score",
     "groundedness",
@@ -766,6 +785,7 @@ def _empty_window(begin: datetime, finish: datetime) -> dict[str, Any]:
 
 def _metrics(group: pd.DataFrame, values: pd.DataFrame, config: MonitoringConfig, corpus_centroid: np.ndarray | None) -> dict[str, Any]:
     asks = values["asks_answer"].astype(bool)
+    generated = asks & ~values["generation_failed"].map(lambda flag: flag is True)  # asked, and the generator answered
     scores = [score for row in group["scores"] if isinstance(row, list) for score in row]
     retrieved = values["retrieved"]
     latency = _answered(group)["latency_ms"]
@@ -776,12 +796,13 @@ def _metrics(group: pd.DataFrame, values: pd.DataFrame, config: MonitoringConfig
         "latency_p50_ms": _percentile(latency, 50),
         "latency_p95_ms": _percentile(latency, 95),
         "question_tokens_mean": _mean(group["question_tokens"]),
-        "answer_tokens_mean": _mean(group["answer_tokens"][asks]),
+        "answer_tokens_mean": _mean(group["answer_tokens"][generated]),
         "flesch_kincaid_grade": _mean(values["flesch_kincaid_grade"]),
         "automated_readability_index": _mean(values["automated_readability_index"]),
         "top1_score_mean": _mean(values["top1_score"]),
         "score_mean": _mean(scores),
-        "no_answer_rate": _share(values["no_answer"][asks]),
+        "no_answer_rate": _share(values["no_answer"][generated]),
+        "generation_error_rate": _share(values["generation_failed"][asks]),
         "empty_retrieval_rate": _share(retrieved.map(lambda flag: None if flag is None else not flag)),
         "source_shares": source_shares(group["sources"]) or None,
         "groundedness_mean": _mean(values["groundedness"]),

@@ -118,6 +118,7 @@ _LOG_COLUMNS = [
     "question_tokens",
     "answer_tokens",
     "generator",
+    "error",
 ]
 _PREDICTION_COLUMNS = [
     "id",
@@ -132,6 +133,7 @@ _PREDICTION_COLUMNS = [
     "latency_ms",
     "predicted_at",
     "generator",
+    "error",
 ]
 
 

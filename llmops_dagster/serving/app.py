@@ -425,4 +425,6 @@ def rag_fields(exchange: Exchange) -> dict[str, Any]:
                 "completion_tokens": generation.usage.completion_tokens,
                 "usage_source": generation.usage.source,
             })
+            if generation.error and not exchange.error:  # answered 200, but by no generator: monitoring counts it apart
+                row["error"] = f"generation failed: {generation.error}"
     return row
