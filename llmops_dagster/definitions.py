@@ -23,7 +23,7 @@ from llmops_dagster.sensors import (
     build_new_documents_sensor,
     build_upstream_sensor,
 )
-from llmops_dagster.sensors.monitoring import build_new_requests_sensor, build_retrain_sensor
+from llmops_dagster.sensors.monitoring import LATE_ROWS_MS, build_new_requests_sensor, build_retrain_sensor
 from llmops_dagster.settings import EnvSettings, load_settings
 from llmops_dagster.tags import ENV_TAG
 
@@ -76,11 +76,13 @@ def build_defs(env: str | EnvSettings) -> dg.Definitions:
         jobs.append(imported[1])
         schedules.append(imported[2])
     interval = settings.sensor_interval_seconds
+    # Rows read from the inference table land up to its lookback after their request: windows stay open that long.
+    late_ms = max(LATE_ROWS_MS, int(settings.databricks.inference_table_lookback_hours * 3600 * 1000)) if imported else LATE_ROWS_MS
     sensors = [
         build_new_documents_sensor(INGEST_JOB, interval),
         build_champion_sensor(settings.name, settings.promotion.requires_approval, interval),
         build_inference_log_sensor(settings.name, interval),
-        build_new_requests_sensor(settings.name, monitor_job.name, monitoring_partitions(settings.monitoring), interval),
+        build_new_requests_sensor(settings.name, monitor_job.name, monitoring_partitions(settings.monitoring), interval, late_ms=late_ms),
         build_endpoint_sensor(settings.name, endpoint_job.name, settings.compute, interval),
     ]
     resources = build_resources(settings)

@@ -16,7 +16,8 @@ keeps the old one); an update while one is in progress is refused as the API ref
 And a SQL warehouse (``/api/2.0/sql/statements``: execute, get, result chunks), whose statements a
 test gives to ``Workspace.sql`` (a real Spark session in ``tests/test_inference_table.py``); results
 come back in the JSON_ARRAY format, cut into chunks of ``chunk_rows``, after ``statement_polls``
-reads in RUNNING.
+reads in PENDING, then RUNNING; a result larger than ``inline_limit`` fails the statement, as the API
+fails an INLINE result over 25 MiB.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
@@ -141,7 +143,7 @@ class Statement:
 
     def described(self) -> dict[str, Any]:
         if self.reads_left > 0:
-            return {"statement_id": self.statement_id, "status": {"state": "RUNNING"}}
+            return {"statement_id": self.statement_id, "status": {"state": "PENDING" if self.reads_left > 1 else "RUNNING"}}
         if self.error is not None:
             return {"statement_id": self.statement_id, "status": {"state": "FAILED", "error": {"error_code": "BAD_REQUEST", "message": self.error}}}
         columns = [{"name": name, "position": position, "type_name": "STRING", "type_text": "STRING"} for position, name in enumerate(self.columns)]
@@ -152,17 +154,21 @@ class Statement:
             "total_row_count": sum(len(chunk) for chunk in self.chunks),
             "chunks": [{key: value for key, value in self.chunk(i).items() if key != "data_array"} for i in range(len(self.chunks))],
         }
-        return {"statement_id": self.statement_id, "status": {"state": "SUCCEEDED"}, "manifest": manifest, "result": self.chunk(0)}
+        body = {"statement_id": self.statement_id, "status": {"state": "SUCCEEDED"}, "manifest": manifest}
+        return body | ({"result": self.chunk(0)} if self.chunks else {})  # no rows: no result, as the API answers
 
 
-PARAMETER_TYPES: dict[str, Callable[[str], Any]] = {"BIGINT": int, "INT": int, "STRING": str, "DOUBLE": float}
+PARAMETER_TYPES: dict[str, Callable[[str], Any]] = {"BIGINT": int, "INT": int, "STRING": str, "DOUBLE": float, "DATE": date.fromisoformat}
 
 
 def sql_statements(ws: Workspace, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
     """Execute a statement (at once, answered RUNNING for ``statement_polls`` reads), read it, read a chunk."""
     parts = path.removeprefix(STATEMENTS).strip("/").split("/")
     if method == "POST" and parts == [""]:
-        parameters = {item["name"]: PARAMETER_TYPES[item.get("type", "STRING")](item["value"]) for item in body.get("parameters") or []}
+        parameters = {
+            item["name"]: None if item.get("value") is None else PARAMETER_TYPES[item.get("type", "STRING")](item["value"])
+            for item in body.get("parameters") or []
+        }
         with ws.lock:
             statement = Statement(f"stmt-{len(ws.statements) + 1}", body["statement"], parameters, ws.statement_polls)
             ws.statements[statement.statement_id] = statement
@@ -174,7 +180,9 @@ def sql_statements(ws: Workspace, method: str, path: str, body: dict[str, Any] |
         except Exception as error:  # noqa: BLE001 - the warehouse's own message, as the API reports it
             statement.error = (str(error).splitlines() or [type(error).__name__])[0]
         else:
-            statement.chunks = [rows[start : start + ws.chunk_rows] for start in range(0, len(rows), ws.chunk_rows)] or [[]]
+            if len(json.dumps(rows)) > ws.inline_limit:
+                statement.error = f"The INLINE disposition result exceeds the limit of {ws.inline_limit} bytes; the statement execution is aborted."
+            statement.chunks = [rows[start : start + ws.chunk_rows] for start in range(0, len(rows), ws.chunk_rows)]
         return 200, statement.described()
     statement = ws.statements.get(parts[0])
     if statement is None:
@@ -221,6 +229,7 @@ class Workspace:
     statement_polls: int = 0  # reads of a statement in RUNNING before it is done
     chunk_rows: int = 1000  # rows per result chunk
     hang_statement: int | None = None  # this statement (1-based) is never answered, as a warehouse that stalls
+    inline_limit: int = 25 * 1024 * 1024  # bytes an INLINE result may hold; a larger one fails the statement
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property

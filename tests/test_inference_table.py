@@ -27,6 +27,7 @@ from databricks_workspace import WorkspaceServer
 
 from llmops_dagster.core import inference_table, monitoring_table, store
 from llmops_dagster.core.endpoint import EndpointSpec
+from llmops_dagster.serving.inference_log import TRUNCATION_MARK
 
 pytestmark = pytest.mark.slow
 
@@ -55,11 +56,12 @@ def answer(text: str, passages: list[str]) -> str:
 
 
 def payload_row(n: int, at: datetime, *, entity: str = "se-2", request: dict[str, Any] | None = None, status: int = 200,
-                response: str | None = None, errors: list[str] | None = None) -> tuple:
+                response: str | None = "", errors: list[str] | None = None, sampling: float = 1.0) -> tuple:
     request = request if request is not None else {"dataframe_records": [{"question": f"How is release {n} rolled back?"}]}
-    response = response if response is not None else answer(f"Move the alias back [{n}].", [PASSAGE])
+    response = answer(f"Move the alias back [{n}].", [PASSAGE]) if response == "" else response  # None: not logged
     started = at.replace(tzinfo=None)
-    return (at.date(), f"req-{n:03d}", f"client-{n}", started, status, 1.0, 40 + n, json.dumps(request), response, entity, errors, "user@example.com")
+    body = json.dumps(request)
+    return (at.date(), f"req-{n:03d}", f"client-{n}", started, status, sampling, 40 + n, body, response, entity, errors, "user@example.com")
 
 
 ROWS = [
@@ -151,7 +153,7 @@ def logged(lance: store.LanceStore) -> dict[str, dict[str, Any]]:
 
 
 def test_every_row_is_read_once_with_its_rag_fields_and_version_and_a_rerun_adds_none(workspace: WorkspaceServer, lance: store.LanceStore) -> None:
-    workspace.workspace.statement_polls = 1  # each statement is read once in RUNNING
+    workspace.workspace.statement_polls = 2  # each statement is read once PENDING and once RUNNING
     workspace.workspace.chunk_rows = 2  # and its page comes in two chunks
     first = run_import(workspace, lance)
     assert (first.read, first.added, first.pages, first.versions_unknown) == (7, 7, 3, None)
@@ -170,7 +172,7 @@ def test_every_row_is_read_once_with_its_rag_fields_and_version_and_a_rerun_adds
     assert rows["req-005"]["status_code"] == 400 and rows["req-005"]["error"] == "the input needs a 'question' column"
     assert rows["req-005"]["answer"] is None
     assert rows["req-006"]["question"] == "What is the gate?" and rows["req-006"]["truncated"] is True
-    assert rows["req-006"]["error"] == "not logged in full by Databricks: MAX_RESPONSE_SIZE_EXCEEDED"
+    assert rows["req-006"]["response"] == "(not logged by Databricks: MAX_RESPONSE_SIZE_EXCEEDED)" and rows["req-006"]["error"] is None
     # Every statement was answered RUNNING once, then read whole, chunk by chunk.
     assert all(statement.reads_left == 0 for statement in workspace.workspace.statements.values())
 
@@ -292,3 +294,118 @@ def test_the_asset_imports_on_its_schedule_and_monitoring_reads_what_it_imported
     assert reported["requests"].value == 7
     rows = store.LanceStore(settings.lancedb_uri).read(monitoring_table.MONITORING, monitoring_table.MONITORING_SCHEMA).to_pylist()
     assert {(row["served_model_version"], row["request_count"]) for row in rows} == {("1", 1), ("2", 6)}
+
+
+def test_odd_responses_leave_fields_empty_and_never_lose_the_request() -> None:
+    base = {"databricks_request_id": "r", "request_us": "1795000000000000", "status_code": "200", "execution_duration_ms": "12",
+            "request": json.dumps({"dataframe_records": [{"question": "Why?"}]}), "request_chars": "45"}
+    odd = [
+        {"predictions": [{"answer": {"text": "x"}, "passages": [{"text": "p"}], "found": "yes", "cited": ["1", "two"], "prompt_tokens": 2**40}]},
+        {"predictions": {"answer": "Paris", "found": True}},  # columns of scalars: not a frame, so no prediction
+        {"predictions": [{"answer": "ok", "sources": "x.md", "scores": ["high"], "passages": "one passage", "generator": {"kind": "x"}}]},
+        {"predictions": [5]},
+        ["not", "an", "object"],
+    ]
+    for response in odd:
+        row = inference_table.log_row({**base, "response": json.dumps(response)}, "/p", "m", 16000, words, {})
+        assert row["question"] == "Why?" and row["status_code"] == 200 and row["error"] is None
+        assert {row.get(name) for name in ("sources", "scores", "chunk_ids", "generator", "found", "prompt_tokens")} == {None}
+        assert row.get("answer") in (None, "ok")
+        pa.Table.from_pylist([row], store.INFERENCE_LOG_SCHEMA)  # every value fits its column
+    first = inference_table.log_row({**base, "response": json.dumps(odd[0])}, "/p", "m", 16000, words, {})
+    assert first["cited"] == [1]
+    # A count that raises (a tokenizer's own failure) keeps the request, with the reason.
+    def broken(text: str) -> int:
+        raise RuntimeError("tokenizer gone")
+
+    kept = inference_table.log_row({**base, "response": json.dumps(odd[2])}, "/p", "m", 16000, broken, {})
+    assert kept["databricks_request_id"] == "r" and kept["error"] == "RAG fields not read: RuntimeError: tokenizer gone"
+
+
+def test_large_bodies_are_cut_by_the_warehouse_and_a_page_too_large_is_read_in_smaller_ones(
+    workspace: WorkspaceServer, lance: store.LanceStore
+) -> None:
+    passages = [("A long passage about rolling back. " * 1200)[:40000] for _ in range(3)]
+    warehouse = workspace.workspace.sql
+    warehouse.rows = [payload_row(n, START + timedelta(minutes=n), response=answer(f"Answer {n} [1].", passages)) for n in range(1, 5)]
+    warehouse.publish()
+    workspace.workspace.inline_limit = 300_000  # a 3-row page is over it; one row is not
+    result = run_import(workspace, lance, page_rows=3)
+    rows = logged(lance)
+    assert result.added == 4 and sorted(rows) == ["req-001", "req-002", "req-003", "req-004"]
+    assert rows["req-002"]["answer"] == "Answer 2 [1]." and rows["req-002"]["truncated"] is True
+    assert len(rows["req-002"]["response"]) == 16000 and rows["req-002"]["response"].endswith(TRUNCATION_MARK)
+    limits = [statement.text.rsplit("LIMIT ", 1)[1] for statement in workspace.workspace.statements.values()]
+    assert limits[:2] == ["3", "1"] and set(limits[1:]) == {"1"}  # the 3-row page refused, then row by row
+
+
+def test_a_warehouse_in_another_time_zone_misses_no_late_row(workspace: WorkspaceServer, lance: store.LanceStore, spark: Any) -> None:
+    warehouse = workspace.workspace.sql
+    evening = datetime(2026, 11, 24, 16, 30, tzinfo=UTC)  # already the 25th in Tokyo
+    warehouse.rows = [payload_row(1, evening)]
+    warehouse.publish()
+    run_import(workspace, lance)
+    warehouse.rows.append(payload_row(2, evening + timedelta(minutes=40)))
+    warehouse.rows.append(payload_row(3, evening - timedelta(minutes=20)))  # late, within the lookback
+    warehouse.publish()
+    spark.conf.set("spark.sql.session.timeZone", "Asia/Tokyo")
+    try:
+        late = run_import(workspace, lance, lookback=timedelta(hours=1))
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", "UTC")
+    assert late.added == 2 and sorted(logged(lance)) == ["req-001", "req-002", "req-003"]
+
+
+def test_a_sampled_table_is_said_and_a_request_id_twice_is_one_row(workspace: WorkspaceServer, lance: store.LanceStore) -> None:
+    warehouse = workspace.workspace.sql
+    twice = [payload_row(2, START + timedelta(minutes=1)), payload_row(2, START + timedelta(minutes=2))]
+    warehouse.rows = [payload_row(1, START, sampling=0.25), *twice]
+    warehouse.publish()
+    result = run_import(workspace, lance)
+    assert result.added == 2 and len(lance.read(store.INFERENCE_LOG, store.INFERENCE_LOG_SCHEMA)) == 2
+    assert result.sampled == 0.25 and "as few as 25% of the requests" in result.summary()
+    version = lance.version(store.INFERENCE_LOG)
+    again = run_import(workspace, lance)
+    assert again.added == 0 and lance.version(store.INFERENCE_LOG) == version  # nothing new: no commit
+
+
+@pytest.mark.parametrize(("late", "asked"), [(None, False), (timedelta(hours=6), True)])
+def test_a_window_stays_open_to_rows_the_import_adds_late(tmp_path: Path, late: timedelta | None, asked: bool) -> None:
+    """A window computed after its newest request is done for the server's rows, which land within
+    minutes; a row read from the inference table an hour late reopens it when the sensor allows for it."""
+    import dagster as dg
+
+    from llmops_dagster.assets.monitoring import monitoring_partitions
+    from llmops_dagster.core.monitoring import MonitoringConfig, window_floor
+    from llmops_dagster.resources import LanceDBResource
+    from llmops_dagster.sensors.monitoring import LATE_ROWS_MS, build_new_requests_sensor
+
+    day = timedelta(days=1)
+    yesterday = window_floor(datetime.now(UTC), day) - day
+    partitions = monitoring_partitions(MonitoringConfig(start=(yesterday - day).date()))
+    late_ms = LATE_ROWS_MS if late is None else int(late.total_seconds() * 1000)
+    sensor = build_new_requests_sensor("test", "monitor", partitions, refresh_seconds=0, late_ms=late_ms)
+
+    @dg.asset(partitions_def=partitions)
+    def window() -> None: ...
+
+    defs = dg.Definitions(assets=[window], jobs=[dg.define_asset_job("monitor", selection=[window], partitions_def=partitions)])
+    lance = store.LanceStore(str(tmp_path / "lancedb"))
+
+    def logged_at(request_id: str, at: datetime) -> None:
+        row = {"databricks_request_id": request_id, "timestamp_ms": int(at.timestamp() * 1000), "status_code": 200, "endpoint": "/p"}
+        rows = pa.Table.from_pylist([row], store.INFERENCE_LOG_SCHEMA)
+        lance.insert_new(store.INFERENCE_LOG, store.INFERENCE_LOG_SCHEMA, "databricks_request_id", rows)
+
+    noon = yesterday + timedelta(hours=12)
+    logged_at("noon", noon)
+    computed = {"id": "w", "window_key": monitoring_table.window_key(yesterday), "window_start": yesterday, "window_end": yesterday + day,
+                "served_model_version": "1", "source": "endpoint", "request_count": 1, "computed_at": noon + timedelta(minutes=20)}
+    monitoring_table.write_window(lance, monitoring_table.WindowReport(yesterday, yesterday + day, [computed], None, {}, ""))  # type: ignore[arg-type]
+    logged_at("late", noon - timedelta(hours=1))  # read from the inference table after the window was computed
+    cursor = json.dumps({"version": 1, "max_ms": int(noon.timestamp() * 1000)})
+    resources = {"lancedb": LanceDBResource(uri=lance.uri)}
+    with dg.DagsterInstance.ephemeral() as instance:
+        with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources, definitions=defs) as context:
+            result = sensor.evaluate_tick(context)
+    assert [request.partition_key for request in result.run_requests] == ([yesterday.strftime("%Y-%m-%d")] if asked else [])

@@ -81,6 +81,8 @@ def build_inference_table(settings: "EnvSettings") -> tuple[dg.AssetsDefinition,
             raise dg.Failure(str(error)) from None
         if result.versions_unknown:
             context.log.warning(f"served versions unknown: {result.versions_unknown}")
+        if result.sampled is not None:
+            context.log.warning(f"Databricks logged as few as {result.sampled:.0%} of the endpoint's requests: monitoring counts the logged ones")
         context.log.info(result.summary())
         return dg.MaterializeResult(
             metadata={
@@ -91,6 +93,7 @@ def build_inference_table(settings: "EnvSettings") -> tuple[dg.AssetsDefinition,
                 "pages": result.pages,
                 "newest_request": result.newest.isoformat() if result.newest else "none",
                 "served_versions": "unknown: " + result.versions_unknown if result.versions_unknown else f"from {inference_table.VERSIONS_TABLE}",
+                "lowest_sampling_fraction": result.sampled if result.sampled is not None else 1.0,
                 "summary": dg.MetadataValue.md(result.summary()),
             }
         )

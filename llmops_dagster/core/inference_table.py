@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     from llmops_dagster.core.endpoint import EndpointSpec
 
-PAGE_ROWS = 500  # rows per statement: well under the 25 MiB an inline result may hold, with bodies clipped
+PAGE_ROWS = 200  # rows per statement: with bodies cut to log_field_chars, well under the 25 MiB an inline result may hold
 VERSIONS_TABLE = "system.serving.served_entities"
 WAIT_TIMEOUT = "30s"  # how long one call waits for the statement before polling (5 to 50 s)
 
@@ -55,10 +55,13 @@ def quoted(table: str) -> str:
     return ".".join(f"`{part.replace('`', '``')}`" for part in table.split("."))
 
 
-def page_statement(table: str, versions: bool, page_rows: int) -> str:
-    """The next page after (``after_us``, ``after_id``), oldest first. ``request_date`` and
-    ``request_time`` bounds let the warehouse skip files; the keyset on the microsecond time and the
-    id makes pages neither overlap nor skip rows that share a time."""
+def page_statement(table: str, versions: bool, page_rows: int, field_chars: int) -> str:
+    """The next page after (``after_us``, ``after_id``), oldest first. The ``request_date`` bound
+    (``after_date``, a UTC date a day early, whatever the warehouse's time zone) and the
+    ``request_time`` bound let the warehouse skip files; the keyset on the microsecond time and the
+    id makes pages neither overlap nor skip rows that share a time. Bodies come cut to
+    ``field_chars`` with their full lengths, and the first prediction whole (what the row's RAG
+    fields are read from), so a page stays far below the 25 MiB an inline result may hold."""
     version = "e.entity_version" if versions else "CAST(NULL AS STRING)"
     join = (
         f"LEFT JOIN (SELECT served_entity_id, max_by(entity_version, change_time) AS entity_version FROM {VERSIONS_TABLE} "
@@ -66,14 +69,23 @@ def page_statement(table: str, versions: bool, page_rows: int) -> str:
         if versions
         else ""
     )
+    chars = int(field_chars)
     return (
         "SELECT t.databricks_request_id, t.client_request_id, unix_micros(t.request_time) AS request_us, t.status_code, "
-        "t.execution_duration_ms, t.request, t.response, to_json(t.logging_error_codes) AS logging_error_codes, "
-        f"{version} AS entity_version FROM {quoted(table)} AS t {join}"
-        "WHERE t.request_date >= to_date(timestamp_micros(:after_us)) AND t.request_time >= timestamp_micros(:after_us) "
+        f"t.execution_duration_ms, t.sampling_fraction, left(t.request, {chars}) AS request, length(t.request) AS request_chars, "
+        f"left(t.response, {chars}) AS response, length(t.response) AS response_chars, "
+        "get_json_object(t.response, '$.predictions[0]') AS prediction, get_json_object(t.response, '$.message') AS message, "
+        f"to_json(t.logging_error_codes) AS logging_error_codes, {version} AS entity_version FROM {quoted(table)} AS t {join}"
+        "WHERE t.request_date >= :after_date AND t.request_time >= timestamp_micros(:after_us) "
         "AND (unix_micros(t.request_time) > :after_us OR (unix_micros(t.request_time) = :after_us AND t.databricks_request_id > :after_id)) "
         f"ORDER BY request_us, t.databricks_request_id LIMIT {int(page_rows)}"
     )
+
+
+def too_large(error: InferenceTableError) -> bool:
+    """Whether the warehouse refused a result for its size (an INLINE result holds 25 MiB at most)."""
+    text = str(error).lower()
+    return "exceed" in text and ("limit" in text or "size" in text)
 
 
 class Warehouse:
@@ -96,15 +108,22 @@ class Warehouse:
     def rows(self, statement: str, parameters: Mapping[str, tuple[Any, str]]) -> list[dict[str, str | None]]:
         """The statement's rows as column → value (strings, as the JSON_ARRAY format gives them).
         ``parameters``: name → (value, SQL type). A failure is one ``InferenceTableError``."""
-        from databricks.sdk.service.sql import (
-            Disposition,
-            ExecuteStatementRequestOnWaitTimeout,
-            Format,
-            StatementParameterListItem,
-            StatementState,
-        )
+        from databricks.sdk.service.sql import StatementParameterListItem
 
-        items = [StatementParameterListItem(name=name, value=str(value), type=kind) for name, (value, kind) in parameters.items()]
+        from llmops_dagster.core.endpoint import one_line
+
+        items = [
+            StatementParameterListItem(name=name, value=None if value is None else str(value), type=kind)
+            for name, (value, kind) in parameters.items()
+        ]
+        try:
+            return self._run(statement, items)
+        except OSError as error:  # the SDK's DatabricksError (an unknown warehouse, no CAN USE), or the workspace out of reach
+            raise InferenceTableError(f"warehouse {self.warehouse_id}: {one_line(error)}") from None
+
+    def _run(self, statement: str, items: list[Any]) -> list[dict[str, str | None]]:
+        from databricks.sdk.service.sql import Disposition, ExecuteStatementRequestOnWaitTimeout, Format, StatementState
+
         deadline = self.clock() + self.timeout_s
         response = self.api.execute_statement(
             statement=statement,
@@ -124,7 +143,8 @@ class Warehouse:
         state = response.status.state if response.status else None
         if state != StatementState.SUCCEEDED:
             error = response.status.error if response.status else None
-            reason = f"{error.error_code.value if error and error.error_code else ''} {error.message if error else ''}".strip()
+            message = ((error.message if error else "") or "").strip().splitlines()
+            reason = f"{error.error_code.value if error and error.error_code else ''} {message[0] if message else ''}".strip()
             raise InferenceTableError(f"the statement ended {state.value if state else 'without a state'} on warehouse {self.warehouse_id}: {reason}")
         columns = [column.name for column in response.manifest.schema.columns]
         values, chunk = [], response.result
@@ -152,35 +172,74 @@ def _json(text: str | None) -> Any:
         return None
 
 
-def _first_prediction(response: Any) -> dict[str, Any] | None:
+def first_prediction(record: Mapping[str, str | None]) -> dict[str, Any] | None:
+    """The response's first prediction: as the warehouse extracted it, else from the (uncut) body,
+    whose ``predictions`` may also be the DataFrame as columns of values."""
+    prediction = _json(record.get("prediction"))
+    if isinstance(prediction, dict):
+        return prediction
+    response = _json(record.get("response"))
     predictions = response.get("predictions") if isinstance(response, dict) else None
-    if isinstance(predictions, dict):  # the DataFrame as columns of values
-        predictions = [dict(zip(predictions, values, strict=False)) for values in zip(*predictions.values(), strict=False)]
+    if isinstance(predictions, dict) and predictions and all(isinstance(values, list) and values for values in predictions.values()):
+        return {column: values[0] for column, values in predictions.items()}
     if isinstance(predictions, list) and predictions and isinstance(predictions[0], dict):
         return predictions[0]
     return None
 
 
-def _request_fields(request: Any) -> tuple[dict[str, Any], str | None]:
+def _request_fields(request: Any) -> dict[str, Any]:
     """The question (the first of the request), k and mode, as ``llmops serve`` reads a scoring
-    request; and why not, when the body is missing or not one."""
+    request; none when the body is missing or not one."""
     from llmops_dagster.serving.protocol import BadRequest, Limits, invocations
 
     if not isinstance(request, dict):
-        return {}, "the request body was not logged as a JSON object"
+        return {}
     unlimited = Limits(max_question_chars=1 << 30, max_k=1 << 30, max_questions=1 << 30)
     try:
         query = invocations(request, None, unlimited)
-    except BadRequest as error:
-        return {}, f"the request is not a scoring request: {error}"
-    return {"question": query.questions[0], "k": query.k, "mode": query.mode}, None
+    except BadRequest:
+        return {}
+    return {"question": query.questions[0], "k": _int32(query.k), "mode": query.mode}
 
 
-def _int(value: Any) -> int | None:
-    try:
-        return None if value is None or isinstance(value, bool) else int(value)
-    except (TypeError, ValueError):
+INT32_MAX = 2**31 - 1
+
+
+def _int32(value: Any) -> int | None:
+    """A whole number that fits an int32 column, else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if -INT32_MAX - 1 <= number <= INT32_MAX and number == float(value) else None
+
+
+def _string(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _strings(value: Any) -> list[str] | None:
+    return value if isinstance(value, list) and all(isinstance(item, str) for item in value) else None
+
+
+def _numbers(value: Any) -> list[float] | None:
+    if not isinstance(value, list) or not all(isinstance(item, int | float) and not isinstance(item, bool) for item in value):
+        return None
+    return [float(item) for item in value]
+
+
+def _clipped(text: str | None, length: str | None, limit: int) -> tuple[str | None, bool]:
+    """A body the warehouse cut to ``limit`` characters, marked as ``llmops serve`` marks what it cuts."""
+    from llmops_dagster.serving.inference_log import TRUNCATION_MARK
+
+    if text is None:
+        return None, False
+    full = _int32(length)
+    if full is None or full <= limit:
+        return text, False
+    return text[: max(0, limit - len(TRUNCATION_MARK))] + TRUNCATION_MARK, True
 
 
 def log_row(
@@ -191,74 +250,80 @@ def log_row(
     count_tokens: Callable[[str], int],
     chunk_ids: Mapping[str, str],
 ) -> dict[str, Any]:
-    """The inference_log row of one inference-table row. ``chunk_ids``: passage text → chunk id."""
-    from llmops_dagster.serving.inference_log import clip
-
+    """The inference_log row of one inference-table row. ``chunk_ids``: passage text → chunk id.
+    A field the request or response holds in an unexpected shape is left empty; a row whose RAG
+    fields cannot be read at all keeps the table's own columns and says why in ``error``."""
     micros = int(record["request_us"])
     started = datetime.fromtimestamp(micros / 1_000_000, UTC)
-    request_text, response_text = record.get("request"), record.get("response")
-    request_clipped, request_cut = clip(request_text or "", field_chars)
-    response_clipped, response_cut = clip(response_text or "", field_chars)
-    status = _int(record.get("status_code"))
-    problems = [f"not logged in full by Databricks: {', '.join(codes)}"] if (codes := _json(record.get("logging_error_codes"))) else []
+    status = _int32(record.get("status_code"))
+    request, request_cut = _clipped(record.get("request"), record.get("request_chars"), field_chars)
+    response, response_cut = _clipped(record.get("response"), record.get("response_chars"), field_chars)
+    # A body Databricks did not log (too large) is left a note of why in its place.
+    codes = _json(record.get("logging_error_codes"))
+    unlogged = f"(not logged by Databricks: {', '.join(map(str, codes))})" if isinstance(codes, list) and codes else None
+    duration = _json(record.get("execution_duration_ms"))
     row: dict[str, Any] = {
         "databricks_request_id": record["databricks_request_id"],
         "client_request_id": record.get("client_request_id"),
         "date": started.date(),
         "timestamp_ms": micros // 1000,
         "status_code": status,
-        "execution_time_ms": float(record["execution_duration_ms"]) if record.get("execution_duration_ms") is not None else None,
-        "request": request_clipped if request_text else None,
-        "response": response_clipped if response_text else None,
-        "truncated": request_cut or response_cut or bool(codes),
+        "execution_time_ms": float(duration) if isinstance(duration, int | float) and not isinstance(duration, bool) else None,
+        "request": request if request is not None else unlogged,
+        "response": response if response is not None else unlogged,
+        "truncated": request_cut or response_cut or unlogged is not None,
         "served_model_name": model,
         "served_model_version": record.get("entity_version"),
         "endpoint": path,
+        "error": None,
     }
-    response = _json(response_text)
-    if status is not None and status >= 400:
-        message = response.get("message") if isinstance(response, dict) else None
-        problems.insert(0, str(message or response_text or f"status {status}")[:500])
-    fields, unread = _request_fields(_json(request_text))
-    if unread and (status is None or status < 400):
-        problems.append(unread)
-    row.update(fields)
-    if fields.get("question"):
-        row["question_tokens"] = count_tokens(fields["question"])
-    prediction = _first_prediction(response) if status is not None and status < 400 else None
-    if prediction is not None:
-        answer = prediction.get("answer")
-        passages = prediction.get("passages") or []
-        ids = [chunk_ids.get(text) for text in passages]
-        row.update({
-            "answer": answer,
-            "found": prediction.get("found"),
-            "sources": prediction.get("sources"),
-            "scores": prediction.get("scores"),
-            "chunk_ids": ids if passages and all(ids) else None,
-            "answer_tokens": count_tokens(answer) if isinstance(answer, str) and answer else None,
-            "cited": prediction.get("cited"),
-            "prompt_tokens": _int(prediction.get("prompt_tokens")),
-            "completion_tokens": _int(prediction.get("completion_tokens")),
-            "generator": prediction.get("generator"),
-            "usage_source": "endpoint" if prediction.get("prompt_tokens") is not None else None,
-        })
-        if prediction.get("error"):
-            problems.append(str(prediction["error"]))
-    row["error"] = "; ".join(problems) or None
+    try:
+        row.update(_rag_fields(record, status, count_tokens, chunk_ids))
+    except Exception as error:  # noqa: BLE001 - the request is never lost for a field that could not be read
+        row["error"] = f"RAG fields not read: {type(error).__name__}: {error}"[:500]
     return row
+
+
+def _rag_fields(
+    record: Mapping[str, str | None], status: int | None, count_tokens: Callable[[str], int], chunk_ids: Mapping[str, str]
+) -> dict[str, Any]:
+    """The question, answer and retrieval columns, from the request and the first prediction."""
+    fields = _request_fields(_json(record.get("request")))
+    if fields.get("question"):
+        fields["question_tokens"] = count_tokens(fields["question"])
+    if status is not None and status >= 400:
+        message = _string(record.get("message")) or record.get("response") or f"status {status}"
+        return {**fields, "error": message[:500]}
+    prediction = first_prediction(record)
+    if prediction is None:
+        return fields
+    answer, passages = _string(prediction.get("answer")), _strings(prediction.get("passages")) or []
+    ids = [chunk_ids.get(text) for text in passages]
+    found = prediction.get("found")
+    return {
+        **fields,
+        "answer": answer,
+        "found": found if isinstance(found, bool) else None,
+        "sources": _strings(prediction.get("sources")),
+        "scores": _numbers(prediction.get("scores")),
+        "chunk_ids": ids if passages and all(ids) else None,
+        "answer_tokens": count_tokens(answer) if answer else None,
+        "cited": [number for number in (_int32(item) for item in prediction.get("cited") or []) if number is not None]
+        if isinstance(prediction.get("cited"), list)
+        else None,
+        "prompt_tokens": _int32(prediction.get("prompt_tokens")),
+        "completion_tokens": _int32(prediction.get("completion_tokens")),
+        "generator": _string(prediction.get("generator")),
+        "usage_source": "endpoint" if _int32(prediction.get("prompt_tokens")) is not None else None,
+        # The generator's failure, as llmops serve logs it: monitoring counts it apart from no-answers.
+        "error": str(prediction["error"])[:500] if prediction.get("error") else None,
+    }
 
 
 def passage_chunk_ids(lance: store.LanceStore, records: list[Mapping[str, str | None]]) -> dict[str, str]:
     """Passage text → chunk id, for the passages the page's responses quote (from the index they
     were retrieved from, which the endpoint shares with this environment)."""
-    texts = {
-        text
-        for record in records
-        if (prediction := _first_prediction(_json(record.get("response")))) is not None
-        for text in prediction.get("passages") or []
-        if isinstance(text, str)
-    }
+    texts = {text for record in records if (prediction := first_prediction(record)) for text in _strings(prediction.get("passages")) or []}
     if not texts or not lance.exists(store.CHUNKS):
         return {}
     found = lance.read_keys(store.CHUNKS, store.CHUNKS_SCHEMA, "text", sorted(texts), ["id", "text"])
@@ -277,21 +342,21 @@ class ImportResult:
     pages: int
     versions_unknown: str | None  # why the served version could not be resolved, when it could not
     newest: datetime | None  # the newest request now held
+    sampled: float | None = None  # the lowest sampling fraction read, when Databricks logged only part of the requests
 
     def summary(self) -> str:
         text = f"{self.added} new request(s) of {self.read} read from {self.table} since {self.since.isoformat()} ({self.pages} page(s))"
+        if self.sampled is not None:
+            text += f"; Databricks logged as few as {self.sampled:.0%} of the requests (sampling_fraction): counts are of the logged ones"
         return text + (f"; served versions unknown: {self.versions_unknown}" if self.versions_unknown else "")
 
 
-def _upsert(lance: store.LanceStore, rows: list[dict[str, Any]]) -> int:
-    """Write one page by request id, in one commit; how many of its requests were new."""
-    ids = [row["databricks_request_id"] for row in rows]
-    known: set[str] = set()
-    if lance.exists(store.INFERENCE_LOG):
-        held = lance.read_keys(store.INFERENCE_LOG, store.INFERENCE_LOG_SCHEMA, "databricks_request_id", ids, ["databricks_request_id"])
-        known = set(held.column("databricks_request_id").to_pylist())
-    lance.apply(store.INFERENCE_LOG, store.INFERENCE_LOG_SCHEMA, "databricks_request_id", pa.Table.from_pylist(rows, store.INFERENCE_LOG_SCHEMA), [])
-    return len(set(ids) - known)
+def _insert_new(lance: store.LanceStore, rows: list[dict[str, Any]]) -> int:
+    """Add the page's requests that inference_log lacks (a request id twice in the table counts
+    once), in one commit, or none when it holds them all; how many were added."""
+    unique = list({row["databricks_request_id"]: row for row in rows}.values())
+    table = pa.Table.from_pylist(unique, store.INFERENCE_LOG_SCHEMA)
+    return lance.insert_new(store.INFERENCE_LOG, store.INFERENCE_LOG_SCHEMA, "databricks_request_id", table).upserted
 
 
 def newest_held(lance: store.LanceStore, path: str) -> datetime | None:
@@ -324,15 +389,21 @@ def import_requests(
     newest = newest_held(lance, path)
     since = newest - lookback if newest else datetime.combine(start, datetime.min.time(), UTC)
     after_us, after_id = int(since.timestamp() * 1_000_000) - 1, ""
+    after_date = (since - timedelta(days=1)).date()  # request_date's day, in UTC, with a day's margin
     versions, versions_unknown = True, None
     read = added = pages = 0
+    sampled: float | None = None
     while True:
-        parameters = {"after_us": (after_us, "BIGINT"), "after_id": (after_id, "STRING")}
+        parameters = {"after_us": (after_us, "BIGINT"), "after_id": (after_id, "STRING"), "after_date": (after_date.isoformat(), "DATE")}
         if versions:
             parameters["endpoint"] = (spec.name, "STRING")
         try:
-            records = warehouse.rows(page_statement(spec.inference_table, versions, page_rows), parameters)
+            records = warehouse.rows(page_statement(spec.inference_table, versions, page_rows, field_chars), parameters)
         except InferenceTableError as error:
+            if page_rows > 1 and too_large(error):  # large bodies: the same rows in smaller pages
+                page_rows = max(1, page_rows // 2)
+                log(f"a page was too large for an inline result; reading {page_rows} row(s) at a time")
+                continue
             if not versions or not any(name in str(error) for name in ("served_entities", "system.serving")):
                 raise InferenceTableError(f"reading {spec.inference_table}: {error}") from None
             versions, versions_unknown = False, str(error)  # read again without the versions
@@ -342,7 +413,10 @@ def import_requests(
         if records:
             chunk_ids = passage_chunk_ids(lance, records)
             rows = [log_row(record, path, spec.model, field_chars, count_tokens, chunk_ids) for record in records]
-            read, added = read + len(rows), added + _upsert(lance, rows)
+            read, added = read + len(rows), added + _insert_new(lance, rows)
+            fractions = [_json(record.get("sampling_fraction")) for record in records]
+            partial = [fraction for fraction in fractions if isinstance(fraction, int | float) and fraction < 1]
+            sampled = min([*partial, *([sampled] if sampled is not None else [])], default=None)
             following = (int(records[-1]["request_us"]), str(records[-1]["databricks_request_id"]))
             if following <= (after_us, after_id):
                 raise InferenceTableError(f"reading {spec.inference_table}: the page did not move past {after_us}/{after_id}; stopped")
@@ -350,4 +424,4 @@ def import_requests(
             log(f"page {pages}: {len(rows)} row(s) up to {datetime.fromtimestamp(after_us / 1_000_000, UTC).isoformat()}")
         if len(records) < page_rows:
             break
-    return ImportResult(spec.inference_table, since, read, added, pages, versions_unknown, newest_held(lance, path))
+    return ImportResult(spec.inference_table, since, read, added, pages, versions_unknown, newest_held(lance, path), sampled)

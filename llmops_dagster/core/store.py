@@ -281,6 +281,20 @@ class LanceStore:
             table.merge_insert(key).when_matched_update_all().when_not_matched_insert_all().execute(upserts)
         return WriteResult(upserted=upserts.num_rows, deleted=deleted, version=table.version)
 
+    def insert_new(self, name: str, schema: pa.Schema, key: str, rows: pa.Table) -> WriteResult:
+        """Add the rows whose ``key`` the table lacks, in one commit, leaving the rows it holds as
+        they are; nothing is committed when all are held. ``rows`` must not repeat a key."""
+        if not rows.num_rows:
+            return WriteResult(version=self.version(name))
+        table = self._ensure(name, schema)
+        rows = rows.select(schema.names).cast(schema)
+        held = set(self.read_keys(name, schema, key, rows.column(key).to_pylist(), [key]).column(key).to_pylist())
+        new = rows.filter(pa.array([value not in held for value in rows.column(key).to_pylist()]))
+        if not new.num_rows:
+            return WriteResult(version=table.version)
+        table.merge_insert(key).when_not_matched_insert_all().execute(new)
+        return WriteResult(upserted=new.num_rows, version=table.version)
+
     def append(self, name: str, schema: pa.Schema, rows: pa.Table) -> WriteResult:
         """Add rows in one commit, with no key lookup: for logs, whose rows are written exactly once."""
         if not rows.num_rows:

@@ -50,7 +50,12 @@ def build_new_requests_sensor(
     partitions: dg.TimeWindowPartitionsDefinition,
     minimum_interval_seconds: int = 30,
     refresh_seconds: int = REFRESH_SECONDS,
+    late_ms: int = LATE_ROWS_MS,
 ) -> dg.SensorDefinition:
+    """``late_ms``: how long after its request a row may still be written. The server's rows take
+    minutes (``LATE_ROWS_MS``); rows read from a Databricks inference table take up to its lookback,
+    so a window stays open to them that long."""
+
     @dg.sensor(
         name=NEW_REQUESTS_SENSOR,
         job_name=job_name,
@@ -66,7 +71,7 @@ def build_new_requests_sensor(
             return dg.SkipReason(f"inference_log unchanged (table version {version})")
         # The first tick looks at the whole log: windows that were never computed, or were computed
         # before their latest request, are requested.
-        after = state["max_ms"] - LATE_ROWS_MS if state.get("max_ms") is not None else None
+        after = state["max_ms"] - late_ms if state.get("max_ms") is not None else None
         version, stamps = monitoring_table.log_timestamps(lance, after)
         newest: dict[datetime, int] = {}
         for stamp in stamps:
@@ -82,7 +87,7 @@ def build_new_requests_sensor(
                 continue  # outside the partitions: before monitoring.start, or a clock ahead of ours
             key = partitions.get_partition_key_for_timestamp(start.timestamp())
             done = computed.get(monitoring_table.window_key(start))
-            if done is not None and done.timestamp() * 1000 >= stamp + LATE_ROWS_MS:
+            if done is not None and done.timestamp() * 1000 >= stamp + late_ms:
                 current.append(key)
             elif key in active or (done is not None and (now - done).total_seconds() < refresh_seconds):
                 waiting.append(key)
