@@ -119,9 +119,10 @@ def requirement_closure(distribution: str, extras: tuple[str, ...] = ()) -> set[
 
 def core_site_packages(root: Path) -> Path:
     """A view of this interpreter's site-packages, under ``root``, with only what ``pip install
-    llmops-dagster`` brings: a link to each entry, less those that only the ``platform`` extra's
-    distributions own (their packages and metadata), as on Databricks compute where a job installs
-    the wheel alone."""
+    llmops-dagster`` brings, as on Databricks compute where a job installs the wheel alone: a link
+    to each entry that only the core requirements' distributions own (or nobody does), none to one
+    that only others own (the ``platform`` and ``dev`` extras), and a folder of the same rule one
+    level down where both share a namespace (``google/``)."""
     import importlib.metadata as metadata
     import sysconfig
 
@@ -131,19 +132,27 @@ def core_site_packages(root: Path) -> Path:
     view = root / "core-site-packages"
     if view.is_dir():
         return view
-    platform_only = requirement_closure("llmops-dagster", ("platform",)) - requirement_closure("llmops-dagster")
-    owners: dict[str, set[str]] = {}
+    core = requirement_closure("llmops-dagster")
+    owners: dict[tuple[str, ...], set[str]] = {}  # every folder and file of a distribution → who installed it
     for distribution in metadata.distributions():
+        name = canonicalize_name(distribution.metadata["Name"])
         for file in distribution.files or []:
-            top = file.parts[0]
-            if top != "..":
-                owners.setdefault(top, set()).add(canonicalize_name(distribution.metadata["Name"]))
+            if file.parts[0] != "..":
+                for depth in range(1, len(file.parts) + 1):
+                    owners.setdefault(tuple(file.parts[:depth]), set()).add(name)
+
+    def mirror(source: Path, target: Path, parts: tuple[str, ...]) -> None:
+        target.mkdir(parents=True)
+        for entry in source.iterdir():
+            found = owners.get((*parts, entry.name), set())
+            if not found or found <= core:
+                (target / entry.name).symlink_to(entry)
+            elif found & core and entry.is_dir():
+                mirror(entry, target / entry.name, (*parts, entry.name))
+
     staging = root / "core-site-packages.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for entry in site.iterdir():
-        if not (owners.get(entry.name) and owners[entry.name] <= platform_only):
-            (staging / entry.name).symlink_to(entry)
+    mirror(site, staging, ())
     staging.rename(view)
     return view
 

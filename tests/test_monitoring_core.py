@@ -507,4 +507,9 @@ def test_a_generator_that_failed_is_a_generation_error_not_a_missing_answer() ->
     assert offline["generation_error_rate"] == pytest.approx(1 / 2)
     values = row_values(frame)
     assert values["groundedness"][frame["request_id"] == "down-1"].tolist() == [None]
+    # Nor do the error texts' lengths drift the answers' token counts.
+    from llmops_dagster.core.monitoring import drift_values
+
+    endpoint_rows = frame[frame["source"] == "endpoint"]
+    assert sorted(drift_values(endpoint_rows, ["answer_tokens"])["answer_tokens"].tolist()) == [9.0, 12.0]
     assert unanswered_questions(frame) == ["How much do chunks overlap?"]  # "none" only, not the failures

@@ -52,7 +52,8 @@ def core_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def test_a_core_install_has_the_steps_and_not_the_platform(core_env: dict[str, str]) -> None:
     probe = (
         "import importlib.util as u, importlib.metadata as m\n"
-        "print(sorted(name for name in ('pyspark', 'dagster_databricks', 'dagster_webserver', 'prometheus_client') if u.find_spec(name)))\n"
+        "absent = ('pyspark', 'dagster_databricks', 'dagster_webserver', 'prometheus_client', 'google.rpc', 'pytest', 'playwright')\n"
+        "print(sorted(name for name in absent if u.find_spec(name)))\n"
         "print([name for name in ('pyspark', 'dagster-databricks') if any(d.metadata['Name'] == name for d in m.distributions())])\n"
         "import llmops_dagster.pipes.embed, torch, lancedb, mlflow, dagster_pipes\n"
     )
@@ -68,3 +69,21 @@ def test_a_command_that_needs_the_platform_says_which_extra_to_install(core_env:
     assert done.stderr.startswith("llmops: error: this command needs the platform extra (")
     assert "pip install 'llmops-dagster[platform]'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("missing", "code", "line"), [
+    ("pyspark.sql", 2, "llmops: error: this command needs the platform extra (pyspark is not installed): pip install 'llmops-dagster[platform]'"),
+    ("not_a_dependency", 1, "llmops: error: ModuleNotFoundError: No module named 'not_a_dependency' (set LLMOPS_DEBUG=1 for the traceback)"),
+])
+def test_a_missing_module_is_one_line_naming_the_extra_only_when_it_is_the_extras(
+    missing: str, code: int, line: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llmops_dagster.cli import app
+
+    def status(_args: object) -> int:
+        raise ModuleNotFoundError(f"No module named {missing.split('.')[0]!r}", name=missing)
+
+    monkeypatch.setattr(app, "cmd_status", status)
+    monkeypatch.delenv("LLMOPS_DEBUG", raising=False)
+    assert app.main(["status"]) == code
+    assert capsys.readouterr().err.strip() == line

@@ -118,14 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("llmops: interrupted", file=sys.stderr)
         return 130
-    except ModuleNotFoundError as error:
-        if (line := missing_extra(error)) is None or os.environ.get("LLMOPS_DEBUG"):
-            raise
-        print(f"llmops: error: {line}", file=sys.stderr)
-        return EXIT_USAGE
     except Exception as error:  # a bug or an outage: one line; LLMOPS_DEBUG=1 shows the traceback
         if os.environ.get("LLMOPS_DEBUG"):
             raise
+        if isinstance(error, ModuleNotFoundError) and (line := missing_extra(error)) is not None:
+            print(f"llmops: error: {line}", file=sys.stderr)
+            return EXIT_USAGE
         first_line = (str(error).splitlines() or [""])[0]
         print(f"llmops: error: {type(error).__name__}: {first_line} (set LLMOPS_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1

@@ -568,7 +568,7 @@ def _check_sdk(value: Any, cls: Any, path: str, problems: list[str]) -> None:
 
 
 def _check_job(job: Any, path: str, problems: list[str]) -> None:
-    from databricks.sdk.service.jobs import JobSettings  # the SDK dagster-databricks already brings
+    from databricks.sdk.service.jobs import JobSettings  # databricks-sdk: a core requirement
 
     if not isinstance(job, dict):
         problems.append(f"{path}: must be a mapping")

@@ -785,7 +785,7 @@ def _empty_window(begin: datetime, finish: datetime) -> dict[str, Any]:
 
 def _metrics(group: pd.DataFrame, values: pd.DataFrame, config: MonitoringConfig, corpus_centroid: np.ndarray | None) -> dict[str, Any]:
     asks = values["asks_answer"].astype(bool)
-    generated = asks & ~values["generation_failed"].map(lambda flag: flag is True)  # asked, and the generator answered
+    generated = generator_answered(values)
     scores = [score for row in group["scores"] if isinstance(row, list) for score in row]
     retrieved = values["retrieved"]
     latency = _answered(group)["latency_ms"]
@@ -898,6 +898,11 @@ def reference_rows(frame: pd.DataFrame, config: MonitoringConfig, evaluation: pd
     return frame[(frame["timestamp"] >= begin) & (frame["timestamp"] < finish)]
 
 
+def generator_answered(values: pd.DataFrame) -> pd.Series:
+    """Rows that asked for an answer and whose generator gave one (it may say it found none)."""
+    return values["asks_answer"].astype(bool) & ~values["generation_failed"].map(lambda flag: flag is True)
+
+
 def drift_values(frame: pd.DataFrame, names: Sequence[str] = DRIFT_COLUMNS) -> dict[str, np.ndarray]:
     """The non-null per-row values of each column in ``names`` (``DRIFT_COLUMNS`` and scores); a
     score column the frame lacks (its scorer is off) has none."""
@@ -905,7 +910,7 @@ def drift_values(frame: pd.DataFrame, names: Sequence[str] = DRIFT_COLUMNS) -> d
     columns = {
         "latency_ms": _answered(frame)["latency_ms"],
         "question_tokens": frame["question_tokens"],
-        "answer_tokens": frame["answer_tokens"][values["asks_answer"].astype(bool)],
+        "answer_tokens": frame["answer_tokens"][generator_answered(values)],
         "flesch_kincaid_grade": values["flesch_kincaid_grade"],
         "top1_score": values["top1_score"],
         "groundedness": values["groundedness"],

@@ -757,9 +757,9 @@ def summary_markdown(
     if requests:
         lines += [
             "",
-            "| version | source | rows | errors 5xx / 4xx | latency p50 / p95 ms | no answer | groundedness | "
+            "| version | source | rows | errors 5xx / 4xx | latency p50 / p95 ms | no answer | generation errors | groundedness | "
             "top-1 score | out of corpus | query drift | largest PSI | FK grade |" + "".join(f" {metric} |" for metric in scored),
-            "|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(scored),
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(scored),
         ]
         for row in rows:
             if not row.get("request_count"):
@@ -768,6 +768,7 @@ def summary_markdown(
                 f"| {row.get('served_model_version') or '–'} | {row.get('source')} | {row['request_count']} | "
                 f"{_fmt(row['error_rate'])} / {_fmt(row.get('client_error_rate'))} | "
                 f"{_fmt(row['latency_p50_ms'])} / {_fmt(row['latency_p95_ms'])} | {_fmt(row['no_answer_rate'])} | "
+                f"{_fmt(row.get('generation_error_rate'))} | "
                 f"{_fmt(row['groundedness_mean'])} | {_fmt(row['top1_score_mean'])} | {_fmt(row['out_of_corpus_rate'])} | "
                 f"{_fmt(row['query_drift'])} | {_fmt(row[PSI_MAX])} | {_fmt(row['flesch_kincaid_grade'])} |"
                 + "".join(f" {_fmt(row.get(metric))} |" for metric in scored)
