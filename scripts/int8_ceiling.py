@@ -6,8 +6,10 @@ Runs the embedder in fp32 with every Linear layer's rounding simulated as the in
 (``core.quantization``): SmoothQuant factors from the calibration texts, each token row of a
 Linear's input on its own scale (a GELU output lifted and unsigned), per-output-channel weights.
 Then the same with parts left in fp32, to show where the error comes from and what the best case
-of this recipe is. Prints, per configuration, the top-10 overlap with fp32 (queries: the first
-sentence of each chunk, as ``bench/embed.py``) and the mean cosine error of the chunks' vectors.
+of this recipe is, and LLM.int8()'s outlier decomposition (the inputs' largest channels per Linear
+kept in fp32, found on the calibration texts, the rest rounded row-wise) without SmoothQuant.
+Prints, per configuration, the top-10 overlap with fp32 (queries: the first sentence of each chunk,
+as ``bench/embed.py``) and the mean cosine error of the chunks' vectors.
 The simulation's arithmetic is float32 and ORT's rounding of the scales differs slightly, so its
 figures are within about 0.01 of the real graph's, not equal to them.
 
@@ -75,14 +77,27 @@ class Simulation:
         for name, module in self.linears.items():
             module.weight.data = self.weights[name].clone()
 
-    def apply(self, weight_levels: int | None, activations: bool, keep=lambda name: False) -> None:  # noqa: ANN001
+    def apply(self, weight_levels: int | None, activations: bool, keep=lambda name: False, outliers: int = 0) -> None:  # noqa: ANN001
+        """Round the Linears as configured; with ``outliers``, that many input channels of each
+        (the largest on the calibration texts) stay in fp32 and nothing is smoothed."""
         import torch
 
         self.reset()
         for name, module in self.linears.items():
-            if keep(name):
+            if keep(name) or self.ranges[name].dim() == 0:
                 continue
             weight = self.weights[name]  # [out, in]
+            if outliers:
+                smooth = torch.ones(weight.shape[1])
+                exact = torch.zeros(weight.shape[1], dtype=torch.bool)
+                exact[self.ranges[name].topk(outliers).indices] = True
+                module.weight.data = weight.clone()
+                if weight_levels:  # the other columns per output channel; the outliers' stay fp32
+                    rest = weight * ~exact
+                    step = rest.abs().amax(1, keepdim=True).clamp(min=1e-12) / weight_levels
+                    module.weight.data = torch.where(exact, weight, (rest / step).round().clamp(-weight_levels, weight_levels) * step)
+                self.hooks.append(module.register_forward_pre_hook(self._rounder(smooth, activations, is_gelu_input(name), exact)))
+                continue
             smooth = quantization.smoothing(self.ranges[name].numpy(), weight.abs().amax(0).numpy(), quantization.SMOOTHING)
             smooth = torch.from_numpy(smooth)
             scaled = weight * smooth[None, :]
@@ -93,21 +108,26 @@ class Simulation:
             self.hooks.append(module.register_forward_pre_hook(self._rounder(smooth, activations, is_gelu_input(name))))
 
     @staticmethod
-    def _rounder(smooth, activations: bool, lifted: bool):  # noqa: ANN001, ANN205
+    def _rounder(smooth, activations: bool, lifted: bool, exact=None):  # noqa: ANN001, ANN205
+        """The Linear's input as the int8 graph rounds it; ``exact``: channels left as they are."""
         floor = quantization.GELU_FLOOR
+
+        def rows(x, lift):  # noqa: ANN001, ANN202 - each token row on its own scale
+            if lifted:
+                shifted = x + lift
+                step = shifted.amax(-1, keepdim=True).clamp(min=1e-8) / quantization.UNSIGNED_LEVELS
+                return (shifted / step).round().clamp(0, quantization.UNSIGNED_LEVELS) * step - lift
+            levels = quantization.ACTIVATION_LEVELS
+            step = x.abs().amax(-1, keepdim=True).clamp(min=1e-8) / levels
+            return (x / step).round().clamp(-levels, levels) * step
 
         def rounded(_module, inputs):  # noqa: ANN001, ANN202
             x = inputs[0] / smooth
             if not activations:
                 return (x,)
-            if lifted:
-                lift = floor / smooth
-                shifted = x + lift
-                step = shifted.amax(-1, keepdim=True).clamp(min=1e-8) / quantization.UNSIGNED_LEVELS
-                return ((shifted / step).round().clamp(0, quantization.UNSIGNED_LEVELS) * step - lift,)
-            levels = quantization.ACTIVATION_LEVELS
-            step = x.abs().amax(-1, keepdim=True).clamp(min=1e-8) / levels
-            return ((x / step).round().clamp(-levels, levels) * step,)
+            if exact is None:
+                return (rows(x, floor / smooth),)
+            return (x * exact + rows(x * ~exact, (floor / smooth) * ~exact),)
 
         return rounded
 
@@ -168,9 +188,11 @@ def main() -> None:
         ("inputs only, weights in fp32", None, True, lambda name: False),
         ("8-bit, the second feed-forward MatMul in fp32", quantization.WEIGHT_LEVELS, True, is_gelu_input),
         ("8-bit, both feed-forward MatMuls in fp32", quantization.WEIGHT_LEVELS, True, feed_forward),
+        ("LLM.int8(): 16 outlier input channels in fp32, 8-bit weights", quantization.WEIGHT_LEVELS, True, lambda name: False, 16),
+        ("LLM.int8(): 16 outlier input channels in fp32, weights fp32", None, True, lambda name: False, 16),
     ]
-    for name, levels, activations, keep in configurations:
-        simulation.apply(levels, activations, keep)
+    for name, levels, activations, keep, *outliers in configurations:
+        simulation.apply(levels, activations, keep, *outliers)
         vectors = embedder.encode(chunks)
         found = overlap(top10(embedder.encode(queries), vectors), reference)
         error = float(1 - (vectors * reference_chunks).sum(1).mean())
