@@ -513,3 +513,21 @@ def test_a_generator_that_failed_is_a_generation_error_not_a_missing_answer() ->
     endpoint_rows = frame[frame["source"] == "endpoint"]
     assert sorted(drift_values(endpoint_rows, ["answer_tokens"])["answer_tokens"].tolist()) == [9.0, 12.0]
     assert unanswered_questions(frame) == ["How much do chunks overlap?"]  # "none" only, not the failures
+
+
+def test_scores_of_another_retrieval_mode_neither_average_in_nor_read_as_drift() -> None:
+    """Clients that ask for mode=text get BM25 scores (about 10) where the hybrid default gives
+    reciprocal-rank ones (about 0.03): their mix is not a change in retrieval quality."""
+    retrieved = {"sources": ["a.md", "b.md"], "chunk_ids": ["c1", "c2"]}
+    hybrid = [log_row(f"h{i}", i, mode="hybrid", scores=[0.030 + 0.001 * (i % 5), 0.02], **retrieved) for i in range(40)]
+    text = [log_row(f"t{i}", 100 + i, mode="text", scores=[9.0 + i % 3, 4.0], **retrieved) for i in range(10)]
+    table = pa.Table.from_pylist([*hybrid, *text], store.INFERENCE_LOG_SCHEMA)
+    frame, _ = normalise_rows(table, None, chunk_texts=CHUNKS)
+    [row] = [row for row in window_metrics(frame, DAY, DAY + timedelta(days=1)) if row["request_count"]]
+    assert row["top1_score_mean"] == pytest.approx(np.mean([0.030 + 0.001 * (i % 5) for i in range(40)]))
+    assert row["score_mean"] < 0.05
+    reference_table = pa.Table.from_pylist(hybrid[:20], store.INFERENCE_LOG_SCHEMA)
+    reference, _ = normalise_rows(reference_table, None, chunk_texts=CHUNKS)
+    drift = column_drift(reference, frame[~frame["request_id"].isin([f"h{i}" for i in range(20)])], min_count=5, columns=["top1_score"])
+    assert drift["top1_score"]["current_count"] == 20  # the hybrid rows; the text rows' scores are left out
+    assert drift["top1_score"]["ks_test"]["pvalue"] > 0.05

@@ -786,7 +786,8 @@ def _empty_window(begin: datetime, finish: datetime) -> dict[str, Any]:
 def _metrics(group: pd.DataFrame, values: pd.DataFrame, config: MonitoringConfig, corpus_centroid: np.ndarray | None) -> dict[str, Any]:
     asks = values["asks_answer"].astype(bool)
     generated = generator_answered(values)
-    scores = [score for row in group["scores"] if isinstance(row, list) for score in row]
+    in_mode = score_mode_rows(group)  # scores of one retrieval mode: BM25's, a cosine and RRF's do not average
+    scores = [score for row in group["scores"][in_mode] if isinstance(row, list) for score in row]
     retrieved = values["retrieved"]
     latency = _answered(group)["latency_ms"]
     return {
@@ -799,7 +800,7 @@ def _metrics(group: pd.DataFrame, values: pd.DataFrame, config: MonitoringConfig
         "answer_tokens_mean": _mean(group["answer_tokens"][generated]),
         "flesch_kincaid_grade": _mean(values["flesch_kincaid_grade"]),
         "automated_readability_index": _mean(values["automated_readability_index"]),
-        "top1_score_mean": _mean(values["top1_score"]),
+        "top1_score_mean": _mean(values["top1_score"][in_mode]),
         "score_mean": _mean(scores),
         "no_answer_rate": _share(values["no_answer"][generated]),
         "generation_error_rate": _share(values["generation_failed"][asks]),
@@ -898,21 +899,42 @@ def reference_rows(frame: pd.DataFrame, config: MonitoringConfig, evaluation: pd
     return frame[(frame["timestamp"] >= begin) & (frame["timestamp"] < finish)]
 
 
+def _named_modes(frame: pd.DataFrame) -> pd.Series:
+    return frame["mode"].map(lambda mode: mode if isinstance(mode, str) and mode else None)
+
+
+def score_mode(frame: pd.DataFrame) -> str | None:
+    """The retrieval mode most of the rows named; None when none named one."""
+    named = _named_modes(frame).dropna()
+    return None if named.empty else str(named.value_counts().index[0])
+
+
+def score_mode_rows(frame: pd.DataFrame, mode: str | None = None) -> pd.Series:
+    """The rows whose retrieval scores are on one scale: those of ``mode`` (by default the one most
+    rows named) and those that named none (the model's own, which batch rows and an evaluation
+    reference use). A client that asked for ``mode: text`` gets BM25 scores, a hybrid default
+    reciprocal-rank ones: averaged or binned together they say nothing, and a change in the mix
+    reads as drift."""
+    mode = mode if mode is not None else score_mode(frame)
+    return _named_modes(frame).map(lambda named: named is None or mode is None or named == mode)
+
+
 def generator_answered(values: pd.DataFrame) -> pd.Series:
     """Rows that asked for an answer and whose generator gave one (it may say it found none)."""
     return values["asks_answer"].astype(bool) & ~values["generation_failed"].map(lambda flag: flag is True)
 
 
-def drift_values(frame: pd.DataFrame, names: Sequence[str] = DRIFT_COLUMNS) -> dict[str, np.ndarray]:
+def drift_values(frame: pd.DataFrame, names: Sequence[str] = DRIFT_COLUMNS, in_mode: pd.Series | None = None) -> dict[str, np.ndarray]:
     """The non-null per-row values of each column in ``names`` (``DRIFT_COLUMNS`` and scores); a
-    score column the frame lacks (its scorer is off) has none."""
+    score column the frame lacks (its scorer is off) has none. ``in_mode``: the rows whose
+    ``top1_score`` counts (``score_mode_rows``), all by default."""
     values = row_values(frame)
     columns = {
         "latency_ms": _answered(frame)["latency_ms"],
         "question_tokens": frame["question_tokens"],
         "answer_tokens": frame["answer_tokens"][generator_answered(values)],
         "flesch_kincaid_grade": values["flesch_kincaid_grade"],
-        "top1_score": values["top1_score"],
+        "top1_score": values["top1_score"] if in_mode is None else values["top1_score"][in_mode],
         "groundedness": values["groundedness"],
         "question_top_cosine": frame["question_top_cosine"] if "question_top_cosine" in frame else [],
         **{name: frame[name] if name in frame else [] for name in SCORE_COLUMNS},
@@ -932,7 +954,10 @@ def column_drift(
     columns either frame has), reference rows against current rows."""
     if columns is None:
         columns = (*DRIFT_COLUMNS, *(name for name in SCORE_COLUMNS if name in reference or name in current))
-    before, after = drift_values(reference, columns), drift_values(current, columns)
+    # Top-1 scores of the current rows' retrieval mode on both sides (and of rows that named none).
+    mode = score_mode(current)
+    after = drift_values(current, columns, score_mode_rows(current, mode))
+    before = drift_values(reference, columns, score_mode_rows(reference, mode))
     return {name: drift_metrics(before[name], after[name], bins, min_count, psi_min_count) for name in columns}
 
 
