@@ -10,9 +10,9 @@ warehouse (the Statement Execution API, by databricks-sdk) and adds it to ``infe
 
 - **What is new.** The table is filled late (up to an hour, by Databricks' account) and not in
   request order, so each import starts ``lookback`` before the newest request it already holds and
-  reads in (request time, request id) order, one page at a time. Each page is upserted by
-  ``databricks_request_id`` as soon as it is read: a re-run, or a run after one killed at any point,
-  re-reads the overlap and duplicates nothing.
+  reads in (request time, request id) order, one page at a time. Each page's request ids that
+  inference_log lacks are added as soon as it is read (rows it holds are left as they are): a
+  re-run, or a run after one killed at any point, re-reads the overlap and duplicates nothing.
 - **Which version answered.** The served entity's id is resolved to the registered model's
   version through the system table ``system.serving.served_entities``. A workspace where the
   caller cannot read it still imports, with the version unknown, and says so.
