@@ -586,8 +586,7 @@ def row_values(frame: pd.DataFrame) -> pd.DataFrame:
 
     values = []
     for row in frame.itertuples(index=False):
-        asks, no_answer, answer = _answer_state(row)
-        failed = asks and _generation_failed(row)
+        asks, no_answer, failed, answer = _answer_state(row)
         judged = asks and not no_answer and answer is not None and bool(answer.strip())
         scores = row.scores if isinstance(row.scores, list) else None
         passages = row.passages if isinstance(row.passages, list) else None
@@ -607,21 +606,21 @@ def row_values(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(values, index=frame.index, columns=list(_ROW_VALUE_COLUMNS), dtype=object)
 
 
-def _answer_state(row: Any) -> tuple[bool, bool, str | None]:
-    """(whether the row asked for an answer, whether the model found none, its answer text). Failed
-    requests and /search calls ask for none; a generator that failed is not the model finding no
-    answer (``generation_error_rate`` counts it), so it is judged by neither."""
+class _AnswerState(NamedTuple):
+    asks: bool  # the row asked for an answer: failed requests and /search calls ask for none
+    no_answer: bool  # the model found none
+    failed: bool  # the generator failed: not the model finding no answer (generation_error_rate counts it)
+    answer: str | None  # the text to judge; None where there is none, a failed generator's error included
+
+
+def _answer_state(row: Any) -> _AnswerState:
     found = None if _missing(row.found) else bool(row.found)
     answer = row.answer if isinstance(row.answer, str) else None
     asks = not _is(row.is_error, True) and row.endpoint != SEARCH_ENDPOINT and (found is not None or answer is not None)
-    if asks and _generation_failed(row):
-        return asks, False, None
-    return asks, asks and (found is False or (found is None and is_no_answer(answer))), answer
-
-
-def _generation_failed(row: Any) -> bool:
     error = getattr(row, "generation_error", None)
-    return isinstance(error, str) and bool(error.strip())
+    if asks and isinstance(error, str) and error.strip():
+        return _AnswerState(asks, False, True, None)
+    return _AnswerState(asks, asks and (found is False or (found is None and is_no_answer(answer))), False, answer)
 
 
 def attach_answer_scores(frame: pd.DataFrame, scorers: AnswerScorers) -> pd.DataFrame:
@@ -637,9 +636,8 @@ def attach_answer_scores(frame: pd.DataFrame, scorers: AnswerScorers) -> pd.Data
     texts: list[str | None] = []
     before: list[str | None] = []  # "" marks a row that asked for no answer
     for row in frame.itertuples(index=False):
-        asks, no_answer, answer = _answer_state(row)
-        failed = asks and _generation_failed(row)
-        texts.append(answer if asks and not no_answer and not failed else None)
+        asks, no_answer, failed, answer = _answer_state(row)
+        texts.append(answer if asks and not no_answer else None)
         before.append("" if not asks else "no_answer" if no_answer else "generation_failed" if failed else None)
     for name, scores in scorers.score(texts).items():
         frame[name] = [None if reason is not None else value for reason, value in zip(before, scores.values, strict=True)]
