@@ -178,6 +178,8 @@ def test_every_row_is_read_once_with_its_rag_fields_and_version_and_a_rerun_adds
 
     again = run_import(workspace, lance)
     assert (again.read, again.added) == (7, 0)  # the lookback re-reads, and nothing is added twice
+    held = inference_table.newest_held(lance, inference_table.endpoint_path(SPEC))
+    assert first.newest == again.newest == held == START + timedelta(minutes=5)
     assert len(logged(lance)) == 7
 
 

@@ -361,14 +361,10 @@ def _insert_new(lance: store.LanceStore, rows: list[dict[str, Any]]) -> int:
 
 def newest_held(lance: store.LanceStore, path: str) -> datetime | None:
     """The newest imported request that inference_log holds for this endpoint."""
-    table = lance.open(store.INFERENCE_LOG)
-    if table is None:
-        return None
     quoted_path = path.replace("'", "''")
-    stamps = table.search().where(f"endpoint = '{quoted_path}' AND timestamp_ms IS NOT NULL").select(["timestamp_ms"]).limit(None).to_arrow()
-    if not stamps.num_rows:
-        return None
-    return datetime.fromtimestamp(max(stamps.column("timestamp_ms").to_pylist()) / 1000, UTC)
+    where = f"endpoint = '{quoted_path}' AND timestamp_ms IS NOT NULL"
+    stamps = lance.read(store.INFERENCE_LOG, store.INFERENCE_LOG_SCHEMA, ["timestamp_ms"], where).column("timestamp_ms").to_pylist()
+    return datetime.fromtimestamp(max(stamps) / 1000, UTC) if stamps else None
 
 
 def import_requests(
@@ -424,4 +420,7 @@ def import_requests(
             log(f"page {pages}: {len(rows)} row(s) up to {datetime.fromtimestamp(after_us / 1_000_000, UTC).isoformat()}")
         if len(records) < page_rows:
             break
-    return ImportResult(spec.inference_table, since, read, added, pages, versions_unknown, newest_held(lance, path), sampled)
+    # Pages come oldest first, so the last row read is the newest now held, unless nothing was read.
+    last = datetime.fromtimestamp(after_us // 1000 / 1000, UTC) if read else None
+    newest = max(filter(None, (newest, last)), default=None)
+    return ImportResult(spec.inference_table, since, read, added, pages, versions_unknown, newest, sampled)
