@@ -49,7 +49,7 @@ def build_defs(env: str | EnvSettings) -> dg.Definitions:
     checks = [d for d in definitions if isinstance(d, dg.AssetChecksDefinition)]
     # The Databricks endpoint's inference table, read into inference_log on a schedule, where one is served there.
     imported = build_inference_table(settings)
-    inference_table = [imported[0]] if imported else []
+    inference_table = [imported.asset] if imported else []
     # Partitioned by window and built from the monitoring settings: outside the ingest and adopt jobs.
     monitoring = build_monitoring_assets(settings.name, settings.monitoring, [asset.key for asset in inference_table])
     # The endpoint follows the champion alias, which sensors and rollback move: its own job too.
@@ -73,11 +73,11 @@ def build_defs(env: str | EnvSettings) -> dg.Definitions:
     jobs = [ingest_job, monitor_job, endpoint_job, *operator_jobs(settings.name, settings.promotion.requires_approval)]
     schedules = []
     if imported:
-        jobs.append(imported[1])
-        schedules.append(imported[2])
+        jobs.append(imported.job)
+        schedules.append(imported.schedule)
     interval = settings.sensor_interval_seconds
     # Rows read from the inference table land up to its lookback after their request: windows stay open that long.
-    late_ms = max(LATE_ROWS_MS, int(settings.databricks.inference_table_lookback_hours * 3600 * 1000)) if imported else LATE_ROWS_MS
+    late_ms = max(LATE_ROWS_MS, int(imported.lookback.total_seconds() * 1000)) if imported else LATE_ROWS_MS
     sensors = [
         build_new_documents_sensor(INGEST_JOB, interval),
         build_champion_sensor(settings.name, settings.promotion.requires_approval, interval),

@@ -8,7 +8,7 @@ does for ``llmops serve``'s.
 """
 
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import dagster as dg
 
@@ -37,7 +37,14 @@ def token_counter(embedder: EmbedderResource):  # noqa: ANN201 - Callable[[str],
     return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
 
 
-def build_inference_table(settings: "EnvSettings") -> tuple[dg.AssetsDefinition, Any, dg.ScheduleDefinition] | None:
+class InferenceTableImport(NamedTuple):
+    asset: dg.AssetsDefinition
+    job: Any  # the unresolved asset job
+    schedule: dg.ScheduleDefinition
+    lookback: timedelta  # how far behind its request a row may still be imported
+
+
+def build_inference_table(settings: "EnvSettings") -> InferenceTableImport | None:
     """The asset, its job and its schedule; None where the environment's endpoint is not on
     Databricks or no warehouse is named to read its table with."""
     from llmops_dagster.core import endpoint, inference_table
@@ -107,4 +114,4 @@ def build_inference_table(settings: "EnvSettings") -> tuple[dg.AssetsDefinition,
     schedule = dg.ScheduleDefinition(
         name=f"{IMPORT_JOB}_schedule", job=job, cron_schedule=IMPORT_CRON, execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.RUNNING
     )
-    return inference_table_asset, job, schedule
+    return InferenceTableImport(inference_table_asset, job, schedule, lookback)
