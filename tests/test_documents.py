@@ -386,6 +386,24 @@ def test_odd_length_utf16_is_undecodable_not_a_crash(tmp_path: Path) -> None:
     assert reason_of(path) is QuarantineReason.UNDECODABLE
 
 
+
+def test_a_file_of_nul_bytes_is_undecodable_not_empty(tmp_path: Path) -> None:
+    # NUL is valid UTF-8: the file decoded, lost every character to cleaning and read as empty.
+    path = tmp_path / "zeros.txt"
+    path.write_bytes(b"\x00" * 4096)
+    with pytest.raises(ParseError) as caught:
+        parse_file(path, MAX_BYTES)
+    assert caught.value.reason is QuarantineReason.UNDECODABLE
+    assert "only NUL bytes" in str(caught.value)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_a_byte_order_mark_decodes(tmp_path: Path, encoding: str) -> None:
+    # Its accented letters are not valid UTF-8, so it used to fall to the NUL-byte check as binary.
+    path = tmp_path / "windows.txt"
+    path.write_bytes("Zürich — naïve café\n\nSecond paragraph.".encode(encoding))
+    assert parse_file(path, MAX_BYTES).text == "Zürich — naïve café\n\nSecond paragraph."
+
 # --- clean_text and helpers -----------------------------------------------------------------------
 
 

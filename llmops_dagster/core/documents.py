@@ -19,7 +19,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 # Bumped when parsing changes what a file yields, so that stored documents are parsed again.
-PARSE_VERSION = 3
+PARSE_VERSION = 4
 
 
 class QuarantineReason(StrEnum):
