@@ -308,19 +308,23 @@ def test_odd_responses_leave_fields_empty_and_never_lose_the_request() -> None:
         {"predictions": [5]},
         ["not", "an", "object"],
     ]
+    def read(response: object, count_tokens=words) -> dict:  # noqa: ANN001 - as the import reads a row
+        record = {**base, "response": json.dumps(response)}
+        return inference_table.log_row(record, inference_table.first_prediction(record), "/p", "m", 16000, count_tokens, {})
+
     for response in odd:
-        row = inference_table.log_row({**base, "response": json.dumps(response)}, "/p", "m", 16000, words, {})
+        row = read(response)
         assert row["question"] == "Why?" and row["status_code"] == 200 and row["error"] is None
         assert {row.get(name) for name in ("sources", "scores", "chunk_ids", "generator", "found", "prompt_tokens")} == {None}
         assert row.get("answer") in (None, "ok")
         pa.Table.from_pylist([row], store.INFERENCE_LOG_SCHEMA)  # every value fits its column
-    first = inference_table.log_row({**base, "response": json.dumps(odd[0])}, "/p", "m", 16000, words, {})
+    first = read(odd[0])
     assert first["cited"] == [1]
     # A count that raises (a tokenizer's own failure) keeps the request, with the reason.
     def broken(text: str) -> int:
         raise RuntimeError("tokenizer gone")
 
-    kept = inference_table.log_row({**base, "response": json.dumps(odd[2])}, "/p", "m", 16000, broken, {})
+    kept = read(odd[2], broken)
     assert kept["databricks_request_id"] == "r" and kept["error"] == "RAG fields not read: RuntimeError: tokenizer gone"
 
 

@@ -244,13 +244,15 @@ def _clipped(text: str | None, length: str | None, limit: int) -> tuple[str | No
 
 def log_row(
     record: Mapping[str, str | None],
+    prediction: Mapping[str, Any] | None,
     path: str,
     model: str,
     field_chars: int,
     count_tokens: Callable[[str], int],
     chunk_ids: Mapping[str, str],
 ) -> dict[str, Any]:
-    """The inference_log row of one inference-table row. ``chunk_ids``: passage text → chunk id.
+    """The inference_log row of one inference-table row, whose response's ``first_prediction`` is
+    ``prediction``. ``chunk_ids``: passage text → chunk id.
     A field the request or response holds in an unexpected shape is left empty; a row whose RAG
     fields cannot be read at all keeps the table's own columns and says why in ``error``."""
     micros = int(record["request_us"])
@@ -278,14 +280,18 @@ def log_row(
         "error": None,
     }
     try:
-        row.update(_rag_fields(record, status, count_tokens, chunk_ids))
+        row.update(_rag_fields(record, prediction, status, count_tokens, chunk_ids))
     except Exception as error:  # noqa: BLE001 - the request is never lost for a field that could not be read
         row["error"] = f"RAG fields not read: {type(error).__name__}: {error}"[:500]
     return row
 
 
 def _rag_fields(
-    record: Mapping[str, str | None], status: int | None, count_tokens: Callable[[str], int], chunk_ids: Mapping[str, str]
+    record: Mapping[str, str | None],
+    prediction: Mapping[str, Any] | None,
+    status: int | None,
+    count_tokens: Callable[[str], int],
+    chunk_ids: Mapping[str, str],
 ) -> dict[str, Any]:
     """The question, answer and retrieval columns, from the request and the first prediction."""
     fields = _request_fields(_json(record.get("request")))
@@ -294,7 +300,6 @@ def _rag_fields(
     if status is not None and status >= 400:
         message = _string(record.get("message")) or record.get("response") or f"status {status}"
         return {**fields, "error": message[:500]}
-    prediction = first_prediction(record)
     if prediction is None:
         return fields
     answer, passages = _string(prediction.get("answer")), _strings(prediction.get("passages")) or []
@@ -320,10 +325,10 @@ def _rag_fields(
     }
 
 
-def passage_chunk_ids(lance: store.LanceStore, records: list[Mapping[str, str | None]]) -> dict[str, str]:
-    """Passage text → chunk id, for the passages the page's responses quote (from the index they
-    were retrieved from, which the endpoint shares with this environment)."""
-    texts = {text for record in records if (prediction := first_prediction(record)) for text in _strings(prediction.get("passages")) or []}
+def passage_chunk_ids(lance: store.LanceStore, predictions: list[Mapping[str, Any] | None]) -> dict[str, str]:
+    """Passage text → chunk id, for the passages the page's first predictions quote (from the index
+    they were retrieved from, which the endpoint shares with this environment)."""
+    texts = {text for prediction in predictions if prediction for text in _strings(prediction.get("passages")) or []}
     if not texts or not lance.exists(store.CHUNKS):
         return {}
     found = lance.read_keys(store.CHUNKS, store.CHUNKS_SCHEMA, "text", sorted(texts), ["id", "text"])
@@ -407,8 +412,12 @@ def import_requests(
             continue
         pages += 1
         if records:
-            chunk_ids = passage_chunk_ids(lance, records)
-            rows = [log_row(record, path, spec.model, field_chars, count_tokens, chunk_ids) for record in records]
+            predictions = [first_prediction(record) for record in records]  # parsed once: for the chunk ids and the rows
+            chunk_ids = passage_chunk_ids(lance, predictions)
+            rows = [
+                log_row(record, prediction, path, spec.model, field_chars, count_tokens, chunk_ids)
+                for record, prediction in zip(records, predictions, strict=True)
+            ]
             read, added = read + len(rows), added + _insert_new(lance, rows)
             fractions = [_json(record.get("sampling_fraction")) for record in records]
             partial = [fraction for fraction in fractions if isinstance(fraction, int | float) and fraction < 1]
