@@ -404,6 +404,30 @@ def test_utf16_without_a_byte_order_mark_decodes(tmp_path: Path, encoding: str) 
     path.write_bytes("Zürich — naïve café\n\nSecond paragraph.".encode(encoding))
     assert parse_file(path, MAX_BYTES).text == "Zürich — naïve café\n\nSecond paragraph."
 
+
+@pytest.mark.parametrize(
+    ("name", "data", "text"),
+    [
+        # UTF-8 whose NULs cleaning drops: padding left by a crash, a stray NUL in a short note.
+        ("padded.md", b"# Notes\n\nImportant text here.\n" + b"\x00" * 600, "Important text here."),
+        ("short.txt", b"Short note.\x00", "Short note."),
+        # ASCII-only UTF-16 and UTF-32 without a byte-order mark are UTF-8 with NULs, an odd length too.
+        ("odd16.txt", "Plain words here.".encode("utf-16-le") + b"\n", "Plain words here."),
+        ("plain32.txt", "Plain words here.".encode("utf-32-le"), "Plain words here."),
+    ],
+)
+def test_text_with_some_nul_bytes_is_still_read(tmp_path: Path, name: str, data: bytes, text: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(data)
+    assert text in parse_file(path, MAX_BYTES).text
+
+
+def test_sixteen_bit_numbers_are_not_mistaken_for_utf16(tmp_path: Path) -> None:
+    # Every other byte NUL, as in UTF-16 text, but what they decode to is mostly control characters.
+    path = tmp_path / "samples.txt"
+    path.write_bytes(b"".join(value.to_bytes(2, "little") for value in random.Random(3).choices(range(1, 256), k=2000)))
+    assert reason_of(path) is QuarantineReason.UNDECODABLE
+
 # --- clean_text and helpers -----------------------------------------------------------------------
 
 

@@ -57,17 +57,19 @@ def decode_text(data: bytes, repairs: list[str] | None = None) -> str:
         data = data[3:]
     elif data.startswith((b"\xff\xfe", b"\xfe\xff")):
         return data.decode("utf-16")
-    nuls = data.count(b"\x00")
-    if nuls > len(data) // 100:
-        # NUL is valid UTF-8, so this comes first: a file of NULs is binary, not an empty text.
-        if encoding := _bomless_utf16(data):
-            return data.decode(encoding)
-        what = "only NUL bytes" if nuls == len(data) else "binary content (NUL bytes)"
-        raise ParseError(QuarantineReason.UNDECODABLE, f"{what} in a text file")
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         pass
+    else:
+        # NUL is valid UTF-8, and cleaning drops it: a file of nothing else would read as empty.
+        if "\x00" in text and not text.replace("\x00", "").strip():
+            raise ParseError(QuarantineReason.UNDECODABLE, "only NUL bytes in a text file")
+        return text
+    if data.count(b"\x00") > len(data) // 100:
+        if encoding := _bomless_utf16(data):
+            return data.decode(encoding)
+        raise ParseError(QuarantineReason.UNDECODABLE, "binary content (NUL bytes) in a text file")
     replaced = data.decode("utf-8", errors="replace")
     stray = replaced.count("\ufffd") - data.count("\ufffd".encode())
     multibyte = sum(1 for char in replaced if char > "\x7f" and char != "\ufffd")
@@ -91,7 +93,10 @@ def decode_text(data: bytes, repairs: list[str] | None = None) -> str:
 
 def _bomless_utf16(data: bytes) -> str | None:
     """``utf-16-le`` or ``utf-16-be`` for UTF-16 text without a byte-order mark (as some Windows
-    tools write it) in a Latin script: every other byte NUL, the bytes between them not; else None."""
+    tools write it) in a Latin script: every other byte NUL, the bytes between them not, and
+    control characters rare in what that decodes to (a dump of 16-bit numbers has the pattern
+    too); else None. Only asked of bytes that are not UTF-8: ASCII-only UTF-16 is, and cleaning
+    drops its NULs."""
     if len(data) < 4 or len(data) % 2:
         return None
     even, odd = data[0::2].count(0), data[1::2].count(0)
@@ -99,10 +104,11 @@ def _bomless_utf16(data: bytes) -> str | None:
     for encoding, nul, other in (("utf-16-le", odd, even), ("utf-16-be", even, odd)):
         if nul >= 0.9 * half and other <= 0.02 * half:
             try:
-                data.decode(encoding)
+                text = data.decode(encoding)
             except UnicodeDecodeError:
                 return None
-            return encoding
+            controls = sum(1 for char in text if unicodedata.category(char) == "Cc" and char not in "\t\n\r\f")
+            return encoding if controls <= len(text) // 100 else None
     return None
 
 
