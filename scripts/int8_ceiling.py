@@ -263,7 +263,7 @@ def blockwise(embedder: Embedder, chunks: list[str], queries: list[str], referen
 
     texts = [chunks[i % len(chunks)] for i in range(max(512, len(chunks)))]
     _, base_rate = timed(embedder.encode, texts, 2)
-    print(f"\n{'ONNX Runtime, run for real':<58}{'top-10 vs fp32':>16}{'× fp32 speed':>14}")
+    print(f"\n{'ONNX Runtime, run for real':<62}{'top-10 vs fp32':>16}{'× fp32 speed':>14}")
     with tempfile.TemporaryDirectory() as scratch:
         fp32 = Path(scratch) / "model.fp32.onnx"
         quantization.export_onnx(str(embedder.model_path), fp32)
@@ -278,7 +278,7 @@ def blockwise(embedder: Embedder, chunks: list[str], queries: list[str], referen
             _, rate = timed(embedder.encode, texts, 2)
             found = overlap(top10(embedder.encode(queries), embedder.encode(chunks)), reference)
             embedder.precision = "fp32"
-            print(f"{label:<58}{found:>16.3f}{rate / base_rate:>14.2f}")
+            print(f"{label:<62}{found:>16.3f}{rate / base_rate:>14.2f}")
 
 
 def main() -> None:
@@ -297,7 +297,7 @@ def main() -> None:
     reference = top10(embedder.encode(queries), reference_chunks)
     simulation = Simulation(embedder)
     print(f"{len(chunks)} chunks from {args.corpus}, {len(queries)} queries\n")
-    print(f"{'simulated':<58}{'top-10 vs fp32':>16}{'cosine error':>14}")
+    print(f"{'simulated':<62}{'top-10 vs fp32':>16}{'cosine error':>14}")
     configurations = [
         ("the recipe, 8-bit weights (VNNI, AMX)", quantization.WEIGHT_LEVELS, True, lambda name: False),
         ("the recipe, 7-bit weights (AVX2)", quantization.SATURATING_WEIGHT_LEVELS, True, lambda name: False),
@@ -313,7 +313,7 @@ def main() -> None:
         vectors = embedder.encode(chunks)
         found = overlap(top10(embedder.encode(queries), vectors), reference)
         error = float(1 - (vectors * reference_chunks).sum(1).mean())
-        print(f"{label:<58}{found:>16.3f}{error:>14.2e}", flush=True)
+        print(f"{label:<62}{found:>16.3f}{error:>14.2e}", flush=True)
 
     for name, levels, activations, keep, *outliers in configurations:
         simulation.apply(levels, activations, keep, *outliers)
