@@ -67,8 +67,8 @@ def decode_text(data: bytes, repairs: list[str] | None = None) -> str:
             raise ParseError(QuarantineReason.UNDECODABLE, "only NUL bytes in a text file")
         return text
     if data.count(b"\x00") > len(data) // 100:
-        if encoding := _bomless_utf16(data):
-            return data.decode(encoding)
+        if (text := _bomless_utf16(data)) is not None:
+            return text
         raise ParseError(QuarantineReason.UNDECODABLE, "binary content (NUL bytes) in a text file")
     replaced = data.decode("utf-8", errors="replace")
     stray = replaced.count("\ufffd") - data.count("\ufffd".encode())
@@ -92,11 +92,10 @@ def decode_text(data: bytes, repairs: list[str] | None = None) -> str:
 
 
 def _bomless_utf16(data: bytes) -> str | None:
-    """``utf-16-le`` or ``utf-16-be`` for UTF-16 text without a byte-order mark (as some Windows
-    tools write it) in a Latin script: every other byte NUL, the bytes between them not, and
-    control characters rare in what that decodes to (a dump of 16-bit numbers has the pattern
-    too); else None. Only asked of bytes that are not UTF-8: ASCII-only UTF-16 is, and cleaning
-    drops its NULs."""
+    """The text of UTF-16 (little- or big-endian) without a byte-order mark, as some Windows tools
+    write it, in a Latin script: every other byte NUL, the bytes between them not, and control
+    characters rare in what that decodes to (a dump of 16-bit numbers has the pattern too); else
+    None. Only asked of bytes that are not UTF-8: ASCII-only UTF-16 is, and cleaning drops its NULs."""
     if len(data) < 4 or len(data) % 2:
         return None
     even, odd = data[0::2].count(0), data[1::2].count(0)
@@ -108,7 +107,7 @@ def _bomless_utf16(data: bytes) -> str | None:
             except UnicodeDecodeError:
                 return None
             controls = sum(1 for char in text if unicodedata.category(char) == "Cc" and char not in "\t\n\r\f")
-            return encoding if controls <= len(text) // 100 else None
+            return text if controls <= len(text) // 100 else None
     return None
 
 
