@@ -51,6 +51,38 @@ def is_gelu_input(name: str) -> bool:
     return name.endswith("output.dense") and "attention" not in name
 
 
+def rounded(value, low: int, high: int):  # noqa: ANN001, ANN201
+    """``value`` rounded to whole steps within [low, high]; where it carries a gradient, a
+    straight-through one (the rounding is in the forward pass, and backward sees past it)."""
+    whole = value.round().clamp(low, high)
+    return value + (whole - value).detach() if value.requires_grad else whole
+
+
+def round_weight(weight, levels: int):  # noqa: ANN001, ANN201
+    """Each output channel (row) of ``weight`` on its own scale, ``levels`` steps a side."""
+    step = weight.detach().abs().amax(1, keepdim=True).clamp(min=1e-12) / levels
+    return rounded(weight / step, -levels, levels) * step
+
+
+def round_rows(x, lift=None):  # noqa: ANN001, ANN201
+    """Each token row of a Linear's input on its own scale, as the int8 graph rounds it; with
+    ``lift`` (a GELU output's), lifted and unsigned."""
+    if lift is not None:
+        shifted = x + lift
+        step = shifted.detach().amax(-1, keepdim=True).clamp(min=1e-8) / quantization.UNSIGNED_LEVELS
+        return rounded(shifted / step, 0, quantization.UNSIGNED_LEVELS) * step - lift
+    levels = quantization.ACTIVATION_LEVELS
+    step = x.detach().abs().amax(-1, keepdim=True).clamp(min=1e-8) / levels
+    return rounded(x / step, -levels, levels) * step
+
+
+def smoothing(input_range, weight):  # noqa: ANN001, ANN201
+    """SmoothQuant's factor per input channel of a Linear, from its inputs' range on the calibration texts."""
+    import torch
+
+    return torch.from_numpy(quantization.smoothing(input_range.numpy(), weight.detach().abs().amax(0).numpy(), quantization.SMOOTHING))
+
+
 class Simulation:
     def __init__(self, embedder: Embedder) -> None:
         import torch
@@ -99,43 +131,28 @@ class Simulation:
                 exact[self.ranges[name].topk(outliers).indices] = True
                 module.weight.data = weight.clone()
                 if weight_levels:  # the other columns per output channel; the outliers' stay fp32
-                    rest = weight * ~exact
-                    step = rest.abs().amax(1, keepdim=True).clamp(min=1e-12) / weight_levels
-                    module.weight.data = torch.where(exact, weight, (rest / step).round().clamp(-weight_levels, weight_levels) * step)
+                    module.weight.data = torch.where(exact, weight, round_weight(weight * ~exact, weight_levels))
                 self.hooks.append(module.register_forward_pre_hook(self._rounder(smooth, activations, is_gelu_input(name), exact)))
                 continue
-            smooth = quantization.smoothing(self.ranges[name].numpy(), weight.abs().amax(0).numpy(), quantization.SMOOTHING)
-            smooth = torch.from_numpy(smooth)
+            smooth = smoothing(self.ranges[name], weight)
             scaled = weight * smooth[None, :]
-            if weight_levels:
-                step = scaled.abs().amax(1, keepdim=True).clamp(min=1e-12) / weight_levels
-                scaled = (scaled / step).round().clamp(-weight_levels, weight_levels) * step
-            module.weight.data = scaled
+            module.weight.data = round_weight(scaled, weight_levels) if weight_levels else scaled
             self.hooks.append(module.register_forward_pre_hook(self._rounder(smooth, activations, is_gelu_input(name))))
 
     @staticmethod
     def _rounder(smooth, activations: bool, lifted: bool, exact=None):  # noqa: ANN001, ANN205
         """The Linear's input as the int8 graph rounds it; ``exact``: channels left as they are."""
-        floor = quantization.GELU_FLOOR
+        lift = quantization.GELU_FLOOR / smooth if lifted else None
 
-        def rows(x, lift):  # noqa: ANN001, ANN202 - each token row on its own scale
-            if lifted:
-                shifted = x + lift
-                step = shifted.amax(-1, keepdim=True).clamp(min=1e-8) / quantization.UNSIGNED_LEVELS
-                return (shifted / step).round().clamp(0, quantization.UNSIGNED_LEVELS) * step - lift
-            levels = quantization.ACTIVATION_LEVELS
-            step = x.abs().amax(-1, keepdim=True).clamp(min=1e-8) / levels
-            return (x / step).round().clamp(-levels, levels) * step
-
-        def rounded(_module, inputs):  # noqa: ANN001, ANN202
+        def rounder(_module, inputs):  # noqa: ANN001, ANN202
             x = inputs[0] / smooth
             if not activations:
                 return (x,)
             if exact is None:
-                return (rows(x, floor / smooth),)
-            return (x * exact + rows(x * ~exact, (floor / smooth) * ~exact),)
+                return (round_rows(x, lift),)
+            return (x * exact + round_rows(x * ~exact, None if lift is None else lift * ~exact),)
 
-        return rounded
+        return rounder
 
 
 def stdlib_prose(excluded: set[str], limit: int = 3000) -> list[str]:
@@ -172,13 +189,10 @@ def stdlib_prose(excluded: set[str], limit: int = 3000) -> list[str]:
 
 def fake_quantized(model, ranges: dict):  # noqa: ANN001, ANN201
     """A copy of ``model`` whose Linears round as the int8 graph does (8-bit weights), with
-    straight-through gradients: the rounding is in the forward pass, and backward sees through it."""
+    straight-through gradients (``rounded``) while it is trained."""
     import copy
 
     import torch
-
-    def through(value, levels_low: int, levels_high: int):  # noqa: ANN001, ANN202
-        return value + (value.round().clamp(levels_low, levels_high) - value).detach()
 
     class FakeQuantLinear(torch.nn.Module):
         def __init__(self, linear, smooth, lifted: bool) -> None:  # noqa: ANN001
@@ -187,27 +201,16 @@ def fake_quantized(model, ranges: dict):  # noqa: ANN001, ANN201
             self.register_buffer("smooth", smooth)
 
         def forward(self, x):  # noqa: ANN001, ANN202
-            x = x / self.smooth
-            if self.lifted:  # a GELU output, lifted and unsigned
-                lift = quantization.GELU_FLOOR / self.smooth
-                step = (x + lift).detach().amax(-1, keepdim=True).clamp(min=1e-8) / quantization.UNSIGNED_LEVELS
-                x = through((x + lift) / step, 0, quantization.UNSIGNED_LEVELS) * step - lift
-            else:
-                levels = quantization.ACTIVATION_LEVELS
-                step = x.detach().abs().amax(-1, keepdim=True).clamp(min=1e-8) / levels
-                x = through(x / step, -levels, levels) * step
-            weight = self.weight * self.smooth[None, :]
-            levels = quantization.WEIGHT_LEVELS
-            step = weight.detach().abs().amax(1, keepdim=True).clamp(min=1e-12) / levels
-            return torch.nn.functional.linear(x, through(weight / step, -levels, levels) * step, self.bias)
+            x = round_rows(x / self.smooth, quantization.GELU_FLOOR / self.smooth if self.lifted else None)
+            weight = round_weight(self.weight * self.smooth[None, :], quantization.WEIGHT_LEVELS)
+            return torch.nn.functional.linear(x, weight, self.bias)
 
     student = copy.deepcopy(model)
     for parent_name, parent in list(student.named_modules()):
         for name, child in list(parent.named_children()):
             full = f"{parent_name}.{name}" if parent_name else name
             if isinstance(child, torch.nn.Linear) and full in ranges and ranges[full].dim():
-                smooth = quantization.smoothing(ranges[full].numpy(), child.weight.detach().abs().amax(0).numpy(), quantization.SMOOTHING)
-                setattr(parent, name, FakeQuantLinear(child, torch.from_numpy(smooth).float(), is_gelu_input(full)))
+                setattr(parent, name, FakeQuantLinear(child, smoothing(ranges[full], child.weight), is_gelu_input(full)))
     return student
 
 
