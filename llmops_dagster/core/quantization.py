@@ -226,7 +226,7 @@ def quantize(model: Path, ranges: dict[str, np.ndarray], out: Path, levels: int,
     added to the bias that the MatMul's reader adds (``reader_bias``).
     """
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     proto = onnx.load(str(model))
     graph = proto.graph
@@ -237,18 +237,14 @@ def quantize(model: Path, ranges: dict[str, np.ndarray], out: Path, levels: int,
         for name in node.input:
             readers.setdefault(name, []).append(node)
     matmuls = weight_matmuls(graph)
-    consumers: dict[str, list] = {}
-    for node in matmuls:
-        consumers.setdefault(node.input[0], []).append(node)
     added, prologue, rewritten = row_constants(), {}, {}
-    for source, nodes in consumers.items():
-        low, high = ranges[source]
+    for source, nodes in by_input(matmuls).items():
         producer = producers.get(source)
         floor = FLOORS.get(producer.op_type) if producer is not None else None
         biases = {node.name: reader_bias(node, readers, weights) for node in nodes}
         if floor is not None and None in biases.values():
             floor = None  # nowhere to take the lift back out: quantise it symmetric
-        smooth = smoothing(np.maximum(-low, high), np.max([np.abs(weights[node.input[1]]).max(1) for node in nodes], axis=0), alpha)
+        smooth = shared_smoothing(ranges[source], [weights[node.input[1]] for node in nodes], alpha)
         stem = source.strip("/").replace("/", "_")
         added.append(numpy_helper.from_array((1 / smooth).astype(np.float32), f"{stem}_smooth"))
         prologue[source] = row_quantizer(source, stem) if floor is None else unsigned_row_quantizer(source, stem, floor)
@@ -260,19 +256,54 @@ def quantize(model: Path, ranges: dict[str, np.ndarray], out: Path, levels: int,
                 bias = biases[node.name]
                 weights[bias] = weights[bias] - (floor / smooth) @ (quantized.astype(np.float32) * column_scales)
                 added.append(numpy_helper.from_array(weights[bias].astype(np.float32), bias))
-            added += [
-                numpy_helper.from_array(quantized, f"{name}_i8"),
-                numpy_helper.from_array(column_scales, f"{name}_scale"),
-                numpy_helper.from_array(np.zeros_like(quantized[0]), f"{name}_zero"),
-            ]
             zero = "row_zero" if floor is None else "row_unsigned_zero"
-            rewritten[node.name] = helper.make_node(
-                "MatMulIntegerToFloat",
-                [f"{stem}_u8", f"{name}_i8", f"{stem}_scale", f"{name}_scale", zero, f"{name}_zero"],
-                list(node.output),
-                name=node.name,
-                domain="com.microsoft",
-            )
+            initializers, rewritten[node.name] = integer_matmul(node, stem, zero, quantized, column_scales)
+            added += initializers
+    splice(proto, matmuls, prologue, rewritten, added)
+    onnx.save(proto, str(out))
+
+
+def by_input(matmuls: list) -> dict[str, list]:
+    """The weight MatMuls grouped by the tensor they read: query, key and value share one."""
+    grouped: dict[str, list] = {}
+    for node in matmuls:
+        grouped.setdefault(node.input[0], []).append(node)
+    return grouped
+
+
+def shared_smoothing(input_range: np.ndarray, weights: list[np.ndarray], alpha: float) -> np.ndarray:
+    """The SmoothQuant factors of one input (its calibrated min and max rows) for all the weights that read it."""
+    low, high = input_range
+    return smoothing(np.maximum(-low, high), np.max([np.abs(weight).max(1) for weight in weights], axis=0), alpha)
+
+
+def integer_matmul(matmul, stem: str, zero: str, quantized: np.ndarray, column_scales: np.ndarray) -> tuple[list, object]:  # noqa: ANN001
+    """The MatMulIntegerToFloat that replaces ``matmul`` and the weight initializers it reads:
+    ``{stem}_u8`` (zero point ``zero``, scales ``{stem}_scale``) times ``quantized``."""
+    from onnx import helper, numpy_helper
+
+    name = matmul.input[1]
+    initializers = [
+        numpy_helper.from_array(quantized, f"{name}_i8"),
+        numpy_helper.from_array(column_scales, f"{name}_scale"),
+        numpy_helper.from_array(np.zeros_like(quantized[0]), f"{name}_zero"),
+    ]
+    node = helper.make_node(
+        "MatMulIntegerToFloat",
+        [f"{stem}_u8", f"{name}_i8", f"{stem}_scale", f"{name}_scale", zero, f"{name}_zero"],
+        list(matmul.output),
+        name=matmul.name,
+        domain="com.microsoft",
+    )
+    return initializers, node
+
+
+def splice(proto, matmuls: list, prologue: dict[str, list], rewritten: dict, added: list) -> None:  # noqa: ANN001
+    """Put each rewritten MatMul in its node's place, the quantiser of its input (``prologue``, by
+    input) before the first reader, and keep only the initializers something still reads."""
+    from onnx import helper
+
+    graph = proto.graph
     nodes = []
     for node in graph.node:
         if node.name in rewritten:
@@ -289,7 +320,6 @@ def quantize(model: Path, ranges: dict[str, np.ndarray], out: Path, levels: int,
     graph.initializer.extend(init for init in kept + added if init.name in read)
     if not any(opset.domain == "com.microsoft" for opset in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    onnx.save(proto, str(out))
 
 
 # Where a MatMul's reader takes the bias it adds: ORT's fused ops carry it as an input.
@@ -340,8 +370,14 @@ def row_quantizer(source: str, stem: str) -> list:
     from onnx import helper
 
     smoothed = f"{stem}_smoothed"
+    return [helper.make_node("Mul", [source, f"{stem}_smooth"], [smoothed]), *signed_rows(source, smoothed, stem)]
+
+
+def signed_rows(source: str, smoothed: str, stem: str) -> list:
+    """``row_quantizer``'s nodes after the smoothing: ``smoothed`` to ``{stem}_u8`` and ``{stem}_scale``."""
+    from onnx import helper
+
     return [
-        helper.make_node("Mul", [source, f"{stem}_smooth"], [smoothed]),
         helper.make_node("ReduceMax", [smoothed], [f"{stem}_high"], axes=[-1]),
         helper.make_node("ReduceMin", [smoothed], [f"{stem}_low"], axes=[-1]),
         helper.make_node("Neg", [f"{stem}_low"], [f"{stem}_neg_low"]),
