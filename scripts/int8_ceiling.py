@@ -1,13 +1,15 @@
 """How close can row-wise int8 get to fp32's top-10 on MiniLM? A simulation in torch.
 
-    .venv/bin/python scripts/int8_ceiling.py [--corpus DIR]
+    .venv/bin/python scripts/int8_ceiling.py [--corpus DIR] [--distil STEPS] [--blockwise] [--rotated]
 
 Runs the embedder in fp32 with every Linear layer's rounding simulated as the int8 graph does it
 (``core.quantization``): SmoothQuant factors from the calibration texts, each token row of a
 Linear's input on its own scale (a GELU output lifted and unsigned), per-output-channel weights.
 Then the same with parts left in fp32, to show where the error comes from and what the best case
 of this recipe is, and LLM.int8()'s outlier decomposition (the inputs' largest channels per Linear
-kept in fp32, found on the calibration texts, the rest rounded row-wise) without SmoothQuant.
+kept in fp32, found on the calibration texts, the rest rounded row-wise) without SmoothQuant, and
+QuaRot's rotation (each smoothed input and its weight turned by the same block-Hadamard matrix
+before rounding, so no channel stands far above the rest of its row).
 Prints, per configuration, the top-10 overlap with fp32 (queries: the first sentence of each chunk,
 as ``bench/embed.py``) and the mean cosine error of the chunks' vectors.
 The simulation's arithmetic is float32 and ORT's rounding of the scales differs slightly, so its
@@ -24,6 +26,10 @@ With ``--blockwise``, it also runs ONNX Runtime's own finest-grained 8-bit recip
 weights, not per output channel), once computed in fp32 (weights only) and once in int8 (each block
 of 32 inputs on its own scale too), each with its speed over the fp32 embedder. It needs ``onnx-ir``
 (in the dev extra), which that quantiser imports.
+
+With ``--rotated``, it also builds and runs the rotation for real: the recipe's graph as this CPU
+gets it, and the same with each input turned by a block-Hadamard matrix (blocks of 128 and of 32:
+a batched MatMul and two Transposes before each row quantiser) and each weight turned to match.
 """
 
 from __future__ import annotations
@@ -115,9 +121,10 @@ class Simulation:
         for name, module in self.linears.items():
             module.weight.data = self.weights[name].clone()
 
-    def apply(self, weight_levels: int | None, activations: bool, keep=lambda name: False, outliers: int = 0) -> None:  # noqa: ANN001
+    def apply(self, weight_levels: int | None, activations: bool, keep=lambda name: False, outliers: int = 0, rotation: int = 0) -> None:  # noqa: ANN001
         """Round the Linears as configured; with ``outliers``, that many input channels of each
-        (the largest on the calibration texts) stay in fp32 and nothing is smoothed."""
+        (the largest on the calibration texts) stay in fp32 and nothing is smoothed; with
+        ``rotation``, each smoothed input and its weight are rotated first (``hadamard``)."""
         import torch
 
         self.reset()
@@ -136,23 +143,45 @@ class Simulation:
                 continue
             smooth = smoothing(self.ranges[name], weight)
             scaled = weight * smooth[None, :]
+            if rotation:
+                # x·Wᵀ = (x·R)·(W·R)ᵀ for an orthogonal R: both sides are rounded rotated, and the
+                # hook hands the Linear (rounded x·R)·Rᵀ against the weight (rounded W·R)·Rᵀ.
+                turn = hadamard(weight.shape[1], rotation)
+                module.weight.data = (round_weight(scaled @ turn, weight_levels) if weight_levels else scaled @ turn) @ turn.T
+                self.hooks.append(module.register_forward_pre_hook(self._rounder(smooth, activations, False, turn=turn)))
+                continue
             module.weight.data = round_weight(scaled, weight_levels) if weight_levels else scaled
             self.hooks.append(module.register_forward_pre_hook(self._rounder(smooth, activations, is_gelu_input(name))))
 
     @staticmethod
-    def _rounder(smooth, activations: bool, lifted: bool, exact=None):  # noqa: ANN001, ANN205
-        """The Linear's input as the int8 graph rounds it; ``exact``: channels left as they are."""
+    def _rounder(smooth, activations: bool, lifted: bool, exact=None, turn=None):  # noqa: ANN001, ANN205
+        """The Linear's input as the int8 graph rounds it; ``exact``: channels left as they are;
+        ``turn``: rounded after rotating by it, and rotated back."""
         lift = quantization.GELU_FLOOR / smooth if lifted else None
 
         def rounder(_module, inputs):  # noqa: ANN001, ANN202
             x = inputs[0] / smooth
             if not activations:
                 return (x,)
+            if turn is not None:
+                return (round_rows(x @ turn) @ turn.T,)
             if exact is None:
                 return (round_rows(x, lift),)
             return (x * exact + round_rows(x * ~exact, None if lift is None else lift * ~exact),)
 
         return rounder
+
+
+def hadamard(size: int, block: int):  # noqa: ANN201
+    """An orthogonal ``size``-square matrix: Sylvester-Hadamard blocks of ``block`` on the diagonal,
+    rows signed at random (QuaRot's rotation). Spreads an outlier channel over the block, so a
+    row's largest value is no longer far above the rest."""
+    import numpy as np
+    import torch
+    from scipy.linalg import hadamard as sylvester
+
+    signs = np.random.default_rng(size).choice([-1.0, 1.0], size)
+    return torch.from_numpy(signs[:, None] * np.kron(np.eye(size // block), sylvester(block) / block**0.5)).float()
 
 
 def stdlib_prose(excluded: set[str], limit: int = 3000) -> list[str]:
@@ -255,33 +284,103 @@ BLOCKWISE = (("ORT block-wise 8-bit weights only, fp32 compute", 0), ("ORT block
 BLOCK = 32
 
 
-def blockwise(embedder: Embedder, chunks: list[str], queries: list[str], reference) -> None:  # noqa: ANN001
+def blockwise(embedder: Embedder, fp32: Path, scratch: Path) -> list[tuple[str, Path]]:
+    """ONNX Runtime's ``MatMulNBitsQuantizer`` graphs (``BLOCKWISE``), written under ``scratch``."""
     import logging
-    import tempfile
 
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     logging.getLogger().setLevel(logging.WARNING)  # the quantiser's import sets the root logger to INFO: a line per node
+    graphs = []
+    for label, accuracy in BLOCKWISE:
+        config = DefaultWeightOnlyQuantConfig(block_size=BLOCK, is_symmetric=True, accuracy_level=accuracy, bits=8)
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32)), algo_config=config)
+        quantizer.process()
+        graph = scratch / f"model.{accuracy}.onnx"
+        quantizer.model.save_model_to_file(str(graph), False)
+        graphs.append((label, graph))
+    return graphs
+
+
+ROTATIONS = (128, 32)
+
+
+def rotated(embedder: Embedder, fp32: Path, scratch: Path) -> list[tuple[str, Path]]:
+    """The int8 recipe's graph as built for this CPU, and the same with each smoothed input rotated
+    before its rows are rounded (``hadamard``, blocks of each of ``ROTATIONS``) and every weight
+    rotated to match, written under ``scratch``."""
+    ranges = quantization.calibrate(fp32, [embedder._tokenize_np([text]) for text in quantization.CALIBRATION])  # noqa: SLF001
+    recipe = scratch / "model.recipe.onnx"
+    quantization.quantize(fp32, ranges, recipe, quantization.weight_levels())
+    graphs = [("the recipe, as built for this CPU", recipe)]
+    for block in ROTATIONS:
+        graph = scratch / f"model.rotated{block}.onnx"
+        rotated_graph(fp32, ranges, graph, block)
+        graphs.append((f"Hadamard-rotated (blocks of {block}), signed rows throughout", graph))
+    return graphs
+
+
+def rotated_graph(fp32: Path, ranges: dict, out: Path, block: int) -> None:
+    """``quantization.quantize`` with a rotation: each input x is turned into x·diag(1/s)·R (blocks
+    of ``block`` channels, one batched MatMul between two Transposes) and rounded row by row,
+    signed, and each weight W into Rᵀ·diag(s)·W, rounded per output channel."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    proto = onnx.load(str(fp32))
+    weights = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
+    matmuls = quantization.weight_matmuls(proto.graph)
+    added, prologue, rewritten = quantization.row_constants(), {}, {}
+    for source, nodes in quantization.by_input(matmuls).items():
+        readers = [weights[node.input[1]] for node in nodes]
+        smooth = quantization.shared_smoothing(ranges[source], readers, quantization.SMOOTHING).astype(np.float64)
+        stem, count = source.strip("/").replace("/", "_"), len(smooth) // block
+        turn = hadamard(len(smooth), block).double().numpy()
+        scaled = turn / smooth[:, None]  # diag(1/s)·R is block-diagonal too
+        blocks = np.stack([scaled[i * block : (i + 1) * block, i * block : (i + 1) * block] for i in range(count)])
+        added += [
+            numpy_helper.from_array(blocks.astype(np.float32), f"{stem}_turn"),
+            numpy_helper.from_array(np.array([-1, count, block], np.int64), f"{stem}_blocks"),
+        ]
+        prologue[source] = [
+            helper.make_node("Reshape", [source, f"{stem}_blocks"], [f"{stem}_split"]),  # [rows, count, block]
+            helper.make_node("Transpose", [f"{stem}_split"], [f"{stem}_by_block"], perm=[1, 0, 2]),
+            helper.make_node("MatMul", [f"{stem}_by_block", f"{stem}_turn"], [f"{stem}_turned"]),
+            helper.make_node("Transpose", [f"{stem}_turned"], [f"{stem}_by_row"], perm=[1, 0, 2]),
+            helper.make_node("Shape", [source], [f"{stem}_source_shape"]),
+            helper.make_node("Reshape", [f"{stem}_by_row", f"{stem}_source_shape"], [f"{stem}_smoothed"]),
+            *quantization.signed_rows(source, f"{stem}_smoothed", stem),
+        ]
+        for node, weight in zip(nodes, readers, strict=True):
+            quantized, column_scales = quantization.quantize_weight(turn.T @ (weight * smooth[:, None]), quantization.weight_levels())
+            initializers, rewritten[node.name] = quantization.integer_matmul(node, stem, "row_zero", quantized, column_scales)
+            added += initializers
+    quantization.splice(proto, matmuls, prologue, rewritten, added)
+    onnx.save(proto, str(out))
+
+
+def for_real(embedder: Embedder, builders: list, chunks: list[str], queries: list[str], reference, reference_chunks) -> None:  # noqa: ANN001
+    """Each graph that ``builders`` write, run by the int8 path's encoder (tokenise, run the graph,
+    pool): its top-10 overlap, cosine error and speed over the fp32 embedder, measured side by side."""
+    import tempfile
 
     texts = [chunks[i % len(chunks)] for i in range(max(512, len(chunks)))]
     _, base_rate = timed(embedder.encode, texts, 2)
-    print(f"\n{'ONNX Runtime, run for real':<62}{'top-10 vs fp32':>16}{'× fp32 speed':>14}")
+    print(f"\n{'ONNX Runtime, run for real':<62}{'top-10 vs fp32':>16}{'cosine error':>14}{'× fp32 speed':>14}")
     with tempfile.TemporaryDirectory() as scratch:
         fp32 = Path(scratch) / "model.fp32.onnx"
         quantization.export_onnx(str(embedder.model_path), fp32)
-        for label, accuracy in BLOCKWISE:
-            config = DefaultWeightOnlyQuantConfig(block_size=BLOCK, is_symmetric=True, accuracy_level=accuracy, bits=8)
-            quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32)), algo_config=config)
-            quantizer.process()
-            graph = Path(scratch) / f"model.{accuracy}.onnx"
-            quantizer.model.save_model_to_file(str(graph), False)
-            # The int8 path's encoder (tokenise, run the graph, pool), with this graph in it.
-            embedder.int8_session, embedder.precision = quantization.session(graph), "int8"
-            _, rate = timed(embedder.encode, texts, 2)
-            found = overlap(top10(embedder.encode(queries), embedder.encode(chunks)), reference)
-            embedder.precision = "fp32"
-            print(f"{label:<62}{found:>16.3f}{rate / base_rate:>14.2f}")
+        for build in builders:
+            for label, graph in build(embedder, fp32, Path(scratch)):
+                embedder.int8_session, embedder.precision = quantization.session(graph), "int8"
+                _, rate = timed(embedder.encode, texts, 2)
+                vectors = embedder.encode(chunks)
+                found = overlap(top10(embedder.encode(queries), vectors), reference)
+                error = float(1 - (vectors * reference_chunks).sum(1).mean())
+                embedder.precision = "fp32"
+                print(f"{label:<62}{found:>16.3f}{error:>14.2e}{rate / base_rate:>14.2f}", flush=True)
 
 
 def main() -> None:
@@ -289,6 +388,7 @@ def main() -> None:
     default = Path(__file__).resolve().parents[1] / ".llmops" / "realdocs" / "debian-faq-pdf"
     parser.add_argument("--corpus", type=Path, default=default if default.is_dir() else Path(__file__).resolve().parents[1] / "sample_corpus")
     parser.add_argument("--blockwise", action="store_true", help="also run ONNX Runtime's block-wise 8-bit quantiser for real")
+    parser.add_argument("--rotated", action="store_true", help="also run the recipe with Hadamard-rotated inputs and weights for real")
     parser.add_argument("--distil", type=int, metavar="STEPS", default=0, help="also train a fake-quantised copy for STEPS batches")
     parser.add_argument("--rate", type=float, default=5e-6, help="the distillation's learning rate")
     args = parser.parse_args()
@@ -310,6 +410,10 @@ def main() -> None:
         ("8-bit, both feed-forward MatMuls in fp32", quantization.WEIGHT_LEVELS, True, feed_forward),
         ("LLM.int8(): 16 outlier input channels in fp32, 8-bit weights", quantization.WEIGHT_LEVELS, True, lambda name: False, 16),
         ("LLM.int8(): 16 outlier input channels in fp32, weights fp32", None, True, lambda name: False, 16),
+        ("Hadamard-rotated (blocks of 128), 8-bit weights and inputs", quantization.WEIGHT_LEVELS, True, lambda name: False, 0, 128),
+        ("Hadamard-rotated (blocks of 32), 8-bit weights and inputs", quantization.WEIGHT_LEVELS, True, lambda name: False, 0, 32),
+        ("Hadamard-rotated (blocks of 128), inputs only, weights fp32", None, True, lambda name: False, 0, 128),
+        ("Hadamard-rotated (blocks of 128), 8-bit weights only", quantization.WEIGHT_LEVELS, False, lambda name: False, 0, 128),
     ]
 
     def measure(label: str) -> None:
@@ -318,15 +422,16 @@ def main() -> None:
         error = float(1 - (vectors * reference_chunks).sum(1).mean())
         print(f"{label:<62}{found:>16.3f}{error:>14.2e}", flush=True)
 
-    for name, levels, activations, keep, *outliers in configurations:
-        simulation.apply(levels, activations, keep, *outliers)
+    for name, levels, activations, keep, *extra in configurations:
+        simulation.apply(levels, activations, keep, *extra)
         measure(name)
     simulation.reset()
     if args.distil:
         excluded = {*chunks, *queries, *(text for texts in quantization.probe() for text in texts)}
         distil(embedder, simulation.ranges, args.distil, args.rate, measure, excluded)
-    if args.blockwise:
-        blockwise(embedder, chunks, queries, reference)
+    builders = [build for build, wanted in ((blockwise, args.blockwise), (rotated, args.rotated)) if wanted]
+    if builders:
+        for_real(embedder, builders, chunks, queries, reference, reference_chunks)
     print(f"\nthe int8 gate asks for {INT8_MIN_OVERLAP:.2f}")
 
 

@@ -1,5 +1,6 @@
 """The pieces of the real-document benchmark that decide its figures: where a gold answer is taken
-from (scripts/realdocs.py) and what the naive answer is (bench/quality.py)."""
+from (scripts/realdocs.py) and what the naive answer is (bench/quality.py); and the rotated int8
+graph that scripts/int8_ceiling.py measures."""
 
 import importlib.util
 import sys
@@ -42,3 +43,46 @@ def test_the_naive_answer_is_the_top_windows_sentence_with_most_question_words()
             "The rollback command moves the champion alias back to the previous version."
         )
         assert naive_answer(bm25, "zebra") == ""  # nothing retrieved: no answer
+
+
+def test_a_rotated_int8_graph_rounds_an_outlier_channel_better_than_the_recipe(tmp_path) -> None:
+    """scripts/int8_ceiling.py --rotated: turning the input and the weight by the same orthogonal
+    block-Hadamard matrix leaves the product as it was, and spreads one huge channel over its block,
+    so the rest of the row is no longer rounded on the outlier's coarse step."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from llmops_dagster.core import quantization
+
+    ceiling = _module(REPO / "scripts" / "int8_ceiling.py")
+    turn = ceiling.hadamard(64, 16).double().numpy()
+    assert np.allclose(turn @ turn.T, np.eye(64))
+    assert not turn[:16, 16:].any(), "block-diagonal"
+
+    rng = np.random.default_rng(3)
+    fp32 = tmp_path / "linear.onnx"
+    weight = rng.standard_normal((64, 24)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="linear")],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "tokens", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "tokens", 24])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(fp32))
+    x = rng.standard_normal((2, 30, 64)).astype(np.float32)
+    x[..., 5] *= 60  # BERT's hidden states carry a few channels like this one
+    ranges = quantization.calibrate(fp32, [{"x": x}])
+    reference = x @ weight
+
+    def error(path) -> float:  # noqa: ANN001
+        got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        return float(np.square(got - reference).mean() / np.square(reference).mean())
+
+    quantization.quantize(fp32, ranges, tmp_path / "recipe.onnx", quantization.weight_levels())
+    ceiling.rotated_graph(fp32, ranges, tmp_path / "rotated.onnx", 16)
+    assert "MatMul" not in {node.op_type for node in onnx.load(str(tmp_path / "rotated.onnx")).graph.node if node.name == "linear"}
+    assert error(tmp_path / "rotated.onnx") < 1e-4, "the rotation was undone: the product is fp32's"
+    assert error(tmp_path / "rotated.onnx") < 0.5 * error(tmp_path / "recipe.onnx")
