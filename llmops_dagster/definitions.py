@@ -13,6 +13,7 @@ from llmops_dagster.assets.endpoint import build_endpoint_job, build_serving_end
 from llmops_dagster.assets.inference_table import build_inference_table
 from llmops_dagster.assets.monitoring import build_monitor_job, build_monitoring_assets, monitoring_partitions
 from llmops_dagster.core.runtime import offline
+from llmops_dagster.executor import environment_locked_executor
 from llmops_dagster.jobs import operator_jobs
 from llmops_dagster.resources import build_resources
 from llmops_dagster.resources.monitoring import drift_watch_for
@@ -107,8 +108,9 @@ def build_defs(env: str | EnvSettings) -> dg.Definitions:
         sensors=sensors,
         schedules=schedules,
         resources=resources,
-        # One process: the embedding model and torch are loaded once per run, not once per step.
-        executor=dg.in_process_executor,
+        # One process: the embedding model and torch are loaded once per run, not once per step;
+        # behind the environment's lock, so that a run never starts beside an `llmops run`.
+        executor=environment_locked_executor,
         metadata={
             "environment": settings.name,
             "landing": str(settings.landing),

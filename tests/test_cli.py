@@ -364,15 +364,13 @@ def test_a_second_llmops_process_in_the_same_environment_is_refused_until_the_fi
     first holding the environment's lock, and says so. The lock goes with the process that holds it."""
     from filelock import FileLock
 
-    from llmops_dagster.cli.instance import lock_path
+    from llmops_dagster.executor import lock_path
 
     home = tmp_path / "home"
     env = {**os.environ, "LLMOPS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
     (home / "dagster").mkdir(parents=True)
     command = [LLMOPS, "run", "--env", "test", "--landing", str(sample_landing)]
-    with pytest.MonkeyPatch.context() as scoped:
-        scoped.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])
-        path = lock_path("test")
+    path = lock_path(env["DAGSTER_HOME"], "test")
     hold = f"import filelock, time; lock = filelock.FileLock({str(path)!r}); lock.acquire(); print('held', flush=True); time.sleep(600)"
     holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:

@@ -99,23 +99,22 @@ def open_instance():
     return dg.DagsterInstance.get()
 
 
-def lock_path(env: str) -> Path:
-    """The file an llmops process locks while it runs a job in ``env`` (beside dagster.yaml)."""
-    return Path(os.environ["DAGSTER_HOME"]) / f"llmops-{env}.lock"
-
-
 @contextmanager
 def running_alone(instance, env: str) -> Iterator[None]:
     """The CLI runs in process, outside the run queue: it runs a job in ``env`` only while no other
-    llmops process on this machine does (a file lock, held until the job ends), and no run of the
-    environment is in progress in the instance (``refuse_if_running``).
+    llmops process on this machine does and no launched run holds the environment's lock (taken
+    exclusively here, until the job ends; launched runs take it shared: ``executor``), and no run
+    of the environment is in progress in the instance (``refuse_if_running``). A run the daemon
+    starts after that check waits for the lock, so it never runs beside this job.
 
     The lock is the operating system's: it goes with the process holding it, so a crash never
     leaves the environment locked.
     """
     from filelock import FileLock, Timeout
 
-    path = lock_path(env)
+    from llmops_dagster.executor import lock_path
+
+    path = lock_path(instance.root_directory, env)
     lock = FileLock(path, timeout=0)
     try:
         lock.acquire()
