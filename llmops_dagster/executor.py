@@ -56,7 +56,10 @@ class EnvironmentLockedExecutor(InProcessExecutor):
         try:
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                held = False
             except BlockingIOError:
+                held = True
+            if held:
                 message = f"waiting for the llmops process that holds {path} to end its job in environment '{env}'"
                 yield DagsterEvent.engine_event(plan_context, message, EngineEventData())
                 with raise_execution_interrupts():  # terminating the run ends the wait, not only its first step

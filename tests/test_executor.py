@@ -96,7 +96,9 @@ def test_an_llmops_process_is_refused_while_a_launched_run_holds_its_environment
     go = tmp_path / "go"
     thread, outcome = start(instance, go, {ENV_TAG: "test"})
     eventually(lambda: events(instance, dg.DagsterEventType.STEP_START), "the run never started its step")
-    with pytest.raises(UserError, match="another llmops process is running a job in environment 'test'"), running_alone(instance, "test"):
+    [run] = instance.get_runs()
+    refusal = f"run {run.run_id} is running a job in environment 'test' \\(it holds .*llmops-test.lock\\); try again when it ends"
+    with pytest.raises(UserError, match=refusal), running_alone(instance, "test"):
         pass
     assert FileLock(str(lock_path(instance.root_directory, "staging")), timeout=0).acquire(), "another environment is not held"
     go.touch()

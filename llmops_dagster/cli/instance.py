@@ -119,7 +119,11 @@ def running_alone(instance, env: str) -> Iterator[None]:
     try:
         lock.acquire()
     except Timeout:
-        raise UserError(f"another llmops process is running a job in environment '{env}' (it holds {path}); try again when it ends") from None
+        import dagster as dg
+
+        started = instance.get_runs(dg.RunsFilter(tags={ENV_TAG: env}, statuses=[dg.DagsterRunStatus.STARTED]), limit=1)
+        holder = f"run {started[0].run_id}" if started else "another llmops process"  # a launched run holds it shared
+        raise UserError(f"{holder} is running a job in environment '{env}' (it holds {path}); try again when it ends") from None
     try:
         refuse_if_running(instance, env)
         yield
