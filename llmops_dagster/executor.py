@@ -16,6 +16,7 @@ operator's lane and does not wait behind a long ``llmops run``.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,11 +55,18 @@ class EnvironmentLockedExecutor(InProcessExecutor):
         path = lock_path(instance.root_directory, env)
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
+            held, unlockable = False, None
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                held = False
             except BlockingIOError:
                 held = True
+            except OSError as error:  # a filesystem without flock (some network and FUSE mounts)
+                if error.errno not in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK):
+                    raise
+                unlockable = os.strerror(error.errno)
+            if unlockable:  # filelock, on the CLI's side, falls back to a marker file there
+                message = f"cannot lock {path} ({unlockable}): this run does not wait for llmops processes"
+                yield DagsterEvent.engine_event(plan_context, message, EngineEventData())
             if held:
                 message = f"waiting for the llmops process that holds {path} to end its job in environment '{env}'"
                 yield DagsterEvent.engine_event(plan_context, message, EngineEventData())

@@ -121,3 +121,20 @@ def test_a_run_of_no_environment_does_not_wait(instance: dg.DagsterInstance, tmp
         assert outcome == {"success": True}
     finally:
         lock.release()
+
+
+def test_a_filesystem_without_flock_runs_the_job_and_says_it_did_not_lock(instance: dg.DagsterInstance, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    import errno
+    import fcntl
+
+    def no_flock(descriptor: int, operation: int) -> None:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    go = tmp_path / "go"
+    go.touch()
+    thread, outcome = start(instance, go, {ENV_TAG: "test"})
+    thread.join(60)
+    assert outcome == {"success": True}
+    said = [entry.message or "" for entry in events(instance, dg.DagsterEventType.ENGINE_EVENT)]
+    assert any("(Function not implemented): this run does not wait for llmops processes" in message for message in said)
