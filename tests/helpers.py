@@ -9,8 +9,14 @@ import re
 import shutil
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_CORPUS = REPO / "sample_corpus"
@@ -25,6 +31,30 @@ SECRETS = {
 # . , - = / : (at most registry.UC_TAG_LIMIT tags on one object).
 UC_TAG_KEY = re.compile(r"[^.,\-=/:]+")
 SHORT_DOCUMENTS = ("chunking-notes.md", "release-checklist.txt", "vector-search-primer.html")  # no PDF: seconds, not minutes
+
+
+def wait_for(condition, timeout: float, what: str, every: float = 2.0):  # noqa: ANN001, ANN201
+    """``condition()``'s first truthy value, asked every ``every`` seconds for up to ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@contextmanager
+def lock_held_elsewhere(path: Path) -> Iterator[None]:
+    """``path`` locked as ``llmops run`` locks it (filelock), by another process, which is killed on the way out."""
+    hold = f"import filelock, time; lock = filelock.FileLock({str(path)!r}); lock.acquire(); print('held', flush=True); time.sleep(600)"
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()  # the lock goes with the process
+        holder.wait()
 
 
 def gold_questions(sources: tuple[str, ...]) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import LLMOPS, SAMPLE_CORPUS, TrainedHome, assert_every_chunk_embedded_once, llmops, llmops_here
+from helpers import LLMOPS, SAMPLE_CORPUS, TrainedHome, assert_every_chunk_embedded_once, llmops, llmops_here, lock_held_elsewhere
 
 
 @pytest.mark.slow
@@ -371,17 +371,11 @@ def test_a_second_llmops_process_in_the_same_environment_is_refused_until_the_fi
     (home / "dagster").mkdir(parents=True)
     command = [LLMOPS, "run", "--env", "test", "--landing", str(sample_landing)]
     path = lock_path(env["DAGSTER_HOME"], "test")
-    hold = f"import filelock, time; lock = filelock.FileLock({str(path)!r}); lock.acquire(); print('held', flush=True); time.sleep(600)"
-    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(path):
         refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
         assert refused.returncode == 2, refused.stderr
         said = f"another llmops process is running a job in environment 'test' (it holds {path}); try again when it ends"
         assert refused.stderr.strip().endswith(said) and "Traceback" not in refused.stderr
-    finally:
-        holder.kill()
-        holder.wait()
     assert FileLock(str(path), timeout=0).acquire()  # killed: the lock went with it
 
 

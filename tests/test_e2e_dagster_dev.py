@@ -23,7 +23,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from llmops_dagster.sensors import NEW_DOCUMENTS, UPSTREAM_SENSOR
 from llmops_dagster.settings import EnvSettings, load_settings
 from llmops_dagster.tags import ENV_TAG, LANDING_CHANGE_TAG, SOURCE_VERSION_TAG, TRIGGER_TAG
 
-from helpers import REPO, SAMPLE_CORPUS, SHORT_DOCUMENTS, assert_every_chunk_embedded_once, gold_questions, short_landing
+from helpers import REPO, SAMPLE_CORPUS, SHORT_DOCUMENTS, assert_every_chunk_embedded_once, gold_questions, short_landing, wait_for
 from processes import free_port, stop_group
 
 pytestmark = pytest.mark.slow
@@ -57,16 +56,6 @@ GROUPS = {
     "model": ("embedding_model", "rag_model", "evaluation"),  # last: the screenshot shows it
 }
 TEST_DOCUMENTS = ("chunking-notes.md", "release-checklist.txt")
-
-
-def wait_for(condition, timeout: float, what: str, every: float = 2.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def start_dagster_dev(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log) -> tuple[subprocess.Popen, str]:  # noqa: ANN001

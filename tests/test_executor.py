@@ -3,8 +3,6 @@ the environment's lock shared before its first step (llmops_dagster/executor.py)
 it exclusively (cli.instance.running_alone). Real runs on a persistent instance, and the lock held
 by another process that is then killed."""
 
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +13,8 @@ from filelock import FileLock
 
 from llmops_dagster.executor import environment_locked_executor, lock_path
 from llmops_dagster.tags import ENV_TAG
+
+from helpers import lock_held_elsewhere, wait_for
 
 
 @dg.op(config_schema={"go": str})
@@ -49,13 +49,6 @@ def events(instance: dg.DagsterInstance, kind: dg.DagsterEventType) -> list:
     return [record.event_log_entry for record in instance.get_event_records(dg.EventRecordsFilter(event_type=kind))]
 
 
-def eventually(condition, what: str, seconds: float = 60) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def instance(tmp_path: Path):  # noqa: ANN201
     home = tmp_path / "dagster"
@@ -65,11 +58,7 @@ def instance(tmp_path: Path):  # noqa: ANN201
 
 
 def test_a_launched_run_waits_while_an_llmops_process_holds_its_environment(instance: dg.DagsterInstance, tmp_path: Path) -> None:
-    path = lock_path(instance.root_directory, "test")
-    hold = f"import filelock, time; lock = filelock.FileLock({str(path)!r}); lock.acquire(); print('held', flush=True); time.sleep(600)"
-    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(lock_path(instance.root_directory, "test")):
         go = tmp_path / "go"
         go.touch()  # the op itself would end at once
         thread, outcome = start(instance, go, {ENV_TAG: "test"})
@@ -78,12 +67,9 @@ def test_a_launched_run_waits_while_an_llmops_process_holds_its_environment(inst
             said = [entry.message or "" for entry in events(instance, dg.DagsterEventType.ENGINE_EVENT)]
             return any("waiting for the llmops process that holds" in message for message in said)
 
-        eventually(waiting, "the run never said it waits for the lock")
+        wait_for(waiting, 60, "the run to say it waits for the lock", every=0.05)
         time.sleep(1)
         assert thread.is_alive() and not events(instance, dg.DagsterEventType.STEP_START), "a step started beside the llmops process"
-    finally:
-        holder.kill()  # the lock goes with the process
-        holder.wait()
     thread.join(60)
     assert outcome == {"success": True}
     assert events(instance, dg.DagsterEventType.STEP_SUCCESS)
@@ -95,7 +81,7 @@ def test_an_llmops_process_is_refused_while_a_launched_run_holds_its_environment
 
     go = tmp_path / "go"
     thread, outcome = start(instance, go, {ENV_TAG: "test"})
-    eventually(lambda: events(instance, dg.DagsterEventType.STEP_START), "the run never started its step")
+    wait_for(lambda: events(instance, dg.DagsterEventType.STEP_START), 60, "the run to start its step", every=0.05)
     [run] = instance.get_runs()
     refusal = f"run {run.run_id} is running a job in environment 'test' \\(it holds .*llmops-test.lock\\); try again when it ends"
     with pytest.raises(UserError, match=refusal), running_alone(instance, "test"):
