@@ -147,7 +147,7 @@ class Simulation:
             if rotation:
                 # x·Wᵀ = (x·R)·(W·R)ᵀ for an orthogonal R: both sides are rounded rotated, and the
                 # hook hands the Linear (rounded x·R)·Rᵀ against the weight (rounded W·R)·Rᵀ.
-                turn = hadamard(weight.shape[1], rotation)
+                turn = torch.from_numpy(hadamard(weight.shape[1], rotation)).float()
                 module.weight.data = (round_weight(scaled @ turn, weight_levels) if weight_levels else scaled @ turn) @ turn.T
                 self.hooks.append(module.register_forward_pre_hook(self._rounder(smooth, activations, False, turn=turn)))
                 continue
@@ -174,15 +174,14 @@ class Simulation:
 
 
 def hadamard(size: int, block: int):  # noqa: ANN201
-    """An orthogonal ``size``-square matrix: Sylvester-Hadamard blocks of ``block`` on the diagonal,
-    rows signed at random (QuaRot's rotation). Spreads an outlier channel over the block, so a
-    row's largest value is no longer far above the rest."""
+    """An orthogonal ``size``-square matrix (float64): Sylvester-Hadamard blocks of ``block`` on the
+    diagonal, rows signed at random (QuaRot's rotation). Spreads an outlier channel over the block,
+    so a row's largest value is no longer far above the rest."""
     import numpy as np
-    import torch
     from scipy.linalg import hadamard as sylvester
 
     signs = np.random.default_rng(size).choice([-1.0, 1.0], size)
-    return torch.from_numpy(signs[:, None] * np.kron(np.eye(size // block), sylvester(block) / block**0.5)).float()
+    return signs[:, None] * np.kron(np.eye(size // block), sylvester(block) / block**0.5)
 
 
 def stdlib_prose(excluded: set[str], limit: int = 3000) -> list[str]:
@@ -338,7 +337,7 @@ def rotated_graph(fp32: Path, ranges: dict, out: Path, block: int) -> None:
         readers = [weights[node.input[1]] for node in nodes]
         smooth = quantization.shared_smoothing(ranges[source], readers, quantization.SMOOTHING).astype(np.float64)
         stem, count = source.strip("/").replace("/", "_"), len(smooth) // block
-        turn = hadamard(len(smooth), block).double().numpy()
+        turn = hadamard(len(smooth), block)
         scaled = turn / smooth[:, None]  # diag(1/s)·R is block-diagonal too
         blocks = np.stack([scaled[i * block : (i + 1) * block, i * block : (i + 1) * block] for i in range(count)])
         added += [

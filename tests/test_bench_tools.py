@@ -57,7 +57,7 @@ def test_a_rotated_int8_graph_rounds_an_outlier_channel_better_than_the_recipe(t
     from llmops_dagster.core import quantization
 
     ceiling = _module(REPO / "scripts" / "int8_ceiling.py")
-    turn = ceiling.hadamard(64, 16).double().numpy()
+    turn = ceiling.hadamard(64, 16)
     assert np.allclose(turn @ turn.T, np.eye(64))
     assert all(not turn[i : i + 16, j : j + 16].any() for i in range(0, 64, 16) for j in range(0, 64, 16) if i != j), "block-diagonal"
 
