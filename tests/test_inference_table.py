@@ -25,7 +25,7 @@ import pytest
 from databricks.sdk import WorkspaceClient
 from databricks_workspace import WorkspaceServer
 
-from llmops_dagster.core import inference_table, monitoring_table, store
+from llmops_dagster.core import inference_table, monitoring, monitoring_table, store
 from llmops_dagster.core.endpoint import EndpointSpec
 from llmops_dagster.serving.inference_log import TRUNCATION_MARK
 
@@ -205,6 +205,33 @@ def test_without_the_served_entities_table_rows_are_imported_with_the_version_un
     assert {row["served_model_version"] for row in logged(lance).values()} == {None}
 
 
+def test_a_request_of_several_questions_keeps_each_questions_fields(workspace: WorkspaceServer, lance: store.LanceStore) -> None:
+    """The row's columns describe the first question, ``later_questions`` the others, each from its
+    own prediction, as ``llmops serve`` logs such a request; monitoring then judges every question."""
+    questions = ["How is release 1 rolled back?", "Which formats are read?", "What is the gate?"]
+    records = json.loads(answer("Move the alias back [1].", [PASSAGE]))["predictions"]
+    records += [{**records[0], "answer": "PDF, HTML and Markdown.", "passages": [], "sources": [], "scores": [], "cited": []},
+                {**records[0], "answer": "", "found": False, "error": "TimeoutError: the generator did not answer"}]
+    warehouse = workspace.workspace.sql
+    warehouse.rows = [payload_row(1, START, request={"dataframe_split": {"columns": ["question"], "data": [[q] for q in questions]}},
+                                  response=json.dumps({"predictions": records}))]
+    warehouse.publish()
+    run_import(workspace, lance)
+    row = logged(lance)["req-001"]
+    assert (row["question"], row["answer"], row["chunk_ids"], row["question_tokens"], row["error"]) == (
+        questions[0], "Move the alias back [1].", ["chunk-rollback"], 6, None)
+    second, third = row["later_questions"]
+    assert (second["question"], second["answer"], second["chunk_ids"], second["question_tokens"], second["answer_tokens"]) == (
+        questions[1], "PDF, HTML and Markdown.", None, 4, 4)
+    assert (third["question"], third["found"], third["chunk_ids"], third["error"]) == (
+        questions[2], False, ["chunk-rollback"], "TimeoutError: the generator did not answer")
+
+    frame, problems = monitoring_table.frame_between(lance, START, START + timedelta(hours=1), monitoring_table.Scoring())
+    assert problems == {} and frame["question"].tolist() == questions
+    (metrics,) = monitoring.window_metrics(frame, START, START + timedelta(hours=1), monitoring.MonitoringConfig(window="1h"))
+    assert (metrics["request_count"], metrics["question_count"]) == (1, 3) and metrics["generation_error_rate"] == pytest.approx(1 / 3)
+
+
 def test_a_statement_the_warehouse_fails_is_one_line_that_names_the_table(workspace: WorkspaceServer, lance: store.LanceStore) -> None:
     workspace.workspace.sql.NAMES = {}  # the payload table is not there
     with pytest.raises(inference_table.InferenceTableError) as failure:
@@ -310,7 +337,7 @@ def test_odd_responses_leave_fields_empty_and_never_lose_the_request() -> None:
     ]
     def read(response: object, count_tokens=words) -> dict:  # noqa: ANN001 - as the import reads a row
         record = {**base, "response": json.dumps(response)}
-        return inference_table.log_row(record, inference_table.first_prediction(record), "/p", "m", 16000, count_tokens, {})
+        return inference_table.log_row(record, inference_table.predictions_of(record), "/p", "m", 16000, count_tokens, {})
 
     for response in odd:
         row = read(response)

@@ -531,3 +531,35 @@ def test_scores_of_another_retrieval_mode_neither_average_in_nor_read_as_drift()
     drift = column_drift(reference, frame[~frame["request_id"].isin([f"h{i}" for i in range(20)])], min_count=5, columns=["top1_score"])
     assert drift["top1_score"]["current_count"] == 20  # the hybrid rows; the text rows' scores are left out
     assert drift["top1_score"]["ks_test"]["pvalue"] > 0.05
+
+
+def test_a_request_of_several_questions_is_judged_on_each_and_counted_and_timed_once() -> None:
+    """``later_questions`` gives a request's second and later questions a row each: answers, tokens,
+    no-answers, groundedness and unanswered questions cover all of them; request count, status
+    shares and latency count the request once. A later question that cannot be read is counted as
+    malformed, and the rest of its request kept."""
+    from llmops_dagster.core.monitoring import drift_values, unanswered_questions
+
+    later = [
+        {"question": "Where do quarantined files go?", "answer": NO_ANSWER, "found": False, "chunk_ids": ["c2"], "sources": ["ops.md"],
+         "scores": [0.3], "question_tokens": 5, "answer_tokens": 8},
+        {"question": "What overlap is used?", "answer": "Generation failed: timeout", "found": False, "chunk_ids": ["c1"], "sources": ["n.md"],
+         "scores": [0.7], "question_tokens": 4, "answer_tokens": 4, "error": "TimeoutError"},
+        {"question": "Is it copied?", "answer": PASSAGE, "found": True, "chunk_ids": ["c1", "c2"], "sources": ["n.md"], "scores": [0.9, 0.1]},
+    ]
+    log = [log_row("many", 1, execution_time_ms=900.0, later_questions=later), log_row("one", 2, execution_time_ms=100.0)]
+    frame, problems = normalise_rows(pa.Table.from_pylist(log, store.INFERENCE_LOG_SCHEMA), None, chunk_texts=CHUNKS)
+    assert problems == {"endpoint.length_mismatch:chunk_ids/sources/scores": 1}  # the third later question
+    assert frame["request_id"].tolist() == ["many", "many", "many", "one"] and frame["question_index"].tolist() == [0, 1, 2, 0]
+    assert frame["mode"].tolist() == ["vector"] * 4 and frame["latency_ms"].tolist() == [900.0] * 3 + [100.0]
+
+    (row,) = window_metrics(frame, DAY, DAY + timedelta(days=1))
+    assert (row["request_count"], row["question_count"]) == (2, 4)
+    assert row["latency_p50_ms"] == pytest.approx(500.0)  # 900 ms once, not once per question
+    assert row["error_rate"] == 0.0
+    assert row["question_tokens_mean"] == pytest.approx((6 + 5 + 4 + 6) / 4)
+    assert row["generation_error_rate"] == pytest.approx(1 / 4)
+    assert row["no_answer_rate"] == pytest.approx(1 / 3)  # of the three the generator answered
+    assert row["top1_score_mean"] == pytest.approx((0.8 + 0.3 + 0.7 + 0.8) / 4)
+    assert sorted(drift_values(frame, ["latency_ms"])["latency_ms"].tolist()) == [100.0, 900.0]
+    assert unanswered_questions(frame) == ["Where do quarantined files go?"]

@@ -70,10 +70,20 @@ def test_every_protocol_answers_as_the_pyfunc_does(served: Server) -> None:
         "inputs": {"question": QUESTIONS},
     }
     for name, data in formats.items():
-        response = invoke(served, {name: data, "params": {"k": 3}})
+        response = invoke(served, {name: data, "params": {"k": 3}}, {"X-Client-Request-Id": f"formats-{name}"})
         assert response.status_code == 200, (name, response.text)
         assert response.headers["x-model-version"] == "1"
         assert without_latency(response.json()["predictions"]) == expected, name
+
+    # Each request is one log row: the first question's fields in its columns, the later ones' in later_questions.
+    rows = served.logged([f"formats-{name}" for name in formats])
+    assert len(rows) == len(formats)
+    for row in rows:
+        logged = [row, *row["later_questions"]]
+        assert [entry["question"] for entry in logged] == QUESTIONS
+        assert [entry["answer"] for entry in logged] == [prediction["answer"] for prediction in expected]
+        assert [entry["sources"] for entry in logged] == [prediction["sources"] for prediction in expected]
+        assert all(len(entry["chunk_ids"]) == 3 and entry["question_tokens"] > 0 and entry["answer_tokens"] > 0 for entry in logged)
 
     client = OpenAI(base_url=f"{served.url}/v1", api_key=TOKEN, max_retries=0)
     messages = [{"role": "system", "content": "Answer from the documents."}, {"role": "user", "content": QUESTIONS[0]}]

@@ -130,6 +130,7 @@ def build_monitoring_assets(env: str, config: MonitoringConfig, imports: list[dg
             "window": f"{begin.isoformat()} – {end.isoformat()}",
             "window_rows": len(report.rows),
             "requests": sum(int(row["request_count"]) for row in report.rows),
+            "questions": sum(int(row["question_count"]) for row in report.rows),
             "drift_state": state["state"],
             "failing_checks": "; ".join(failing) or "none",
             "malformed_rows": sum(report.problems.values()),

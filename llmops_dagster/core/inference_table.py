@@ -16,11 +16,12 @@ warehouse (the Statement Execution API, by databricks-sdk) and adds it to ``infe
 - **Which version answered.** The served entity's id is resolved to the registered model's
   version through the system table ``system.serving.served_entities``. A workspace where the
   caller cannot read it still imports, with the version unknown, and says so.
-- **The RAG fields.** The question and the ``k``/``mode`` params come from the request (any MLflow
+- **The RAG fields.** The questions and the ``k``/``mode`` params come from the request (any MLflow
   scoring format, parsed as ``llmops serve`` parses it); answer, found, sources, scores, citations,
-  token usage and the generator from the model's first prediction in the response; question and
-  answer tokens are counted with the index's tokenizer, and passages are matched back to the
-  chunks they came from, so that groundedness can be judged.
+  token usage and the generator from the model's predictions in the response, one per question:
+  the first question's in the row's columns, each later one's in ``later_questions``, as ``llmops
+  serve`` logs them. Question and answer tokens are counted with the index's tokenizer, and passages
+  are matched back to the chunks they came from, so that groundedness can be judged.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ def page_statement(table: str, versions: bool, page_rows: int, field_chars: int)
     (``after_date``, a UTC date a day early, whatever the warehouse's time zone) and the
     ``request_time`` bound let the warehouse skip files; the keyset on the microsecond time and the
     id makes pages neither overlap nor skip rows that share a time. Bodies come cut to
-    ``field_chars`` with their full lengths, and the first prediction whole (what the row's RAG
-    fields are read from), so a page stays far below the 25 MiB an inline result may hold."""
+    ``field_chars`` with their full lengths, and the predictions whole (what the row's RAG fields
+    are read from); a page too large for an inline result is read again in smaller pages."""
     version = "e.entity_version" if versions else "CAST(NULL AS STRING)"
     join = (
         f"LEFT JOIN (SELECT served_entity_id, max_by(entity_version, change_time) AS entity_version FROM {VERSIONS_TABLE} "
@@ -74,7 +75,7 @@ def page_statement(table: str, versions: bool, page_rows: int, field_chars: int)
         "SELECT t.databricks_request_id, t.client_request_id, unix_micros(t.request_time) AS request_us, t.status_code, "
         f"t.execution_duration_ms, t.sampling_fraction, left(t.request, {chars}) AS request, length(t.request) AS request_chars, "
         f"left(t.response, {chars}) AS response, length(t.response) AS response_chars, "
-        "get_json_object(t.response, '$.predictions[0]') AS prediction, get_json_object(t.response, '$.message') AS message, "
+        "get_json_object(t.response, '$.predictions') AS predictions, get_json_object(t.response, '$.message') AS message, "
         f"to_json(t.logging_error_codes) AS logging_error_codes, {version} AS entity_version FROM {quoted(table)} AS t {join}"
         "WHERE t.request_date >= :after_date AND t.request_time >= timestamp_micros(:after_us) "
         "AND (unix_micros(t.request_time) > :after_us OR (unix_micros(t.request_time) = :after_us AND t.databricks_request_id > :after_id)) "
@@ -172,34 +173,35 @@ def _json(text: str | None) -> Any:
         return None
 
 
-def first_prediction(record: Mapping[str, str | None]) -> dict[str, Any] | None:
-    """The response's first prediction: as the warehouse extracted it, else from the (uncut) body,
-    whose ``predictions`` may also be the DataFrame as columns of values."""
-    prediction = _json(record.get("prediction"))
-    if isinstance(prediction, dict):
-        return prediction
-    response = _json(record.get("response"))
-    predictions = response.get("predictions") if isinstance(response, dict) else None
-    if isinstance(predictions, dict) and predictions and all(isinstance(values, list) and values for values in predictions.values()):
-        return {column: values[0] for column, values in predictions.items()}
-    if isinstance(predictions, list) and predictions and isinstance(predictions[0], dict):
-        return predictions[0]
-    return None
+def predictions_of(record: Mapping[str, str | None]) -> list[dict[str, Any] | None]:
+    """The response's predictions, one per question, as the warehouse extracted them, else from the
+    (uncut) body; ``predictions`` may also be the DataFrame as columns of values. One that is not an
+    object is None in its place; none at all when the response holds no predictions."""
+    predictions = _json(record.get("predictions"))
+    if predictions is None:
+        response = _json(record.get("response"))
+        predictions = response.get("predictions") if isinstance(response, dict) else None
+    if isinstance(predictions, dict) and predictions and all(isinstance(values, list) for values in predictions.values()):
+        rows = max(len(values) for values in predictions.values())
+        return [{column: values[n] for column, values in predictions.items() if n < len(values)} for n in range(rows)]
+    if isinstance(predictions, list):
+        return [prediction if isinstance(prediction, dict) else None for prediction in predictions]
+    return []
 
 
-def _request_fields(request: Any) -> dict[str, Any]:
-    """The question (the first of the request), k and mode, as ``llmops serve`` reads a scoring
-    request; none when the body is missing or not one."""
+def _request_fields(request: Any) -> tuple[list[str], dict[str, Any]]:
+    """The request's questions, and its k and mode, as ``llmops serve`` reads a scoring request;
+    none when the body is missing or not one."""
     from llmops_dagster.serving.protocol import BadRequest, Limits, invocations
 
     if not isinstance(request, dict):
-        return {}
+        return [], {}
     unlimited = Limits(max_question_chars=1 << 30, max_k=1 << 30, max_questions=1 << 30)
     try:
         query = invocations(request, None, unlimited)
     except BadRequest:
-        return {}
-    return {"question": query.questions[0], "k": _int32(query.k), "mode": query.mode}
+        return [], {}
+    return list(query.questions), {"k": _int32(query.k), "mode": query.mode}
 
 
 INT32_MAX = 2**31 - 1
@@ -244,15 +246,15 @@ def _clipped(text: str | None, length: str | None, limit: int) -> tuple[str | No
 
 def log_row(
     record: Mapping[str, str | None],
-    prediction: Mapping[str, Any] | None,
+    predictions: list[dict[str, Any] | None],
     path: str,
     model: str,
     field_chars: int,
     count_tokens: Callable[[str], int],
     chunk_ids: Mapping[str, str],
 ) -> dict[str, Any]:
-    """The inference_log row of one inference-table row, whose response's ``first_prediction`` is
-    ``prediction``. ``chunk_ids``: passage text → chunk id.
+    """The inference_log row of one inference-table row, whose response's ``predictions_of`` are
+    ``predictions``. ``chunk_ids``: passage text → chunk id.
     A field the request or response holds in an unexpected shape is left empty; a row whose RAG
     fields cannot be read at all keeps the table's own columns and says why in ``error``."""
     micros = int(record["request_us"])
@@ -280,7 +282,7 @@ def log_row(
         "error": None,
     }
     try:
-        row.update(_rag_fields(record, prediction, status, count_tokens, chunk_ids))
+        row.update(_rag_fields(record, predictions, status, count_tokens, chunk_ids))
     except Exception as error:  # noqa: BLE001 - the request is never lost for a field that could not be read
         row["error"] = f"RAG fields not read: {type(error).__name__}: {error}"[:500]
     return row
@@ -288,23 +290,43 @@ def log_row(
 
 def _rag_fields(
     record: Mapping[str, str | None],
-    prediction: Mapping[str, Any] | None,
+    predictions: list[dict[str, Any] | None],
     status: int | None,
     count_tokens: Callable[[str], int],
     chunk_ids: Mapping[str, str],
 ) -> dict[str, Any]:
-    """The question, answer and retrieval columns, from the request and the first prediction."""
-    fields = _request_fields(_json(record.get("request")))
-    if fields.get("question"):
-        fields["question_tokens"] = count_tokens(fields["question"])
+    """The question, answer and retrieval columns, from the request and its predictions: the first
+    question's in the columns, each later one's in ``later_questions``."""
+    questions, params = _request_fields(_json(record.get("request")))
     if status is not None and status >= 400:
         message = _string(record.get("message")) or record.get("response") or f"status {status}"
-        return {**fields, "error": message[:500]}
+        predictions = []
+        params["error"] = message[:500]
+    each = [
+        _question_fields(questions[n] if n < len(questions) else None, predictions[n] if n < len(predictions) else None, count_tokens, chunk_ids)
+        for n in range(max(len(questions), len(predictions), 1))
+    ]
+    row = {**each[0], **params, "later_questions": each[1:] or None}
+    failure = row.pop("error", None) if predictions else None
+    if failure:
+        row["error"] = failure
+    if predictions and predictions[0]:
+        row["generator"] = _string(predictions[0].get("generator"))
+        row["usage_source"] = "endpoint" if row.get("prompt_tokens") is not None else None
+    return row
+
+
+def _question_fields(
+    question: str | None, prediction: Mapping[str, Any] | None, count_tokens: Callable[[str], int], chunk_ids: Mapping[str, str]
+) -> dict[str, Any]:
+    """One question's RAG fields, named as ``store.LATER_QUESTION``'s."""
+    fields: dict[str, Any] = {"question": question, "question_tokens": count_tokens(question) if question else None}
     if prediction is None:
         return fields
     answer, passages = _string(prediction.get("answer")), _strings(prediction.get("passages")) or []
     ids = [chunk_ids.get(text) for text in passages]
     found = prediction.get("found")
+    cited = prediction.get("cited")
     return {
         **fields,
         "answer": answer,
@@ -313,21 +335,17 @@ def _rag_fields(
         "scores": _numbers(prediction.get("scores")),
         "chunk_ids": ids if passages and all(ids) else None,
         "answer_tokens": count_tokens(answer) if answer else None,
-        "cited": [number for number in (_int32(item) for item in prediction.get("cited") or []) if number is not None]
-        if isinstance(prediction.get("cited"), list)
-        else None,
+        "cited": [number for number in (_int32(item) for item in cited) if number is not None] if isinstance(cited, list) else None,
         "prompt_tokens": _int32(prediction.get("prompt_tokens")),
         "completion_tokens": _int32(prediction.get("completion_tokens")),
-        "generator": _string(prediction.get("generator")),
-        "usage_source": "endpoint" if _int32(prediction.get("prompt_tokens")) is not None else None,
         # The generator's failure, as llmops serve logs it: monitoring counts it apart from no-answers.
         "error": str(prediction["error"])[:500] if prediction.get("error") else None,
     }
 
 
-def passage_chunk_ids(lance: store.LanceStore, predictions: list[Mapping[str, Any] | None]) -> dict[str, str]:
-    """Passage text → chunk id, for the passages the page's first predictions quote (from the index
-    they were retrieved from, which the endpoint shares with this environment)."""
+def passage_chunk_ids(lance: store.LanceStore, predictions: list[dict[str, Any] | None]) -> dict[str, str]:
+    """Passage text → chunk id, for the passages the page's predictions quote (from the index they
+    were retrieved from, which the endpoint shares with this environment)."""
     texts = {text for prediction in predictions if prediction for text in _strings(prediction.get("passages")) or []}
     if not texts or not lance.exists(store.CHUNKS):
         return {}
@@ -412,11 +430,11 @@ def import_requests(
             continue
         pages += 1
         if records:
-            predictions = [first_prediction(record) for record in records]  # parsed once: for the chunk ids and the rows
-            chunk_ids = passage_chunk_ids(lance, predictions)
+            predictions = [predictions_of(record) for record in records]  # parsed once: for the chunk ids and the rows
+            chunk_ids = passage_chunk_ids(lance, [prediction for each in predictions for prediction in each])
             rows = [
-                log_row(record, prediction, path, spec.model, field_chars, count_tokens, chunk_ids)
-                for record, prediction in zip(records, predictions, strict=True)
+                log_row(record, each, path, spec.model, field_chars, count_tokens, chunk_ids)
+                for record, each in zip(records, predictions, strict=True)
             ]
             read, added = read + len(rows), added + _insert_new(lance, rows)
             fractions = [_json(record.get("sampling_fraction")) for record in records]

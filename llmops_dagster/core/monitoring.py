@@ -53,6 +53,7 @@ SCORER_METRICS = {TOXICITY: ("toxicity_mean", "toxicity_max", "toxic_rate"), PER
 TOXIC_LEVEL = 0.5  # toxic_rate: share of scored answers whose toxic-label probability is above this
 WINDOW_METRICS = (
     "request_count",
+    "question_count",
     "error_rate",
     "client_error_rate",
     "latency_p50_ms",
@@ -73,9 +74,11 @@ WINDOW_METRICS = (
     "query_drift",
     *(metric for metrics in SCORER_METRICS.values() for metric in metrics),
 )
+COUNT_METRICS = ("request_count", "question_count")  # whole numbers: summed across a window's slices, not averaged
 FRAME_COLUMNS = (
     "source",
     "request_id",
+    "question_index",
     "timestamp",
     "served_model_version",
     "endpoint",
@@ -375,6 +378,10 @@ def normalise_rows(
     """The inference log and batch predictions as one frame of ``FRAME_COLUMNS``, and the rows kept
     out, counted as ``"<source>.<reason>"``.
 
+    A logged request of several questions gives one row per question (``question_index`` 0, 1, …,
+    the request's own fields on each): a later question that cannot be read is counted, and the
+    rest of its request kept.
+
     ``chunk_texts`` (chunk id → text) gives logged requests their passages, which the log does not
     store, so that their groundedness can be scored; without it, or when a chunk has since left the
     index, the row's passages are null. ``count_tokens`` fills the token counts batch rows lack.
@@ -386,9 +393,16 @@ def normalise_rows(
     for source, table, read in (("endpoint", log_frame, _endpoint_row), ("batch", prediction_frame, _batch_row)):
         for raw in _records(table):
             try:
-                rows.append(read(raw, chunk_texts, count_tokens))
+                first = read(raw, chunk_texts, count_tokens)
             except _Malformed as malformed:
                 problems[f"{source}.{malformed.reason}"] += 1
+                continue
+            rows.append(first)
+            for index, later in enumerate(_later_questions(raw) if source == "endpoint" else [], start=1):
+                try:
+                    rows.append({**first, "question_index": index, **_question_part(later, first["is_error"], chunk_texts)})
+                except _Malformed as malformed:
+                    problems[f"{source}.{malformed.reason}"] += 1
     frame = pd.DataFrame(rows, columns=list(FRAME_COLUMNS))
     frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
     frame["status_code"] = frame["status_code"].astype("Int64")
@@ -489,6 +503,7 @@ def _same_lengths(**lists: list[Any] | None) -> None:
 
 
 def _endpoint_row(raw: Mapping[str, Any], chunk_texts: Mapping[str, str] | None, count_tokens: Callable[[str], int] | None) -> dict[str, Any]:
+    """A logged request's row: its own fields and its first question's."""
     stamp = raw.get("timestamp_ms")
     if _missing(stamp):
         raise _Malformed("missing_timestamp")
@@ -501,6 +516,35 @@ def _endpoint_row(raw: Mapping[str, Any], chunk_texts: Mapping[str, str] | None,
     if not numeric or status != int(status) or not 100 <= int(status) <= 599:
         raise _Malformed("bad_status_code")
     is_error = int(status) >= CLIENT_ERROR
+    question = _question_part(raw, is_error, chunk_texts)
+    return {
+        "source": "endpoint",
+        "request_id": _text(raw, "databricks_request_id"),
+        "question_index": 0,
+        "timestamp": datetime.fromtimestamp(float(stamp) / 1000, UTC),
+        "served_model_version": _version(raw, "served_model_version"),
+        "endpoint": _text(raw, "endpoint"),
+        "status_code": int(status),
+        "is_error": is_error,
+        "latency_ms": _float(raw, "execution_time_ms", "bad_latency"),
+        "mode": _text(raw, "mode"),
+        "generator": _text(raw, "generator"),
+        **question,
+    }
+
+
+def _later_questions(raw: Mapping[str, Any]) -> list[Any]:
+    """A logged request's questions after its first (``later_questions``), each as logged."""
+    value = raw.get("later_questions")
+    return list(value) if isinstance(value, list | tuple | np.ndarray) else []
+
+
+def _question_part(raw: Mapping[str, Any], is_error: bool, chunk_texts: Mapping[str, str] | None) -> dict[str, Any]:
+    """One question's fields of a logged request: the row's columns for its first, an entry of
+    ``later_questions`` for each later one. On a request that did not fail, ``error`` is its
+    generator's: the answer is then not a no-answer."""
+    if not isinstance(raw, Mapping):
+        raise _Malformed("wrong_type:later_questions")
     question = _text(raw, "question", None if is_error else "missing_question")
     chunk_ids, sources, scores = _list(raw, "chunk_ids", str), _list(raw, "sources", str), _list(raw, "scores", float)
     _same_lengths(chunk_ids=chunk_ids, sources=sources, scores=scores)
@@ -508,14 +552,6 @@ def _endpoint_row(raw: Mapping[str, Any], chunk_texts: Mapping[str, str] | None,
     if chunk_ids is not None and chunk_texts is not None and all(chunk in chunk_texts for chunk in chunk_ids):
         passages = [chunk_texts[chunk] for chunk in chunk_ids]
     return {
-        "source": "endpoint",
-        "request_id": _text(raw, "databricks_request_id"),
-        "timestamp": datetime.fromtimestamp(float(stamp) / 1000, UTC),
-        "served_model_version": _version(raw, "served_model_version"),
-        "endpoint": _text(raw, "endpoint"),
-        "status_code": int(status),
-        "is_error": is_error,
-        "latency_ms": _float(raw, "execution_time_ms", "bad_latency"),
         "question": question,
         "answer": _text(raw, "answer"),
         "found": _flag(raw, "found"),
@@ -525,9 +561,6 @@ def _endpoint_row(raw: Mapping[str, Any], chunk_texts: Mapping[str, str] | None,
         "passages": passages,
         "question_tokens": _count(raw, "question_tokens"),
         "answer_tokens": _count(raw, "answer_tokens"),
-        "mode": _text(raw, "mode"),
-        "generator": _text(raw, "generator"),
-        # The log's error on a request that did not fail is its generator's: the answer is not a no-answer.
         "generation_error": None if is_error else _text(raw, "error"),
     }
 
@@ -554,6 +587,7 @@ def _batch_row(raw: Mapping[str, Any], chunk_texts: Mapping[str, str] | None, co
     return {
         "source": "batch",
         "request_id": _text(raw, "id"),
+        "question_index": 0,
         "timestamp": timestamp.to_pydatetime(),
         "served_model_version": _version(raw, "model_version"),
         "endpoint": None,
@@ -680,6 +714,12 @@ def _answered(rows: pd.DataFrame) -> pd.DataFrame:
     return rows[~rows["is_error"].map(lambda flag: _is(flag, True))]
 
 
+def requests(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per request, its first question's: what request counts, status shares and latency
+    are taken over (a request of several questions took its time once)."""
+    return rows[rows["question_index"].map(lambda index: _missing(index) or index == 0)] if "question_index" in rows else rows
+
+
 def _status_share(codes: pd.Series, low: int, high: int) -> float | None:
     """The share of rows with a status code whose code is in [low, high); batch rows have none."""
     known = codes.dropna()
@@ -776,7 +816,7 @@ def window_metrics(
 def _empty_window(begin: datetime, finish: datetime) -> dict[str, Any]:
     row: dict[str, Any] = {"window_start": begin, "window_end": finish, "served_model_version": None, "source": None}
     row.update({metric: None for metric in WINDOW_METRICS})
-    row["request_count"] = 0
+    row.update(dict.fromkeys(COUNT_METRICS, 0))
     row["scorer_skipped"] = {}
     return row
 
@@ -787,11 +827,13 @@ def _metrics(group: pd.DataFrame, values: pd.DataFrame, config: MonitoringConfig
     in_mode = score_mode_rows(group)  # scores of one retrieval mode: BM25's, a cosine and RRF's do not average
     scores = [score for row in group["scores"][in_mode] if isinstance(row, list) for score in row]
     retrieved = values["retrieved"]
-    latency = _answered(group)["latency_ms"]
+    asked = requests(group)
+    latency = _answered(asked)["latency_ms"]
     return {
-        "request_count": len(group),
-        "error_rate": _status_share(group["status_code"], SERVER_ERROR, 600),
-        "client_error_rate": _status_share(group["status_code"], CLIENT_ERROR, SERVER_ERROR),
+        "request_count": len(asked),
+        "question_count": len(group),
+        "error_rate": _status_share(asked["status_code"], SERVER_ERROR, 600),
+        "client_error_rate": _status_share(asked["status_code"], CLIENT_ERROR, SERVER_ERROR),
         "latency_p50_ms": _percentile(latency, 50),
         "latency_p95_ms": _percentile(latency, 95),
         "question_tokens_mean": _mean(group["question_tokens"]),
@@ -868,7 +910,7 @@ def metric_series(
         weight = sum(count for _, count in points)
         if not points:
             values.append(None)
-        elif metric == "request_count":
+        elif metric in COUNT_METRICS:
             values.append(float(sum(value for value, _ in points)))
         elif metric.endswith("_max"):
             values.append(max(value for value, _ in points))
@@ -928,7 +970,7 @@ def drift_values(frame: pd.DataFrame, names: Sequence[str] = DRIFT_COLUMNS, in_m
     ``top1_score`` counts (``score_mode_rows``), all by default."""
     values = row_values(frame)
     columns = {
-        "latency_ms": _answered(frame)["latency_ms"],
+        "latency_ms": _answered(requests(frame))["latency_ms"],
         "question_tokens": frame["question_tokens"],
         "answer_tokens": frame["answer_tokens"][generator_answered(values)],
         "flesch_kincaid_grade": values["flesch_kincaid_grade"],
@@ -1172,7 +1214,7 @@ def evaluate_thresholds(
     for name, threshold, target in _bound_thresholds(config):
         if target is None:
             value = metrics_row.get(threshold.metric)
-            if threshold.metric == "request_count" and value is not None:
+            if threshold.metric in COUNT_METRICS and value is not None:
                 value = float(value)
         else:
             statistic = (drift or {}).get(target[0], {}).get(target[1])

@@ -69,7 +69,8 @@ MONITORING_SCHEMA = pa.schema(
         pa.field("served_model_version", pa.string(), metadata={"description": "null in an empty window's row"}),
         pa.field("source", pa.string(), metadata={"description": "endpoint (llmops serve) or batch (batch_predictions)"}),
         pa.field("request_count", pa.int64()),
-        *[pa.field(metric, pa.float64()) for metric in NUMERIC_METRICS if metric != "request_count"],
+        pa.field("question_count", pa.int64(), metadata={"description": "questions asked: a request may hold several"}),
+        *[pa.field(metric, pa.float64()) for metric in NUMERIC_METRICS if metric not in monitoring.COUNT_METRICS],
         pa.field(PSI_MAX, pa.float64(), metadata={"description": "largest population_stability_index over the drift columns"}),
         pa.field("source_shares", pa.list_(_SHARE), metadata={"description": "share of rows citing each document"}),
         pa.field("reference", pa.string(), metadata={"description": "what drift was measured against"}),
@@ -119,6 +120,7 @@ _LOG_COLUMNS = [
     "answer_tokens",
     "generator",
     "error",
+    "later_questions",
 ]
 _PREDICTION_COLUMNS = [
     "id",
@@ -247,6 +249,8 @@ def frame_between(lance: store.LanceStore, begin: datetime, end: datetime, scori
     scoring has a model and a corpus), and its malformed rows counted by reason."""
     log = log_rows(lance, begin, end)
     retrieved = log.column("chunk_ids").to_pylist() if log is not None and "chunk_ids" in log.column_names else []
+    if log is not None and "later_questions" in log.column_names:
+        retrieved += [later.get("chunk_ids") for laters in log.column("later_questions").to_pylist() for later in laters or []]
     ids = [chunk for chunks in retrieved for chunk in chunks or []]
     frame, problems = monitoring.normalise_rows(
         log, prediction_rows(lance, begin, end), chunk_texts=chunk_texts(lance, ids), count_tokens=scoring.count_tokens
@@ -455,7 +459,7 @@ def _table_row(
         "window_end": metrics["window_end"],
         "served_model_version": metrics["served_model_version"],
         "source": metrics["source"],
-        **{metric: (int(metrics[metric]) if metric == "request_count" else _number(metrics[metric])) for metric in NUMERIC_METRICS},
+        **{metric: (int(metrics[metric]) if metric in monitoring.COUNT_METRICS else _number(metrics[metric])) for metric in NUMERIC_METRICS},
         PSI_MAX: max(psi) if psi else None,
         "source_shares": [{"document": doc, "share": share} for doc, share in (metrics.get("source_shares") or {}).items()],
         "reference": reference,
@@ -741,6 +745,12 @@ def _fmt(value: Any) -> str:
     return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}" if abs(value) >= 1 else f"{value:.3f}"
 
 
+def _counts(row: Mapping[str, Any]) -> str:
+    """A slice's rows, and its questions where requests of several questions made them more."""
+    requests, questions = int(row["request_count"]), row.get("question_count")
+    return f"{requests} ({int(questions)})" if questions and int(questions) != requests else str(requests)
+
+
 def summary_markdown(
     start: datetime,
     end: datetime,
@@ -757,7 +767,7 @@ def summary_markdown(
     if requests:
         lines += [
             "",
-            "| version | source | rows | errors 5xx / 4xx | latency p50 / p95 ms | no answer | generation errors | groundedness | "
+            "| version | source | rows (questions) | errors 5xx / 4xx | latency p50 / p95 ms | no answer | generation errors | groundedness | "
             "top-1 score | out of corpus | query drift | largest PSI | FK grade |" + "".join(f" {metric} |" for metric in scored),
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(scored),
         ]
@@ -765,7 +775,7 @@ def summary_markdown(
             if not row.get("request_count"):
                 continue
             lines.append(
-                f"| {row.get('served_model_version') or '–'} | {row.get('source')} | {row['request_count']} | "
+                f"| {row.get('served_model_version') or '–'} | {row.get('source')} | {_counts(row)} | "
                 f"{_fmt(row['error_rate'])} / {_fmt(row.get('client_error_rate'))} | "
                 f"{_fmt(row['latency_p50_ms'])} / {_fmt(row['latency_p95_ms'])} | {_fmt(row['no_answer_rate'])} | "
                 f"{_fmt(row.get('generation_error_rate'))} | "

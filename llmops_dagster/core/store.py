@@ -141,6 +141,23 @@ PREDICTIONS_SCHEMA = pa.schema(
 
 
 # One row per request to `llmops serve`: the columns of a Databricks inference table, then the RAG fields.
+# A question after a request's first, with the RAG fields its log row's columns give the first.
+LATER_QUESTION = pa.struct(
+    [
+        pa.field("question", pa.string()),
+        pa.field("answer", pa.string()),
+        pa.field("found", pa.bool_()),
+        pa.field("chunk_ids", pa.list_(pa.string())),
+        pa.field("sources", pa.list_(pa.string())),
+        pa.field("scores", pa.list_(pa.float64())),
+        pa.field("question_tokens", pa.int32()),
+        pa.field("answer_tokens", pa.int32()),
+        pa.field("cited", pa.list_(pa.int32())),
+        pa.field("prompt_tokens", pa.int32()),
+        pa.field("completion_tokens", pa.int32()),
+        pa.field("error", pa.string()),  # its generator's failure, when the request itself did not fail
+    ]
+)
 INFERENCE_LOG_SCHEMA = pa.schema(
     [
         pa.field("databricks_request_id", pa.string(), nullable=False, metadata={"description": "the server's request id"}),
@@ -171,6 +188,11 @@ INFERENCE_LOG_SCHEMA = pa.schema(
         pa.field("prompt_tokens", pa.int32(), metadata={"description": "the generator's usage, from the endpoint or counted"}),
         pa.field("completion_tokens", pa.int32()),
         pa.field("usage_source", pa.string(), metadata={"description": "endpoint: reported by it; counted: counted here"}),
+        pa.field(
+            "later_questions",
+            pa.list_(LATER_QUESTION),
+            metadata={"description": "the request's later questions, in order, with their RAG fields (the columns above are the first's)"},
+        ),
     ]
 )
 

@@ -373,7 +373,8 @@ _END = object()
 
 
 def log_row(exchange: Exchange, status: int, response: Any, elapsed_ms: float, field_chars: int) -> dict[str, Any]:
-    """The inference_log row of one request (the first question's RAG fields when it held several)."""
+    """The inference_log row of one request: the first question's RAG fields in its columns, the
+    later questions' in ``later_questions``."""
     request_text, request_cut = clip(exchange.body.decode("utf-8", "replace") if status != 401 else "", field_chars)
     response_text, response_cut = clip(response, field_chars)
     served = exchange.served
@@ -400,31 +401,43 @@ def log_row(exchange: Exchange, status: int, response: Any, elapsed_ms: float, f
 
 
 def rag_fields(exchange: Exchange) -> dict[str, Any]:
-    """The question, retrieval and answer columns of a request's log row, as far as it got."""
-    served, row = exchange.served, {}
-    if exchange.query is not None:
-        k, mode = effective(exchange)
-        row.update({"question": exchange.query.questions[0], "k": k, "mode": mode,
-                    "question_tokens": served.count_tokens(exchange.query.questions[0])})
-    if exchange.predictions:
-        first = exchange.predictions[0]
-        row.update({
-            "answer": first.answer if exchange.endpoint != SEARCH else None,
-            "found": first.found if exchange.endpoint != SEARCH else None,
-            "chunk_ids": [p.id for p in first.passages],
-            "sources": [source_label(p) for p in first.passages],
-            "scores": [round(p.score, 6) for p in first.passages],
-            "answer_tokens": served.count_tokens(first.answer) if exchange.endpoint != SEARCH else None,
-        })
-        generation = first.generation
-        if generation is not None and exchange.endpoint != SEARCH:
-            row.update({
-                "generator": json.dumps(generation.identity, sort_keys=True),
+    """The question, retrieval and answer columns of a request's log row, as far as it got: the
+    first question's in the columns, each later one's in ``later_questions``."""
+    if exchange.query is None:
+        return {}
+    served, questions, answers = exchange.served, exchange.query.questions, exchange.endpoint != SEARCH
+    predictions = list(exchange.predictions or [])
+    each = [question_fields(served, question, predictions[n] if n < len(predictions) else None, answers) for n, question in enumerate(questions)]
+    k, mode = effective(exchange)
+    row = {**each[0], "k": k, "mode": mode, "later_questions": each[1:] or None}
+    failure = row.pop("error", None)
+    if failure and not exchange.error:  # answered 200, but by no generator: monitoring counts it apart
+        row["error"] = f"generation failed: {failure}"
+    generation = predictions[0].generation if predictions and answers else None
+    if generation is not None:
+        row.update({"generator": json.dumps(generation.identity, sort_keys=True), "usage_source": generation.usage.source})
+    return row
+
+
+def question_fields(served: ServedModel, question: str, prediction: Prediction | None, answers: bool) -> dict[str, Any]:
+    """One question's RAG fields, named as ``store.LATER_QUESTION``'s: with ``answers`` off (/search)
+    only its passages, and only the question where the request did not get as far as its prediction."""
+    fields: dict[str, Any] = {"question": question, "question_tokens": served.count_tokens(question)}
+    if prediction is None:
+        return fields
+    fields.update({
+        "chunk_ids": [p.id for p in prediction.passages],
+        "sources": [source_label(p) for p in prediction.passages],
+        "scores": [round(p.score, 6) for p in prediction.passages],
+    })
+    if answers:
+        fields.update({"answer": prediction.answer, "found": prediction.found, "answer_tokens": served.count_tokens(prediction.answer)})
+        generation = prediction.generation
+        if generation is not None:
+            fields.update({
                 "cited": list(generation.cited),
                 "prompt_tokens": generation.usage.prompt_tokens,
                 "completion_tokens": generation.usage.completion_tokens,
-                "usage_source": generation.usage.source,
+                "error": generation.error or None,
             })
-            if generation.error and not exchange.error:  # answered 200, but by no generator: monitoring counts it apart
-                row["error"] = f"generation failed: {generation.error}"
-    return row
+    return fields
