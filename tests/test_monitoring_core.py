@@ -347,6 +347,32 @@ def test_series_and_plot_keep_gaps(normalised) -> None:
     assert metric_plot(starts, [None, None, None], "nothing").startswith(PNG_SIGNATURE)
     table = markdown_table(starts, values, "latency p50 (ms)", threshold=300)
     assert "| 2026-11-18 | – |" in table and "(threshold)" in table
+    with pytest.raises(ValueError, match="3 windows for 2 values"):
+        metric_plot(starts, {"endpoint": values, "batch": [1.0, 2.0]}, "latency p50 (ms)")
+
+
+def test_plots_draw_each_source_as_its_own_line(normalised) -> None:
+    """The endpoint's requests and the batch predictions are two populations: each is a line of its
+    own colour, never one line of their averaged percentiles."""
+    from PIL import Image
+
+    from llmops_dagster.core import monitoring_table
+    from llmops_dagster.core.monitoring import MonitoringConfig
+
+    def colours(png: bytes) -> set[tuple[int, int, int]]:
+        return set(Image.open(io.BytesIO(png)).convert("RGB").getdata())
+
+    def has(found: set[tuple[int, int, int]], hex_colour: str) -> bool:
+        wanted = tuple(int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+        return any(all(abs(a - b) <= 24 for a, b in zip(colour, wanted, strict=True)) for colour in found)
+
+    frame, _ = normalised
+    rows = window_metrics(frame, DAY - timedelta(days=1), DAY + timedelta(days=1))
+    starts = [DAY - timedelta(days=1), DAY]
+    both = dict(monitoring_table.metric_plots(rows, starts, MonitoringConfig()))["latency_p50_ms"]
+    alone = dict(monitoring_table.metric_plots([row for row in rows if row["source"] != "batch"], starts, MonitoringConfig()))["latency_p50_ms"]
+    assert has(colours(both), "#1f77b4") and has(colours(both), "#2ca02c")  # endpoint, then batch
+    assert has(colours(alone), "#1f77b4") and not has(colours(alone), "#2ca02c")
 
 
 @pytest.fixture(scope="module")

@@ -70,15 +70,16 @@ def check_result(verdict: monitoring_table.Verdict) -> dg.AssetCheckResult:
 
 
 def _window_figures(rows: list[dict[str, Any]], config: MonitoringConfig) -> dict[str, float]:
-    """Each plotted metric over the window's rows (weighted by rows), as numbers: Dagster's own
-    Plots view draws these across materializations."""
-    from llmops_dagster.core.monitoring import metric_series
+    """Each plotted metric of each source in the window (its versions weighted by rows), as numbers
+    named ``<source>/<metric>``: Dagster's own Plots view draws these across materializations."""
+    from llmops_dagster.core.monitoring import SOURCES, metric_series
 
     figures = {}
-    for metric in monitoring_table.plotted(config):
-        _, values = metric_series(rows, metric)
-        if values and values[-1] is not None:
-            figures[metric] = float(values[-1])
+    for source in SOURCES:
+        for metric in monitoring_table.plotted(config):
+            _, values = metric_series(rows, metric, source=source)
+            if values and values[-1] is not None:
+                figures[f"{source}/{metric}"] = float(values[-1])
     return figures
 
 

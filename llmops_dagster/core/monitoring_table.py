@@ -707,18 +707,22 @@ def plot_windows(last_start: datetime, config: MonitoringConfig, length: timedel
 
 
 def metric_plots(rows: Sequence[Mapping[str, Any]], starts: Sequence[datetime], config: MonitoringConfig) -> list[tuple[str, bytes]]:
-    """(metric, PNG) for every plotted metric over the given windows; windows without rows are gaps.
+    """(metric, PNG) for every plotted metric over the given windows, a line per source (the
+    endpoint's requests and the batch predictions are two populations); windows without rows are gaps.
     The PNGs are re-encoded on a 24-colour palette: a quarter of the size, so that the asset's
     metadata stays small, with the same lines and colours."""
     from llmops_dagster.core.plots import metric_plot
 
-    padded = [*rows, *({"window_start": start, "source": None, "served_model_version": None} for start in starts)]
     wanted = set(starts)
+    shown = [row for row in [*rows, *({"window_start": start, "source": None, "served_model_version": None} for start in starts)]
+             if row["window_start"] in wanted]
+    sources = [source for source in monitoring.SOURCES if any(row["source"] == source for row in shown)]
     plots = []
     for metric in plotted(config):
-        windows, values = monitoring.metric_series([row for row in padded if row["window_start"] in wanted], metric)
         title = "largest population_stability_index over the drift columns" if metric == PSI_MAX else metric
-        plots.append((metric, _palette_png(metric_plot(windows, values, title, threshold_levels(config, metric)))))
+        lines = {source: monitoring.metric_series(shown, metric, source=source)[1] for source in sources}
+        values = lines or monitoring.metric_series(shown, metric)[1]  # no rows at all: one line of gaps
+        plots.append((metric, _palette_png(metric_plot(sorted(wanted), values, title, threshold_levels(config, metric)))))
     return plots
 
 

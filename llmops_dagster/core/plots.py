@@ -12,6 +12,7 @@ from typing import Any
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _LEVEL_COLOURS = {"WARN": "#d08c00", "ERROR": "#c0392b"}
+_LINE_COLOURS = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b")
 
 
 def _levels(threshold: float | Mapping[str, float | None] | None) -> dict[str, float]:
@@ -37,28 +38,36 @@ def _label(window: Any) -> str:
 
 def metric_plot(
     windows: Sequence[Any],
-    values: Sequence[float | None],
+    values: Sequence[float | None] | Mapping[str, Sequence[float | None]],
     title: str,
     threshold: float | Mapping[str, float | None] | None = None,
     ylabel: str | None = None,
 ) -> bytes:
-    """PNG bytes of ``values`` per window, in order. A missing value (None or NaN) is a gap in the
-    line; every value present is also a marker, so a lone point between gaps still shows. Each
-    threshold level is a dashed horizontal line."""
+    """PNG bytes of ``values`` per window, in order: one line, or one per label of a mapping (each
+    slice's own, since a percentile or a mean of two populations averaged says nothing). A missing
+    value (None or NaN) is a gap in the line; every value present is also a marker, so a lone point
+    between gaps still shows. Each threshold level is a dashed horizontal line."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    if len(windows) != len(values):
-        raise ValueError(f"{len(windows)} windows for {len(values)} values")
-    points = [_value(value) for value in values]
+    lines = dict(values) if isinstance(values, Mapping) else {ylabel or title: values}
+    if len(lines) > len(_LINE_COLOURS):
+        raise ValueError(f"{len(lines)} lines; a plot draws {len(_LINE_COLOURS)} at most")
+    for series in lines.values():
+        if len(windows) != len(series):
+            raise ValueError(f"{len(windows)} windows for {len(series)} values")
     figure = Figure(figsize=(7, 3), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    positions = list(range(len(points)))
-    axes.plot(positions, points, marker="o", markersize=4, linewidth=1.5, color="#1f77b4", label=ylabel or title)
+    positions = list(range(len(windows)))
+    drawn = False
+    for (label, series), colour in zip(lines.items(), _LINE_COLOURS, strict=False):
+        points = [_value(value) for value in series]
+        axes.plot(positions, points, marker="o", markersize=4, linewidth=1.5, color=colour, label=label)
+        drawn = drawn or any(not math.isnan(point) for point in points)
     for name, level in _levels(threshold).items():
         axes.axhline(level, linestyle="--", linewidth=1, color=_LEVEL_COLOURS.get(name.upper(), "#c0392b"), label=f"{name} {level:g}")
-    if not any(not math.isnan(point) for point in points):
+    if not drawn:
         axes.text(0.5, 0.5, "no data in these windows", transform=axes.transAxes, ha="center", va="center", color="grey")
     step = max(1, math.ceil(len(positions) / 10))
     axes.set_xticks(positions[::step], [_label(window) for window in windows][::step], rotation=30, ha="right", fontsize=8)
@@ -66,7 +75,7 @@ def metric_plot(
     if ylabel:
         axes.set_ylabel(ylabel, fontsize=9)
     axes.grid(alpha=0.3)
-    if threshold is not None:
+    if threshold is not None or len(lines) > 1:
         axes.legend(fontsize=8, loc="best")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
