@@ -40,11 +40,14 @@ def test_bad_lines_are_reported_with_line_numbers_and_the_rest_kept(tmp_path: Pa
     ]
 
 
-def test_a_file_that_is_not_utf8_is_rejected_whole(tmp_path: Path) -> None:
+def test_a_line_that_is_not_utf8_is_rejected_by_number_and_the_rest_kept(tmp_path: Path) -> None:
     path = tmp_path / "latin.jsonl"
-    path.write_bytes('{"question": "caf\xe9"}\n'.encode("latin-1"))
+    lines = ['{"question": "caf\xe9?"}'.encode("latin-1"), '{"question": "Where\u2028now?"}'.encode(), b'{"question": "Fine?"}']
+    path.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(lines) + b"\n")
     questions, rejected = read_questions(path)
-    assert not questions and rejected[0].origin == "latin.jsonl" and "not UTF-8" in rejected[0].reason
+    assert [str(r) for r in rejected] == ["latin.jsonl:1: not UTF-8 text (byte 18 of the line)"]
+    # A line separator inside a JSON string is part of its line, not the end of it.
+    assert [(q.question, q.origin) for q in questions] == [("Where\u2028now?", "latin.jsonl:2"), ("Fine?", "latin.jsonl:3")]
 
 
 def test_landing_questions_reads_every_jsonl_file_in_name_order(tmp_path: Path) -> None:

@@ -81,17 +81,21 @@ def parse_line(line: str, origin: str) -> Question:
 
 
 def read_questions(path: Path) -> tuple[list[Question], list[Rejected]]:
-    """Questions of one file in order, and the lines that were rejected. Blank lines are skipped."""
+    """Questions of one file in order, and the lines that were rejected. Blank lines are skipped.
+    Lines end at a newline only (not at a U+2028 inside a JSON string), and each is decoded on its
+    own, so a line that is not UTF-8 is rejected by number and the rest are kept."""
     questions: list[Question] = []
     rejected: list[Rejected] = []
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        return [], [Rejected(path.name, f"not UTF-8 text (byte {error.start})")]
-    for number, line in enumerate(text.splitlines(), 1):
+    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+    for number, raw in enumerate(data.splitlines(), 1):
+        origin = f"{path.name}:{number}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            rejected.append(Rejected(origin, f"not UTF-8 text (byte {error.start + 1} of the line)"))
+            continue
         if not line.strip():
             continue
-        origin = f"{path.name}:{number}"
         try:
             questions.append(parse_line(line, origin))
         except ValueError as error:
