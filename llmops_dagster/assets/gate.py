@@ -213,11 +213,13 @@ def evaluation_metadata(gate: GateEvaluation, rows: int, gold_skipped: int) -> d
         for c, r in sorted(result.candidates.items(), key=lambda item: -selection.objective(item[1]["all"]))
     ]
     label = gate.config.retrieval_label()
+    judged = ", ".join(f"{m} {gate_metrics[m]:.3f}" for m in RETRIEVAL_METRICS if m in gate_metrics)
     summary = (
         f"Challenger **v{version}** ({label}) on {int(gate_metrics['queries'])} report-half queries of {len(items)} "
         f"({sum(1 for i in items if i.query_set == 'held_out')} held-out pairs, {sum(1 for i in items if i.query_set == 'gold')} gold questions)"
         + (f", against {gate.champion_label}" if gate.champion_label else ", no champion yet")
-        + ".\n\n**Every question**\n\n"
+        + f": {judged}. These report-half figures are what the gate judges."
+        + f"\n\n**Every question, both halves** ({len(items)} queries)\n\n"
         + markdown_table(["system", "mode", "recall@1", "recall@5", "recall@10", "MRR@10", "nDCG@10", "answer F1", "grounded",
                           "citations valid", "no answer"], table_rows)
         + f"\n\nAnswers by **{gate.generator}** (template {gate.template or 'none'})."
