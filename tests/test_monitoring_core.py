@@ -296,6 +296,7 @@ def test_config_parsing_and_its_errors() -> None:
     assert MonitoringConfig.from_mapping(None) == MonitoringConfig()
     for raw, setting in [
         ({"window": "daily"}, "monitoring.window"),
+        ({"window": "7m"}, "'7m' cannot be a partition schedule"),  # refused with the settings, not when the definitions load
         ({"windows": "1d"}, "unknown setting"),
         ({"reference": "yesterday"}, "monitoring.reference"),
         ({"reference": {"kind": "fixed", "start": "2026-11-08", "end": "2026-11-01"}}, "monitoring.reference"),

@@ -177,7 +177,7 @@ class MonitoringConfig:
     scorers: ScorersConfig = ScorersConfig()  # toxicity and perplexity models; off unless set
 
     def __post_init__(self) -> None:
-        parse_window(self.window)
+        partition_schedule(self.window)  # a window is a Dagster partition: one no cron schedule can cut is refused with the settings
         if self.reference not in REFERENCE_KINDS:
             raise ValueError(f"monitoring.reference: one of {', '.join(REFERENCE_KINDS)}, got {self.reference!r}")
         if self.reference == "fixed":
