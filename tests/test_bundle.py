@@ -260,6 +260,8 @@ def test_bundle_command_writes_and_reports_an_edited_file(
     ]
     assert main(["bundle", "--check", "--out", str(tmp_path / "missing.yml")]) == 1
     assert "does not exist: write it with `llmops bundle`" in capsys.readouterr().out
+    assert main(["bundle", "--check", "--out", str(written.parent)]) == 2  # a folder is no bundle file, not a missing one
+    assert capsys.readouterr().err == f"llmops: error: --out {written.parent} is a folder; name a file\n"
 
     # A declaration Databricks would refuse: one line, exit 2, and nothing written.
     unity = _declaration(tmp_path, {"test": {}}, {"registry_uri": "databricks-uc", "registered_model": "rag_model_{env}"})

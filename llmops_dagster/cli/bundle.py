@@ -53,7 +53,12 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         raise UserError(f"the bundle generated from {_shown(declaration)} is not valid: {'; '.join(problems)}")
     targets = ", ".join(document["targets"])
     if args.check:
-        differences = check_bundle(out, text)
+        if out.is_dir():
+            raise UserError(f"{'--out' if args.out else 'the bundle file'} {out} is a folder; name a file")
+        try:
+            differences = check_bundle(out, text)
+        except OSError as error:  # a file that cannot be read
+            raise UserError(f"{out} cannot be read: {error.strerror}") from None
         if differences:
             print(f"{_shown(out)} differs from the bundle generated from {_shown(declaration)}:")
             for line in differences:
