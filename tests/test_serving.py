@@ -21,7 +21,7 @@ import httpx
 import pytest
 from servers import FLUSH_SECONDS, Server, champion_home, start, stop
 
-from helpers import LLMOPS, TrainedHome, llmops_here
+from helpers import LLMOPS, TrainedHome, llmops_here, wait_for
 from processes import free_port
 
 NAME = "test.llmops.rag_model"
@@ -151,6 +151,18 @@ def test_bad_input_gets_a_4xx_with_one_message_and_the_request_id(served: Server
     body = response.json()
     assert message in body["message"] and body["request_id"] == response.headers["x-request-id"]
     assert "Traceback" not in response.text and "BadRequest" not in body["message"]
+
+
+def test_a_client_request_id_header_over_the_limit_is_refused_as_the_body_field_is(served: Server) -> None:
+    payload = {"dataframe_records": [{"question": QUESTIONS[0]}]}
+    refused = invoke(served, payload, {"X-Client-Request-Id": "h" * 257})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["message"] == "the X-Client-Request-Id header has 257 characters; the limit is 256"
+    assert invoke(served, payload, {"X-Client-Request-Id": "h" * 256}).status_code == 200
+    # The refusal is logged, without the id it refused.
+    request_id = refused.headers["x-request-id"]
+    row = wait_for(lambda: next((r for r in served.log_rows() if r["databricks_request_id"] == request_id), None), 60, "the refused request's row")
+    assert (row["status_code"], row["client_request_id"]) == (400, None)
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,7 @@ MLFLOW_ERROR_CODES = {401: "UNAUTHENTICATED", 413: "RESOURCE_EXHAUSTED", 503: "T
 CHAT = "/v1/chat/completions"
 INVOCATIONS = "/invocations"
 SEARCH = "/search"
+CLIENT_ID_HEADER = "x-client-request-id"  # a caller's own id for the request, as the client_request_id body field
 
 
 @dataclass
@@ -113,7 +114,7 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] = lambda: Non
     async def guard(request: Request, call_next):  # noqa: ANN001, ANN202
         if request.url.path in OPEN_PATHS or authorized(request):
             return await call_next(request)
-        exchange = Exchange(request.url.path, client_request_id=request.headers.get("x-client-request-id"))
+        exchange = Exchange(request.url.path, client_request_id=protocol.loggable_client_id(request.headers.get(CLIENT_ID_HEADER)))
         exchange.served = state.follower.current
         message = exchange.error = "missing or wrong bearer token"
         if request.url.path in (INVOCATIONS, CHAT, SEARCH):
@@ -156,9 +157,11 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] = lambda: Non
         return JSONResponse(body, 500, headers=exchange.headers())
 
     async def answer(request: Request, endpoint: str, parse: Callable[[dict, ServedModel], Query], respond: Callable[[Exchange], Any]):
-        exchange = Exchange(endpoint, client_request_id=request.headers.get("x-client-request-id"))
+        header = request.headers.get(CLIENT_ID_HEADER)
+        exchange = Exchange(endpoint, client_request_id=protocol.loggable_client_id(header))
         exchange.served = state.follower.current  # this request finishes on this version, whatever swaps meanwhile
         try:
+            protocol.checked_client_id(header, "the X-Client-Request-Id header")
             await read_body(request, exchange)
             payload = protocol.decode(exchange.body)
             exchange.client_request_id = exchange.client_request_id or protocol.client_request_id(payload)

@@ -78,15 +78,25 @@ def encodable(value: str, what: str) -> None:
 
 def client_request_id(payload: dict[str, Any]) -> str | None:
     """The body's ``client_request_id``, the caller's own id for the request, kept in the log."""
-    value = payload.get("client_request_id")
+    return checked_client_id(payload.get("client_request_id"), "client_request_id")
+
+
+def checked_client_id(value: Any, what: str) -> str | None:
+    """A caller's own id for the request (``what`` names where it came from), refused when it is
+    not a string of at most ``MAX_CLIENT_ID_CHARS`` characters."""
     if value is None:
         return None
     if not isinstance(value, str):
-        raise BadRequest(f"client_request_id must be a string, got {type(value).__name__}")
+        raise BadRequest(f"{what} must be a string, got {type(value).__name__}")
     if len(value) > MAX_CLIENT_ID_CHARS:
-        raise BadRequest(f"client_request_id has {len(value)} characters; the limit is {MAX_CLIENT_ID_CHARS}")
-    encodable(value, "client_request_id")
+        raise BadRequest(f"{what} has {len(value)} characters; the limit is {MAX_CLIENT_ID_CHARS}")
+    encodable(value, what)
     return value or None
+
+
+def loggable_client_id(value: str | None) -> str | None:
+    """The id as the log may keep it before it was checked: none when it is over the limit."""
+    return value if value and len(value) <= MAX_CLIENT_ID_CHARS else None
 
 
 def retrieval_params(params: Any, limits: Limits) -> tuple[int | None, str | None]:
