@@ -153,6 +153,17 @@ def test_bad_input_gets_a_4xx_with_one_message_and_the_request_id(served: Server
     assert "Traceback" not in response.text and "BadRequest" not in body["message"]
 
 
+def test_a_method_the_answering_paths_do_not_take_is_refused_counted_and_logged(served: Server) -> None:
+    refused = httpx.get(f"{served.url}/invocations", headers={**AUTH, "X-Client-Request-Id": "wrong-method"})
+    assert refused.status_code == 405 and refused.headers["allow"] == "POST"
+    body = refused.json()
+    assert body["message"] == "GET is not allowed on /invocations; send a POST" and body["request_id"] == refused.headers["x-request-id"]
+    (row,) = served.logged(["wrong-method"])
+    assert (row["status_code"], row["endpoint"], row["error"]) == (405, "/invocations", body["message"])
+    metrics = httpx.get(f"{served.url}/metrics", headers=AUTH).text
+    assert 'llmops_requests_total{endpoint="/invocations",status="405"} 1.0' in metrics
+
+
 def test_a_client_request_id_header_over_the_limit_is_refused_as_the_body_field_is(served: Server) -> None:
     payload = {"dataframe_records": [{"question": QUESTIONS[0]}]}
     refused = invoke(served, payload, {"X-Client-Request-Id": "h" * 257})

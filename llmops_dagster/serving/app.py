@@ -39,6 +39,7 @@ MLFLOW_ERROR_CODES = {401: "UNAUTHENTICATED", 413: "RESOURCE_EXHAUSTED", 503: "T
 CHAT = "/v1/chat/completions"
 INVOCATIONS = "/invocations"
 SEARCH = "/search"
+ANSWERING_PATHS = (INVOCATIONS, CHAT, SEARCH)  # every request to these is counted and logged
 CLIENT_ID_HEADER = "x-client-request-id"  # a caller's own id for the request, as the client_request_id body field
 
 
@@ -110,22 +111,29 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] = lambda: Non
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), state.token.encode())
 
+    def refused(request: Request, status: int, message: str, headers: dict[str, str]) -> JSONResponse:
+        """A request refused before its endpoint read it, answered with its request id; on the
+        answering paths it is also counted and logged, as every request to them is."""
+        exchange = Exchange(request.url.path, client_request_id=protocol.loggable_client_id(request.headers.get(CLIENT_ID_HEADER)))
+        exchange.served = state.follower.current
+        exchange.error = message
+        body = error_body(request.url.path, status, message, exchange.request_id)
+        if request.url.path in ANSWERING_PATHS:
+            finish(exchange, status, body)
+        return JSONResponse(body, status, headers={**exchange.headers(), **headers})
+
     @app.middleware("http")
     async def guard(request: Request, call_next):  # noqa: ANN001, ANN202
         if request.url.path in OPEN_PATHS or authorized(request):
             return await call_next(request)
-        exchange = Exchange(request.url.path, client_request_id=protocol.loggable_client_id(request.headers.get(CLIENT_ID_HEADER)))
-        exchange.served = state.follower.current
-        message = exchange.error = "missing or wrong bearer token"
-        if request.url.path in (INVOCATIONS, CHAT, SEARCH):
-            finish(exchange, 401, error_body(exchange.endpoint, 401, message, exchange.request_id))
-        return JSONResponse(error_body(request.url.path, 401, message, exchange.request_id), 401,
-                            headers={**exchange.headers(), "WWW-Authenticate": "Bearer"})
+        return refused(request, 401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
 
     @app.middleware("http")
     async def stamp(request: Request, call_next):  # noqa: ANN001, ANN202
         """Every response names its request and the version being served, /ping, /metrics and a 404 too."""
         response = await call_next(request)
+        if response.status_code == 405 and request.url.path in ANSWERING_PATHS:  # a GET, say: the router's refusal, logged
+            response = refused(request, 405, f"{request.method} is not allowed on {request.url.path}; send a POST", {"Allow": "POST"})
         response.headers.setdefault("X-Request-Id", uuid.uuid4().hex)
         served = state.follower.current
         if served is not None:
