@@ -226,6 +226,8 @@ def test_two_days_an_empty_one_and_a_second_run(monitored: Monitored, monkeypatc
         [row] = monitoring_table.by_window(monitoring_table.read_rows(monitored.lance))[empty_day]
         assert row["request_count"] == 0 and row["served_model_version"] is None and row["drift"] == []
         assert all(check.passed and "nothing to judge" in check.description for check in _checks(empty).values())
+        idle = _metadata(empty, "monitoring")
+        assert (idle["endpoint/request_count"].value, idle["batch/request_count"].value) == (0.0, 0.0)  # a zero, not a gap
 
         # Materializing today again replaces its rows: no duplicates, same ids.
         again = _materialize(defs, instance, monitored.today)

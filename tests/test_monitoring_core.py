@@ -352,6 +352,37 @@ def test_series_and_plot_keep_gaps(normalised) -> None:
         metric_plot(starts, {"endpoint": values, "batch": [1.0, 2.0]}, "latency p50 (ms)")
 
 
+def test_series_weigh_by_requests_or_questions_and_count_an_idle_source_as_zero() -> None:
+    day, next_day, later = DAY, DAY + timedelta(days=1), DAY + timedelta(days=2)
+    rows = [
+        {"window_start": day, "source": "endpoint", "served_model_version": "1", "request_count": 1, "question_count": 10,
+         "no_answer_rate": 1.0, "latency_p50_ms": 100.0},
+        {"window_start": day, "source": "endpoint", "served_model_version": "2", "request_count": 5, "question_count": 5,
+         "no_answer_rate": 0.0, "latency_p50_ms": 400.0},
+        {"window_start": next_day, "source": "batch", "served_model_version": "2", "request_count": 3, "question_count": 3},
+        {"window_start": later, "source": None, "served_model_version": None},  # a window with no row computed: a gap
+    ]
+    assert metric_series(rows, "no_answer_rate", source="endpoint")[1][0] == pytest.approx(10 / 15)  # by questions
+    assert metric_series(rows, "latency_p50_ms", source="endpoint")[1][0] == pytest.approx((100 + 5 * 400) / 6)  # by requests
+    assert metric_series(rows, "request_count", source="endpoint")[1] == [6.0, 0.0, None]  # idle in a computed window: 0
+    assert metric_series(rows, "question_count")[1] == [15.0, 3.0, None]
+
+
+def test_a_null_later_question_is_counted_as_malformed_and_its_request_kept(tmp_path: Path) -> None:
+    from llmops_dagster.core import monitoring_table
+
+    lance = store.LanceStore(str(tmp_path / "lancedb"))
+    lance.apply(store.CHUNKS, store.CHUNKS_SCHEMA, "id", pa.Table.from_pylist(
+        [{"id": chunk, "doc_id": "d", "source": "n.md", "ordinal": n, "text": text} for n, (chunk, text) in enumerate(CHUNKS.items())],
+        store.CHUNKS_SCHEMA), [])
+    later = [None, {"question": "Is it copied?", "answer": PASSAGE, "found": True, "chunk_ids": ["c1"], "sources": ["n.md"], "scores": [0.9]}]
+    logged = pa.Table.from_pylist([log_row("r", 1, later_questions=later)], store.INFERENCE_LOG_SCHEMA)
+    lance.append(store.INFERENCE_LOG, store.INFERENCE_LOG_SCHEMA, logged)
+    frame, problems = monitoring_table.frame_between(lance, DAY, DAY + timedelta(days=1), monitoring_table.Scoring())
+    assert problems == {"endpoint.wrong_type:later_questions": 1}
+    assert frame["question"].tolist() == ["How much do chunks overlap?", "Is it copied?"] and frame["passages"].tolist()[1] == [PASSAGE]
+
+
 def test_plots_draw_each_source_as_its_own_line(normalised) -> None:
     """The endpoint's requests and the batch predictions are two populations: each is a line of its
     own colour, never one line of their averaged percentiles."""

@@ -247,10 +247,10 @@ def test_a_window_in_the_table_with_scorers_drift_and_plots(models: Models, tmp_
     assert not next(v for v in verdicts if v.name == "toxicity_population_stability_index").passed
 
     # Plotted like the other metrics (the drawing itself is test_monitoring_core's: here, what is drawn).
-    drawn: dict[str, list[float | None]] = {}
+    drawn: dict[str, dict[str, list[float | None]]] = {}
 
-    def draw(windows: list[datetime], values: list[float | None], title: str, threshold: object = None) -> bytes:
-        drawn[title] = list(values)
+    def draw(windows: list[datetime], values: dict[str, list[float | None]], title: str, threshold: object = None) -> bytes:
+        drawn[title] = dict(values)  # a line per source
         buffer = io.BytesIO()
         Image.new("RGB", (2, 2)).save(buffer, "PNG")
         return buffer.getvalue()
@@ -259,7 +259,7 @@ def test_a_window_in_the_table_with_scorers_drift_and_plots(models: Models, tmp_
     shown = monitoring_table.metric_plots(list(rows.values()), [DAY, next_day], config)
     assert [metric for metric, _ in shown] == list(monitoring_table.plotted(config))
     assert {"toxicity_mean", "toxicity_max", "toxic_rate", "perplexity_mean", "perplexity_p50"} <= set(drawn)
-    assert drawn["toxicity_max"] == [rows[DAY]["toxicity_max"], rows[next_day]["toxicity_max"]]
+    assert drawn["toxicity_max"] == {"endpoint": [rows[DAY]["toxicity_max"], rows[next_day]["toxicity_max"]]}
     summary = monitoring_table.summary_markdown(next_day, next_day + timedelta(days=1), [rows[next_day]], verdicts)
     assert f"Model-based scorers: toxicity on: model {models.classifier}" in summary and "toxicity_mean" in summary
 
@@ -362,7 +362,7 @@ def test_the_monitoring_asset_names_its_scorer_models(models: Models, tmp_path: 
         "toxicity.empty_answer": 1,
         "toxicity.no_answer": 1,
     }
-    assert 0.0 < metadata["toxicity_mean"].value < 1.0 and metadata["perplexity_p50"].value > 1.0
+    assert 0.0 < metadata["endpoint/toxicity_mean"].value < 1.0 and metadata["endpoint/perplexity_p50"].value > 1.0
     assert metadata["plots"].value.count("data:image/png;base64,") == len(monitoring_table.plotted(config))
 
 

@@ -57,8 +57,9 @@ def cmd_bundle(args: argparse.Namespace) -> int:
             raise UserError(f"{'--out' if args.out else 'the bundle file'} {out} is a folder; name a file")
         try:
             differences = check_bundle(out, text)
-        except OSError as error:  # a file that cannot be read
-            raise UserError(f"{out} cannot be read: {error.strerror}") from None
+        except (OSError, UnicodeDecodeError) as error:  # a file that cannot be read, or is not text
+            reason = "it is not UTF-8 text" if isinstance(error, UnicodeDecodeError) else error.strerror or str(error)
+            raise UserError(f"{out} cannot be read: {reason}") from None
         if differences:
             print(f"{_shown(out)} differs from the bundle generated from {_shown(declaration)}:")
             for line in differences:

@@ -75,6 +75,8 @@ WINDOW_METRICS = (
     *(metric for metrics in SCORER_METRICS.values() for metric in metrics),
 )
 COUNT_METRICS = ("request_count", "question_count")  # whole numbers: summed across a window's slices, not averaged
+# Taken once per request (``requests``); the other metrics are per question.
+REQUEST_METRICS = ("request_count", "error_rate", "client_error_rate", "latency_p50_ms", "latency_p95_ms")
 FRAME_COLUMNS = (
     "source",
     "request_id",
@@ -711,13 +713,13 @@ def _share(flags: Iterable[Any]) -> float | None:
 def _answered(rows: pd.DataFrame) -> pd.DataFrame:
     """The rows the server answered (batch rows included): latency is about answers, and a refused
     request's millisecond would pull the percentiles down."""
-    return rows[~rows["is_error"].map(lambda flag: _is(flag, True))]
+    return rows[~rows["is_error"].map(lambda flag: _is(flag, True)).astype(bool)]
 
 
 def requests(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per request, its first question's: what request counts, status shares and latency
     are taken over (a request of several questions took its time once)."""
-    return rows[rows["question_index"].map(lambda index: _missing(index) or index == 0)] if "question_index" in rows else rows
+    return rows[rows["question_index"].map(lambda index: _missing(index) or index == 0).astype(bool)] if "question_index" in rows else rows
 
 
 def _status_share(codes: pd.Series, low: int, high: int) -> float | None:
@@ -893,23 +895,29 @@ def metric_series(
     rows: Sequence[Mapping[str, Any]], metric: str, *, source: str | None = None, served_model_version: str | None = None
 ) -> tuple[list[datetime], list[float | None]]:
     """(window starts, values) of one metric for a plot, oldest first. Rows of the same window (other
-    versions or sources, unless filtered) are averaged, weighted by request count (a ``_max`` metric
-    takes their largest); a window with no value is None, a gap in the line."""
+    versions or sources, unless filtered) are averaged, weighted by their requests for a
+    request-level metric and by their questions for the rest (a ``_max`` metric takes their
+    largest, a count their sum). A window with no value is None, a gap in the line, except a count
+    in a window that was computed (it has a row, of any slice): there, a slice without rows is 0."""
     by_window: dict[datetime, list[tuple[float, int]]] = {}
+    computed: set[datetime] = set()
+    weight_by = "request_count" if metric in REQUEST_METRICS else "question_count"
     for row in rows:
         by_window.setdefault(row["window_start"], [])
+        if row.get("request_count") is not None:
+            computed.add(row["window_start"])
         if (source and row["source"] != source) or (served_model_version and row["served_model_version"] != served_model_version):
             continue
         value = row.get(metric)
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
-            by_window[row["window_start"]].append((float(value), int(row.get("request_count") or 0)))
+            by_window[row["window_start"]].append((float(value), int(row.get(weight_by) or row.get("request_count") or 0)))
     starts = sorted(by_window)
     values: list[float | None] = []
     for start in starts:
         points = by_window[start]
         weight = sum(count for _, count in points)
         if not points:
-            values.append(None)
+            values.append(0.0 if metric in COUNT_METRICS and start in computed else None)
         elif metric in COUNT_METRICS:
             values.append(float(sum(value for value, _ in points)))
         elif metric.endswith("_max"):

@@ -250,7 +250,8 @@ def frame_between(lance: store.LanceStore, begin: datetime, end: datetime, scori
     log = log_rows(lance, begin, end)
     retrieved = log.column("chunk_ids").to_pylist() if log is not None and "chunk_ids" in log.column_names else []
     if log is not None and "later_questions" in log.column_names:
-        retrieved += [later.get("chunk_ids") for laters in log.column("later_questions").to_pylist() for later in laters or []]
+        laters = [later for entries in log.column("later_questions").to_pylist() for later in entries or [] if isinstance(later, dict)]
+        retrieved += [later.get("chunk_ids") for later in laters]
     ids = [chunk for chunks in retrieved for chunk in chunks or []]
     frame, problems = monitoring.normalise_rows(
         log, prediction_rows(lance, begin, end), chunk_texts=chunk_texts(lance, ids), count_tokens=scoring.count_tokens

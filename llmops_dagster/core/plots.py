@@ -75,7 +75,7 @@ def metric_plot(
     if ylabel:
         axes.set_ylabel(ylabel, fontsize=9)
     axes.grid(alpha=0.3)
-    if threshold is not None or len(lines) > 1:
+    if threshold is not None or isinstance(values, Mapping):  # a slice's line says which it is
         axes.legend(fontsize=8, loc="best")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
