@@ -400,7 +400,7 @@ def normalise_rows(
                 problems[f"{source}.{malformed.reason}"] += 1
                 continue
             rows.append(first)
-            for index, later in enumerate(_later_questions(raw) if source == "endpoint" else [], start=1):
+            for index, later in enumerate(_later_questions(raw), start=1):  # a batch row has none
                 try:
                     rows.append({**first, "question_index": index, **_question_part(later, first["is_error"], chunk_texts)})
                 except _Malformed as malformed:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from llmops_dagster.core import monitoring, store
 from llmops_dagster.core.monitoring import CheckOutcome, MonitoringConfig
@@ -249,10 +250,10 @@ def frame_between(lance: store.LanceStore, begin: datetime, end: datetime, scori
     scoring has a model and a corpus), and its malformed rows counted by reason."""
     log = log_rows(lance, begin, end)
     retrieved = log.column("chunk_ids").to_pylist() if log is not None and "chunk_ids" in log.column_names else []
-    if log is not None and "later_questions" in log.column_names:
-        laters = [later for entries in log.column("later_questions").to_pylist() for later in entries or [] if isinstance(later, dict)]
-        retrieved += [later.get("chunk_ids") for later in laters]
     ids = [chunk for chunks in retrieved for chunk in chunks or []]
+    if log is not None and "later_questions" in log.column_names:  # in Arrow: normalise_rows reads the rows into Python once
+        later = pc.struct_field(pc.list_flatten(log.column("later_questions")), "chunk_ids")
+        ids += pc.list_flatten(later).to_pylist()
     frame, problems = monitoring.normalise_rows(
         log, prediction_rows(lance, begin, end), chunk_texts=chunk_texts(lance, ids), count_tokens=scoring.count_tokens
     )
