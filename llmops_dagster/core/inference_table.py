@@ -306,10 +306,7 @@ def _rag_fields(
         _question_fields(questions[n] if n < len(questions) else None, predictions[n] if n < len(predictions) else None, count_tokens, chunk_ids)
         for n in range(max(len(questions), len(predictions), 1))
     ]
-    row = {**each[0], **params, "later_questions": each[1:] or None}
-    failure = row.pop("error", None) if predictions else None
-    if failure:
-        row["error"] = failure
+    row = {**each[0], **params, "later_questions": each[1:] or None}  # error: the request's, or the first generator's
     if predictions and predictions[0]:
         row["generator"] = _string(predictions[0].get("generator"))
         row["usage_source"] = "endpoint" if row.get("prompt_tokens") is not None else None
