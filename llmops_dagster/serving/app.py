@@ -417,7 +417,7 @@ def rag_fields(exchange: Exchange) -> dict[str, Any]:
     if exchange.query is None:
         return {}
     served, questions, answers = exchange.served, exchange.query.questions, exchange.endpoint != SEARCH
-    predictions = list(exchange.predictions or [])
+    predictions = exchange.predictions or []
     each = [question_fields(served, question, predictions[n] if n < len(predictions) else None, answers) for n, question in enumerate(questions)]
     k, mode = effective(exchange)
     row = {**each[0], "k": k, "mode": mode, "later_questions": each[1:] or None}
